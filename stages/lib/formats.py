@@ -1,0 +1,113 @@
+"""Convert one row of a supported data format into canonical chat messages.
+
+Every converter returns `[{"role", "content"}, ...]` ending with an assistant turn, or raises
+RowError saying what is wrong with the row and how to fix it; the caller adds file and line.
+"""
+
+import json
+
+ROLES = {"system", "user", "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+class RowError(ValueError):
+    """A row that cannot be converted; the message names the field and the fix."""
+
+
+def alpaca(row: dict) -> list[dict]:
+    """{"instruction", "input" (optional), "output"}: instruction and input become the user turn."""
+    instruction = _text(row, "instruction")
+    extra = row.get("input") or ""
+    if not isinstance(extra, str):
+        raise RowError(f"field 'input' must be a string, got {type(extra).__name__}")
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return _checked([{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}])
+
+
+def sharegpt(row: dict) -> list[dict]:
+    """{"conversations": [{"from": human|gpt|system, "value"}, ...]} (Vicuna/ShareGPT style)."""
+    turns = _list(row, "conversations")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise RowError(f"conversations[{i}] must be an object with 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(turn["from"])
+        if role is None:
+            raise RowError(
+                f"conversations[{i}]: unknown role {turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}"
+            )
+        messages.append({"role": role, "content": turn["value"]})
+    return _checked(messages)
+
+
+def messages(row: dict) -> list[dict]:
+    """OpenAI style: {"messages": [{"role": system|user|assistant, "content"}, ...]}."""
+    turns = _list(row, "messages")
+    converted = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise RowError(f"messages[{i}] must be an object with 'role' and 'content'")
+        if turn["role"] not in ROLES:
+            raise RowError(f"messages[{i}]: unknown role {turn['role']!r}; use one of {', '.join(sorted(ROLES))}")
+        content = turn["content"]
+        if isinstance(content, list):  # OpenAI content parts: keep the text parts
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        converted.append({"role": turn["role"], "content": content})
+    return _checked(converted)
+
+
+def reasoning(row: dict) -> list[dict]:
+    """{"problem", "generated_solution"}: the solution (with its <think> block) is the answer."""
+    return _checked([
+        {"role": "user", "content": _text(row, "problem")},
+        {"role": "assistant", "content": _text(row, "generated_solution")},
+    ])
+
+
+CONVERTERS = {"alpaca": alpaca, "sharegpt": sharegpt, "messages": messages, "reasoning": reasoning}
+
+
+def to_messages(row: dict, format_name: str, system_prompt: str | None = None) -> list[dict]:
+    """Canonical messages of `row`; `system_prompt` is added where the row has no system turn."""
+    if not isinstance(row, dict):
+        raise RowError(f"expected a JSON object, got {type(row).__name__}")
+    converted = CONVERTERS[format_name](row)
+    if system_prompt and converted[0]["role"] != "system":
+        converted.insert(0, {"role": "system", "content": system_prompt})
+    return converted
+
+
+def _text(row: dict, field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise RowError(f"missing or empty field {field!r}; every row needs a non-empty string there")
+    return value
+
+
+def _list(row: dict, field: str) -> list:
+    value = row.get(field)
+    if isinstance(value, str):  # CSV cells hold JSON-encoded lists
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError(f"field {field!r} is a string that is not a JSON list")
+    if value is None:
+        raise RowError(f"missing field {field!r}")
+    if not isinstance(value, list):
+        raise RowError(f"field {field!r} must be a list of turns, got {type(value).__name__}")
+    if not value:
+        raise RowError(f"field {field!r} is an empty conversation; drop the row or fill it")
+    return value
+
+
+def _checked(turns: list[dict]) -> list[dict]:
+    for i, turn in enumerate(turns):
+        if not isinstance(turn["content"], str) or not turn["content"].strip():
+            raise RowError(f"turn {i} ({turn['role']}): content must be a non-empty string")
+        if turn["role"] == "system" and i > 0:
+            raise RowError(f"turn {i} is a system turn; a system prompt may only come first")
+    if not any(turn["role"] == "assistant" for turn in turns):
+        raise RowError("no assistant turn; a training example needs at least one answer")
+    if turns[-1]["role"] != "assistant":
+        raise RowError(f"the last turn is {turns[-1]['role']!r}; a conversation must end with the assistant's answer")
+    return [{"role": t["role"], "content": t["content"]} for t in turns]

@@ -1,0 +1,76 @@
+"""Mixing ratios, seeded sampling, dedupe and train/val/test splits.
+
+Every random choice draws from a generator seeded by `data.seed` and the source's name, so the
+same inputs and params give the same rows in the same order.
+"""
+
+import math
+import random
+
+from stages.lib.errors import SlothlineError
+
+SPLITS = ("train", "val", "test")
+
+
+def dedupe(records: list[dict]) -> tuple[list[dict], int]:
+    """Drop records whose id (a hash of their content) was seen before; keep the first."""
+    seen, kept = set(), []
+    for record in records:
+        if record["id"] not in seen:
+            seen.add(record["id"])
+            kept.append(record)
+    return kept, len(records) - len(kept)
+
+
+def quotas(available: dict[str, int], weights: dict[str, float], total: int | None) -> dict[str, int]:
+    """Rows to draw from each source so that the mix follows `weights`.
+
+    With `total`, shares are `total * weight / sum(weights)`, rounded by largest remainder so
+    they add up to `total` exactly. Without it, the largest total every source can supply.
+    """
+    weight_sum = sum(weights.values())
+    if total is None:
+        total = min(math.floor(available[name] * weight_sum / weights[name] + 1e-9) for name in weights)
+    exact = {name: total * weights[name] / weight_sum for name in weights}
+    counts = {name: math.floor(share) for name, share in exact.items()}
+    by_remainder = sorted(weights, key=lambda name: counts[name] - exact[name])
+    for name in by_remainder[: total - sum(counts.values())]:
+        counts[name] += 1
+    for name, count in counts.items():
+        if count > available[name]:
+            most = math.floor(available[name] * weight_sum / weights[name])
+            raise SlothlineError(
+                f"data.total: source {name!r} has {available[name]} usable rows but its weight asks for "
+                f"{count} of data.total={total}; lower data.total to at most {most}, lower its weight, "
+                "or add rows to the source"
+            )
+    return counts
+
+
+def sample(records: list[dict], count: int, seed: int, name: str) -> list[dict]:
+    """`count` records drawn without replacement, reproducibly for (seed, source name)."""
+    return random.Random(f"{seed}:{name}").sample(records, count)
+
+
+def split(records: list[dict], val_fraction: float, test_fraction: float) -> dict[str, list[dict]]:
+    """Cut already-shuffled records into train/val/test by fraction (val and test rounded)."""
+    n_test = round(len(records) * test_fraction)
+    n_val = round(len(records) * val_fraction)
+    return {
+        "test": records[:n_test],
+        "val": records[n_test : n_test + n_val],
+        "train": records[n_test + n_val :],
+    }
+
+
+def mix(by_source: dict[str, list[dict]], weights: dict[str, float], total: int | None,
+        val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
+    """Sample each source to its quota, split each one (so every split keeps the mix), then shuffle."""
+    counts = quotas({name: len(rows) for name, rows in by_source.items()}, weights, total)
+    splits = {name: [] for name in SPLITS}
+    for name, rows in by_source.items():
+        for split_name, part in split(sample(rows, counts[name], seed, name), val_fraction, test_fraction).items():
+            splits[split_name].extend(part)
+    for split_name, rows in splits.items():
+        random.Random(f"{seed}:{split_name}").shuffle(rows)
+    return splits

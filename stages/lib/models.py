@@ -1,0 +1,140 @@
+"""Resolve `model.name` (hub id, local path or `builtin:*`) and build the builtin tiny models.
+
+A builtin model is written once into a local cache directory, deterministically from a seed,
+and from then on loads through `from_pretrained` like any local checkpoint.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from stages.lib.errors import SlothlineError
+
+TEMPLATE_DIR = Path(__file__).parent
+
+# Qwen2/Qwen3's pre-tokenizer split, so the byte-level tokenizer behaves (and exports) like Qwen's.
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN_THINK_TOKENS = ["<think>", "</think>"]
+
+BUILTIN_MODELS = {
+    "tiny-qwen3": {
+        "seed": 0,
+        "config": {
+            "vocab_size": 320,
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "max_position_embeddings": 2048,
+            "tie_word_embeddings": True,
+        },
+    },
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SLOTHLINE_CACHE", Path.home() / ".cache" / "slothline"))
+
+
+def resolve_model(name: str) -> str:
+    """Return what `from_pretrained` takes for `name`: a built local directory, a path or a hub id."""
+    if name.startswith("builtin:"):
+        builtin = name.removeprefix("builtin:")
+        if builtin not in BUILTIN_MODELS:
+            raise SlothlineError(
+                f"model.name: unknown builtin model {name!r}; choose one of "
+                f"{', '.join('builtin:' + n for n in BUILTIN_MODELS)}, a local path or a hub id"
+            )
+        return str(ensure_builtin(builtin))
+    if Path(name).exists() or name.startswith((".", "/")):
+        if not (Path(name) / "config.json").is_file():
+            raise SlothlineError(f"model.name: {name} is not a model directory (no config.json there)")
+    return name
+
+
+def ensure_builtin(builtin: str, root: Path | None = None) -> Path:
+    """Build the builtin model into the cache once (atomically) and return its directory."""
+    spec = BUILTIN_MODELS[builtin]
+    fingerprint = hashlib.sha256(
+        json.dumps(spec, sort_keys=True).encode() + (TEMPLATE_DIR / "qwen3_chat_template.jinja").read_bytes()
+    ).hexdigest()[:12]
+    target = (root or cache_root()) / "builtin" / f"{builtin}-{fingerprint}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{builtin}-", dir=target.parent))
+    try:
+        build_tiny_qwen3(staging, spec)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished the same build first
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_tiny_qwen3(out_dir: Path, spec: dict) -> None:
+    """A randomly initialised Qwen3 with a byte-level tokenizer and Qwen3's chat template."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = build_byte_tokenizer()
+    config = Qwen3Config(
+        **spec["config"],
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(spec["seed"])
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def build_byte_tokenizer():
+    """Byte-level BPE with no merges: 256 byte tokens plus Qwen's special tokens; independent of any data."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_THINK_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=(TEMPLATE_DIR / "qwen3_chat_template.jinja").read_text(),
+        model_max_length=BUILTIN_MODELS["tiny-qwen3"]["config"]["max_position_embeddings"],
+    )
+
+
+def load_tokenizer(name: str, revision: str | None = None):
+    """The tokenizer of `model.name`, with a clear error when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as err:
+        raise SlothlineError(
+            f"model.name: cannot load the tokenizer of {name!r} ({err.__class__.__name__}: {err}); "
+            "use a local model directory, a hub id reachable from here, or builtin:tiny-qwen3"
+        ) from None

@@ -1,0 +1,81 @@
+import pytest
+
+from stages.lib.formats import RowError, to_messages
+
+
+def test_alpaca_with_and_without_input():
+    with_input = to_messages({"instruction": "Uppercase the word.", "input": "apple", "output": "APPLE"}, "alpaca")
+    assert with_input == [
+        {"role": "user", "content": "Uppercase the word.\n\napple"},
+        {"role": "assistant", "content": "APPLE"},
+    ]
+    without = to_messages({"instruction": "Capital of France?", "input": "", "output": "Paris."}, "alpaca")
+    assert without[0] == {"role": "user", "content": "Capital of France?"}
+
+
+def test_sharegpt_maps_roles():
+    row = {"conversations": [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello!"},
+        {"from": "human", "value": "Bye"},
+        {"from": "gpt", "value": "Goodbye!"},
+    ]}
+    assert [m["role"] for m in to_messages(row, "sharegpt")] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_messages_keep_turns_and_join_content_parts():
+    row = {"messages": [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": [{"type": "text", "text": "Add "}, {"type": "text", "text": "2 and 2."}]},
+        {"role": "assistant", "content": "4", "name": "ignored"},
+    ]}
+    assert to_messages(row, "messages") == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Add 2 and 2."},
+        {"role": "assistant", "content": "4"},
+    ]
+
+
+def test_messages_from_a_csv_cell_are_json():
+    row = {"messages": '[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]'}
+    assert to_messages(row, "messages")[1]["content"] == "Hey"
+
+
+def test_reasoning_keeps_the_think_block_in_the_answer():
+    solution = "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4."
+    messages = to_messages({"problem": "What is 2 + 2?", "generated_solution": solution}, "reasoning")
+    assert messages == [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": solution}]
+
+
+def test_system_prompt_added_only_where_missing():
+    row = {"instruction": "Hi", "output": "Hello"}
+    assert to_messages(row, "alpaca", "Be kind.")[0] == {"role": "system", "content": "Be kind."}
+    own = {"messages": [{"role": "system", "content": "Own."}, {"role": "user", "content": "Q"},
+                        {"role": "assistant", "content": "A"}]}
+    assert [m["content"] for m in to_messages(own, "messages", "Be kind.")] == ["Own.", "Q", "A"]
+
+
+@pytest.mark.parametrize(("row", "fmt", "expected"), [
+    ({"instruction": "Hi"}, "alpaca", "missing or empty field 'output'"),
+    ({"input": "x", "output": "y"}, "alpaca", "missing or empty field 'instruction'"),
+    ({"problem": "Q"}, "reasoning", "missing or empty field 'generated_solution'"),
+    ({"conversations": []}, "sharegpt", "empty conversation"),
+    ({"messages": []}, "messages", "empty conversation"),
+    ({"text": "hello"}, "sharegpt", "missing field 'conversations'"),
+    ({"conversations": [{"from": "bot", "value": "x"}]}, "sharegpt", "unknown role 'bot'"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages", "unknown role 'tool'"),
+    ({"messages": [{"role": "user", "content": "Q"}]}, "messages", "no assistant turn"),
+    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
+                   {"role": "user", "content": "Q2"}]}, "messages", "must end with the assistant's answer"),
+    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": " "}]}, "messages",
+     "turn 1 (assistant): content must be a non-empty string"),
+    ({"messages": [{"role": "user", "content": "Q"}, {"role": "system", "content": "S"},
+                   {"role": "assistant", "content": "A"}]}, "messages", "a system prompt may only come first"),
+    ({"messages": "not json"}, "messages", "not a JSON list"),
+    (["a", "list"], "alpaca", "expected a JSON object"),
+])
+def test_bad_rows_say_what_is_wrong(row, fmt, expected):
+    with pytest.raises(RowError) as caught:
+        to_messages(row, fmt)
+    assert expected in str(caught.value)

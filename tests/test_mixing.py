@@ -1,0 +1,58 @@
+import pytest
+
+from stages.lib.errors import SlothlineError
+from stages.lib.mixing import dedupe, mix, quotas, sample, split
+
+
+def rows(name: str, n: int) -> list[dict]:
+    return [{"id": f"{name}{i}", "source": name} for i in range(n)]
+
+
+def test_quotas_follow_weights_of_total():
+    assert quotas({"reasoning": 900, "chat": 900}, {"reasoning": 0.75, "chat": 0.25}, 1000) == {
+        "reasoning": 750, "chat": 250}
+
+
+def test_quotas_round_by_largest_remainder_to_the_exact_total():
+    counts = quotas({"a": 50, "b": 50, "c": 50}, {"a": 1, "b": 1, "c": 1}, 100)
+    assert sum(counts.values()) == 100 and sorted(counts.values()) == [33, 33, 34]
+
+
+def test_quotas_without_total_take_the_largest_mix_the_sources_allow():
+    # b limits the mix: 40 rows at weight 1 of 3 -> 120 in all, a gives 80.
+    assert quotas({"a": 500, "b": 40}, {"a": 2, "b": 1}, None) == {"a": 80, "b": 40}
+
+
+def test_quota_above_what_a_source_has_is_an_error_with_the_fix():
+    with pytest.raises(SlothlineError, match=r"source 'b' has 10 usable rows .* lower data.total to at most 20"):
+        quotas({"a": 100, "b": 10}, {"a": 1, "b": 1}, 60)
+
+
+def test_sample_is_seeded_and_without_replacement():
+    records = rows("a", 100)
+    first, again, other = sample(records, 30, 1, "a"), sample(records, 30, 1, "a"), sample(records, 30, 2, "a")
+    assert first == again and first != other
+    assert len({r["id"] for r in first}) == 30
+
+
+def test_split_sizes():
+    parts = split(rows("a", 100), val_fraction=0.1, test_fraction=0.2)
+    assert [len(parts[name]) for name in ("train", "val", "test")] == [70, 10, 20]
+    assert not {r["id"] for r in parts["train"]} & {r["id"] for r in parts["test"]}
+
+
+def test_mix_keeps_the_ratio_in_every_split_and_is_deterministic():
+    by_source = {"reasoning": rows("reasoning", 500), "chat": rows("chat", 500)}
+    weights = {"reasoning": 3, "chat": 1}
+    splits = mix(by_source, weights, 400, 0.1, 0.1, seed=7)
+    assert splits == mix(by_source, weights, 400, 0.1, 0.1, seed=7)
+    for name, size in (("train", 320), ("val", 40), ("test", 40)):
+        assert len(splits[name]) == size
+        assert sum(r["source"] == "reasoning" for r in splits[name]) == size * 3 // 4
+    ids = [r["id"] for part in splits.values() for r in part]
+    assert len(ids) == len(set(ids))
+
+
+def test_dedupe_keeps_first():
+    kept, removed = dedupe([{"id": "x", "n": 1}, {"id": "y"}, {"id": "x", "n": 2}])
+    assert removed == 1 and kept == [{"id": "x", "n": 1}, {"id": "y"}]

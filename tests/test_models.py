@@ -1,0 +1,64 @@
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from stages.lib.errors import SlothlineError
+from stages.lib.models import ensure_builtin, resolve_model
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "<think>\nadd them\n</think>\n\nThe answer is 4."},
+]
+
+
+def test_builtin_is_deterministic(tmp_path):
+    first = ensure_builtin("tiny-qwen3", tmp_path / "one")
+    second = ensure_builtin("tiny-qwen3", tmp_path / "two")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+
+
+def test_builtin_loads_like_any_local_checkpoint():
+    path = resolve_model("builtin:tiny-qwen3")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.config.model_type == "qwen3"
+    assert model.config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.pad_token == "<|endoftext|>"
+    assert resolve_model(path) == path
+
+
+def test_byte_level_tokenizer_round_trips_any_text(tokenizer):
+    text = "Ünïcödé, 数字 123 and emoji 🦥\n\ttabs"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert len(tokenizer("<|im_start|><think>")["input_ids"]) == 2
+
+
+def test_chat_template_matches_qwen3(tokenizer):
+    text = tokenizer.apply_chat_template(CHAT, tokenize=False)
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\nadd them\n</think>\n\nThe answer is 4.<|im_end|>\n"
+    )
+
+
+def test_chat_template_thinking_switch(tokenizer):
+    prompt = lambda thinking: tokenizer.apply_chat_template(
+        CHAT[:2], tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+    )
+    assert prompt(True).endswith("<|im_start|>assistant\n")
+    assert prompt(False).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_earlier_turns_drop_their_reasoning(tokenizer):
+    chat = CHAT + [{"role": "user", "content": "And 3 + 3?"}, {"role": "assistant", "content": "6."}]
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    assert "add them" not in text
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n6.<|im_end|>\n")
+
+
+def test_unknown_builtin_and_bad_local_path(tmp_path):
+    with pytest.raises(SlothlineError, match="unknown builtin model 'builtin:huge'"):
+        resolve_model("builtin:huge")
+    with pytest.raises(SlothlineError, match="no config.json"):
+        resolve_model(str(tmp_path))

@@ -1,0 +1,183 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from stages import prepare
+from stages.lib.errors import SlothlineError
+from tests.conftest import ROOT
+
+ALPACA = [{"instruction": f"Repeat {w}.", "input": "", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
+CHAT = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
+        for w in ("red", "blue", "green", "pink")]
+
+
+def prepare_error(workdir, rows, fmt="messages", **source) -> str:
+    path = workdir.write_jsonl("bad.jsonl", rows)
+    workdir.write_params([{"path": path, "format": fmt, **source}])
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    assert not (workdir.path / "data/prepared").exists()
+    return str(caught.value)
+
+
+def test_writes_rendered_splits_and_metrics(workdir):
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", ALPACA), "format": "alpaca"}])
+    prepare.main()
+    train = workdir.read_split("train")
+    assert len(train) == 4 and workdir.read_split("test") == []
+    record = next(r for r in train if r["messages"][0]["content"] == "Repeat cat.")
+    assert record["source"] == "a"
+    assert record["text"] == (
+        "<|im_start|>user\nRepeat cat.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\ncat cat<|im_end|>\n"
+    )
+    assert record["prompt"] == "<|im_start|>user\nRepeat cat.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert record["reference"] == "cat cat"
+    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    assert metrics["train_rows"] == 4 and metrics["sources"]["a"]["rows_read"] == 4
+    # one token per byte plus one per special token: 39 bytes and 6 specials in each of these rows
+    assert metrics["tokens"]["train"]["max"] == 45
+
+
+def test_alpaca_template_appends_eos(workdir):
+    path = workdir.write_jsonl("a.jsonl", ALPACA)
+    workdir.write_params([{"path": path, "format": "alpaca", "template": "alpaca"}])
+    prepare.main()
+    text = workdir.read_split("train")[0]["text"]
+    assert text.startswith("Below is an instruction") and "### Response:\n" in text
+    assert text.endswith("<|im_end|>")
+
+
+def test_reasoning_reference_is_the_final_answer(workdir):
+    row = {"problem": "2 + 2?", "generated_solution": "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4."}
+    workdir.write_params([{"path": workdir.write_jsonl("r.jsonl", [row]), "format": "reasoning"}],
+                         enable_thinking=True)
+    prepare.main()
+    record = workdir.read_split("train")[0]
+    assert record["reference"] == "The answer is 4."
+    assert record["prompt"].endswith("<|im_start|>assistant\n")
+    assert "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4.<|im_end|>" in record["text"]
+
+
+def test_reads_json_csv_parquet_and_save_to_disk(workdir):
+    import datasets
+
+    (workdir.path / "a.json").write_text(json.dumps(ALPACA))
+    pd.DataFrame(ALPACA).to_csv(workdir.path / "a.csv", index=False)
+    pd.DataFrame(ALPACA).to_parquet(workdir.path / "a.parquet")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ALPACA)}).save_to_disk(str(workdir.path / "disk"))
+    sources = [{"path": p, "format": "alpaca", "name": n}
+               for n, p in [("json", "a.json"), ("csv", "a.csv"), ("parquet", "a.parquet"), ("disk", "disk")]]
+    workdir.write_params(sources, dedupe=False)
+    prepare.main()
+    counts = json.loads((workdir.path / "metrics/data.json").read_text())["sources"]
+    assert {name: c["train_rows"] for name, c in counts.items()} == {"json": 4, "csv": 4, "parquet": 4, "disk": 4}
+
+
+def test_mixing_ratio_of_total(workdir):
+    alpaca = [{"instruction": f"Upper {i}", "output": f"UPPER {i}"} for i in range(100)]
+    chat = [{"messages": [{"role": "user", "content": f"n{i}"}, {"role": "assistant", "content": f"{i}"}]}
+            for i in range(100)]
+    workdir.write_params([
+        {"path": workdir.write_jsonl("reasoning.jsonl", alpaca), "format": "alpaca", "weight": 0.75},
+        {"path": workdir.write_jsonl("chat.jsonl", chat), "format": "messages", "weight": 0.25},
+    ], total=80, test_fraction=0.25)
+    prepare.main()
+    train, test = workdir.read_split("train"), workdir.read_split("test")
+    assert (len(train), len(test)) == (60, 20)
+    assert sum(r["source"] == "reasoning" for r in train) == 45
+    assert sum(r["source"] == "reasoning" for r in test) == 15
+
+
+def test_dedupe_across_sources_is_reported(workdir):
+    workdir.write_params([
+        {"path": workdir.write_jsonl("one.jsonl", ALPACA), "format": "alpaca"},
+        {"path": workdir.write_jsonl("two.jsonl", ALPACA + [{"instruction": "New.", "output": "Row."}]),
+         "format": "alpaca"},
+    ])
+    prepare.main()
+    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    assert metrics["duplicates_removed"] == 4 and metrics["sources"]["two"]["duplicates_removed"] == 4
+
+
+def test_output_is_byte_identical_across_runs(workdir):
+    workdir.write_params([
+        {"path": workdir.write_jsonl("a.jsonl", ALPACA), "format": "alpaca"},
+        {"path": workdir.write_jsonl("c.jsonl", CHAT), "format": "messages"},
+    ], test_fraction=0.25)
+    prepare.main()
+    first = {p.name: p.read_bytes() for p in (workdir.path / "data/prepared").iterdir()}
+    prepare.main()
+    assert first == {p.name: p.read_bytes() for p in (workdir.path / "data/prepared").iterdir()}
+
+
+def test_truncated_rows_are_counted(workdir):
+    rows = [{"instruction": "x" * 40, "output": "y"}, {"instruction": "short", "output": "y"}]
+    (workdir.path / "params.yaml").write_text(json.dumps({
+        "model": {"max_seq_length": 50},
+        "data": {"sources": [{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}],
+                 "val_fraction": 0, "test_fraction": 0},
+    }))
+    prepare.main()
+    assert json.loads((workdir.path / "metrics/data.json").read_text())["tokens"]["train"]["truncated_rows"] == 1
+
+
+def test_malformed_json_line_names_file_and_line(workdir):
+    rows = [json.dumps(CHAT[0]), '{"messages": [', json.dumps(CHAT[1])]
+    message = prepare_error(workdir, rows)
+    assert message.startswith("bad.jsonl:2: malformed JSON") and "on_error: skip" in message
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    ({"instruction": "Hi"}, "bad.jsonl:2: missing or empty field 'output'"),
+    ({"conversations": [{"from": "robot", "value": "x"}]}, "bad.jsonl:2: conversations[0]: unknown role 'robot'"),
+    ({"conversations": []}, "bad.jsonl:2: field 'conversations' is an empty conversation"),
+    ({"conversations": [{"from": "human", "value": "Hi"}]}, "bad.jsonl:2: no assistant turn"),
+])
+def test_bad_rows_name_file_and_line(workdir, row, expected):
+    fmt = "alpaca" if "instruction" in row else "sharegpt"
+    good = ALPACA[0] if fmt == "alpaca" else {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
+    assert expected in prepare_error(workdir, [good, row], fmt)
+
+
+def test_missing_source_file(workdir):
+    workdir.write_params([{"path": "data/raw/nope.jsonl", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"data/raw/nope.jsonl: no such file or directory"):
+        prepare.main()
+
+
+def test_too_few_rows_for_the_total(workdir):
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", ALPACA), "format": "alpaca"}], total=10)
+    with pytest.raises(SlothlineError, match="source 'a' has 4 usable rows"):
+        prepare.main()
+
+
+def test_on_error_skip_counts_skipped_rows(workdir):
+    rows = [json.dumps(CHAT[0]), "not json", json.dumps({"messages": []}), json.dumps(CHAT[1])]
+    workdir.write_params([{"path": workdir.write_jsonl("c.jsonl", rows), "format": "messages", "on_error": "skip"}])
+    prepare.main()
+    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    assert metrics["rows_skipped"] == 2 and metrics["train_rows"] == 2
+
+
+def test_failed_run_leaves_previous_outputs_alone(workdir):
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", ALPACA), "format": "alpaca"}])
+    prepare.main()
+    before = (workdir.path / "data/prepared/train.jsonl").read_bytes()
+    workdir.write_jsonl("a.jsonl", ALPACA + ["{broken"])
+    with pytest.raises(SlothlineError):
+        prepare.main()
+    assert (workdir.path / "data/prepared/train.jsonl").read_bytes() == before
+    assert sorted(p.name for p in (workdir.path / "data").iterdir()) == ["prepared"]
+
+
+def test_stage_exits_nonzero_with_one_clear_line(workdir):
+    (workdir.path / "params.yaml").write_text("data: {sources: [{path: a.jsonl, format: alpaca}]}\nlora: {rnak: 3}\n")
+    result = subprocess.run([sys.executable, "-m", "stages.prepare"], capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "lora.rnak: unknown parameter; did you mean lora.r?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir.path / "data").exists() and not (workdir.path / "metrics").exists()
