@@ -1,9 +1,13 @@
 """End to end: `dvc repro` in a temporary git + DVC repository holding a copy of the project."""
 
 import json
+import os
+import signal
 import subprocess
+import time
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -15,16 +19,59 @@ def dvc(project, *args, check=True):
     return result
 
 
-def test_repro_prepare_then_nothing_to_do(dvc_project):
-    dvc(dvc_project, "repro", "prepare")
-    metrics = json.loads((dvc_project / "metrics/data.json").read_text())
-    assert metrics["train_rows"] + metrics["val_rows"] + metrics["test_rows"] == 1000
-    assert set(metrics["sources"]) == {"alpaca", "sharegpt", "messages", "reasoning"}
-    first = (dvc_project / "data/prepared/train.jsonl").read_bytes()
+def set_params(project, **sections):
+    """Update params.yaml sections (e.g. train={"max_steps": 20}) and commit, as a user would."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", "params"], cwd=project, check=True)
 
-    again = dvc(dvc_project, "repro", "prepare")
-    assert "didn't change, skipping" in again.stdout and "Running stage" not in again.stdout
-    assert (dvc_project / "data/prepared/train.jsonl").read_bytes() == first
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_repro_then_nothing_to_do_then_lora_change_reruns_train_only(dvc_project):
+    set_params(dvc_project, train={"max_steps": 20})
+    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["prepare", "train"]
+    data = json.loads((dvc_project / "metrics/data.json").read_text())
+    assert data["train_rows"] + data["val_rows"] + data["test_rows"] == 1000
+    trained = json.loads((dvc_project / "metrics/train.json").read_text())
+    assert trained["backend"] == "hf" and trained["steps"] == 20
+    assert (dvc_project / "models/adapter/adapter_model.safetensors").is_file()
+
+    assert ran_stages(dvc(dvc_project, "repro").stdout) == []
+
+    subprocess.run(["git", "add", "-A"], cwd=dvc_project, check=True)
+    subprocess.run(["git", "commit", "-qm", "trained"], cwd=dvc_project, check=True)
+    experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32")
+    assert ran_stages(experiment.stdout) == ["train"]
+    assert json.loads((dvc_project / "metrics/train.json").read_text())["trainable_params"] == 2 * trained[
+        "trainable_params"]
+    diff = dvc(dvc_project, "metrics", "diff", "--md").stdout
+    assert "trainable_params" in diff
+
+
+def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):
+    set_params(dvc_project, train={"max_steps": 60, "save_steps": 5, "per_device_batch_size": 4})
+    dvc(dvc_project, "repro", "prepare")
+    checkpoints = dvc_project / "models/checkpoints"
+    run = subprocess.Popen(["dvc", "repro", "train"], cwd=dvc_project, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "checkpoint-10").is_dir() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)  # like a crash or a lost machine: no chance to clean up
+    run.wait()
+    assert (checkpoints / "checkpoint-10").is_dir() and not (dvc_project / "metrics/train.json").exists()
+
+    result = dvc(dvc_project, "repro", "train")
+    assert "resuming from models/checkpoints/checkpoint-" in result.stdout
+    metrics = json.loads((dvc_project / "metrics/train.json").read_text())
+    assert metrics["resumed_from_step"] >= 10 and metrics["steps"] == 60
+    assert len((dvc_project / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()) > 1
 
 
 def test_bad_params_fail_the_stage_with_a_clear_message(dvc_project):

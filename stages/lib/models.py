@@ -35,6 +35,7 @@ BUILTIN_MODELS = {
             "num_key_value_heads": 2,
             "head_dim": 32,
             "max_position_embeddings": 2048,
+            "initializer_range": 0.1,
             "tie_word_embeddings": True,
         },
     },

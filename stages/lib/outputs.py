@@ -37,3 +37,29 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     with Path(path).open("w", encoding="utf-8") as out:
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def resume_point(checkpoints: Path, fingerprint: str) -> str | None:
+    """The last complete checkpoint under `checkpoints` of a run with this `fingerprint`, or None.
+
+    A checkpoint is complete once the Trainer has written its trainer_state.json (its last file);
+    incomplete ones (the run died while saving) and those of a run with other params or data are deleted.
+    """
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    marker = checkpoints / "run.json"
+    if not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+        clear_checkpoints(checkpoints)
+        write_json(marker, {"fingerprint": fingerprint})
+        return None
+    complete = []
+    for path in checkpoints.glob("checkpoint-*"):
+        if (path / "trainer_state.json").is_file():
+            complete.append(path)
+        else:
+            shutil.rmtree(path)
+    return str(max(complete, key=lambda path: int(path.name.split("-")[1]))) if complete else None
+
+
+def clear_checkpoints(checkpoints: Path) -> None:
+    for path in checkpoints.glob("checkpoint-*"):
+        shutil.rmtree(path)

@@ -43,3 +43,59 @@ def strip_thinking(answer: str) -> str:
 def with_eos(text: str, eos_token: str) -> str:
     """Append EOS unless the text already ends with it (chat templates often close turns with it)."""
     return text if text.rstrip().endswith(eos_token) else text + eos_token
+
+
+# (instruction_part, response_part) of the templates we can mask; Unsloth's train_on_responses_only takes the same pair.
+TURN_MARKERS = {
+    "chatml": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+    "llama-3": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    "gemma": ("<start_of_turn>user\n", "<start_of_turn>model\n"),
+    "alpaca": ("### Instruction:\n", "### Response:\n"),
+}
+
+
+def turn_markers(texts: list[str]) -> tuple[str, str]:
+    """The (instruction_part, response_part) pair that every rendered text uses."""
+    for instruction_part, response_part in TURN_MARKERS.values():
+        if all(response_part in text for text in texts):
+            return instruction_part, response_part
+    raise SlothlineError(
+        "train.train_on_responses_only: cannot find the assistant turn markers of this chat template "
+        f"(known: {', '.join(TURN_MARKERS)}); set train.train_on_responses_only: false to train on every token"
+    )
+
+
+def response_spans(text: str, markers: tuple[str, str], eos_token: str) -> list[tuple[int, int]]:
+    """Character spans of the assistant answers: after each response marker, up to and including
+    EOS, or up to the next turn marker when no EOS closes the answer."""
+    instruction_part, response_part = markers
+    spans, start = [], text.find(response_part)
+    while start != -1:
+        begin = start + len(response_part)
+        ends = [text.find(eos_token, begin) + len(eos_token)] if eos_token in text[begin:] else []
+        ends += [pos for pos in (text.find(instruction_part, begin), text.find(response_part, begin)) if pos != -1]
+        end = min(ends, default=len(text))
+        spans.append((begin, end))
+        start = text.find(response_part, end)
+    return spans
+
+
+def assistant_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """1 for each token (given by its character offsets) that lies inside an answer span, else 0."""
+    return [int(any(begin <= start and end <= stop for begin, stop in spans)) for start, end in offsets]
+
+
+def tokenize_for_training(rows: list[dict], tokenizer, markers: tuple[str, str] | None):
+    """A `datasets.Dataset` of `input_ids`, plus `assistant_masks` (TRL's response-only labels) when
+    `markers` are given. The rendered text already holds its special tokens and EOS."""
+    from datasets import Dataset
+
+    texts = [row["text"] for row in rows]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=markers is not None)
+    columns = {"input_ids": encoded["input_ids"]}
+    if markers:
+        columns["assistant_masks"] = [
+            assistant_mask(offsets, response_spans(text, markers, tokenizer.eos_token))
+            for text, offsets in zip(texts, encoded["offset_mapping"])
+        ]
+    return Dataset.from_dict(columns)

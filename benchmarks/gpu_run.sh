@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# What the GPU results under benchmarks/results/ came from, run from the repository root on a CUDA host
+# with the [gpu] extra installed (or an offline bundle of it on PYTHONPATH):
+#   gpu_tests.log              pytest -m gpu: Unsloth's train_on_responses_only labels equal the hf
+#                              backend's masks on the bundled data; the train stage on the unsloth backend
+#   train_backends.{json,md}   benchmarks/train_backends.py (Qwen3-4B-shape random checkpoint)
+#   gpu_dvc_repro.log, gpu_dvc_repro_train.json
+#                              `dvc repro` of prepare + train on the tiny default (train.backend: auto -> unsloth)
+set -euo pipefail
+mkdir -p benchmarks/results
+python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee benchmarks/results/gpu_tests.log
+python3 benchmarks/train_backends.py
+python3 -m dvc repro train 2>&1 | tee benchmarks/results/gpu_dvc_repro.log
+cp metrics/train.json benchmarks/results/gpu_dvc_repro_train.json

@@ -1,0 +1,126 @@
+"""train: fine-tune `model.name` with LoRA (or fully) on data/prepared/train.jsonl.
+
+Outs: models/adapter/ (a PEFT adapter directory plus tokenizer), models/checkpoints/ (persisted, so
+an interrupted run resumes from its last checkpoint), metrics/train.json and the loss curve in
+dvclive/train/.
+"""
+
+import hashlib
+import json
+import resource
+from pathlib import Path
+
+from stages.lib.errors import SlothlineError, run_stage
+from stages.lib.outputs import atomic_dir, clear_checkpoints, resume_point, write_json
+from stages.lib.params import load_params
+from stages.lib.templates import tokenize_for_training, turn_markers
+
+PREPARED_DIR = Path("data/prepared")
+CHECKPOINTS = Path("models/checkpoints")
+ADAPTER_DIR = Path("models/adapter")
+METRICS_FILE = Path("metrics/train.json")
+LIVE_DIR = "dvclive/train"
+
+
+def main() -> None:
+    params = load_params()
+    from stages.lib import backends  # imports unsloth (when used) before transformers
+
+    runtime = backends.choose_runtime(params)
+    train_rows, val_rows = read_split("train"), read_split("val")
+    model, tokenizer = backends.load_model(runtime, params)
+    import torch
+    from dvclive import Live
+
+    markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
+    dataset_markers = markers if runtime.backend == "hf" else None  # unsloth masks with its own function
+    train_dataset = tokenize_for_training(train_rows, tokenizer, dataset_markers)
+    val_dataset = tokenize_for_training(val_rows, tokenizer, dataset_markers) if val_rows else None
+
+    resume_from = resume_point(CHECKPOINTS, run_fingerprint(params))
+    live = Live(LIVE_DIR, resume=resume_from is not None, dvcyaml=False, save_dvc_exp=False)
+    trainer = backends.build_trainer(runtime, params, model, tokenizer, train_dataset, val_dataset,
+                                     str(CHECKPOINTS), [loss_curve(live)], markers)
+    tokens_before = tokens_seen_at(resume_from)
+    if resume_from:
+        print(f"resuming from {resume_from}")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    val_loss = trainer.evaluate()["eval_loss"] if val_dataset is not None else None
+
+    with atomic_dir(ADAPTER_DIR) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    state = trainer.state
+    tokens = state.num_input_tokens_seen - tokens_before
+    runtime_s = result.metrics["train_runtime"]
+    write_json(METRICS_FILE, {
+        "backend": runtime.backend,
+        "device": runtime.device,
+        "precision": runtime.precision,
+        "optim": runtime.optim,
+        "steps": state.global_step,
+        "epochs": round(state.epoch, 3),
+        "resumed_from_step": int(resume_from.rsplit("-", 1)[1]) if resume_from else 0,
+        "train_loss": next(log["loss"] for log in reversed(state.log_history) if "loss" in log),
+        "train_loss_avg": round(result.training_loss, 4),
+        "val_loss": round(val_loss, 4) if val_loss is not None else None,
+        "runtime_s": round(runtime_s, 2),
+        "train_tokens": tokens,
+        "train_tokens_per_s": round(tokens / runtime_s, 1),
+        "peak_mem_gib": round(peak_memory_gib(), 3),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    })
+    clear_checkpoints(CHECKPOINTS)
+    print(f"adapter -> {ADAPTER_DIR}/, metrics -> {METRICS_FILE}")
+
+
+def loss_curve(live):
+    """transformers' DVCLive callback, plotting each point at the trainer's global step (so a resumed
+    run continues its curve)."""
+    from transformers.integrations import DVCLiveCallback
+
+    class StepDVCLiveCallback(DVCLiveCallback):
+        def on_log(self, args, state, control, **kwargs):
+            live.step = state.global_step
+            super().on_log(args, state, control, **kwargs)
+
+    return StepDVCLiveCallback(live=live)
+
+
+def read_split(name: str) -> list[dict]:
+    path = PREPARED_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        raise SlothlineError(f"{path}: missing; run `dvc repro prepare` first")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if name == "train" and not rows:
+        raise SlothlineError(f"{path}: no training rows; check data.sources and data.total")
+    return rows
+
+
+def run_fingerprint(params) -> str:
+    """What a checkpoint must share with this run to be resumed: training params and data."""
+    knobs = params.model_dump(include={"model", "lora", "train"})
+    digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode())
+    digest.update((PREPARED_DIR / "train.jsonl").read_bytes())
+    return digest.hexdigest()
+
+
+def tokens_seen_at(checkpoint: str | None) -> int:
+    if not checkpoint:
+        return 0
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+
+
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+if __name__ == "__main__":
+    run_stage(main)

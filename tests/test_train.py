@@ -1,0 +1,151 @@
+"""Training: backend choice, response-only labels, packing isolation, and a short run on the hf backend."""
+
+import json
+
+import pytest
+import torch
+
+from stages import train
+from stages.lib import backends
+from stages.lib.errors import SlothlineError
+from stages.lib.params import Params
+from stages.lib.templates import tokenize_for_training, turn_markers
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Say hi."},
+    {"role": "assistant", "content": "Hi!"},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4."},
+]
+
+
+def params(**sections) -> Params:
+    return Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]}, **sections})
+
+
+def test_auto_picks_hf_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runtime = backends.choose_runtime(params())
+    assert (runtime.backend, runtime.device, runtime.precision, runtime.optim) == ("hf", "cpu", "float32", "adamw_torch")
+
+
+def test_unsloth_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SlothlineError, match="train.backend: unsloth needs a CUDA GPU"):
+        backends.choose_runtime(params(train={"backend": "unsloth"}))
+
+
+def test_4bit_on_cpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SlothlineError, match="model.load_in_4bit: 4-bit QLoRA needs a CUDA GPU"):
+        backends.choose_runtime(params(model={"load_in_4bit": True}))
+
+
+def labels_from_trl(tokenizer, texts):
+    """Labels as TRL's SFTTrainer builds them from our dataset (its `train_dataset` after preparation)."""
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = tokenize_for_training([{"text": t} for t in texts], tokenizer, turn_markers(texts))
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3")),
+        args=SFTConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none", max_length=512),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    return [(row["input_ids"], row["labels"]) for row in trainer.train_dataset]
+
+
+def test_labels_are_ignored_exactly_on_non_assistant_tokens(tokenizer):
+    text = tokenizer.apply_chat_template(CHAT, tokenize=False)
+    [(input_ids, labels)] = labels_from_trl(tokenizer, [text])
+    trained = [i for i, label in zip(input_ids, labels) if label != -100]
+    assert all(label in (-100, token) for token, label in zip(input_ids, labels))
+    # Both answers with their closing <|im_end|>, the thinking block included; nothing of system or user turns.
+    assert tokenizer.decode(trained) == (
+        "Hi!<|im_end|><think>\n2 + 2 = 4\n</think>\n\nThe answer is 4.<|im_end|>"
+    )
+    ignored = tokenizer.decode([i for i, label in zip(input_ids, labels) if label == -100])
+    assert ignored == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+        "\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n\n"
+    )
+
+
+def test_alpaca_prompt_labels_only_the_response(tokenizer):
+    from stages.lib.templates import ALPACA_PROMPT
+
+    text = ALPACA_PROMPT.format("Uppercase cat.", "CAT") + tokenizer.eos_token
+    [(input_ids, labels)] = labels_from_trl(tokenizer, [text])
+    assert tokenizer.decode([i for i, label in zip(input_ids, labels) if label != -100]) == "CAT<|im_end|>"
+
+
+def test_packed_examples_do_not_attend_to_each_other(tokenizer):
+    """Two examples packed into one padding-free row give the same logits as each alone."""
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), attn_implementation="sdpa")
+    model.eval()
+    first, second = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("Hello there!", "Reverse: abc"))
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    packed = collator([{"input_ids": first}, {"input_ids": second}])
+    assert packed["input_ids"].shape == (1, len(first) + len(second))
+    with torch.no_grad():
+        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        alone = [model(input_ids=torch.tensor([ids]), use_cache=False).logits[0] for ids in (first, second)]
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=1e-4)
+
+
+def test_resume_point_skips_incomplete_and_foreign_checkpoints(tmp_path):
+    from stages.lib.outputs import resume_point
+
+    for step in (4, 12):
+        (tmp_path / f"checkpoint-{step}").mkdir(parents=True)
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-16").mkdir()  # the run died while writing it
+    (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "same"}))
+    assert resume_point(tmp_path, "same") == str(tmp_path / "checkpoint-12")
+    assert not (tmp_path / "checkpoint-16").exists()
+    assert resume_point(tmp_path, "other") is None
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+@pytest.fixture
+def trained(workdir, tokenizer):
+    """A 12-step hf run on 48 bundled-style rows."""
+    from stages import prepare
+
+    rows = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in
+            [a + b for a in "abcdefgh" for b in "xyzuvw"]]
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.125)
+    text = (workdir.path / "params.yaml").read_text()
+    (workdir.path / "params.yaml").write_text(
+        text + "train: {max_steps: 12, per_device_batch_size: 4, learning_rate: 0.005, save_steps: 5, logging_steps: 2}\n"
+    )
+    prepare.main()
+    train.main()
+    return workdir
+
+
+def test_hf_run_writes_adapter_and_metrics(trained):
+    from peft import PeftModel
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    metrics = json.loads((trained.path / "metrics/train.json").read_text())
+    assert metrics["backend"] == "hf" and metrics["device"] == "cpu" and metrics["steps"] == 12
+    assert metrics["optim"] == "adamw_torch" and metrics["precision"] == "float32"
+    assert metrics["val_loss"] is not None and metrics["train_tokens_per_s"] > 0 and metrics["peak_mem_gib"] > 0
+    losses = [float(line.split("\t")[-1]) for line in
+              (trained.path / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    adapter = trained.path / "models/adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "tokenizer.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    tuned = PeftModel.from_pretrained(base, adapter)
+    assert tuned.peft_config["default"].r == 16
+    assert not list((trained.path / "models/checkpoints").glob("checkpoint-*"))
