@@ -33,25 +33,30 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def test_repro_then_nothing_to_do_then_lora_change_reruns_train_only(dvc_project):
-    set_params(dvc_project, train={"max_steps": 20})
-    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["prepare", "train"]
+def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect(dvc_project):
+    set_params(dvc_project, evaluate={"max_samples": 40})
+    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["prepare", "train", "evaluate"]
     data = json.loads((dvc_project / "metrics/data.json").read_text())
     assert data["train_rows"] + data["val_rows"] + data["test_rows"] == 1000
     trained = json.loads((dvc_project / "metrics/train.json").read_text())
-    assert trained["backend"] == "hf" and trained["steps"] == 20
+    assert trained["backend"] == "hf" and trained["steps"] > 0
     assert (dvc_project / "models/adapter/adapter_model.safetensors").is_file()
+    scores = json.loads((dvc_project / "metrics/eval.json").read_text())
+    assert scores["tuned"]["rougeL"] > scores["base"]["rougeL"] + 10, scores
+    assert scores["tuned"]["loss"] < scores["base"]["loss"]
+    assert "| rougeL |" in (dvc_project / "metrics/report.md").read_text()
 
     assert ran_stages(dvc(dvc_project, "repro").stdout) == []
 
     subprocess.run(["git", "add", "-A"], cwd=dvc_project, check=True)
     subprocess.run(["git", "commit", "-qm", "trained"], cwd=dvc_project, check=True)
-    experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32")
-    assert ran_stages(experiment.stdout) == ["train"]
+    assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "evaluate.max_new_tokens=64").stdout) == ["evaluate"]
+    experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32", "-S", "train.max_steps=10")
+    assert ran_stages(experiment.stdout) == ["train", "evaluate"]
     assert json.loads((dvc_project / "metrics/train.json").read_text())["trainable_params"] == 2 * trained[
         "trainable_params"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout
-    assert "trainable_params" in diff
+    assert "trainable_params" in diff and "tuned.rougeL" in diff
 
 
 def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):

@@ -7,6 +7,7 @@ TRL and PEFT: `load_model` imports it first, and nothing above it imports those 
 
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -57,20 +58,47 @@ def load_model(runtime: Runtime, params: Params):
     return _load_hf(runtime, params)
 
 
-def _load_unsloth(runtime: Runtime, params: Params):
+def load_for_inference(runtime: Runtime, params: Params, adapter_dir: Path | None):
+    """The base model with the trained adapter (or the fully fine-tuned model) in `adapter_dir`, ready
+    to generate (Unsloth's for_inference on GPU); the bare base model when `adapter_dir` is None."""
+    full_model = adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file()
+    source = str(adapter_dir) if full_model else resolve_model(params.model.name)
+    if runtime.backend == "unsloth":
+        model, tokenizer = _unsloth_base(runtime, params, source, full_finetuning=False)
+    else:
+        model, tokenizer = _hf_base(runtime, params, source)
+    if adapter_dir is not None and not full_model:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if runtime.backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    return model, tokenizer
+
+
+def _unsloth_base(runtime: Runtime, params: Params, source: str, full_finetuning: bool):
     import unsloth  # noqa: F401  (first: it patches transformers, TRL and PEFT)
     from unsloth import FastLanguageModel
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=resolve_model(params.model.name),
+    return FastLanguageModel.from_pretrained(
+        model_name=source,
         revision=params.model.revision,
         max_seq_length=params.model.max_seq_length,
         dtype=getattr(torch, runtime.precision),
         load_in_4bit=params.model.load_in_4bit,
-        full_finetuning=params.train.full_finetuning,
+        full_finetuning=full_finetuning,
     )
+
+
+def _load_unsloth(runtime: Runtime, params: Params):
+    model, tokenizer = _unsloth_base(runtime, params, resolve_model(params.model.name), params.train.full_finetuning)
     if params.train.full_finetuning:
         return model, tokenizer
+    from unsloth import FastLanguageModel
+
     lora = params.lora
     model = FastLanguageModel.get_peft_model(
         model,
@@ -91,23 +119,8 @@ def _load_unsloth(runtime: Runtime, params: Params):
 
 def _load_hf(runtime: Runtime, params: Params):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    source = resolve_model(params.model.name)
-    dtype = getattr(torch, runtime.precision)
-    quantization = (
-        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                           bnb_4bit_use_double_quant=True)
-        if params.model.load_in_4bit else None
-    )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=params.model.revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, revision=params.model.revision, dtype=dtype, quantization_config=quantization,
-            attn_implementation="sdpa", device_map={"": 0} if torch.cuda.is_available() else None,
-        )
-    except OSError as err:
-        raise SlothlineError(f"model.name: cannot load {params.model.name!r}: {err}") from None
+    model, tokenizer = _hf_base(runtime, params, resolve_model(params.model.name))
     if params.train.full_finetuning:
         return model, tokenizer
     lora = params.lora
@@ -127,6 +140,26 @@ def _load_hf(runtime: Runtime, params: Params):
         return get_peft_model(model, config), tokenizer
     except ValueError as err:  # e.g. target modules that the model does not have
         raise SlothlineError(f"lora.target_modules: {err}") from None
+
+
+def _hf_base(runtime: Runtime, params: Params, source: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    dtype = getattr(torch, runtime.precision)
+    quantization = (
+        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                           bnb_4bit_use_double_quant=True)
+        if params.model.load_in_4bit else None
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=params.model.revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, revision=params.model.revision, dtype=dtype, quantization_config=quantization,
+            attn_implementation="sdpa", device_map={"": 0} if torch.cuda.is_available() else None,
+        )
+    except OSError as err:
+        raise SlothlineError(f"model.name: cannot load {params.model.name!r}: {err}") from None
+    return model, tokenizer
 
 
 def _loftq_config():

@@ -1,0 +1,81 @@
+"""Batched generation and the evaluate stage's results and errors."""
+
+import json
+
+import pytest
+
+from stages.lib.errors import SlothlineError
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    model.eval()
+    return model
+
+
+PROMPTS = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+           for q in ("Hi", "Reverse the word 'apple'.", "What is 2 + 2?", "Say hello to Anna, then to Ben.")]
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model, tokenizer):
+    from stages.lib.generate import generate
+
+    batched = generate(tiny_model, tokenizer, PROMPTS, batch_size=4, max_new_tokens=12)
+    single = [generate(tiny_model, tokenizer, [p], batch_size=1, max_new_tokens=12)[0] for p in PROMPTS]
+    assert batched == single and any(batched)
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(tiny_model, tokenizer):
+    from stages.lib.generate import generate
+
+    no_pad = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    no_pad.pad_token = None
+    assert generate(tiny_model, no_pad, PROMPTS[:2], 2, 8) == generate(tiny_model, tokenizer, PROMPTS[:2], 2, 8)
+    assert no_pad.pad_token == no_pad.eos_token
+
+
+def write_prepared(workdir, test_rows: list[dict]):
+    from stages import prepare
+
+    rows = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky", "sea")]
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], test_fraction=0.4)
+    prepare.main()
+    (workdir.path / "data/prepared/test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+
+
+def test_empty_test_split_is_a_clear_error(workdir):
+    from stages import evaluate
+
+    write_prepared(workdir, [])
+    with pytest.raises(SlothlineError, match="the test split is empty; set data.test_fraction > 0"):
+        evaluate.main()
+
+
+def test_missing_adapter_is_a_clear_error(workdir):
+    from stages import evaluate
+
+    write_prepared(workdir, [{"prompt": "x", "reference": "y", "text": "z", "messages": []}])
+    with pytest.raises(SlothlineError, match="models/adapter: no trained adapter or model there; run `dvc repro train`"):
+        evaluate.main()
+
+
+def test_zero_max_samples_is_refused(workdir):
+    from stages.lib.params import load_params
+
+    (workdir.path / "params.yaml").write_text(
+        "data: {sources: [{path: a.jsonl, format: alpaca}]}\nevaluate: {max_samples: 0}\n")
+    with pytest.raises(SlothlineError, match=r"evaluate.max_samples: Input should be greater than or equal to 1"):
+        load_params()
+
+
+def test_report_lists_metrics_deltas_and_samples():
+    from stages.evaluate import report
+
+    results = {"tuned": {"rougeL": 40.0}, "base": {"rougeL": 10.0}, "delta": {"rougeL": 30.0}, "samples": 1}
+    text = report(results, [{"prompt": "a|b", "reference": "r", "base": "x", "tuned": "y\nz"}], "builtin:tiny-qwen3")
+    assert "| rougeL | 40 | 10 | +30 |" in text
+    assert "| a\\|b | r | x | y<br>z |" in text
