@@ -35,7 +35,9 @@ def ran_stages(output: str) -> list[str]:
 
 def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect(dvc_project):
     set_params(dvc_project, evaluate={"max_samples": 40})
-    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["prepare", "train", "evaluate"]
+    started = time.monotonic()
+    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["prepare", "train", "evaluate", "merge", "export"]
+    print(f"whole DAG: {time.monotonic() - started:.0f} s")
     data = json.loads((dvc_project / "metrics/data.json").read_text())
     assert data["train_rows"] + data["val_rows"] + data["test_rows"] == 1000
     trained = json.loads((dvc_project / "metrics/train.json").read_text())
@@ -45,6 +47,9 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     assert scores["tuned"]["rougeL"] > scores["base"]["rougeL"] + 10, scores
     assert scores["tuned"]["loss"] < scores["base"]["loss"]
     assert "| rougeL |" in (dvc_project / "metrics/report.md").read_text()
+    exported = json.loads((dvc_project / "metrics/export.json").read_text())
+    assert set(exported) == {"f16", "q8_0"} and all(r["tensors"] > 0 for r in exported.values())
+    assert (dvc_project / "models/merged/model.safetensors").is_file()
 
     assert ran_stages(dvc(dvc_project, "repro").stdout) == []
 
@@ -52,11 +57,11 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     subprocess.run(["git", "commit", "-qm", "trained"], cwd=dvc_project, check=True)
     assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "evaluate.max_new_tokens=64").stdout) == ["evaluate"]
     experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32", "-S", "train.max_steps=10")
-    assert ran_stages(experiment.stdout) == ["train", "evaluate"]
+    assert ran_stages(experiment.stdout) == ["train", "evaluate", "merge", "export"]
     assert json.loads((dvc_project / "metrics/train.json").read_text())["trainable_params"] == 2 * trained[
         "trainable_params"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout
-    assert "trainable_params" in diff and "tuned.rougeL" in diff
+    assert "trainable_params" in diff and "tuned.rougeL" in diff and "q8_0.size_mb" not in diff  # same shapes
 
 
 def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):

@@ -23,7 +23,7 @@ def prepare_error(workdir, rows, fmt="messages", **source) -> str:
     return str(caught.value)
 
 
-def test_writes_rendered_splits_and_metrics(workdir):
+def test_writes_rendered_splits_and_metrics(workdir, tokenizer):
     workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", ALPACA), "format": "alpaca"}])
     prepare.main()
     train = workdir.read_split("train")
@@ -37,8 +37,9 @@ def test_writes_rendered_splits_and_metrics(workdir):
     assert record["reference"] == "cat cat"
     metrics = json.loads((workdir.path / "metrics/data.json").read_text())
     assert metrics["train_rows"] == 4 and metrics["sources"]["a"]["rows_read"] == 4
-    # one token per byte plus one per special token: 39 bytes and 6 specials in each of these rows
-    assert metrics["tokens"]["train"]["max"] == 45
+    lengths = sorted(len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in train)
+    assert metrics["tokens"]["train"]["max"] == lengths[-1]
+    assert metrics["tokens"]["train"]["mean"] == round(sum(lengths) / 4, 1)
 
 
 def test_alpaca_template_appends_eos(workdir):

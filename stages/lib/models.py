@@ -22,12 +22,13 @@ QWEN_SPLIT = (
 )
 QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN_THINK_TOKENS = ["<think>", "</think>"]
+TOKENIZER_VOCAB = 480  # bytes and merges; the special tokens come after them, below the model's 512 rows
 
 BUILTIN_MODELS = {
     "tiny-qwen3": {
         "seed": 0,
         "config": {
-            "vocab_size": 320,
+            "vocab_size": 512,
             "hidden_size": 128,
             "intermediate_size": 512,
             "num_hidden_layers": 4,
@@ -65,10 +66,10 @@ def resolve_model(name: str) -> str:
 def ensure_builtin(builtin: str, root: Path | None = None) -> Path:
     """Build the builtin model into the cache once (atomically) and return its directory."""
     spec = BUILTIN_MODELS[builtin]
-    fingerprint = hashlib.sha256(
-        json.dumps(spec, sort_keys=True).encode() + (TEMPLATE_DIR / "qwen3_chat_template.jinja").read_bytes()
-    ).hexdigest()[:12]
-    target = (root or cache_root()) / "builtin" / f"{builtin}-{fingerprint}"
+    fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for name in ("qwen3_chat_template.jinja", "tokenizer_corpus.txt"):
+        fingerprint.update((TEMPLATE_DIR / name).read_bytes())
+    target = (root or cache_root()) / "builtin" / f"{builtin}-{fingerprint.hexdigest()[:12]}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,17 +106,20 @@ def build_tiny_qwen3(out_dir: Path, spec: dict) -> None:
 
 
 def build_byte_tokenizer():
-    """Byte-level BPE with no merges: 256 byte tokens plus Qwen's special tokens; independent of any data."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    """Byte-level BPE: 256 byte tokens plus merges learned from a fixed corpus shipped with the code
+    (tokenizer_corpus.txt, independent of any training data), and Qwen's special tokens."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    backend.train_from_iterator([(TEMPLATE_DIR / "tokenizer_corpus.txt").read_text()], trainer)
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_THINK_TOKENS])
     return PreTrainedTokenizerFast(

@@ -1,0 +1,96 @@
+"""export: write the merged model as GGUF, one file per `export.gguf_quantization`, each with an
+Ollama Modelfile, and verify every file by reading it back (and by generating from it where
+llama-cpp-python is installed).
+
+Outs: models/export/<quantization>/{model.gguf,Modelfile} and metrics/export.json.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from stages.lib.errors import SlothlineError, run_stage
+from stages.lib.export import (LLAMA_CPP_QUANTIZATIONS, PYTHON_QUANTIZATIONS, generation_check, read_back,
+                               write_gguf)
+from stages.lib.outputs import atomic_dir, write_json
+from stages.lib.params import load_params
+
+MERGED_DIR = Path("models/merged")
+EXPORT_DIR = Path("models/export")
+METRICS_FILE = Path("metrics/export.json")
+
+
+def main() -> None:
+    params = load_params()
+    if not (MERGED_DIR / "config.json").is_file():
+        raise SlothlineError(
+            f"{MERGED_DIR}: no merged model (merge.save_method is {params.merge.save_method!r}); "
+            "GGUF export needs merge.save_method: merged_16bit"
+        )
+    quantizations = params.export.gguf_quantization
+    unknown = [q for q in quantizations if q not in PYTHON_QUANTIZATIONS + LLAMA_CPP_QUANTIZATIONS]
+    if unknown:
+        raise SlothlineError(f"export.gguf_quantization: unknown {unknown}; choose from "
+                             f"{', '.join(PYTHON_QUANTIZATIONS + LLAMA_CPP_QUANTIZATIONS)}")
+    quantizer = shutil.which("llama-quantize")
+    if any(q in LLAMA_CPP_QUANTIZATIONS for q in quantizations) and not quantizer:
+        raise SlothlineError(
+            f"export.gguf_quantization: {', '.join(q for q in quantizations if q in LLAMA_CPP_QUANTIZATIONS)} "
+            "need llama.cpp's quantizer: put `llama-quantize` on PATH (build llama.cpp, or install its release), "
+            f"or use {', '.join(PYTHON_QUANTIZATIONS)}, which need nothing else"
+        )
+    report = {}
+    with atomic_dir(EXPORT_DIR) as staging:
+        for quantization in quantizations:
+            folder = staging / quantization
+            folder.mkdir()
+            gguf_file = folder / "model.gguf"
+            if quantization in PYTHON_QUANTIZATIONS:
+                write_gguf(MERGED_DIR, gguf_file, quantization)
+            else:  # k-quants: an f16 file through llama.cpp's quantizer
+                write_gguf(MERGED_DIR, folder / "f16.gguf", "f16")
+                subprocess.run([quantizer, str(folder / "f16.gguf"), str(gguf_file), quantization.upper()], check=True)
+                (folder / "f16.gguf").unlink()
+            (folder / "Modelfile").write_text(modelfile(MERGED_DIR))
+            report[quantization] = {
+                "size_mb": round(gguf_file.stat().st_size / 2**20, 3),
+                **read_back(gguf_file, MERGED_DIR),
+                "generation_check": generation_check(gguf_file, MERGED_DIR),
+            }
+    write_json(METRICS_FILE, report)
+    for quantization, result in report.items():
+        print(f"{EXPORT_DIR}/{quantization}/model.gguf: {result['size_mb']} MB, generation check: "
+              f"{result['generation_check']}")
+
+
+OLLAMA_TEMPLATES = {  # a special token of the family: the chat template in Ollama's Go-template form
+    "<|im_start|>": (
+        "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+    ),
+    "<|start_header_id|>": (
+        "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
+        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
+}
+
+
+def modelfile(model_dir: Path) -> str:
+    """An Ollama Modelfile: the GGUF beside it, the chat template, stop tokens and sampling defaults."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vocab = tokenizer.get_vocab()
+    template = next((t for marker, t in OLLAMA_TEMPLATES.items() if marker in vocab), None)
+    if template is None:
+        raise SlothlineError(f"export: no Ollama template for the chat format of {model_dir} (ChatML and Llama 3 known)")
+    stops = sorted({tokenizer.eos_token, *(t for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in vocab)})
+    lines = ["FROM ./model.gguf", f'TEMPLATE """{template}"""']
+    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
+    lines += ["PARAMETER temperature 0.7", "PARAMETER top_p 0.8"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,173 @@
+"""merge (adapter folded into the weights) and export (GGUF written with the gguf package, read back)."""
+
+import json
+
+import pytest
+import torch
+
+from stages.lib.errors import SlothlineError
+
+PARAMS = "data: {sources: [{path: a.jsonl, format: alpaca}]}\n"
+
+
+@pytest.fixture
+def adapter(workdir, tokenizer):
+    """A LoRA adapter with random (non-zero) B matrices, so merging really changes the weights."""
+    from peft import LoraConfig, get_peft_model
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                            "up_proj", "down_proj"], init_lora_weights=False)
+    model = get_peft_model(base, config)
+    model.save_pretrained(workdir.path / "models/adapter")
+    tokenizer.save_pretrained(workdir.path / "models/adapter")
+    return workdir
+
+
+def merge(workdir, params: str = PARAMS):
+    from stages import merge as merge_stage
+
+    (workdir.path / "params.yaml").write_text(params)
+    merge_stage.main()
+    return workdir.path / "models/merged"
+
+
+def test_merged_model_matches_the_adapter_model(adapter, tokenizer):
+    from peft import PeftModel
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    merged_dir = merge(adapter)
+    assert not (merged_dir / "adapter_config.json").exists()
+    assert "<|im_start|>" in (merged_dir / "chat_template.jinja").read_text()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)  # plain transformers, no PEFT
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3")),
+                                      adapter.path / "models/adapter")
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    ids = torch.tensor([tokenizer("<|im_start|>user\nReverse the word apple.<|im_end|>\n")["input_ids"]])
+    with torch.no_grad():
+        expected, got, untuned = (m(ids).logits for m in (tuned, merged, base))
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+    assert not torch.allclose(untuned, expected, atol=1e-2)  # the adapter does change the model
+
+
+def test_lora_method_keeps_the_adapter(adapter):
+    merged_dir = merge(adapter, PARAMS + "merge: {save_method: lora}\n")
+    assert (merged_dir / "adapter_config.json").is_file() and (merged_dir / "tokenizer.json").is_file()
+
+
+def test_merged_4bit_on_cpu_is_a_clear_error(adapter):
+    with pytest.raises(SlothlineError, match="merge.save_method: merged_4bit needs a CUDA GPU"):
+        merge(adapter, PARAMS + "merge: {save_method: merged_4bit}\n")
+
+
+def export(workdir, quantizations: list[str]):
+    from stages import export as export_stage
+
+    (workdir.path / "params.yaml").write_text(PARAMS + f"export: {{gguf_quantization: {json.dumps(quantizations)}}}\n")
+    export_stage.main()
+    return json.loads((workdir.path / "metrics/export.json").read_text())
+
+
+def test_gguf_files_are_written_and_read_back(adapter):
+    import gguf
+
+    merge(adapter)
+    report = export(adapter, ["f16", "bf16", "q8_0"])
+    assert set(report) == {"f16", "bf16", "q8_0"}
+    sizes = {q: r["size_mb"] for q, r in report.items()}
+    assert sizes["q8_0"] < sizes["f16"] == sizes["bf16"]
+    for quantization, result in report.items():
+        assert result["architecture"] == "qwen3" and result["vocab_size"] == 512
+        folder = adapter.path / "models/export" / quantization
+        reader = gguf.GGUFReader(str(folder / "model.gguf"))
+        assert len(reader.tensors) == result["tensors"] == 2 + 4 * 11  # embeddings, final norm, 11 per block
+        template = reader.fields["tokenizer.chat_template"]
+        assert "<|im_start|>" in bytes(template.parts[template.data[0]]).decode()
+        assert len(reader.fields["tokenizer.ggml.merges"].data) > 0
+        modelfile = (folder / "Modelfile").read_text()
+        assert modelfile.startswith("FROM ./model.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    q8 = {t.name: t for t in gguf.GGUFReader(str(adapter.path / "models/export/q8_0/model.gguf")).tensors}
+    assert q8["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
+    assert q8["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_q8_0_values_round_trip(adapter):
+    """Dequantised q8_0 weights equal the merged weights up to 8-bit rounding."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    merged = load_file(merge(adapter) / "model.safetensors")
+    export(adapter, ["q8_0"])
+    tensors = {t.name: t for t in gguf.GGUFReader(str(adapter.path / "models/export/q8_0/model.gguf")).tensors}
+    tensor = tensors["blk.1.ffn_down.weight"]
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(merged["model.layers.1.mlp.down_proj.weight"].shape)
+    original = merged["model.layers.1.mlp.down_proj.weight"]
+    assert abs(values - original).max() <= abs(original).max() / 127
+
+
+def test_k_quants_without_llama_quantize_name_what_to_install(adapter, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    merge(adapter)
+    with pytest.raises(SlothlineError, match="q4_k_m need llama.cpp's quantizer: put `llama-quantize` on PATH"):
+        export(adapter, ["q8_0", "q4_k_m"])
+
+
+def test_export_needs_merged_weights(adapter):
+    merge(adapter, PARAMS + "merge: {save_method: lora}\n")
+    with pytest.raises(SlothlineError, match="GGUF export needs merge.save_method: merged_16bit"):
+        export(adapter, ["f16"])
+
+
+def test_llama_family_exports_with_rotary_permutation(workdir, tokenizer):
+    """A tiny Llama checkpoint converts too; q/k rows are permuted to llama.cpp's rotary layout."""
+    import gguf
+    from stages.lib.export import permute_rotary, write_gguf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_dir = workdir.path / "llama"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    write_gguf(model_dir, workdir.path / "llama.gguf", "f16")
+    reader = gguf.GGUFReader(str(workdir.path / "llama.gguf"))
+    tensors = {t.name: t for t in reader.tensors}
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "llama"
+    from safetensors.numpy import load_file
+
+    k_proj = load_file(model_dir / "model.safetensors")["model.layers.0.self_attn.k_proj.weight"]
+    written = tensors["blk.0.attn_k.weight"].data.reshape(k_proj.shape)
+    assert abs(written - permute_rotary(k_proj, 2).astype("float16")).max() == 0
+    assert abs(written - k_proj.astype("float16")).max() > 0
+
+
+@pytest.mark.llama_cpp
+def test_llama_cpp_generates_what_transformers_generates(adapter):
+    """llama.cpp loads each file, tokenizes the chat prompt like the tokenizer, and its first greedy
+    tokens equal transformers' on the merged model."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    merge(adapter)
+    report = export(adapter, ["f16", "q8_0"])
+    assert report["f16"]["generation_check"] == "8 of 8 greedy tokens match transformers"
+    assert report["q8_0"]["generation_check"] == "8 of 8 greedy tokens match transformers"
+
+
+@pytest.mark.llama_cpp
+def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
+    """Without the rotary permutation llama.cpp would compute different attention and other tokens."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    from stages.lib.export import generation_check, write_gguf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_dir = workdir.path / "llama"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, initializer_range=0.1,
+                                 eos_token_id=tokenizer.eos_token_id)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    write_gguf(model_dir, workdir.path / "llama.gguf", "f16")
+    assert generation_check(workdir.path / "llama.gguf", model_dir) == "8 of 8 greedy tokens match transformers"
