@@ -44,8 +44,8 @@ def build_checkpoint(out_dir: Path) -> None:
 
 
 def chat_rows(tokenizer, fixed_length: bool) -> list[dict]:
-    """Chats of 64..2048 tokens, or all of about 2048 (byte-level: one token per character); the
-    same rows for every backend."""
+    """Chats of 64..2048 characters, or all of about 2048, the same rows for every backend (with the
+    byte-level builtin tokenizer of the committed results, one token per character)."""
     rng = random.Random(0)
     words = ["alpha", "beta", "gamma", "delta", "sloth", "lora", "tensor", "graph", "cache", "token"]
     rows = []

@@ -10,6 +10,8 @@ import json
 import resource
 from pathlib import Path
 
+import torch
+
 from stages.lib.errors import SlothlineError, run_stage
 from stages.lib.outputs import atomic_dir, clear_checkpoints, resume_point, write_json
 from stages.lib.params import load_params
@@ -29,7 +31,6 @@ def main() -> None:
     runtime = backends.choose_runtime(params)
     train_rows, val_rows = read_split("train"), read_split("val")
     model, tokenizer = backends.load_model(runtime, params)
-    import torch
     from dvclive import Live
 
     markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
@@ -63,7 +64,7 @@ def main() -> None:
         "steps": state.global_step,
         "epochs": round(state.epoch, 3),
         "resumed_from_step": int(resume_from.rsplit("-", 1)[1]) if resume_from else 0,
-        "train_loss": next(log["loss"] for log in reversed(state.log_history) if "loss" in log),
+        "train_loss": next((round(log["loss"], 4) for log in reversed(state.log_history) if "loss" in log), None),
         "train_loss_avg": round(result.training_loss, 4),
         "val_loss": round(val_loss, 4) if val_loss is not None else None,
         "runtime_s": round(runtime_s, 2),
@@ -115,8 +116,6 @@ def tokens_seen_at(checkpoint: str | None) -> int:
 
 def peak_memory_gib() -> float:
     """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -149,3 +149,30 @@ def test_hf_run_writes_adapter_and_metrics(trained):
     tuned = PeftModel.from_pretrained(base, adapter)
     assert tuned.peft_config["default"].r == 16
     assert not list((trained.path / "models/checkpoints").glob("checkpoint-*"))
+
+
+def test_lora_params_reach_the_peft_config():
+    from peft import LoraConfig
+
+    config = LoraConfig(**backends.lora_settings(params(lora={"r": 8, "alpha": 4, "dropout": 0.1, "use_rslora": True,
+                                                               "target_modules": ["q_proj"], "bias": "lora_only"})))
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.use_rslora) == (8, 4, 0.1, True)
+    assert config.target_modules == {"q_proj"} and config.bias == "lora_only" and config.init_lora_weights is True
+
+
+def test_full_finetuning_writes_a_whole_model(workdir):
+    """train.full_finetuning trains every weight; models/adapter then holds a plain checkpoint."""
+    from stages import prepare
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}])
+    text = (workdir.path / "params.yaml").read_text()
+    (workdir.path / "params.yaml").write_text(
+        text + "train: {full_finetuning: true, max_steps: 3, per_device_batch_size: 2, learning_rate: 0.001}\n")
+    prepare.main()
+    train.main()
+    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(workdir.path / "models/adapter")
+    assert metrics["trainable_params"] == sum(p.numel() for p in model.parameters())
+    assert not (workdir.path / "models/adapter/adapter_config.json").exists()

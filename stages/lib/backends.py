@@ -99,17 +99,9 @@ def _load_unsloth(runtime: Runtime, params: Params):
         return model, tokenizer
     from unsloth import FastLanguageModel
 
-    lora = params.lora
     model = FastLanguageModel.get_peft_model(
         model,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        bias=lora.bias,
-        target_modules=lora.target_modules,
-        use_rslora=lora.use_rslora,
-        init_lora_weights="loftq" if lora.loftq else True,
-        loftq_config=_loftq_config() if lora.loftq else {},
+        **lora_settings(params),
         use_gradient_checkpointing="unsloth" if params.train.gradient_checkpointing else False,
         random_state=params.train.seed,
         max_seq_length=params.model.max_seq_length,
@@ -123,18 +115,7 @@ def _load_hf(runtime: Runtime, params: Params):
     model, tokenizer = _hf_base(runtime, params, resolve_model(params.model.name))
     if params.train.full_finetuning:
         return model, tokenizer
-    lora = params.lora
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        bias=lora.bias,
-        target_modules=lora.target_modules,
-        use_rslora=lora.use_rslora,
-        init_lora_weights="loftq" if lora.loftq else True,
-        loftq_config=_loftq_config() if lora.loftq else {},
-        task_type="CAUSAL_LM",
-    )
+    config = LoraConfig(**lora_settings(params), task_type="CAUSAL_LM")
     torch.manual_seed(params.train.seed)  # LoRA A matrices start from the seed, as Unsloth's random_state
     try:
         return get_peft_model(model, config), tokenizer
@@ -162,10 +143,24 @@ def _hf_base(runtime: Runtime, params: Params, source: str):
     return model, tokenizer
 
 
-def _loftq_config():
-    from peft import LoftQConfig
+def lora_settings(params: Params) -> dict:
+    """The `lora.*` params as keyword arguments of both Unsloth's get_peft_model and PEFT's LoraConfig."""
+    lora = params.lora
+    loftq = {}
+    if lora.loftq:
+        from peft import LoftQConfig
 
-    return LoftQConfig(loftq_bits=4)
+        loftq = LoftQConfig(loftq_bits=4)
+    return {
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "bias": lora.bias,
+        "target_modules": lora.target_modules,
+        "use_rslora": lora.use_rslora,
+        "init_lora_weights": "loftq" if lora.loftq else True,
+        "loftq_config": loftq,
+    }
 
 
 def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_dataset, eval_dataset,
