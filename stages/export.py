@@ -41,7 +41,7 @@ def main() -> None:
         )
     report = {}
     with atomic_dir(EXPORT_DIR) as staging:
-        for quantization in quantizations:
+        for quantization in quantizations if "gguf" in params.export.formats else []:
             folder = staging / quantization
             folder.mkdir()
             gguf_file = folder / "model.gguf"

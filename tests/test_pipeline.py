@@ -65,22 +65,23 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
 
 
 def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):
-    set_params(dvc_project, train={"max_steps": 60, "save_steps": 5, "per_device_batch_size": 4})
+    set_params(dvc_project, train={"max_steps": 200, "save_steps": 5, "per_device_batch_size": 4})
     dvc(dvc_project, "repro", "prepare")
     checkpoints = dvc_project / "models/checkpoints"
+    saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     run = subprocess.Popen(["dvc", "repro", "train"], cwd=dvc_project, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (checkpoints / "checkpoint-10").is_dir() and time.monotonic() < deadline and run.poll() is None:
-        time.sleep(0.2)
+    while not any(step >= 10 for step in saved()) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.1)
     os.killpg(run.pid, signal.SIGKILL)  # like a crash or a lost machine: no chance to clean up
     run.wait()
-    assert (checkpoints / "checkpoint-10").is_dir() and not (dvc_project / "metrics/train.json").exists()
+    assert max(saved(), default=0) >= 10 and not (dvc_project / "metrics/train.json").exists()
 
     result = dvc(dvc_project, "repro", "train")
     assert "resuming from models/checkpoints/checkpoint-" in result.stdout
     metrics = json.loads((dvc_project / "metrics/train.json").read_text())
-    assert metrics["resumed_from_step"] >= 10 and metrics["steps"] == 60
+    assert metrics["resumed_from_step"] >= 10 and metrics["steps"] == 200
     assert len((dvc_project / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()) > 1
 
 

@@ -176,3 +176,10 @@ def test_full_finetuning_writes_a_whole_model(workdir):
     model = AutoModelForCausalLM.from_pretrained(workdir.path / "models/adapter")
     assert metrics["trainable_params"] == sum(p.numel() for p in model.parameters())
     assert not (workdir.path / "models/adapter/adapter_config.json").exists()
+
+
+def test_unknown_scheduler_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bad = params(train={"lr_scheduler": "cosine_warm"})
+    with pytest.raises(SlothlineError, match="train.lr_scheduler / train.optim: .*cosine_warm"):
+        backends.build_trainer(backends.choose_runtime(bad), bad, None, None, None, None, "/tmp/unused", [], None)

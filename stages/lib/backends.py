@@ -172,8 +172,53 @@ def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_data
     """
     from trl import SFTConfig, SFTTrainer  # Unsloth's patched classes once unsloth is imported
 
+    try:
+        config = sft_config(SFTConfig, runtime, params, output_dir)
+    except ValueError as err:  # e.g. an lr_scheduler or optim name transformers does not know
+        raise SlothlineError(f"params.yaml: train.lr_scheduler / train.optim: {err}") from None
+    trainer_class = SFTTrainer if _trl_loss_kernel_available() else _model_loss_trainer_class()
+    trainer = trainer_class(
+        model=model,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if runtime.backend == "unsloth" and markers:
+        from unsloth.chat_templates import train_on_responses_only
+
+        trainer = train_on_responses_only(trainer, instruction_part=markers[0], response_part=markers[1])
+    return trainer
+
+
+def _trl_loss_kernel_available() -> bool:
+    from trl.trainer import utils
+
+    return getattr(utils, "_ChunkedLogProbFunction", None) is not None
+
+
+def _model_loss_trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss is the model's own cross-entropy.
+
+        TRL 1.15 computes its loss through a Triton kernel, which exists only with a CUDA build
+        of torch; the model's own cross-entropy over the same labels is the same loss.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+
+    return ModelLossSFTTrainer
+
+
+def sft_config(config_class, runtime: Runtime, params: Params, output_dir: str):
+    """TRL's SFTConfig (or Unsloth's patched one) from the `train.*` params."""
     train = params.train
-    config = SFTConfig(
+    return config_class(
         output_dir=output_dir,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
@@ -206,40 +251,3 @@ def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_data
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
-    trainer_class = SFTTrainer if _trl_loss_kernel_available() else _model_loss_trainer_class()
-    trainer = trainer_class(
-        model=model,
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    if runtime.backend == "unsloth" and markers:
-        from unsloth.chat_templates import train_on_responses_only
-
-        trainer = train_on_responses_only(trainer, instruction_part=markers[0], response_part=markers[1])
-    return trainer
-
-
-def _trl_loss_kernel_available() -> bool:
-    from trl.trainer import utils
-
-    return getattr(utils, "_ChunkedLogProbFunction", None) is not None
-
-
-def _model_loss_trainer_class():
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class ModelLossSFTTrainer(SFTTrainer):
-        """SFTTrainer whose loss is the model's own cross-entropy.
-
-        TRL 1.15 computes its loss through a Triton kernel, which exists only with a CUDA build
-        of torch; the model's loss over the same labels is the same number (checked in tests).
-        """
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
-
-    return ModelLossSFTTrainer

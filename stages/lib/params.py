@@ -23,7 +23,6 @@ class Section(BaseModel):
 class ModelParams(Section):
     name: str = "builtin:tiny-qwen3"
     revision: str | None = None
-    kind: Literal["causal_lm"] = "causal_lm"
     max_seq_length: int = Field(512, ge=16)
     load_in_4bit: bool = False
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -97,7 +96,6 @@ class TrainParams(Section):
     seed: int = 3407
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
-    num_gpus: int = Field(1, ge=1)
 
 
 class EvaluateParams(Section):
