@@ -1,7 +1,7 @@
 """evaluate: generate answers for the test split with the tuned model (and the base model), score them.
 
 Outs: metrics/eval.json (`tuned`, `base` and `delta` groups: BLEU, chrF, ROUGE-1/2/L/Lsum, exact
-match, answer loss and perplexity), metrics/samples.json (prompt, reference, base and tuned answers,
+match, loss and perplexity on the trained tokens), metrics/samples.json (prompt, reference, base and tuned answers,
 a table for `dvc plots`) and metrics/report.md (what a reviewer reads in a pull request).
 """
 
@@ -41,7 +41,8 @@ def main() -> None:
         answers = generate(model, tokenizer, [r["prompt"] for r in rows], settings.batch_size,
                            settings.max_new_tokens, settings.temperature, settings.top_p, desc=f"{name} answers")
         return {**text_metrics(answers, references),
-                **loss_metrics(*answer_loss(model, dataset, tokenizer.pad_token_id, settings.batch_size))}, answers
+                **loss_metrics(*answer_loss(model, dataset, tokenizer.pad_token_id, settings.batch_size,
+                                            params.model.max_seq_length))}, answers
 
     results, answers = {}, {}
     results["tuned"], answers["tuned"] = score(model, "tuned")
@@ -55,11 +56,12 @@ def main() -> None:
         results["delta"] = {k: round(results["tuned"][k] - results["base"][k], 4) for k in results["tuned"]}
     results["samples"] = len(rows)
 
-    samples = [{"id": r["id"], "prompt": r["messages"][-2]["content"], "reference": r["reference"],
+    samples = [{"id": r["id"], "prompt": last_question(r["messages"]), "reference": r["reference"],
                 **{name: answers[name][i] for name in answers}} for i, r in enumerate(rows)]
     write_json(METRICS_FILE, results)
     write_json(SAMPLES_FILE, samples)
-    REPORT_FILE.write_text(report(results, samples[:REPORT_SAMPLES], params.model.name))
+    tuned_name = f"{params.model.name} + adapter" if hasattr(model, "disable_adapter") else "the fine-tuned model"
+    REPORT_FILE.write_text(report(results, samples[:REPORT_SAMPLES], tuned_name))
     print(json.dumps({name: results[name] for name in ("tuned", "base", "delta") if name in results}, indent=1))
 
 
@@ -73,10 +75,14 @@ def test_rows(max_samples: int) -> list[dict]:
     return rows
 
 
-def report(results: dict, samples: list[dict], model_name: str) -> str:
+def last_question(messages: list[dict]) -> str:
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+def report(results: dict, samples: list[dict], tuned_name: str) -> str:
     """Markdown for a pull request: headline metrics with base and delta, then a few samples."""
     groups = [g for g in ("tuned", "base", "delta") if g in results]
-    lines = [f"# Evaluation of {model_name} + adapter on {results['samples']} test samples", "",
+    lines = [f"# Evaluation of {tuned_name} on {results['samples']} test samples", "",
              "| metric | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
     for metric in results["tuned"]:
         lines.append(f"| {metric} | " + " | ".join(f"{results[g][metric]:+g}" if g == "delta" else f"{results[g][metric]:g}"

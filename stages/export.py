@@ -22,6 +22,12 @@ METRICS_FILE = Path("metrics/export.json")
 
 def main() -> None:
     params = load_params()
+    if "gguf" not in params.export.formats:
+        with atomic_dir(EXPORT_DIR):
+            pass
+        write_json(METRICS_FILE, {})
+        print("export.formats is empty: nothing to export")
+        return
     if not (MERGED_DIR / "config.json").is_file():
         raise SlothlineError(
             f"{MERGED_DIR}: no merged model (merge.save_method is {params.merge.save_method!r}); "
@@ -41,7 +47,7 @@ def main() -> None:
         )
     report = {}
     with atomic_dir(EXPORT_DIR) as staging:
-        for quantization in quantizations if "gguf" in params.export.formats else []:
+        for quantization in quantizations:
             folder = staging / quantization
             folder.mkdir()
             gguf_file = folder / "model.gguf"
@@ -49,7 +55,10 @@ def main() -> None:
                 write_gguf(MERGED_DIR, gguf_file, quantization)
             else:  # k-quants: an f16 file through llama.cpp's quantizer
                 write_gguf(MERGED_DIR, folder / "f16.gguf", "f16")
-                subprocess.run([quantizer, str(folder / "f16.gguf"), str(gguf_file), quantization.upper()], check=True)
+                done = subprocess.run([quantizer, str(folder / "f16.gguf"), str(gguf_file), quantization.upper()],
+                                      capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SlothlineError(f"llama-quantize failed for {quantization}:\n{done.stderr[-2000:]}")
                 (folder / "f16.gguf").unlink()
             (folder / "Modelfile").write_text(modelfile(MERGED_DIR))
             report[quantization] = {

@@ -76,6 +76,7 @@ def test_report_lists_metrics_deltas_and_samples():
     from stages.evaluate import report
 
     results = {"tuned": {"rougeL": 40.0}, "base": {"rougeL": 10.0}, "delta": {"rougeL": 30.0}, "samples": 1}
-    text = report(results, [{"prompt": "a|b", "reference": "r", "base": "x", "tuned": "y\nz"}], "builtin:tiny-qwen3")
+    text = report(results, [{"prompt": "a|b", "reference": "r", "base": "x", "tuned": "y\nz"}], "builtin:tiny-qwen3 + adapter")
+    assert text.startswith("# Evaluation of builtin:tiny-qwen3 + adapter on 1 test samples")
     assert "| rougeL | 40 | 10 | +30 |" in text
     assert "| a\\|b | r | x | y<br>z |" in text

@@ -73,6 +73,8 @@ def test_system_prompt_added_only_where_missing():
     ({"messages": [{"role": "user", "content": "Q"}, {"role": "system", "content": "S"},
                    {"role": "assistant", "content": "A"}]}, "messages", "a system prompt may only come first"),
     ({"messages": "not json"}, "messages", "not a JSON list"),
+    ({"messages": [{"role": "system", "content": "S"}, {"role": "assistant", "content": "A"}]}, "messages",
+     "no user turn"),
     (["a", "list"], "alpaca", "expected a JSON object"),
 ])
 def test_bad_rows_say_what_is_wrong(row, fmt, expected):

@@ -122,6 +122,28 @@ def test_export_needs_merged_weights(adapter):
         export(adapter, ["f16"])
 
 
+def test_bf16_checkpoints_export(workdir, tokenizer):
+    """GPU merges are saved in bfloat16, which numpy cannot hold: they still convert."""
+    from stages.lib.export import read_back, write_gguf
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    model_dir = workdir.path / "bf16"
+    AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), dtype=torch.bfloat16).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    write_gguf(model_dir, workdir.path / "bf16.gguf", "q8_0")
+    assert read_back(workdir.path / "bf16.gguf", model_dir)["tensors"] == 46
+
+
+def test_empty_formats_export_nothing(adapter):
+    from stages import export as export_stage
+
+    merge(adapter, PARAMS + "merge: {save_method: lora}\nexport: {formats: []}\n")
+    export_stage.main()
+    assert json.loads((adapter.path / "metrics/export.json").read_text()) == {}
+    assert list((adapter.path / "models/export").iterdir()) == []
+
+
 def test_llama_family_exports_with_rotary_permutation(workdir, tokenizer):
     """A tiny Llama checkpoint converts too; q/k rows are permuted to llama.cpp's rotary layout."""
     import gguf

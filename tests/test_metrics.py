@@ -52,7 +52,7 @@ def test_uniform_model_has_perplexity_equal_to_vocab_size(tokenizer):
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                                            tokenize=False) for q, a in (("Hi", "Hello there"), ("2+2?", "4"))]
     dataset = tokenize_for_training([{"text": t} for t in texts], tokenizer, turn_markers(texts))
-    total, count = answer_loss(model, dataset, tokenizer.pad_token_id, batch_size=2)
+    total, count = answer_loss(model, dataset, tokenizer.pad_token_id, batch_size=2, max_length=512)
     # labelled tokens: each answer after its empty think block (<think>, 2 newlines, </think>, 2 newlines),
     # plus its <|im_end|>, each predicted from the token before it
     assert count == sum(6 + len(tokenizer(a)["input_ids"]) + 1 for a in ("Hello there", "4"))

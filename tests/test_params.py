@@ -69,3 +69,8 @@ def test_missing_sources(tmp_path):
 def test_defaults_fill_every_section():
     params = Params.model_validate({"data": {"sources": [SOURCE]}})
     assert params.lora.r == 16 and params.train.backend == "auto" and params.data.sources[0].weight == 1.0
+
+
+def test_a_quantization_listed_twice(tmp_path):
+    message = error_of(tmp_path, "data: {sources: [{path: a.jsonl, format: alpaca}]}\nexport: {gguf_quantization: [f16, f16]}\n")
+    assert "export: gguf_quantization lists a quantization twice" in message

@@ -38,7 +38,13 @@ def choose_runtime(params: Params) -> Runtime:
         raise SlothlineError(f"train.backend: unsloth needs {missing}; set train.backend: hf (or auto) to train here")
     if params.model.load_in_4bit and not cuda:
         raise SlothlineError("model.load_in_4bit: 4-bit QLoRA needs a CUDA GPU (bitsandbytes); set it to false on CPU")
+    if params.lora.loftq and not cuda:
+        raise SlothlineError("lora.loftq: LoftQ initialisation needs a CUDA GPU (bitsandbytes); set it to false here")
     backend = "unsloth" if requested == "unsloth" or (requested == "auto" and unsloth_available()) else "hf"
+    if params.model.dtype == "float16" and not cuda:
+        raise SlothlineError("model.dtype: float16 training needs a CUDA GPU; use auto (float32) or bfloat16 on CPU")
+    if params.model.dtype == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
+        raise SlothlineError("model.dtype: this GPU has no bfloat16 support; use auto (float16 there) or float16")
     if params.model.dtype != "auto":
         precision = params.model.dtype
     elif cuda:
@@ -175,7 +181,8 @@ def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_data
     try:
         config = sft_config(SFTConfig, runtime, params, output_dir)
     except ValueError as err:  # e.g. an lr_scheduler or optim name transformers does not know
-        raise SlothlineError(f"params.yaml: train.lr_scheduler / train.optim: {err}") from None
+        raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
+                             f"train.optim): {err}") from None
     trainer_class = SFTTrainer if _trl_loss_kernel_available() else _model_loss_trainer_class()
     trainer = trainer_class(
         model=model,

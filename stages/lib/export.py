@@ -45,7 +45,9 @@ def merge_adapter(runtime, params, adapter_dir: Path, out_dir: Path) -> None:
         return
     from stages.lib.backends import load_for_inference
 
-    model, tokenizer = load_for_inference(runtime, params, adapter_dir)
+    # merge into a 16-bit base for merged_16bit (also after QLoRA), into a 4-bit one for merged_4bit
+    as_loaded = params.model.model_copy(update={"load_in_4bit": method == "merged_4bit"})
+    model, tokenizer = load_for_inference(runtime, params.model_copy(update={"model": as_loaded}), adapter_dir)
     model.merge_and_unload().save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
@@ -53,14 +55,11 @@ def merge_adapter(runtime, params, adapter_dir: Path, out_dir: Path) -> None:
 def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
     """Convert the Hugging Face checkpoint in `model_dir` to one GGUF file."""
     import gguf
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     config = json.loads((model_dir / "config.json").read_text())
-    if config.get("model_type") not in ARCHITECTURES:
-        raise SlothlineError(
-            f"export.formats: GGUF export supports {', '.join(ARCHITECTURES)} models, not {config.get('model_type')!r}"
-        )
+    check_exportable(model_dir, config)
     arch, pre_tokenizer = ARCHITECTURES[config["model_type"]]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     writer = gguf.GGUFWriter(str(out_file), arch)
@@ -71,13 +70,13 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
     tensors = {}
     for shard in sorted(model_dir.glob("*.safetensors")):
         tensors.update(load_file(shard))
-    for hf_name, data in tensors.items():
+    for hf_name, tensor in tensors.items():
         if config.get("tie_word_embeddings") and hf_name == "lm_head.weight":
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise SlothlineError(f"export: no GGUF name for tensor {hf_name!r} of {model_dir}")
-        data = data.astype(np.float32)
+        data = tensor.float().numpy()
         if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
             data = permute_rotary(data, heads)
@@ -87,6 +86,23 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def check_exportable(model_dir: Path, config: dict) -> None:
+    """Refuse, with the reason, what this converter would write wrongly."""
+    if config.get("model_type") not in ARCHITECTURES:
+        raise SlothlineError(
+            f"export.formats: GGUF export supports {', '.join(ARCHITECTURES)} models, not {config.get('model_type')!r}"
+        )
+    if config.get("quantization_config"):
+        raise SlothlineError(f"{model_dir}: quantized (bitsandbytes) weights; GGUF export needs merge.save_method: merged_16bit")
+    if (config.get("rope_parameters") or {}).get("rope_type", "default") != "default" or config.get("rope_scaling"):
+        raise SlothlineError(f"{model_dir}: RoPE scaling (e.g. Llama 3.1's) is not written by this converter; "
+                             "convert with llama.cpp's convert_hf_to_gguf.py instead")
+    tokenizer_model = json.loads((model_dir / "tokenizer.json").read_text())["model"]
+    if tokenizer_model.get("type") != "BPE" or "Ġ" not in tokenizer_model.get("vocab", {}):
+        raise SlothlineError(f"{model_dir}: GGUF export supports byte-level BPE tokenizers (Qwen, Llama 3), not "
+                             "SentencePiece ones (Llama 2); convert with llama.cpp's convert_hf_to_gguf.py instead")
 
 
 def write_hyperparameters(writer, config: dict, quantization: str) -> None:
@@ -173,7 +189,7 @@ def read_back(gguf_file: Path, model_dir: Path) -> dict:
     config = json.loads((model_dir / "config.json").read_text())
     expected = {}
     for shard in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(shard, "np") as f:
+        with safe_open(shard, "pt") as f:
             expected.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
     if config.get("tie_word_embeddings"):
         expected.pop("lm_head.weight", None)

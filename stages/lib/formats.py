@@ -110,4 +110,6 @@ def _checked(turns: list[dict]) -> list[dict]:
         raise RowError("no assistant turn; a training example needs at least one answer")
     if turns[-1]["role"] != "assistant":
         raise RowError(f"the last turn is {turns[-1]['role']!r}; a conversation must end with the assistant's answer")
+    if not any(turn["role"] == "user" for turn in turns):
+        raise RowError("no user turn; the assistant's answer needs a question before it")
     return [{"role": t["role"], "content": t["content"]} for t in turns]

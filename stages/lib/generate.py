@@ -30,11 +30,13 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
     return answers
 
 
-def answer_loss(model, dataset, pad_token_id: int, batch_size: int) -> tuple[float, int]:
-    """Summed cross-entropy and count of the labelled tokens (`assistant_masks`, else all) of `dataset`."""
+def answer_loss(model, dataset, pad_token_id: int, batch_size: int, max_length: int) -> tuple[float, int]:
+    """Summed cross-entropy and count of the labelled tokens (`assistant_masks`, else all) of `dataset`,
+    each row cut to `max_length` tokens as in training."""
     total, count = 0.0, 0
     for start in range(0, len(dataset), batch_size):
-        rows = dataset[start : start + batch_size]
+        rows = {name: [values[:max_length] for values in column]
+                for name, column in dataset[start : start + batch_size].items()}
         width = max(len(ids) for ids in rows["input_ids"])
         masks = rows.get("assistant_masks") or [[1] * len(ids) for ids in rows["input_ids"]]
         input_ids = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in rows["input_ids"]])

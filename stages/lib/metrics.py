@@ -1,5 +1,6 @@
 """Text metrics computed offline: sacrebleu (BLEU, chrF), rouge_score (ROUGE-1/2/L/Lsum), exact match,
-and teacher-forced loss / perplexity on the answer tokens. Scores are 0-100, except loss and perplexity."""
+and teacher-forced loss / perplexity on the tokens training learns (the answers with
+train.train_on_responses_only, else the whole text). Scores are 0-100, except loss and perplexity."""
 
 import math
 import re

@@ -1,7 +1,7 @@
 """Mixing ratios, seeded sampling, dedupe and train/val/test splits.
 
-Every random choice draws from a generator seeded by `data.seed` and the source's name, so the
-same inputs and params give the same rows in the same order.
+Every random choice draws from a generator seeded by `data.seed` and the source's (or, for the
+final shuffle, the split's) name, so the same inputs and params give the same rows in the same order.
 """
 
 import math

@@ -115,6 +115,12 @@ class ExportParams(Section):
     formats: list[Literal["gguf"]] = ["gguf"]
     gguf_quantization: list[str] = ["q8_0"]
 
+    @model_validator(mode="after")
+    def _check(self):
+        if len(set(self.gguf_quantization)) != len(self.gguf_quantization):
+            raise ValueError(f"gguf_quantization lists a quantization twice ({self.gguf_quantization}); list each once")
+        return self
+
 
 class Params(Section):
     model: ModelParams = ModelParams()

@@ -60,8 +60,9 @@ def turn_markers(texts: list[str]) -> tuple[str, str]:
         if all(response_part in text for text in texts):
             return instruction_part, response_part
     raise SlothlineError(
-        "train.train_on_responses_only: cannot find the assistant turn markers of this chat template "
-        f"(known: {', '.join(TURN_MARKERS)}); set train.train_on_responses_only: false to train on every token"
+        "train.train_on_responses_only: cannot find one pair of turn markers shared by every example "
+        f"(known: {', '.join(TURN_MARKERS)}; sources with different templates cannot be mixed for "
+        "response-only training); use one template, or set train.train_on_responses_only: false"
     )
 
 
