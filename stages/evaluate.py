@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 from stages.lib.errors import SlothlineError, run_stage
+from stages.lib.mixing import PREPARED_DIR, read_split
 from stages.lib.outputs import write_json
 from stages.lib.params import load_params
 
-PREPARED_DIR = Path("data/prepared")
 ADAPTER_DIR = Path("models/adapter")
 METRICS_FILE = Path("metrics/eval.json")
 SAMPLES_FILE = Path("metrics/samples.json")
@@ -23,7 +23,10 @@ REPORT_SAMPLES = 5
 def main() -> None:
     params = load_params()
     settings = params.evaluate
-    rows = test_rows(settings.max_samples)
+    rows = read_split("test")[: settings.max_samples]
+    if not rows:
+        raise SlothlineError(f"{PREPARED_DIR}/test.jsonl: the test split is empty; set data.test_fraction > 0 "
+                             "and rerun prepare")
     if not (ADAPTER_DIR / "adapter_config.json").is_file() and not (ADAPTER_DIR / "config.json").is_file():
         raise SlothlineError(f"{ADAPTER_DIR}: no trained adapter or model there; run `dvc repro train` first")
     from stages.lib import backends  # imports unsloth (when used) before transformers
@@ -33,6 +36,7 @@ def main() -> None:
 
     runtime = backends.choose_runtime(params)
     model, tokenizer = backends.load_for_inference(runtime, params, ADAPTER_DIR)
+    has_adapter = hasattr(model, "disable_adapter")  # a PeftModel; else a fully fine-tuned model
     markers = turn_markers([r["text"] for r in rows]) if params.train.train_on_responses_only else None
     dataset = tokenize_for_training(rows, tokenizer, markers)
     references = [r["reference"] for r in rows]
@@ -47,10 +51,10 @@ def main() -> None:
     results, answers = {}, {}
     results["tuned"], answers["tuned"] = score(model, "tuned")
     if settings.compare_base:
-        if hasattr(model, "disable_adapter"):
+        if has_adapter:
             with model.disable_adapter():
                 results["base"], answers["base"] = score(model, "base")
-        else:  # a fully fine-tuned model: load the base beside it
+        else:  # load the base beside the fully fine-tuned model
             base, _ = backends.load_for_inference(runtime, params, None)
             results["base"], answers["base"] = score(base, "base")
         results["delta"] = {k: round(results["tuned"][k] - results["base"][k], 4) for k in results["tuned"]}
@@ -60,19 +64,9 @@ def main() -> None:
                 **{name: answers[name][i] for name in answers}} for i, r in enumerate(rows)]
     write_json(METRICS_FILE, results)
     write_json(SAMPLES_FILE, samples)
-    tuned_name = f"{params.model.name} + adapter" if hasattr(model, "disable_adapter") else "the fine-tuned model"
+    tuned_name = f"{params.model.name} + adapter" if has_adapter else "the fine-tuned model"
     REPORT_FILE.write_text(report(results, samples[:REPORT_SAMPLES], tuned_name))
     print(json.dumps({name: results[name] for name in ("tuned", "base", "delta") if name in results}, indent=1))
-
-
-def test_rows(max_samples: int) -> list[dict]:
-    path = PREPARED_DIR / "test.jsonl"
-    if not path.is_file():
-        raise SlothlineError(f"{path}: missing; run `dvc repro prepare` first")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()][:max_samples]
-    if not rows:
-        raise SlothlineError(f"{path}: the test split is empty; set data.test_fraction > 0 and rerun prepare")
-    return rows
 
 
 def last_question(messages: list[dict]) -> str:

@@ -12,14 +12,13 @@ import numpy as np
 
 from stages.lib.errors import SlothlineError, run_stage
 from stages.lib.formats import RowError, to_messages
-from stages.lib.mixing import SPLITS, dedupe, mix
+from stages.lib.mixing import PREPARED_DIR, SPLITS, dedupe, mix
 from stages.lib.models import load_tokenizer
 from stages.lib.outputs import atomic_dir, write_json, write_jsonl
 from stages.lib.params import DataParams, Source, load_params
 from stages.lib.sources import read_rows
 from stages.lib.templates import render
 
-PREPARED_DIR = Path("data/prepared")
 METRICS_FILE = Path("metrics/data.json")
 
 

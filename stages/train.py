@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from stages.lib.errors import SlothlineError, run_stage
+from stages.lib.mixing import PREPARED_DIR, read_split
 from stages.lib.outputs import atomic_dir, clear_checkpoints, resume_point, write_json
 from stages.lib.params import load_params
 from stages.lib.templates import tokenize_for_training, turn_markers
 
-PREPARED_DIR = Path("data/prepared")
 CHECKPOINTS = Path("models/checkpoints")
 ADAPTER_DIR = Path("models/adapter")
 METRICS_FILE = Path("metrics/train.json")
@@ -30,6 +30,8 @@ def main() -> None:
 
     runtime = backends.choose_runtime(params)
     train_rows, val_rows = read_split("train"), read_split("val")
+    if not train_rows:
+        raise SlothlineError(f"{PREPARED_DIR}/train.jsonl: no training rows; check data.sources and data.total")
     model, tokenizer = backends.load_model(runtime, params)
     from dvclive import Live
 
@@ -88,16 +90,6 @@ def loss_curve(live):
             super().on_log(args, state, control, **kwargs)
 
     return StepDVCLiveCallback(live=live)
-
-
-def read_split(name: str) -> list[dict]:
-    path = PREPARED_DIR / f"{name}.jsonl"
-    if not path.is_file():
-        raise SlothlineError(f"{path}: missing; run `dvc repro prepare` first")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    if name == "train" and not rows:
-        raise SlothlineError(f"{path}: no training rows; check data.sources and data.total")
-    return rows
 
 
 def run_fingerprint(params) -> str:
