@@ -2,12 +2,13 @@
 
 Builds a randomly initialised checkpoint of Qwen3-4B's shape (a random model trains exactly as fast
 as the real one), then runs the train stage's own code (backends.load_model + build_trainer) on the
-same variable-length chat data with each backend, each in a fresh process (Unsloth patches
-transformers globally). Counts non-padding tokens per second over the steps after warm-up and the
-peak GPU memory, and writes benchmarks/results/train_backends.{json,md}.
+same chat data with each backend, each in a fresh process (Unsloth patches transformers
+globally). Counts non-padding tokens per second over the steps after warm-up and the peak GPU
+memory, and writes benchmarks/results/train_backends.{json,md}.
 
-    python benchmarks/train_backends.py            # both backends, padded and packed, then the report
-    python benchmarks/train_backends.py --backend hf --packing 0   # one run (used internally)
+    python benchmarks/train_backends.py                   # every backend and mode, then the report
+    python benchmarks/train_backends.py --modes padded    # one mode
+    python benchmarks/train_backends.py --backend hf --modes padded   # one run (used internally)
 """
 
 import argparse
@@ -24,11 +25,12 @@ QWEN3_4B_SHAPE = dict(
     num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
     max_position_embeddings=40960, rope_theta=1000000.0,
 )
-STEPS, WARMUP_STEPS, BATCH, MAX_LEN, ROWS = 40, 5, 4, 2048, 320
+STEPS, WARMUP_STEPS, BATCH, MAX_LEN, ROWS = 30, 5, 4, 2048, 320
+BACKENDS = ("unsloth", "hf", "hf-model-loss")
 
 
 def build_checkpoint(out_dir: Path) -> None:
-    """Random Qwen3-4B-shape weights in bf16 plus the builtin byte-level tokenizer and chat template."""
+    """Random Qwen3-4B-shape weights in bf16 plus the builtin tokenizer and chat template."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -44,17 +46,24 @@ def build_checkpoint(out_dir: Path) -> None:
 
 
 def chat_rows(tokenizer, fixed_length: bool) -> list[dict]:
-    """Chats of 64..2048 characters, or all of about 2048, the same rows for every backend (with the
-    byte-level builtin tokenizer of the committed results, one token per character)."""
+    """Chats of 64..2048 tokens (or all of about 2048), the same rows for every backend."""
     rng = random.Random(0)
     words = ["alpha", "beta", "gamma", "delta", "sloth", "lora", "tensor", "graph", "cache", "token"]
+    cost = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
+
+    def text(budget: int) -> str:
+        chosen = []
+        while budget > 0:
+            chosen.append(rng.choice(words))
+            budget -= cost[chosen[-1]]
+        return " ".join(chosen)
+
     rows = []
     for _ in range(ROWS):
         budget = MAX_LEN - 64 if fixed_length else rng.randint(64, MAX_LEN - 64)
-        prompt = " ".join(rng.choice(words) for _ in range(budget // 12))
-        answer = " ".join(rng.choice(words) for _ in range(budget // 12))
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        messages = [{"role": "user", "content": text(budget // 2)}, {"role": "assistant", "content": text(budget // 2)}]
         rows.append({"text": tokenizer.apply_chat_template(messages, tokenize=False)})
+    assert max(len(tokenizer(r["text"])["input_ids"]) for r in rows) <= MAX_LEN
     return rows
 
 
@@ -66,9 +75,16 @@ MODES = {  # name: (packing, fixed_length)
 
 
 def run_one(backend: str, mode: str, checkpoint: str) -> dict:
-    """Train STEPS steps with one backend through the stage's code; time the steps after warm-up."""
+    """Train STEPS steps with one backend through the stage's code; time the steps after warm-up.
+
+    `hf-model-loss` is the hf backend with the model's own cross-entropy (full logits, as a plain
+    transformers loop) instead of TRL's chunked loss kernel.
+    """
     from stages.lib import backends
     from stages.lib.params import Params
+
+    if backend == "hf-model-loss":
+        backend, backends._trl_loss_kernel_available = "hf", lambda: False
 
     packing, fixed_length = MODES[mode]
     params = Params.model_validate({
@@ -107,6 +123,7 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return {
         "backend": runtime.backend,
+        "loss": "TRL chunked kernel" if backends._trl_loss_kernel_available() else "model cross-entropy",
         "mode": mode,
         "device": runtime.device,
         "precision": runtime.precision,
@@ -132,12 +149,12 @@ def main() -> None:
     if not Path(args.checkpoint, "config.json").exists():
         build_checkpoint(Path(args.checkpoint))
     results_file = RESULTS / "train_backends.json"
-    report = json.loads(results_file.read_text()) if results_file.exists() else {"modes": {}}
+    report = {"modes": {}}
     report["model"] = "Qwen3-4B shape, random weights, bf16, LoRA r=16 on all 7 projections"
     report["data"] = f"{ROWS} chats, batch {BATCH}, max {MAX_LEN} tokens, response-only labels, gradient checkpointing"
     for mode in args.modes.split(","):
         runs = {}
-        for backend in ("unsloth", "hf"):
+        for backend in BACKENDS:
             out = subprocess.run([sys.executable, __file__, "--backend", backend, "--modes", mode,
                                   "--checkpoint", args.checkpoint], capture_output=True, text=True)
             print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
@@ -147,19 +164,27 @@ def main() -> None:
             "runs": runs,
             "unsloth_vs_hf_tokens_per_s": round(runs["unsloth"]["tokens_per_s"] / runs["hf"]["tokens_per_s"], 2),
             "unsloth_vs_hf_peak_mem": round(runs["unsloth"]["peak_mem_gib"] / runs["hf"]["peak_mem_gib"], 2),
+            "unsloth_vs_hf_model_loss_tokens_per_s": round(
+                runs["unsloth"]["tokens_per_s"] / runs["hf-model-loss"]["tokens_per_s"], 2),
+            "unsloth_vs_hf_model_loss_peak_mem": round(
+                runs["unsloth"]["peak_mem_gib"] / runs["hf-model-loss"]["peak_mem_gib"], 2),
         }
     RESULTS.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(report, indent=2) + "\n")
     rows = "\n".join(
         f"| {mode} | {r['runs'][b]['device']} | {b} | {r['runs'][b]['tokens_per_s']:,.0f} | {r['runs'][b]['peak_mem_gib']} |"
-        for mode, r in report["modes"].items() for b in ("unsloth", "hf")
+        for mode, r in report["modes"].items() for b in BACKENDS
     )
     summary = "\n".join(f"- {mode}: unsloth / hf = {r['unsloth_vs_hf_tokens_per_s']}x tokens/s at "
-                        f"{r['unsloth_vs_hf_peak_mem']}x peak memory" for mode, r in report["modes"].items())
+                        f"{r['unsloth_vs_hf_peak_mem']}x peak memory; unsloth / hf-model-loss = "
+                        f"{r['unsloth_vs_hf_model_loss_tokens_per_s']}x at {r['unsloth_vs_hf_model_loss_peak_mem']}x"
+                        for mode, r in report["modes"].items())
     (RESULTS / "train_backends.md").write_text(
         f"# Training backends\n\n{report['model']}; {report['data']}; {STEPS - WARMUP_STEPS} timed steps after "
         f"{WARMUP_STEPS} warm-up steps. padded: chats of 64..{MAX_LEN} tokens in padded batches; packed: the same "
-        f"with `train.packing: true`; fixed-length: every chat about {MAX_LEN} tokens.\n\n"
+        f"with `train.packing: true`; fixed-length: every chat about {MAX_LEN} tokens. hf: the hf backend as "
+        f"it trains (TRL's chunked loss kernel); hf-model-loss: the same with the model's own cross-entropy "
+        f"over full logits, as a plain transformers loop computes it.\n\n"
         f"| mode | device | backend | non-padding tokens/s | peak GiB |\n|---|---|---|---|---|\n{rows}\n\n{summary}\n"
     )
     print(json.dumps(report, indent=2))

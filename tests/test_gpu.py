@@ -1,25 +1,104 @@
-"""The Unsloth backend on a CUDA GPU (`pytest -m gpu`): the train stage end to end, and label parity."""
+"""The Unsloth backend and the GPU-only options on a CUDA GPU (`pytest -m gpu`).
+
+Stages run as `python -m stages.<name>` subprocesses, as `dvc repro` runs them, so that Unsloth's
+patching of transformers in one stage never leaks into another; checks that compare models run in
+a fresh process too.
+"""
 
 import json
+import math
+import os
+import subprocess
+import sys
 
 import pytest
+import yaml
+
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.gpu
+
+PROMPT = "<|im_start|>user\nReverse the word apple.<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture
 def prepared(workdir):
     from stages import prepare
-    from tests.conftest import ROOT
 
     sources = [{"path": str(ROOT / "data/raw" / name), "format": fmt}
                for name, fmt in [("alpaca.jsonl", "alpaca"), ("sharegpt.json", "sharegpt"),
                                  ("messages.jsonl", "messages"), ("reasoning.jsonl", "reasoning")]]
-    workdir.write_params(sources, total=400, val_fraction=0.05)
+    workdir.write_params(sources, total=400, val_fraction=0.05, test_fraction=0.1)
     prepare.main()
-    params_file = workdir.path / "params.yaml"
-    params_file.write_text(params_file.read_text() + "train: {backend: unsloth, max_steps: 30, learning_rate: 0.005}\n")
+    configure(workdir, train={"backend": "unsloth", "max_steps": 30, "learning_rate": 0.005},
+              evaluate={"max_samples": 16, "max_new_tokens": 16})
     return workdir
+
+
+def configure(workdir, **sections) -> None:
+    """Update sections of the work directory's params.yaml."""
+    path = workdir.path / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for name, values in sections.items():
+        params.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(params))
+
+
+def python(workdir, *args: str) -> str:
+    """Run python in the work directory with the project importable; fail the test with its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, *args], cwd=workdir.path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout
+
+
+def stage(workdir, name: str) -> dict:
+    """Run one stage; return its metrics file (or {} when it writes none)."""
+    python(workdir, "-m", f"stages.{name}")
+    metrics = workdir.path / "metrics" / f"{ {'evaluate': 'eval'}.get(name, name) }.json"
+    return json.loads(metrics.read_text()) if metrics.is_file() else {}
+
+
+COMPARE_LOGITS = """
+import json, sys, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from stages.lib.models import resolve_model
+merged_dir, prompt = sys.argv[1], sys.argv[2]
+tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+ids = tokenizer(prompt, return_tensors="pt").input_ids.cuda()
+base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), dtype=torch.float32, device_map={"": 0})
+tuned = PeftModel.from_pretrained(base, "models/adapter")
+merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, device_map={"": 0})
+with torch.no_grad():
+    expected, got = tuned(ids).logits.float(), merged(ids).logits.float()
+    with tuned.disable_adapter():
+        untuned = tuned(ids).logits.float()
+quantized = getattr(merged.config, "quantization_config", None) is not None
+if quantized:  # the same adapter on the 4-bit base, unmerged: what a 4-bit merge can at best reproduce
+    from transformers import BitsAndBytesConfig
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    base4 = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), quantization_config=bnb,
+                                                 device_map={"": 0})
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base4, "models/adapter")(ids).logits.float()
+scale = expected.abs().max().item()
+print(json.dumps({
+    "quantized": quantized,
+    "max_rel_diff": (got - expected).abs().max().item() / scale,
+    "adapter_rel_change": (untuned - expected).abs().max().item() / scale,
+    "argmax_agreement": (got.argmax(-1) == expected.argmax(-1)).float().mean().item(),
+}))
+"""
+
+
+def compare_merged(workdir) -> dict:
+    """The merged model (plain transformers) against base + adapter (PEFT) on one prompt: the float32
+    base for a 16-bit merge, the 4-bit base for a 4-bit one."""
+    result = json.loads(python(workdir, "-c", COMPARE_LOGITS, "models/merged", PROMPT).splitlines()[-1])
+    print(result)
+    return result
 
 
 def test_unsloth_labels_match_the_hf_backend_masks(prepared):
@@ -44,10 +123,92 @@ def test_unsloth_labels_match_the_hf_backend_masks(prepared):
     assert mismatched == 0, f"{mismatched} of {len(rows)} rows are labelled differently"
 
 
-def test_train_stage_on_unsloth(prepared):
-    from stages import train
-
-    train.main()
-    metrics = json.loads((prepared.path / "metrics/train.json").read_text())
-    assert metrics["backend"] == "unsloth" and metrics["device"] != "cpu" and metrics["steps"] == 30
+def test_unsloth_train_evaluate_merge_export(prepared):
+    """The whole chain on unsloth; merged_16bit through Unsloth's save_pretrained_merged."""
+    train = stage(prepared, "train")
+    assert train["backend"] == "unsloth" and train["device"] != "cpu" and train["steps"] == 30
     assert (prepared.path / "models/adapter/adapter_config.json").is_file()
+    evaluation = stage(prepared, "evaluate")
+    assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
+    stage(prepared, "merge")
+    comparison = compare_merged(prepared)
+    assert not comparison["quantized"] and comparison["adapter_rel_change"] > 0.05
+    # Unsloth merges into the base checkpoint's own (float32) weights; 0.02 leaves room for a bf16 base
+    assert comparison["max_rel_diff"] < 0.02 and comparison["argmax_agreement"] >= 0.95
+    configure(prepared, export={"gguf_quantization": ["f16", "q8_0"]})
+    export = stage(prepared, "export")
+    assert set(export) == {"f16", "q8_0"} and all(r["architecture"] == "qwen3" for r in export.values())
+
+
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_merged_4bit(prepared, backend):
+    """merged_4bit writes bitsandbytes 4-bit weights that plain transformers loads (export refusing
+    them is tested on CPU).
+
+    Fidelity is not asserted: on the tiny random model 4-bit rounding alone moves the argmax of about
+    half the tokens, and re-quantising W + BA after the merge moves more.
+    """
+    configure(prepared, train={"backend": backend, "max_steps": 10}, merge={"save_method": "merged_4bit"})
+    stage(prepared, "train")
+    stage(prepared, "merge")
+    comparison = compare_merged(prepared)
+    assert comparison["quantized"] and math.isfinite(comparison["max_rel_diff"])
+
+
+def test_qlora_on_unsloth(prepared):
+    """model.load_in_4bit: train on a 4-bit base, evaluate on it, merge into the 16-bit weights."""
+    configure(prepared, model={"load_in_4bit": True})
+    train = stage(prepared, "train")
+    assert train["backend"] == "unsloth" and train["steps"] == 30
+    evaluation = stage(prepared, "evaluate")
+    assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
+    stage(prepared, "merge")
+    comparison = compare_merged(prepared)
+    # merged into the original 16-bit weights, not the 4-bit ones it trained against: close, not equal
+    assert not comparison["quantized"] and comparison["argmax_agreement"] >= 0.8
+
+
+def test_full_finetuning_on_unsloth(prepared):
+    configure(prepared, train={"full_finetuning": True, "max_steps": 10, "learning_rate": 1e-4})
+    train = stage(prepared, "train")
+    assert train["backend"] == "unsloth" and train["steps"] == 10
+    adapter_dir = prepared.path / "models/adapter"
+    assert (adapter_dir / "config.json").is_file() and not (adapter_dir / "adapter_config.json").exists()
+    evaluation = stage(prepared, "evaluate")
+    assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
+
+
+RELOAD_LOFTQ = """
+import json, torch
+from stages.lib import backends
+from stages.lib.params import load_params
+params = load_params()
+runtime = backends.choose_runtime(params)
+model, tokenizer = backends.load_model(runtime, params)
+ids = tokenizer(PROMPT, return_tensors="pt").input_ids.cuda()
+model.save_pretrained("fresh-adapter")
+with torch.no_grad():
+    initial = model(ids).logits.float()
+    with model.disable_adapter():
+        quantized_base = model(ids).logits.float()
+reloaded, _ = backends.load_for_inference(runtime, params, __import__("pathlib").Path("fresh-adapter"))
+with torch.no_grad():
+    again = reloaded(ids).logits.float()
+scale = initial.abs().max().item()
+print(json.dumps({"reload_rel_diff": (again - initial).abs().max().item() / scale,
+                  "base_rel_change": (quantized_base - initial).abs().max().item() / scale}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_loftq(prepared, backend):
+    """LoftQ initialises LoRA against the quantised base; reloading the adapter rebuilds that same base."""
+    configure(prepared, train={"backend": backend, "max_steps": 10}, lora={"loftq": True})
+    result = json.loads(python(prepared, "-c", f"PROMPT = {PROMPT!r}\n" + RELOAD_LOFTQ).splitlines()[-1])
+    print(result)
+    assert result["base_rel_change"] > 1e-3  # the LoftQ adapter makes up for the quantisation error
+    assert result["reload_rel_diff"] < max(1e-2, result["base_rel_change"] / 4)
+    train = stage(prepared, "train")
+    assert train["backend"] == backend and train["steps"] == 10
+    evaluation = stage(prepared, "evaluate")
+    assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]

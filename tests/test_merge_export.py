@@ -193,3 +193,23 @@ def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
     tokenizer.save_pretrained(model_dir)
     write_gguf(model_dir, workdir.path / "llama.gguf", "f16")
     assert generation_check(workdir.path / "llama.gguf", model_dir) == "8 of 8 greedy tokens match transformers"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}, "quantized \\(bitsandbytes\\) weights"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
+    ({"model_type": "gemma3"}, "GGUF export supports qwen3, qwen2, llama models, not 'gemma3'"),
+])
+def test_export_refuses_what_it_would_write_wrongly(workdir, tokenizer, change, message):
+    from stages.lib.export import write_gguf
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    model_dir = workdir.path / "merged"
+    AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3")).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(SlothlineError, match=message):
+        write_gguf(model_dir, workdir.path / "out.gguf", "f16")
+    assert not (workdir.path / "out.gguf").exists()

@@ -74,3 +74,11 @@ def test_defaults_fill_every_section():
 def test_a_quantization_listed_twice(tmp_path):
     message = error_of(tmp_path, "data: {sources: [{path: a.jsonl, format: alpaca}]}\nexport: {gguf_quantization: [f16, f16]}\n")
     assert "export: gguf_quantization lists a quantization twice" in message
+
+
+def test_loftq_with_a_4bit_base_is_refused(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("data: {sources: [{path: a.jsonl, format: alpaca}]}\nlora: {loftq: true}\n"
+                           "model: {load_in_4bit: true}\n")
+    with pytest.raises(SlothlineError, match="lora.loftq quantises the 16-bit base itself.*set model.load_in_4bit: false"):
+        load_params(params_file)

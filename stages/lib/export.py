@@ -32,16 +32,17 @@ def merge_adapter(runtime, params, adapter_dir: Path, out_dir: Path) -> None:
             shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
             return
         raise SlothlineError("merge.save_method: lora needs a LoRA adapter, but train.full_finetuning produced a full model")
+    if method == "lora":  # the adapter directory is already the output, on either backend
+        shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
+        return
     if runtime.backend == "unsloth":
         from unsloth import FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(
             str(adapter_dir), max_seq_length=params.model.max_seq_length, load_in_4bit=method == "merged_4bit"
         )
-        model.save_pretrained_merged(str(out_dir), tokenizer, save_method=method)
-        return
-    if method == "lora":
-        shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
+        # Unsloth asks for "merged_4bit_forced" to confirm a 4-bit merge (no GGUF from it later)
+        model.save_pretrained_merged(str(out_dir), tokenizer, save_method=method.replace("4bit", "4bit_forced"))
         return
     from stages.lib.backends import load_for_inference
 

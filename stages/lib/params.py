@@ -131,6 +131,13 @@ class Params(Section):
     merge: MergeParams = MergeParams()
     export: ExportParams = ExportParams()
 
+    @model_validator(mode="after")
+    def _check(self):
+        if self.lora.loftq and self.model.load_in_4bit:
+            raise ValueError("lora.loftq quantises the 16-bit base itself while it initialises LoRA; "
+                             "set model.load_in_4bit: false")
+        return self
+
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; raise SlothlineError naming each bad key and the fix."""
