@@ -149,9 +149,11 @@ def main() -> None:
     if not Path(args.checkpoint, "config.json").exists():
         build_checkpoint(Path(args.checkpoint))
     results_file = RESULTS / "train_backends.json"
-    report = {"modes": {}}
-    report["model"] = "Qwen3-4B shape, random weights, bf16, LoRA r=16 on all 7 projections"
-    report["data"] = f"{ROWS} chats, batch {BATCH}, max {MAX_LEN} tokens, response-only labels, gradient checkpointing"
+    report = {
+        "model": "Qwen3-4B shape, random weights, bf16, LoRA r=16 on all 7 projections",
+        "data": f"{ROWS} chats, batch {BATCH}, max {MAX_LEN} tokens, response-only labels, gradient checkpointing",
+        "modes": {},
+    }
     for mode in args.modes.split(","):
         runs = {}
         for backend in BACKENDS:

@@ -27,12 +27,10 @@ def merge_adapter(runtime, params, adapter_dir: Path, out_dir: Path) -> None:
     method = params.merge.save_method
     if method == "merged_4bit" and runtime.device == "cpu":
         raise SlothlineError("merge.save_method: merged_4bit needs a CUDA GPU (bitsandbytes); use merged_16bit here")
-    if not (adapter_dir / "adapter_config.json").is_file():
-        if method != "lora":  # a fully fine-tuned model is already merged
-            shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
-            return
+    full_model = not (adapter_dir / "adapter_config.json").is_file()
+    if full_model and method == "lora":
         raise SlothlineError("merge.save_method: lora needs a LoRA adapter, but train.full_finetuning produced a full model")
-    if method == "lora":  # the adapter directory is already the output, on either backend
+    if full_model or method == "lora":  # already merged, or the adapter is the output (on either backend)
         shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
         return
     if runtime.backend == "unsloth":
