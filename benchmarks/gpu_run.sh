@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # What the GPU results under benchmarks/results/ came from, run from the repository root of a git
 # checkout on a CUDA host with the [gpu] extra installed (or an offline bundle of it on PYTHONPATH).
-# Each part fits a 10-minute window; run one with `benchmarks/gpu_run.sh tests` and so on.
+# Run one part with `benchmarks/gpu_run.sh tests` and so on. tests and train take about 12 minutes each;
+# where one command may run 10 minutes, run their pieces apart (pytest -k ..., --modes ...).
 #   tests      gpu_tests*.log          pytest -m gpu: label parity, the unsloth chain, merge methods,
 #                                      QLoRA, full fine-tuning, LoftQ
-#   train      train_backends.{json,md}  benchmarks/train_backends.py (Qwen3-4B-shape random checkpoint)
+#   train      train_backends.{json,md}, train_backends_<mode>.log
+#              benchmarks/train_backends.py (Qwen3-4B-shape random checkpoint), one mode per process
 #   generate   generate_speed_gpu.json benchmarks/generate_speed.py --qwen3-4b-shape
 #   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{eval,export}.json, gpu_dvc_repro_report.md
 #              `dvc repro` of all five stages on the tiny default (train.backend: auto -> unsloth),
@@ -17,7 +19,11 @@ parts=("$@")
 for part in "${parts[@]}"; do
   case $part in
     tests) python3 -m pytest -m gpu tests/test_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests.log" ;;
-    train) python3 benchmarks/train_backends.py ;;
+    train)
+      rm -f "$results/train_backends.json"
+      for mode in padded packed fixed-length; do
+        python3 benchmarks/train_backends.py --modes $mode 2>&1 | tee "$results/train_backends_$mode.log"
+      done ;;
     generate) python3 benchmarks/generate_speed.py --qwen3-4b-shape ;;
     dvc)
       scratch=$(mktemp -d)

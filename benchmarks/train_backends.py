@@ -7,7 +7,7 @@ globally). Counts non-padding tokens per second over the steps after warm-up and
 memory, and writes benchmarks/results/train_backends.{json,md}.
 
     python benchmarks/train_backends.py                   # every backend and mode, then the report
-    python benchmarks/train_backends.py --modes padded    # one mode
+    python benchmarks/train_backends.py --modes padded    # one mode, added to those already measured
     python benchmarks/train_backends.py --backend hf --modes padded   # one run (used internally)
 """
 
@@ -137,6 +137,14 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
     }
 
 
+def previous_modes(results_file: Path) -> dict:
+    """Modes measured by an earlier call with every current backend, so runs of one mode at a time add up."""
+    if not results_file.is_file():
+        return {}
+    modes = json.loads(results_file.read_text())["modes"]
+    return {mode: r for mode, r in modes.items() if set(r["runs"]) == set(BACKENDS)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
@@ -152,7 +160,7 @@ def main() -> None:
     report = {
         "model": "Qwen3-4B shape, random weights, bf16, LoRA r=16 on all 7 projections",
         "data": f"{ROWS} chats, batch {BATCH}, max {MAX_LEN} tokens, response-only labels, gradient checkpointing",
-        "modes": {},
+        "modes": previous_modes(results_file),
     }
     for mode in args.modes.split(","):
         runs = {}
