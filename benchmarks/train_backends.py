@@ -123,7 +123,7 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return {
         "backend": runtime.backend,
-        "loss": "TRL chunked kernel" if backends._trl_loss_kernel_available() else "model cross-entropy",
+        "loss": loss_name(runtime.backend),
         "mode": mode,
         "device": runtime.device,
         "precision": runtime.precision,
@@ -135,6 +135,14 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "losses": losses,
     }
+
+
+def loss_name(backend: str) -> str:
+    from stages.lib import backends
+
+    if backend == "unsloth":
+        return "Unsloth's patched SFTTrainer"
+    return "TRL chunked kernel" if backends._trl_loss_kernel_available() else "model cross-entropy"
 
 
 def previous_modes(results_file: Path) -> dict:
