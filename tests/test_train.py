@@ -36,6 +36,37 @@ def test_unsloth_without_a_gpu_is_a_clear_error(monkeypatch):
         backends.choose_runtime(params(train={"backend": "unsloth"}))
 
 
+def fake_gpu(monkeypatch, *, unsloth: bool, bf16: bool = True, bitsandbytes: bool = True) -> None:
+    """A CUDA GPU as choose_runtime sees it, with or without the unsloth and bitsandbytes packages."""
+    installed = {"unsloth": unsloth, "bitsandbytes": bitsandbytes}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Fake GPU")
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object() if installed.get(name) else None)
+
+
+@pytest.mark.parametrize(("unsloth", "bf16", "expected"), [
+    (True, True, ("unsloth", "Fake GPU", "bfloat16", "adamw_8bit")),
+    (True, False, ("unsloth", "Fake GPU", "float16", "adamw_8bit")),
+    (False, True, ("hf", "Fake GPU", "bfloat16", "adamw_8bit")),
+])
+def test_auto_on_a_gpu_picks_unsloth_when_installed(monkeypatch, unsloth, bf16, expected):
+    fake_gpu(monkeypatch, unsloth=unsloth, bf16=bf16)
+    runtime = backends.choose_runtime(params())
+    assert (runtime.backend, runtime.device, runtime.precision, runtime.optim) == expected
+
+
+def test_gpu_without_bitsandbytes_falls_back_to_adamw_torch(monkeypatch):
+    fake_gpu(monkeypatch, unsloth=False, bitsandbytes=False)
+    assert backends.choose_runtime(params(train={"backend": "hf"})).optim == "adamw_torch"
+
+
+def test_unsloth_on_a_gpu_without_the_package_is_a_clear_error(monkeypatch):
+    fake_gpu(monkeypatch, unsloth=False)
+    with pytest.raises(SlothlineError, match=r"needs the unsloth package \(pip install -e '.\[gpu\]'\)"):
+        backends.choose_runtime(params(train={"backend": "unsloth"}))
+
+
 def test_4bit_on_cpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SlothlineError, match="model.load_in_4bit: 4-bit QLoRA needs a CUDA GPU"):
