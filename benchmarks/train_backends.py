@@ -98,11 +98,10 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from stages.lib.templates import tokenize_for_training, turn_markers
+    from stages.lib.templates import turn_markers
 
     rows = chat_rows(tokenizer, fixed_length)
     markers = turn_markers([r["text"] for r in rows])
-    dataset = tokenize_for_training(rows, tokenizer, markers if runtime.backend == "hf" else None)
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -116,8 +115,7 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
             self.tokens = state.num_input_tokens_seen - self.tokens
 
     timer = Timer()
-    trainer = backends.build_trainer(runtime, params, model, tokenizer, dataset, None, "/tmp/bench-out", [timer],
-                                     markers)
+    trainer = backends.build_trainer(runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [timer], markers)
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]

@@ -16,7 +16,7 @@ from stages.lib.errors import SlothlineError, run_stage
 from stages.lib.mixing import PREPARED_DIR, read_split
 from stages.lib.outputs import atomic_dir, clear_checkpoints, resume_point, write_json
 from stages.lib.params import load_params
-from stages.lib.templates import tokenize_for_training, turn_markers
+from stages.lib.templates import turn_markers
 
 CHECKPOINTS = Path("models/checkpoints")
 ADAPTER_DIR = Path("models/adapter")
@@ -36,13 +36,10 @@ def main() -> None:
     from dvclive import Live
 
     markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
-    dataset_markers = markers if runtime.backend == "hf" else None  # unsloth masks with its own function
-    train_dataset = tokenize_for_training(train_rows, tokenizer, dataset_markers)
-    val_dataset = tokenize_for_training(val_rows, tokenizer, dataset_markers) if val_rows else None
 
     resume_from = resume_point(CHECKPOINTS, run_fingerprint(params))
     live = Live(LIVE_DIR, resume=resume_from is not None, dvcyaml=False, save_dvc_exp=False)
-    trainer = backends.build_trainer(runtime, params, model, tokenizer, train_dataset, val_dataset,
+    trainer = backends.build_trainer(runtime, params, model, tokenizer, train_rows, val_rows,
                                      str(CHECKPOINTS), [loss_curve(live)], markers)
     tokens_before = tokens_seen_at(resume_from)
     if resume_from:
@@ -50,7 +47,7 @@ def main() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     result = trainer.train(resume_from_checkpoint=resume_from)
-    val_loss = trainer.evaluate()["eval_loss"] if val_dataset is not None else None
+    val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
 
     with atomic_dir(ADAPTER_DIR) as staging:
         model.save_pretrained(staging)

@@ -113,8 +113,8 @@ def test_unsloth_labels_match_the_hf_backend_masks(prepared):
     model, tokenizer = backends.load_model(runtime, params)
     rows = prepared.read_split("train")
     markers = turn_markers([r["text"] for r in rows])
-    trainer = backends.build_trainer(runtime, params, model, tokenizer, tokenize_for_training(rows, tokenizer, None),
-                                     None, str(prepared.path / "out"), [], markers)
+    trainer = backends.build_trainer(runtime, params, model, tokenizer, rows, [], str(prepared.path / "out"), [],
+                                     markers)
     ours = tokenize_for_training(rows, tokenizer, markers)
     mismatched = sum(
         [t if m else -100 for t, m in zip(mine["input_ids"], mine["assistant_masks"])] != theirs["labels"]

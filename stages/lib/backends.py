@@ -14,6 +14,7 @@ import torch
 from stages.lib.errors import SlothlineError
 from stages.lib.models import resolve_model
 from stages.lib.params import Params
+from stages.lib.templates import tokenize_for_training
 
 
 @dataclass(frozen=True)
@@ -169,12 +170,12 @@ def lora_settings(params: Params) -> dict:
     }
 
 
-def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_dataset, eval_dataset,
-                  output_dir: str, callbacks: list, markers: tuple[str, str] | None):
-    """TRL's SFTTrainer configured from `train.*`.
+def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_rows: list[dict],
+                  val_rows: list[dict], output_dir: str, callbacks: list, markers: tuple[str, str] | None):
+    """TRL's SFTTrainer configured from `train.*`, on the rendered `text` of the prepared rows.
 
-    The hf backend gets its response-only labels from the dataset's `assistant_masks` column; on
-    unsloth, Unsloth's own train_on_responses_only masks with the same turn `markers`.
+    With turn `markers` (response-only loss), the hf backend gets its labels from the dataset's
+    `assistant_masks` column; on unsloth, Unsloth's own train_on_responses_only masks with them.
     """
     from trl import SFTConfig, SFTTrainer  # Unsloth's patched classes once unsloth is imported
 
@@ -183,6 +184,9 @@ def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_data
     except ValueError as err:  # e.g. an lr_scheduler or optim name transformers does not know
         raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
                              f"train.optim): {err}") from None
+    dataset_markers = markers if runtime.backend == "hf" else None
+    train_dataset = tokenize_for_training(train_rows, tokenizer, dataset_markers)
+    eval_dataset = tokenize_for_training(val_rows, tokenizer, dataset_markers) if val_rows else None
     trainer_class = SFTTrainer if _trl_loss_kernel_available() else _model_loss_trainer_class()
     trainer = trainer_class(
         model=model,
