@@ -2,12 +2,14 @@
 
 Outs: metrics/eval.json (`tuned`, `base` and `delta` groups: BLEU, chrF, ROUGE-1/2/L/Lsum, exact
 match, loss and perplexity on the trained tokens), metrics/samples.json (prompt, reference, base and tuned answers,
-a table for `dvc plots`) and metrics/report.md (what a reviewer reads in a pull request).
+a table for `dvc plots`), metrics/eval.png (base vs tuned scores) and metrics/report.md (what a reviewer
+reads in a pull request; it shows both charts).
 """
 
 import json
 from pathlib import Path
 
+from stages.lib import plots
 from stages.lib.errors import SlothlineError, run_stage
 from stages.lib.mixing import PREPARED_DIR, read_split
 from stages.lib.outputs import write_json
@@ -17,6 +19,8 @@ ADAPTER_DIR = Path("models/adapter")
 METRICS_FILE = Path("metrics/eval.json")
 SAMPLES_FILE = Path("metrics/samples.json")
 REPORT_FILE = Path("metrics/report.md")
+CHART_FILE = Path("metrics/eval.png")
+LOSS_PLOT = "loss.png"  # train's loss curve, beside the report
 REPORT_SAMPLES = 5
 
 
@@ -43,7 +47,8 @@ def main() -> None:
 
     def score(model, name: str) -> tuple[dict, list[str]]:
         answers = generate(model, tokenizer, [r["prompt"] for r in rows], settings.batch_size,
-                           settings.max_new_tokens, settings.temperature, settings.top_p, desc=f"{name} answers")
+                           settings.max_new_tokens, settings.temperature, settings.top_p, settings.seed,
+                           desc=f"{name} answers")
         return {**text_metrics(answers, references),
                 **loss_metrics(*answer_loss(model, dataset, tokenizer.pad_token_id, settings.batch_size,
                                             params.model.max_seq_length))}, answers
@@ -64,6 +69,7 @@ def main() -> None:
                 **{name: answers[name][i] for name in answers}} for i, r in enumerate(rows)]
     write_json(METRICS_FILE, results)
     write_json(SAMPLES_FILE, samples)
+    plots.metrics_chart(results, CHART_FILE)
     tuned_name = f"{params.model.name} + adapter" if has_adapter else "the fine-tuned model"
     REPORT_FILE.write_text(report(results, samples[:REPORT_SAMPLES], tuned_name))
     print(json.dumps({name: results[name] for name in ("tuned", "base", "delta") if name in results}, indent=1))
@@ -77,6 +83,7 @@ def report(results: dict, samples: list[dict], tuned_name: str) -> str:
     """Markdown for a pull request: headline metrics with base and delta, then a few samples."""
     groups = [g for g in ("tuned", "base", "delta") if g in results]
     lines = [f"# Evaluation of {tuned_name} on {results['samples']} test samples", "",
+             f"![Base vs tuned]({CHART_FILE.name}) ![Training loss]({LOSS_PLOT})", "",
              "| metric | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
     for metric in results["tuned"]:
         lines.append(f"| {metric} | " + " | ".join(f"{results[g][metric]:+g}" if g == "delta" else f"{results[g][metric]:g}"

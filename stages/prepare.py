@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.lib.dvcfile import require_declared
 from stages.lib.errors import SlothlineError, run_stage
 from stages.lib.formats import RowError, to_messages
 from stages.lib.mixing import PREPARED_DIR, SPLITS, dedupe, mix
@@ -25,6 +26,8 @@ METRICS_FILE = Path("metrics/data.json")
 def main() -> None:
     params = load_params()
     data = params.data
+    require_declared("prepare", {f"data.sources[{i}].path": Path(source.path)
+                                 for i, source in enumerate(data.sources) if Path(source.path).exists()})
     tokenizer = load_tokenizer(params.model.name, params.model.revision)
 
     by_source, report = {}, {}

@@ -1,8 +1,8 @@
 """train: fine-tune `model.name` with LoRA (or fully) on data/prepared/train.jsonl.
 
 Outs: models/adapter/ (a PEFT adapter directory plus tokenizer), models/checkpoints/ (persisted, so
-an interrupted run resumes from its last checkpoint), metrics/train.json and the loss curve in
-dvclive/train/.
+an interrupted run resumes from its last checkpoint), metrics/train.json, the loss curve as
+metrics/loss.png (train and val loss) and in dvclive/train/.
 """
 
 import hashlib
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from stages.lib import plots
 from stages.lib.errors import SlothlineError, run_stage
 from stages.lib.mixing import PREPARED_DIR, read_split
 from stages.lib.outputs import atomic_dir, clear_checkpoints, resume_point, write_json
@@ -21,6 +22,7 @@ from stages.lib.templates import turn_markers
 CHECKPOINTS = Path("models/checkpoints")
 ADAPTER_DIR = Path("models/adapter")
 METRICS_FILE = Path("metrics/train.json")
+LOSS_PLOT = Path("metrics/loss.png")
 LIVE_DIR = "dvclive/train"
 
 
@@ -50,8 +52,7 @@ def main() -> None:
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
 
     with atomic_dir(ADAPTER_DIR) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        backends.save_trained(model, tokenizer, staging)
     state = trainer.state
     tokens = state.num_input_tokens_seen - tokens_before
     runtime_s = result.metrics["train_runtime"]
@@ -72,6 +73,7 @@ def main() -> None:
         "peak_mem_gib": round(peak_memory_gib(), 3),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     })
+    plots.loss_curve(state.log_history, LOSS_PLOT)
     clear_checkpoints(CHECKPOINTS)
     print(f"adapter -> {ADAPTER_DIR}/, metrics -> {METRICS_FILE}")
 

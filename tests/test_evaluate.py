@@ -80,3 +80,35 @@ def test_report_lists_metrics_deltas_and_samples():
     assert text.startswith("# Evaluation of builtin:tiny-qwen3 + adapter on 1 test samples")
     assert "| rougeL | 40 | 10 | +30 |" in text
     assert "| a\\|b | r | x | y<br>z |" in text
+
+
+def test_sampling_repeats_with_the_same_seed(tiny_model, tokenizer):
+    from stages.lib.generate import generate
+
+    sample = lambda seed: generate(tiny_model, tokenizer, PROMPTS, 4, 12, temperature=1.5, seed=seed)
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+
+
+def test_report_shows_both_charts():
+    from stages.evaluate import report
+
+    text = report({"tuned": {"rougeL": 1.0}, "samples": 1}, [], "m")
+    assert "![Base vs tuned](eval.png)" in text and "![Training loss](loss.png)" in text
+
+
+def test_metrics_chart_and_loss_curve_are_pngs(tmp_path):
+    from PIL import Image
+
+    from stages.lib import plots
+
+    results = {"tuned": {"exact_match": 60.0, "rougeL": 80.0, "loss": 1.0}, "base": {"exact_match": 0.0, "rougeL": 2.0,
+                                                                                      "loss": 6.0}}
+    plots.metrics_chart(results, tmp_path / "eval.png")
+    history = [{"step": 5, "loss": 3.0}, {"step": 10, "loss": 2.0}, {"step": 10, "eval_loss": 2.5}]
+    plots.loss_curve(history, tmp_path / "loss.png")
+    for name in ("eval.png", "loss.png"):
+        assert Image.open(tmp_path / name).size == (640, 360)
+    first = (tmp_path / "eval.png").read_bytes()
+    plots.metrics_chart(results, tmp_path / "eval.png")
+    assert (tmp_path / "eval.png").read_bytes() == first  # same data, same bytes: DVC sees no change

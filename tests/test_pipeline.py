@@ -36,7 +36,8 @@ def ran_stages(output: str) -> list[str]:
 def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect(dvc_project):
     set_params(dvc_project, evaluate={"max_samples": 40})
     started = time.monotonic()
-    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["prepare", "train", "evaluate", "merge", "export"]
+    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["check_params", "prepare", "train", "evaluate", "merge",
+                                                            "export"]
     print(f"whole DAG: {time.monotonic() - started:.0f} s")
     data = json.loads((dvc_project / "metrics/data.json").read_text())
     assert data["train_rows"] + data["val_rows"] + data["test_rows"] == 1000
@@ -46,12 +47,21 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     scores = json.loads((dvc_project / "metrics/eval.json").read_text())
     assert scores["tuned"]["rougeL"] > scores["base"]["rougeL"] + 10, scores
     assert scores["tuned"]["loss"] < scores["base"]["loss"]
-    assert "| rougeL |" in (dvc_project / "metrics/report.md").read_text()
+    report = (dvc_project / "metrics/report.md").read_text()
+    assert "| rougeL |" in report and "![Base vs tuned](eval.png)" in report and "![Training loss](loss.png)" in report
+    assert all((dvc_project / "metrics" / image).is_file() for image in ("eval.png", "loss.png"))
     exported = json.loads((dvc_project / "metrics/export.json").read_text())
     assert set(exported) == {"f16", "q8_0"} and all(r["tensors"] > 0 for r in exported.values())
     assert (dvc_project / "models/merged/model.safetensors").is_file()
 
     assert ran_stages(dvc(dvc_project, "repro").stdout) == []
+
+    params_file = dvc_project / "params.yaml"
+    valid = params_file.read_text()
+    params_file.write_text(valid + "evalute:\n  max_new_tokens: 128\n")  # a section no stage reads
+    typo = dvc(dvc_project, "repro", check=False)
+    assert typo.returncode != 0 and "evalute: unknown parameter; did you mean evaluate?" in typo.stderr + typo.stdout
+    params_file.write_text(valid)
 
     subprocess.run(["git", "add", "-A"], cwd=dvc_project, check=True)
     subprocess.run(["git", "commit", "-qm", "trained"], cwd=dvc_project, check=True)

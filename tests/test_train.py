@@ -155,11 +155,30 @@ def trained(workdir, tokenizer):
     workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.125)
     text = (workdir.path / "params.yaml").read_text()
     (workdir.path / "params.yaml").write_text(
-        text + "train: {max_steps: 12, per_device_batch_size: 4, learning_rate: 0.005, save_steps: 5, logging_steps: 2}\n"
+        text + "train: {max_steps: 12, per_device_batch_size: 4, learning_rate: 0.005, save_steps: 5, logging_steps: 2, "
+               "eval_steps: 5}\n"
     )
     prepare.main()
     train.main()
     return workdir
+
+
+def test_cpu_training_uses_the_model_loss_even_where_trl_kernel_imports(monkeypatch, tokenizer):
+    """A CUDA build of torch imports TRL's Triton loss kernel on a CPU machine too, where it fails at the
+    first step: the loss follows the device, not what imports."""
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(utils, "_ChunkedLogProbFunction", object(), raising=False)
+    setting = params(train={"max_steps": 1})
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    rows = [{"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>"}]
+    trainer = backends.build_trainer(backends.choose_runtime(setting), setting, model, tokenizer, rows, [],
+                                     "/tmp/unused", [], None)
+    assert type(trainer).__name__ == "ModelLossSFTTrainer"
+    assert trainer.train().training_loss > 0
 
 
 def test_hf_run_writes_adapter_and_metrics(trained):
@@ -174,6 +193,9 @@ def test_hf_run_writes_adapter_and_metrics(trained):
     losses = [float(line.split("\t")[-1]) for line in
               (trained.path / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
     assert len(losses) == 6 and losses[-1] < losses[0]
+    val_losses = (trained.path / "dvclive/train/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
+    assert len(val_losses) >= 2  # every train.eval_steps, and once at the end
+    assert (trained.path / "metrics/loss.png").read_bytes().startswith(b"\x89PNG")
     adapter = trained.path / "models/adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "tokenizer.json").is_file()
     base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
@@ -214,3 +236,21 @@ def test_unknown_scheduler_is_a_clear_error(monkeypatch):
     bad = params(train={"lr_scheduler": "cosine_warm"})
     with pytest.raises(SlothlineError, match="check train.lr_scheduler, train.optim.*cosine_warm"):
         backends.build_trainer(backends.choose_runtime(bad), bad, None, None, None, None, "/tmp/unused", [], None)
+
+
+def test_identical_trainings_write_identical_adapters(trained):
+    """Two processes (different hash seeds) training the same thing write byte-identical adapter
+    directories, so DVC does not rerun evaluate, merge and export for nothing."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    def train_and_hash(hash_seed: str) -> dict:
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-m", "stages.train"], cwd=trained.path, env=env, check=True,
+                       capture_output=True)
+        adapter = trained.path / "models/adapter"
+        return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(adapter.iterdir())}
+
+    assert train_and_hash("1") == train_and_hash("2")

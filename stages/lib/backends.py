@@ -6,6 +6,7 @@ TRL and PEFT: `load_model` imports it first, and nothing above it imports those 
 """
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +151,19 @@ def _hf_base(runtime: Runtime, params: Params, source: str):
     return model, tokenizer
 
 
+def save_trained(model, tokenizer, out_dir: Path) -> None:
+    """Save the adapter (or the fully fine-tuned model) and the tokenizer, byte-identical for identical
+    training: PEFT writes `target_modules`, a set, in the process's hash order, so it is sorted here."""
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    config_file = Path(out_dir) / "adapter_config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def lora_settings(params: Params) -> dict:
     """The `lora.*` params as keyword arguments of both Unsloth's get_peft_model and PEFT's LoraConfig."""
     lora = params.lora
@@ -180,14 +194,14 @@ def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_rows
     from trl import SFTConfig, SFTTrainer  # Unsloth's patched classes once unsloth is imported
 
     try:
-        config = sft_config(SFTConfig, runtime, params, output_dir)
+        config = sft_config(SFTConfig, runtime, params, output_dir, evaluate=bool(val_rows))
     except ValueError as err:  # e.g. an lr_scheduler or optim name transformers does not know
         raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
                              f"train.optim): {err}") from None
     dataset_markers = markers if runtime.backend == "hf" else None
     train_dataset = tokenize_for_training(train_rows, tokenizer, dataset_markers)
     eval_dataset = tokenize_for_training(val_rows, tokenizer, dataset_markers) if val_rows else None
-    trainer_class = SFTTrainer if _trl_loss_kernel_available() else _model_loss_trainer_class()
+    trainer_class = SFTTrainer if runtime.device != "cpu" else _model_loss_trainer_class()
     trainer = trainer_class(
         model=model,
         args=config,
@@ -203,12 +217,6 @@ def build_trainer(runtime: Runtime, params: Params, model, tokenizer, train_rows
     return trainer
 
 
-def _trl_loss_kernel_available() -> bool:
-    from trl.trainer import utils
-
-    return getattr(utils, "_ChunkedLogProbFunction", None) is not None
-
-
 def _model_loss_trainer_class():
     from transformers import Trainer
     from trl import SFTTrainer
@@ -216,8 +224,9 @@ def _model_loss_trainer_class():
     class ModelLossSFTTrainer(SFTTrainer):
         """SFTTrainer whose loss is the model's own cross-entropy.
 
-        TRL 1.15 computes its loss through a Triton kernel, which exists only with a CUDA build
-        of torch; the model's own cross-entropy over the same labels is the same loss.
+        TRL 1.15 computes its loss through a Triton kernel, which needs a CUDA device (a CUDA build
+        of torch imports Triton on a CPU machine too, then fails at the first step); on the CPU the
+        model's own cross-entropy over the same labels is the same loss.
         """
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -226,8 +235,9 @@ def _model_loss_trainer_class():
     return ModelLossSFTTrainer
 
 
-def sft_config(config_class, runtime: Runtime, params: Params, output_dir: str):
-    """TRL's SFTConfig (or Unsloth's patched one) from the `train.*` params."""
+def sft_config(config_class, runtime: Runtime, params: Params, output_dir: str, evaluate: bool):
+    """TRL's SFTConfig (or Unsloth's patched one) from the `train.*` params; with `evaluate`, the val
+    loss every `train.eval_steps`."""
     train = params.train
     return config_class(
         output_dir=output_dir,
@@ -247,7 +257,8 @@ def sft_config(config_class, runtime: Runtime, params: Params, output_dir: str):
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=2,
-        eval_strategy="no",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=train.eval_steps,
         bf16=runtime.precision == "bfloat16",
         fp16=runtime.precision == "float16",
         use_cpu=runtime.device == "cpu",

@@ -229,7 +229,7 @@ def generation_check(gguf_file: Path, model_dir: Path, tokens: int = 8) -> str:
     with torch.inference_mode():
         expected = model.generate(torch.tensor([prompt_ids]), max_new_tokens=tokens, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id)[0, len(prompt_ids):].tolist()
-    llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=512, verbose=False)
+    llm = load_without_weight_repacking(llama_cpp, gguf_file)
     if llm.tokenize(prompt.encode(), add_bos=False, special=True) != prompt_ids:
         raise SlothlineError(f"{gguf_file}: llama.cpp tokenizes the chat prompt differently from the tokenizer")
     produced = []
@@ -239,3 +239,25 @@ def generation_check(gguf_file: Path, model_dir: Path, tokens: int = 8) -> str:
         produced.append(token)
     matching = next((i for i, (a, b) in enumerate(zip(produced, expected)) if a != b), min(len(produced), len(expected)))
     return f"{matching} of {len(expected)} greedy tokens match transformers"
+
+
+def load_without_weight_repacking(llama_cpp, gguf_file: Path):
+    """A llama.cpp model whose weights stay as the file stores them.
+
+    By default llama.cpp repacks quantized weights into extra buffer types for the CPU's matrix units;
+    on a Xeon with AMX that segfaults in the first decode of a q8_0 file of the tiny model. The check
+    needs no speed, and llama-cpp-python exposes the model parameter (`use_extra_bufts`) only through
+    its defaults, so those are switched off while the model loads.
+    """
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def plain_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = plain_buffers
+    try:
+        return llama_cpp.Llama(model_path=str(gguf_file), n_ctx=512, verbose=False)
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = defaults

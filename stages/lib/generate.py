@@ -7,10 +7,13 @@ from stages.lib.templates import strip_thinking
 
 
 def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, desc: str = "generate") -> list[str]:
-    """Answers to `prompts` (rendered, generation prompt included), greedy unless temperature > 0.
-    Prompts are batched longest first to waste little padding; answers come back in prompt order,
-    without special tokens and without a leading <think> block."""
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, desc: str = "generate") -> list[str]:
+    """Answers to `prompts` (rendered, generation prompt included), greedy unless temperature > 0,
+    when sampling starts from `seed`. Prompts are batched longest first to waste little padding;
+    answers come back in prompt order, without special tokens and without a leading <think> block."""
+    from transformers import set_seed
+
+    set_seed(seed)
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))

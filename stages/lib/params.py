@@ -95,6 +95,7 @@ class TrainParams(Section):
     train_on_responses_only: bool = True
     seed: int = 3407
     logging_steps: int = Field(1, ge=1)
+    eval_steps: int = Field(50, ge=1, description="val loss every this many steps (with a val split)")
     save_steps: int = Field(50, ge=1)
 
 
@@ -104,6 +105,7 @@ class EvaluateParams(Section):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 3407
     compare_base: bool = True
 
 
