@@ -1,12 +1,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from stages import prepare
 from stages.lib.errors import SlothlineError
+from stages.lib.mixing import read_split
 from tests.conftest import ROOT
 
 ALPACA = [{"instruction": f"Repeat {w}.", "input": "", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
@@ -141,6 +143,89 @@ def test_bad_rows_name_file_and_line(workdir, row, expected):
     fmt = "alpaca" if "instruction" in row else "sharegpt"
     good = ALPACA[0] if fmt == "alpaca" else {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
     assert expected in prepare_error(workdir, [good, row], fmt)
+
+
+def test_line_separators_inside_fields_reach_train(workdir):
+    rows = [{"instruction": f"Join {i}.", "output": f"a\u2028b\x85c\u2029{i}"} for i in range(20)]
+    (workdir.path / "a.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                         encoding="utf-8")
+    workdir.write_params([{"path": "a.jsonl", "format": "alpaca"}])
+    prepare.main()
+    train = read_split("train")
+    assert sorted(r["reference"] for r in train) == sorted(r["output"] for r in rows)
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json", "a.csv"])
+def test_a_byte_order_mark_is_accepted(workdir, name):
+    frame = pd.DataFrame(ALPACA)
+    text = {".jsonl": frame.to_json(orient="records", lines=True), ".json": frame.to_json(orient="records"),
+            ".csv": frame.to_csv(index=False)}[Path(name).suffix]
+    (workdir.path / name).write_text(text, encoding="utf-8-sig")
+    workdir.write_params([{"path": name, "format": "alpaca"}])
+    prepare.main()
+    assert sorted(r["reference"] for r in workdir.read_split("train")) == sorted(r["output"] for r in ALPACA)
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json", "a.csv"])
+def test_a_file_not_in_utf8_names_file_line_and_fix(workdir, name):
+    lines = {".jsonl": ['{"instruction": "Hi", "output": "Yo"}', '{"instruction": "Hi", "output": "Yo"}',
+                        '{"instruction": "Caf\u00e9", "output": "Yes"}'],
+             ".json": ['[{"instruction": "Hi", "output": "Yo"},', '{"instruction": "Hi", "output": "Yo"},',
+                       '{"instruction": "Caf\u00e9", "output": "Yes"}]'],
+             ".csv": ["instruction,output", "Hi,Yo", "Caf\u00e9,Yes"]}[Path(name).suffix]
+    (workdir.path / name).write_bytes("\n".join(lines).encode("cp1252"))
+    workdir.write_params([{"path": name, "format": "alpaca"}])
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    assert str(caught.value).startswith(f"{name}:3: not UTF-8 text (byte 0xe9")
+    assert "re-save the file as UTF-8" in str(caught.value)
+
+
+def test_json_lines_saved_as_json_say_so(workdir):
+    (workdir.path / "a.json").write_text("".join(json.dumps(r) + "\n" for r in ALPACA))
+    workdir.write_params([{"path": "a.json", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.json:2: malformed JSON \(Extra data at column 1\); "
+                                             r"this looks like JSON Lines .*rename the file to .jsonl"):
+        prepare.main()
+
+
+def test_a_json_file_that_is_not_json(workdir):
+    (workdir.path / "a.json").write_text("instruction,output\nHi,Yo\n")
+    workdir.write_params([{"path": "a.json", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.json:1: malformed JSON \(Expecting value at column 1\); fix the file"):
+        prepare.main()
+
+
+def test_a_truncated_line_reads_cleanly(workdir):
+    message = prepare_error(workdir, [json.dumps(CHAT[0]), '{"messages": [{"role": "user", "content": "Hel'])
+    assert message.startswith("bad.jsonl:2: malformed JSON (Unterminated string starting at column 43)")
+    assert "at at" not in message
+
+
+def test_a_corrupt_parquet_file(workdir):
+    (workdir.path / "a.parquet").write_bytes(b"PAR1 not really parquet")
+    workdir.write_params([{"path": "a.parquet", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.parquet: not a readable Parquet file \(.*\); the file is damaged"):
+        prepare.main()
+
+
+def test_a_directory_that_is_not_a_dataset_lists_its_data_files(workdir):
+    workdir.write_jsonl("raw/a.jsonl", ALPACA)
+    workdir.write_params([{"path": "raw", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^raw: a directory, but not a dataset written by datasets' save_to_disk; "
+                                             r"point the source's path at a data file in it \(raw/a.jsonl\)"):
+        prepare.main()
+
+
+def test_a_damaged_dataset_directory(workdir):
+    import datasets
+
+    datasets.Dataset.from_list(ALPACA).save_to_disk(str(workdir.path / "disk"))
+    (workdir.path / "disk/dataset_info.json").write_text("{garbage")
+    workdir.write_params([{"path": "disk", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^disk: a save_to_disk directory that cannot be loaded \(JSONDecodeError: "
+                                             r".*\); write it again with save_to_disk"):
+        prepare.main()
 
 
 def test_missing_source_file(workdir):

@@ -20,7 +20,8 @@ def read_split(name: str) -> list[dict]:
     path = PREPARED_DIR / f"{name}.jsonl"
     if not path.is_file():
         raise SlothlineError(f"{path}: missing; run `dvc repro prepare` first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 is legal inside a string
+    return [json.loads(line) for line in lines if line]
 
 
 def dedupe(records: list[dict]) -> tuple[list[dict], int]:
