@@ -39,10 +39,11 @@ def main() -> None:
             report[label]["duplicates_removed"] = len(records) - len(kept)
             by_source[label] = kept
 
+    for source in data.sources:
+        if not by_source[source.label]:
+            raise SlothlineError(no_usable_rows(source, report[source.label]))
     splits = mix(by_source, {s.label: s.weight for s in data.sources}, data.total,
                  data.val_fraction, data.test_fraction, data.seed)
-    if not splits["train"]:
-        raise SlothlineError("data: the train split is empty; add rows, raise data.total or lower the split fractions")
 
     with atomic_dir(PREPARED_DIR) as staging:
         for name, records in splits.items():
@@ -72,6 +73,16 @@ def read_source(source: Source, data: DataParams, tokenizer) -> tuple[list[dict]
         if len(records) == source.max_samples:
             break
     return records, skipped
+
+
+def no_usable_rows(source: Source, counts: dict) -> str:
+    found = f"{counts['rows_read']} read, {counts['rows_skipped']} skipped"
+    if counts.get("duplicates_removed"):
+        found += f", {counts['duplicates_removed']} duplicates of rows in other sources"
+    fix = "remove the source from data.sources or fill it"
+    if counts["rows_skipped"]:
+        fix += "; set `on_error: fail` on it to see why its rows are skipped"
+    return f"{source.path}: no usable rows ({found}); {fix}"
 
 
 def data_metrics(splits: dict, report: dict, tokenizer, max_seq_length: int) -> dict:

@@ -228,6 +228,43 @@ def test_a_damaged_dataset_directory(workdir):
         prepare.main()
 
 
+def test_three_rows_fail_in_prepare_when_a_test_split_is_asked_for(workdir):
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", ALPACA[:3]), "format": "alpaca"}],
+                         test_fraction=0.1)
+    with pytest.raises(SlothlineError, match=r"^data.test_fraction: 0.1 of 3 rows gives 0 test rows; raise "
+                                             r"data.test_fraction to at least 0.17, or add rows \(at least 6\)$"):
+        prepare.main()
+    assert not (workdir.path / "data/prepared").exists()
+
+
+@pytest.mark.parametrize("total", [None, 100])
+def test_a_source_without_usable_rows_is_named(workdir, total):
+    big = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(200)]
+    (workdir.path / "empty.jsonl").write_text("")
+    workdir.write_params([{"path": workdir.write_jsonl("good.jsonl", big), "format": "alpaca"},
+                          {"path": "empty.jsonl", "format": "alpaca"}], total=total)
+    with pytest.raises(SlothlineError, match=r"^empty.jsonl: no usable rows \(0 read, 0 skipped\); remove the "
+                                             r"source from data.sources or fill it$"):
+        prepare.main()
+
+
+def test_a_source_whose_rows_are_all_skipped_or_duplicates_is_named(workdir):
+    workdir.write_params([
+        {"path": workdir.write_jsonl("good.jsonl", ALPACA), "format": "alpaca"},
+        {"path": workdir.write_jsonl("copy.jsonl", ALPACA[:2]), "format": "alpaca"},
+    ])
+    with pytest.raises(SlothlineError, match=r"^copy.jsonl: no usable rows \(2 read, 0 skipped, 2 duplicates of rows "
+                                             r"in other sources\); remove the source"):
+        prepare.main()
+    workdir.write_params([
+        {"path": "good.jsonl", "format": "alpaca"},
+        {"path": workdir.write_jsonl("bad.jsonl", [{"instruction": "x"}]), "format": "alpaca", "on_error": "skip"},
+    ])
+    with pytest.raises(SlothlineError, match=r"^bad.jsonl: no usable rows \(1 read, 1 skipped\); .*set "
+                                             r"`on_error: fail` on it to see why its rows are skipped"):
+        prepare.main()
+
+
 def test_missing_source_file(workdir):
     workdir.write_params([{"path": "data/raw/nope.jsonl", "format": "alpaca"}])
     with pytest.raises(SlothlineError, match=r"data/raw/nope.jsonl: no such file or directory"):
