@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,69 @@ def test_truncated_rows_are_counted(workdir):
     }))
     prepare.main()
     assert json.loads((workdir.path / "metrics/data.json").read_text())["tokens"]["train"]["truncated_rows"] == 1
+
+
+@pytest.mark.parametrize("template", ["chat", "alpaca"])
+def test_token_lengths_find_the_first_answer_token(tokenizer, template):
+    from stages.lib.templates import render, token_lengths
+
+    messages = [{"role": "user", "content": "Repeat cat."}, {"role": "assistant", "content": "cat cat"}]
+    row = render(messages, tokenizer, template, enable_thinking=False)
+    ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+    [(length, answer_start)] = token_lengths([row], tokenizer)
+    assert length == len(ids)
+    marker = "<|im_start|>assistant\n" if template == "chat" else "### Response:\n"
+    assert tokenizer.decode(ids[:answer_start]).endswith(marker)
+    assert tokenizer.decode(ids[answer_start:]).startswith("<think>" if template == "chat" else "cat cat")
+
+
+LONG = [{"instruction": f"Spell the word {w} backwards, letter by letter, and then say it again.", "output": w[::-1]}
+        for w in ("banana", "cherry", "orange", "papaya", "quince", "tomato", "walnut", "radish", "pepper", "celery")]
+SHORT = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"}
+         for w in ("cat", "dog", "sun", "sky", "owl", "elk", "fox", "bee", "ant", "yak")]
+
+
+def test_rows_without_an_answer_token_within_max_seq_length_leave_train_and_val(workdir, capsys):
+    # max 40 tokens: short rows (33 tokens) fit; long ones (61) start their answer at token 49
+    (workdir.path / "params.yaml").write_text(json.dumps({
+        "model": {"max_seq_length": 40},
+        "data": {"sources": [{"path": workdir.write_jsonl("a.jsonl", SHORT + LONG), "format": "alpaca"}],
+                 "val_fraction": 0.2, "test_fraction": 0.2},
+    }))
+    prepare.main()
+    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    is_long = lambda row: row["messages"][0]["content"].startswith("Spell")
+    for name in ("train", "val"):
+        assert not any(is_long(r) for r in workdir.read_split(name))
+        assert metrics["tokens"][name]["rows_dropped_too_long"] == metrics["tokens"][name]["no_answer_rows"]
+        assert metrics[f"{name}_rows"] + metrics["tokens"][name]["rows_dropped_too_long"] == {"train": 12, "val": 4}[name]
+    test_long = sum(is_long(r) for r in workdir.read_split("test"))
+    assert metrics["tokens"]["test"]["no_answer_rows"] == test_long and metrics["test_rows"] == 4
+    assert metrics["tokens"]["test"]["rows_dropped_too_long"] == 0
+    assert sum(metrics["tokens"][name]["no_answer_rows"] for name in ("train", "val", "test")) == 10
+    assert sum(metrics["tokens"][name]["truncated_rows"] for name in ("train", "val", "test")) == 10
+    counts = {name: metrics["tokens"][name]["no_answer_rows"] for name in ("train", "val", "test")}
+    assert (f"model.max_seq_length 40: 10 rows are longer and get truncated (train {counts['train']}, val "
+            f"{counts['val']}, test {counts['test']}); 10 have no answer token within it (dropped: train "
+            f"{counts['train']}, val {counts['val']}; kept for evaluate: test {counts['test']})\n") in capsys.readouterr().out
+
+
+def test_no_train_row_with_an_answer_token_within_max_seq_length_fails_with_a_fix_that_works(workdir):
+    params = {"model": {"max_seq_length": 40},
+              "data": {"sources": [{"path": workdir.write_jsonl("a.jsonl", LONG), "format": "alpaca"}],
+                       "val_fraction": 0, "test_fraction": 0}}
+    (workdir.path / "params.yaml").write_text(json.dumps(params))
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    found = re.fullmatch(r"model.max_seq_length: 40 tokens leave no answer token in any of the 10 train rows \(their "
+                         r"prompts take \d+ to (\d+) tokens, whole rows up to \d+\); raise model.max_seq_length "
+                         r"to at least (\d+)", str(caught.value))
+    assert found and int(found[2]) == int(found[1]) + 1
+    assert not (workdir.path / "data/prepared").exists()
+    params["model"]["max_seq_length"] = int(found[2])
+    (workdir.path / "params.yaml").write_text(json.dumps(params))
+    prepare.main()
+    assert len(workdir.read_split("train")) == 10
 
 
 def test_malformed_json_line_names_file_and_line(workdir):
