@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from stages.lib.generate import generate
+from stages.lib.mixing import PREPARED_DIR, read_split
 from stages.lib.models import resolve_model
 
 RESULTS = Path("benchmarks/results")
@@ -22,9 +23,8 @@ FALLBACK_QUESTIONS = ["Say hello to Anna.", "Reverse the word 'stone'.", "What i
 
 
 def test_prompts(tokenizer, count: int) -> list[str]:
-    path = Path("data/prepared/test.jsonl")
-    if path.is_file():
-        prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+    if (PREPARED_DIR / "test.jsonl").is_file():
+        prompts = [row["prompt"] for row in read_split("test")]
     else:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                                  add_generation_prompt=True, enable_thinking=False)

@@ -44,7 +44,8 @@ class Workdir:
         (self.path / "params.yaml").write_text(yaml.safe_dump(params))
 
     def read_split(self, name: str) -> list[dict]:
-        return [json.loads(line) for line in (self.path / "data/prepared" / f"{name}.jsonl").read_text().splitlines()]
+        text = (self.path / "data/prepared" / f"{name}.jsonl").read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.split("\n") if line]
 
 
 @pytest.fixture

@@ -24,17 +24,59 @@ def test_sharegpt_maps_roles():
     assert [m["role"] for m in to_messages(row, "sharegpt")] == ["system", "user", "assistant", "user", "assistant"]
 
 
-def test_messages_keep_turns_and_join_content_parts():
+def test_messages_keep_turns_and_join_content_parts_with_newlines():
+    parts = [{"type": "text", "text": "Think of the number 7."}, {"type": "input_text", "text": "Answer in one word."}]
     row = {"messages": [
         {"role": "system", "content": "S"},
-        {"role": "user", "content": [{"type": "text", "text": "Add "}, {"type": "text", "text": "2 and 2."}]},
-        {"role": "assistant", "content": "4", "name": "ignored"},
+        {"role": "user", "content": parts},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Seven"}], "name": "ignored", "weight": 1},
     ]}
     assert to_messages(row, "messages") == [
         {"role": "system", "content": "S"},
-        {"role": "user", "content": "Add 2 and 2."},
-        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "Think of the number 7.\nAnswer in one word."},
+        {"role": "assistant", "content": "Seven"},
     ]
+
+
+@pytest.mark.parametrize("part", [{"type": "image_url", "image_url": {"url": "https://x/cat.png"}},
+                                  {"type": "image", "image": "cat.png"}, {"type": "input_image", "image_url": "x"}])
+def test_image_parts_are_refused_until_vision_models_exist(part):
+    row = {"messages": [{"role": "user", "content": [part, {"type": "text", "text": "What is it?"}]},
+                        {"role": "assistant", "content": "A cat."}]}
+    with pytest.raises(RowError) as caught:
+        to_messages(row, "messages")
+    assert str(caught.value) == (f"messages[0].content[0]: {part['type']!r} parts need a vision model, which is not "
+                                 "supported yet; drop the image part or the row")
+
+
+@pytest.mark.parametrize(("part", "expected"), [
+    ({"type": "input_audio", "input_audio": {}}, "messages[0].content[1]: unknown part type 'input_audio'; "
+                                                 'use text parts, like {"type": "text", "text": ...}'),
+    ({"type": "text", "text": 7}, "messages[0].content[1]: 'text' must be a string, got int"),
+    ("plain", "messages[0].content[1]: a content part must be an object with a 'type', like "
+              '{"type": "text", "text": ...}'),
+])
+def test_bad_content_parts_say_which_part(part, expected):
+    row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Q"}, part]},
+                        {"role": "assistant", "content": "A"}]}
+    with pytest.raises(RowError) as caught:
+        to_messages(row, "messages")
+    assert str(caught.value) == expected
+
+
+def test_an_answer_with_weight_0_is_refused_and_weight_1_accepted():
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "weight": 0},
+             {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!", "weight": 1}]
+    with pytest.raises(RowError) as caught:
+        to_messages({"messages": turns}, "messages")
+    assert str(caught.value) == (
+        "messages[1]: weight 0 (no loss on this answer) is not supported: every assistant answer is trained; "
+        "remove the key to train on this answer too, or drop the row")
+    turns[1]["weight"] = 1
+    assert [m["content"] for m in to_messages({"messages": turns}, "messages")] == ["Hi", "Hello", "Bye", "Bye!"]
+    turns[1]["weight"] = 0.5
+    with pytest.raises(RowError, match=r"^messages\[1\]: weight must be 0 or 1 \(got 0.5\)"):
+        to_messages({"messages": turns}, "messages")
 
 
 def test_messages_from_a_csv_cell_are_json():

@@ -56,3 +56,45 @@ def test_mix_keeps_the_ratio_in_every_split_and_is_deterministic():
 def test_dedupe_keeps_first():
     kept, removed = dedupe([{"id": "x", "n": 1}, {"id": "y"}, {"id": "x", "n": 2}])
     assert removed == 1 and kept == [{"id": "x", "n": 1}, {"id": "y"}]
+
+
+def test_a_split_asked_for_that_rounds_to_nothing_is_an_error_with_a_fix_that_works():
+    with pytest.raises(SlothlineError) as caught:
+        mix({"a": rows("a", 3)}, {"a": 1}, None, 0.0, 0.1, seed=1)
+    assert str(caught.value) == ("data.test_fraction: 0.1 of 3 rows gives 0 test rows; "
+                                 "raise data.test_fraction to at least 0.17, or add rows (at least 6)")
+    assert len(mix({"a": rows("a", 3)}, {"a": 1}, None, 0.0, 0.17, seed=1)["test"]) == 1
+    assert len(mix({"a": rows("a", 6)}, {"a": 1}, None, 0.0, 0.1, seed=1)["test"]) == 1
+
+
+def test_small_sources_round_on_their_own():
+    # 4 + 4 rows: 0.1 of each rounds to 0, although 0.1 of 8 would round to 1
+    by_source, weights = {"a": rows("a", 40), "b": rows("b", 40)}, {"a": 1, "b": 1}
+    with pytest.raises(SlothlineError) as caught:
+        mix(by_source, weights, 8, 0.1, 0.0, seed=1)
+    assert str(caught.value) == (
+        "data.val_fraction: 0.1 of 8 rows gives 0 val rows (each source is split on its own: a 4, b 4); raise "
+        "data.val_fraction to at least 0.13, or raise data.total to at least 12, or set data.val_fraction: 0 "
+        "to train without validation")
+    assert len(mix(by_source, weights, 8, 0.13, 0.0, seed=1)["val"]) == 2
+    assert len(mix(by_source, weights, 12, 0.1, 0.0, seed=1)["val"]) == 2
+    with pytest.raises(SlothlineError, match=r"add rows \(at least a 6, b 6\)"):
+        mix({"a": rows("a", 4), "b": rows("b", 4)}, weights, None, 0.1, 0.0, seed=1)
+
+
+def test_every_split_asked_for_is_reported_at_once():
+    with pytest.raises(SlothlineError) as caught:
+        mix({"a": rows("a", 3)}, {"a": 1}, None, 0.1, 0.1, seed=1)
+    assert "data.val_fraction: 0.1 of 3 rows gives 0 val rows" in str(caught.value)
+    assert "data.test_fraction: 0.1 of 3 rows gives 0 test rows" in str(caught.value)
+
+
+def test_fraction_zero_means_no_such_split():
+    splits = mix({"a": rows("a", 3)}, {"a": 1}, None, 0.0, 0.0, seed=1)
+    assert (len(splits["train"]), splits["val"], splits["test"]) == (3, [], [])
+
+
+def test_an_empty_train_split_is_an_error():
+    with pytest.raises(SlothlineError, match=r"^data: the train split is empty \(2 rows: 1 val, 1 test\); lower "
+                                             r"data.val_fraction or data.test_fraction, or add rows"):
+        mix({"a": rows("a", 2)}, {"a": 1}, None, 0.3, 0.3, seed=1)

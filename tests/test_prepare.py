@@ -1,12 +1,15 @@
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from stages import prepare
 from stages.lib.errors import SlothlineError
+from stages.lib.mixing import read_split
 from tests.conftest import ROOT
 
 ALPACA = [{"instruction": f"Repeat {w}.", "input": "", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
@@ -125,6 +128,69 @@ def test_truncated_rows_are_counted(workdir):
     assert json.loads((workdir.path / "metrics/data.json").read_text())["tokens"]["train"]["truncated_rows"] == 1
 
 
+@pytest.mark.parametrize("template", ["chat", "alpaca"])
+def test_token_lengths_find_the_first_answer_token(tokenizer, template):
+    from stages.lib.templates import render, token_lengths
+
+    messages = [{"role": "user", "content": "Repeat cat."}, {"role": "assistant", "content": "cat cat"}]
+    row = render(messages, tokenizer, template, enable_thinking=False)
+    ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+    [(length, answer_start)] = token_lengths([row], tokenizer)
+    assert length == len(ids)
+    marker = "<|im_start|>assistant\n" if template == "chat" else "### Response:\n"
+    assert tokenizer.decode(ids[:answer_start]).endswith(marker)
+    assert tokenizer.decode(ids[answer_start:]).startswith("<think>" if template == "chat" else "cat cat")
+
+
+LONG = [{"instruction": f"Spell the word {w} backwards, letter by letter, and then say it again.", "output": w[::-1]}
+        for w in ("banana", "cherry", "orange", "papaya", "quince", "tomato", "walnut", "radish", "pepper", "celery")]
+SHORT = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"}
+         for w in ("cat", "dog", "sun", "sky", "owl", "elk", "fox", "bee", "ant", "yak")]
+
+
+def test_rows_without_an_answer_token_within_max_seq_length_leave_train_and_val(workdir, capsys):
+    # max 40 tokens: short rows (33 tokens) fit; long ones (61) start their answer at token 49
+    (workdir.path / "params.yaml").write_text(json.dumps({
+        "model": {"max_seq_length": 40},
+        "data": {"sources": [{"path": workdir.write_jsonl("a.jsonl", SHORT + LONG), "format": "alpaca"}],
+                 "val_fraction": 0.2, "test_fraction": 0.2},
+    }))
+    prepare.main()
+    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    is_long = lambda row: row["messages"][0]["content"].startswith("Spell")
+    for name in ("train", "val"):
+        assert not any(is_long(r) for r in workdir.read_split(name))
+        assert metrics["tokens"][name]["rows_dropped_too_long"] == metrics["tokens"][name]["no_answer_rows"]
+        assert metrics[f"{name}_rows"] + metrics["tokens"][name]["rows_dropped_too_long"] == {"train": 12, "val": 4}[name]
+    test_long = sum(is_long(r) for r in workdir.read_split("test"))
+    assert metrics["tokens"]["test"]["no_answer_rows"] == test_long and metrics["test_rows"] == 4
+    assert metrics["tokens"]["test"]["rows_dropped_too_long"] == 0
+    assert sum(metrics["tokens"][name]["no_answer_rows"] for name in ("train", "val", "test")) == 10
+    assert sum(metrics["tokens"][name]["truncated_rows"] for name in ("train", "val", "test")) == 10
+    counts = {name: metrics["tokens"][name]["no_answer_rows"] for name in ("train", "val", "test")}
+    assert (f"model.max_seq_length 40: 10 rows are longer and get truncated (train {counts['train']}, val "
+            f"{counts['val']}, test {counts['test']}); 10 have no answer token within it (dropped: train "
+            f"{counts['train']}, val {counts['val']}; kept for evaluate: test {counts['test']})\n") in capsys.readouterr().out
+
+
+def test_no_train_row_with_an_answer_token_within_max_seq_length_fails_with_a_fix_that_works(workdir):
+    params = {"model": {"max_seq_length": 40},
+              "data": {"sources": [{"path": workdir.write_jsonl("a.jsonl", LONG), "format": "alpaca"}],
+                       "val_fraction": 0, "test_fraction": 0}}
+    (workdir.path / "params.yaml").write_text(json.dumps(params))
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    found = re.fullmatch(r"model.max_seq_length: 40 tokens leave no answer token in any of the 10 train rows \(their "
+                         r"prompts take \d+ to (\d+) tokens, whole rows up to \d+\); raise model.max_seq_length "
+                         r"to at least (\d+)", str(caught.value))
+    assert found and int(found[2]) == int(found[1]) + 1
+    assert not (workdir.path / "data/prepared").exists()
+    params["model"]["max_seq_length"] = int(found[2])
+    (workdir.path / "params.yaml").write_text(json.dumps(params))
+    prepare.main()
+    assert len(workdir.read_split("train")) == 10
+
+
 def test_malformed_json_line_names_file_and_line(workdir):
     rows = [json.dumps(CHAT[0]), '{"messages": [', json.dumps(CHAT[1])]
     message = prepare_error(workdir, rows)
@@ -141,6 +207,126 @@ def test_bad_rows_name_file_and_line(workdir, row, expected):
     fmt = "alpaca" if "instruction" in row else "sharegpt"
     good = ALPACA[0] if fmt == "alpaca" else {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
     assert expected in prepare_error(workdir, [good, row], fmt)
+
+
+def test_line_separators_inside_fields_reach_train(workdir):
+    rows = [{"instruction": f"Join {i}.", "output": f"a\u2028b\x85c\u2029{i}"} for i in range(20)]
+    (workdir.path / "a.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                         encoding="utf-8")
+    workdir.write_params([{"path": "a.jsonl", "format": "alpaca"}])
+    prepare.main()
+    train = read_split("train")
+    assert sorted(r["reference"] for r in train) == sorted(r["output"] for r in rows)
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json", "a.csv"])
+def test_a_byte_order_mark_is_accepted(workdir, name):
+    frame = pd.DataFrame(ALPACA)
+    text = {".jsonl": frame.to_json(orient="records", lines=True), ".json": frame.to_json(orient="records"),
+            ".csv": frame.to_csv(index=False)}[Path(name).suffix]
+    (workdir.path / name).write_text(text, encoding="utf-8-sig")
+    workdir.write_params([{"path": name, "format": "alpaca"}])
+    prepare.main()
+    assert sorted(r["reference"] for r in workdir.read_split("train")) == sorted(r["output"] for r in ALPACA)
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json", "a.csv"])
+def test_a_file_not_in_utf8_names_file_line_and_fix(workdir, name):
+    lines = {".jsonl": ['{"instruction": "Hi", "output": "Yo"}', '{"instruction": "Hi", "output": "Yo"}',
+                        '{"instruction": "Caf\u00e9", "output": "Yes"}'],
+             ".json": ['[{"instruction": "Hi", "output": "Yo"},', '{"instruction": "Hi", "output": "Yo"},',
+                       '{"instruction": "Caf\u00e9", "output": "Yes"}]'],
+             ".csv": ["instruction,output", "Hi,Yo", "Caf\u00e9,Yes"]}[Path(name).suffix]
+    (workdir.path / name).write_bytes("\n".join(lines).encode("cp1252"))
+    workdir.write_params([{"path": name, "format": "alpaca"}])
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    assert str(caught.value).startswith(f"{name}:3: not UTF-8 text (byte 0xe9")
+    assert "re-save the file as UTF-8" in str(caught.value)
+
+
+def test_json_lines_saved_as_json_say_so(workdir):
+    (workdir.path / "a.json").write_text("".join(json.dumps(r) + "\n" for r in ALPACA))
+    workdir.write_params([{"path": "a.json", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.json:2: malformed JSON \(Extra data at column 1\); "
+                                             r"this looks like JSON Lines .*rename the file to .jsonl"):
+        prepare.main()
+
+
+def test_a_json_file_that_is_not_json(workdir):
+    (workdir.path / "a.json").write_text("instruction,output\nHi,Yo\n")
+    workdir.write_params([{"path": "a.json", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.json:1: malformed JSON \(Expecting value at column 1\); fix the file"):
+        prepare.main()
+
+
+def test_a_truncated_line_reads_cleanly(workdir):
+    message = prepare_error(workdir, [json.dumps(CHAT[0]), '{"messages": [{"role": "user", "content": "Hel'])
+    assert message.startswith("bad.jsonl:2: malformed JSON (Unterminated string starting at column 43)")
+    assert "at at" not in message
+
+
+def test_a_corrupt_parquet_file(workdir):
+    (workdir.path / "a.parquet").write_bytes(b"PAR1 not really parquet")
+    workdir.write_params([{"path": "a.parquet", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.parquet: not a readable Parquet file \(.*\); the file is damaged"):
+        prepare.main()
+
+
+def test_a_directory_that_is_not_a_dataset_lists_its_data_files(workdir):
+    workdir.write_jsonl("raw/a.jsonl", ALPACA)
+    workdir.write_params([{"path": "raw", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^raw: a directory, but not a dataset written by datasets' save_to_disk; "
+                                             r"point the source's path at a data file in it \(raw/a.jsonl\)"):
+        prepare.main()
+
+
+def test_a_damaged_dataset_directory(workdir):
+    import datasets
+
+    datasets.Dataset.from_list(ALPACA).save_to_disk(str(workdir.path / "disk"))
+    (workdir.path / "disk/dataset_info.json").write_text("{garbage")
+    workdir.write_params([{"path": "disk", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^disk: a save_to_disk directory that cannot be loaded \(JSONDecodeError: "
+                                             r".*\); write it again with save_to_disk"):
+        prepare.main()
+
+
+def test_three_rows_fail_in_prepare_when_a_test_split_is_asked_for(workdir):
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", ALPACA[:3]), "format": "alpaca"}],
+                         test_fraction=0.1)
+    with pytest.raises(SlothlineError, match=r"^data.test_fraction: 0.1 of 3 rows gives 0 test rows; raise "
+                                             r"data.test_fraction to at least 0.17, or add rows \(at least 6\)$"):
+        prepare.main()
+    assert not (workdir.path / "data/prepared").exists()
+
+
+@pytest.mark.parametrize("total", [None, 100])
+def test_a_source_without_usable_rows_is_named(workdir, total):
+    big = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(200)]
+    (workdir.path / "empty.jsonl").write_text("")
+    workdir.write_params([{"path": workdir.write_jsonl("good.jsonl", big), "format": "alpaca"},
+                          {"path": "empty.jsonl", "format": "alpaca"}], total=total)
+    with pytest.raises(SlothlineError, match=r"^empty.jsonl: no usable rows \(0 read, 0 skipped\); remove the "
+                                             r"source from data.sources or fill it$"):
+        prepare.main()
+
+
+def test_a_source_whose_rows_are_all_skipped_or_duplicates_is_named(workdir):
+    workdir.write_params([
+        {"path": workdir.write_jsonl("good.jsonl", ALPACA), "format": "alpaca"},
+        {"path": workdir.write_jsonl("copy.jsonl", ALPACA[:2]), "format": "alpaca"},
+    ])
+    with pytest.raises(SlothlineError, match=r"^copy.jsonl: no usable rows \(2 read, 0 skipped, 2 duplicates of rows "
+                                             r"in other sources\); remove the source"):
+        prepare.main()
+    workdir.write_params([
+        {"path": "good.jsonl", "format": "alpaca"},
+        {"path": workdir.write_jsonl("bad.jsonl", [{"instruction": "x"}]), "format": "alpaca", "on_error": "skip"},
+    ])
+    with pytest.raises(SlothlineError, match=r"^bad.jsonl: no usable rows \(1 read, 1 skipped\); .*set "
+                                             r"`on_error: fail` on it to see why its rows are skipped"):
+        prepare.main()
 
 
 def test_missing_source_file(workdir):

@@ -7,6 +7,8 @@ RowError saying what is wrong with the row and how to fix it; the caller adds fi
 import json
 
 ROLES = {"system", "user", "assistant"}
+TEXT_PARTS = {"text", "input_text", "output_text"}  # Chat Completions; Responses API
+IMAGE_PARTS = {"image_url", "image", "input_image"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
@@ -41,7 +43,9 @@ def sharegpt(row: dict) -> list[dict]:
 
 
 def messages(row: dict) -> list[dict]:
-    """OpenAI style: {"messages": [{"role": system|user|assistant, "content"}, ...]}."""
+    """OpenAI style: {"messages": [{"role": system|user|assistant, "content"}, ...]}; content is a string
+    or a list of text parts, joined with newlines. An assistant turn's `weight` (OpenAI fine-tuning:
+    0 = no loss on it) may only be 1, since every answer is trained."""
     turns = _list(row, "messages")
     converted = []
     for i, turn in enumerate(turns):
@@ -49,11 +53,32 @@ def messages(row: dict) -> list[dict]:
             raise RowError(f"messages[{i}] must be an object with 'role' and 'content'")
         if turn["role"] not in ROLES:
             raise RowError(f"messages[{i}]: unknown role {turn['role']!r}; use one of {', '.join(sorted(ROLES))}")
+        weight = turn.get("weight", 1) if turn["role"] == "assistant" else 1
+        if weight == 0:
+            raise RowError(f"messages[{i}]: weight 0 (no loss on this answer) is not supported: every assistant answer "
+                           "is trained; remove the key to train on this answer too, or drop the row")
+        if weight != 1:
+            raise RowError(f"messages[{i}]: weight must be 0 or 1 (got {weight!r})")
         content = turn["content"]
-        if isinstance(content, list):  # OpenAI content parts: keep the text parts
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if isinstance(content, list):
+            content = "\n".join(_part_text(part, f"messages[{i}].content[{j}]") for j, part in enumerate(content))
         converted.append({"role": turn["role"], "content": content})
     return _checked(converted)
+
+
+def _part_text(part, where: str) -> str:
+    """The text of one OpenAI content part; image and other parts are refused."""
+    text_part = '{"type": "text", "text": ...}'
+    if not isinstance(part, dict) or "type" not in part:
+        raise RowError(f"{where}: a content part must be an object with a 'type', like {text_part}")
+    if part["type"] in IMAGE_PARTS:
+        raise RowError(f"{where}: {part['type']!r} parts need a vision model, which is not supported yet; "
+                       "drop the image part or the row")
+    if part["type"] not in TEXT_PARTS:
+        raise RowError(f"{where}: unknown part type {part['type']!r}; use text parts, like {text_part}")
+    if not isinstance(part.get("text"), str):
+        raise RowError(f"{where}: 'text' must be a string, got {type(part.get('text')).__name__}")
+    return part["text"]
 
 
 def reasoning(row: dict) -> list[dict]:

@@ -20,7 +20,8 @@ def read_split(name: str) -> list[dict]:
     path = PREPARED_DIR / f"{name}.jsonl"
     if not path.is_file():
         raise SlothlineError(f"{path}: missing; run `dvc repro prepare` first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 is legal inside a string
+    return [json.loads(line) for line in lines if line]
 
 
 def dedupe(records: list[dict]) -> tuple[list[dict], int]:
@@ -82,6 +83,45 @@ def mix(by_source: dict[str, list[dict]], weights: dict[str, float], total: int 
     for name, rows in by_source.items():
         for split_name, part in split(sample(rows, counts[name], seed, name), val_fraction, test_fraction).items():
             splits[split_name].extend(part)
+    check_splits(splits, counts, weights, total, {"val": val_fraction, "test": test_fraction})
     for split_name, rows in splits.items():
         random.Random(f"{seed}:{split_name}").shuffle(rows)
     return splits
+
+
+def check_splits(splits: dict[str, list], counts: dict[str, int], weights: dict[str, float], total: int | None,
+                 fractions: dict[str, float]) -> None:
+    """Fail when a split asked for (fraction > 0) came out empty, with fixes computed the way mix()
+    splits: each source on its own, its share rounded. A fraction of 0 means no such split."""
+    rows, weight_sum = sum(counts.values()), sum(weights.values())
+    per_source = "" if len(counts) == 1 else (
+        " (each source is split on its own: " + ", ".join(f"{name} {n}" for name, n in counts.items()) + ")")
+    problems = []
+    for name, fraction in fractions.items():
+        if fraction == 0 or splits[name]:
+            continue
+        fixes = []
+        # the smallest fraction, in hundredths, whose share of the largest source rounds to 1 row
+        raised = (math.floor(50 / max(counts.values()) + 1e-9) + 1) / 100
+        if raised + sum(fractions.values()) - fraction < 1:
+            fixes.append(f"raise data.{name}_fraction to at least {raised}")
+        # the smallest total whose share for the heaviest source rounds to 1 row at this fraction
+        needed = math.ceil((math.floor(0.5 / fraction + 1e-9) + 1) * weight_sum / max(weights.values()))
+        if total:
+            fixes.append(f"raise data.total to at least {needed}")
+        elif len(counts) == 1:
+            fixes.append(f"add rows (at least {needed})")
+        else:
+            shares = ", ".join(f"{source} {math.ceil(needed * w / weight_sum - 1e-9)}" for source, w in weights.items())
+            fixes.append(f"add rows (at least {shares})")
+        if name == "val":
+            fixes.append("set data.val_fraction: 0 to train without validation")
+        problems.append(f"data.{name}_fraction: {fraction} of {rows} rows gives 0 {name} rows{per_source}; "
+                        + ", or ".join(fixes))
+    if problems:
+        raise SlothlineError("\n".join(problems))
+    if not splits["train"]:
+        raise SlothlineError(
+            f"data: the train split is empty ({rows} rows: {len(splits['val'])} val, {len(splits['test'])} test); "
+            "lower data.val_fraction or data.test_fraction, or add rows"
+        )

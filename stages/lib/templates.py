@@ -86,6 +86,27 @@ def assistant_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]])
     return [int(any(begin <= start and end <= stop for begin, stop in spans)) for start, end in offsets]
 
 
+def token_lengths(rows: list[dict], tokenizer) -> list[tuple[int, int | None]]:
+    """(length, answer start) of each row's rendered text, in tokens: the index of its first answer token
+    (the first one the response-only mask keeps; None where no known turn marker is found). Training
+    cut to max_seq_length tokens keeps an answer token only when answer start < max_seq_length."""
+    texts = [row["text"] for row in rows]
+    if not texts:  # the tokenizer refuses an empty batch
+        return []
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    lengths = []
+    for text, offsets in zip(texts, encoded["offset_mapping"]):
+        markers = next((pair for pair in TURN_MARKERS.values() if pair[1] in text), None)
+        mask = assistant_mask(offsets, response_spans(text, markers, tokenizer.eos_token)) if markers else []
+        lengths.append((len(offsets), mask.index(1) if 1 in mask else None))
+    return lengths
+
+
+def answer_cut_off(answer_start: int | None, max_length: int) -> bool:
+    """Whether a row cut to `max_length` tokens keeps none of its answer tokens (see token_lengths)."""
+    return answer_start is not None and answer_start >= max_length
+
+
 def tokenize_for_training(rows: list[dict], tokenizer, markers: tuple[str, str] | None):
     """A `datasets.Dataset` of `input_ids`, plus `assistant_masks` (TRL's response-only labels) when
     `markers` are given. The rendered text already holds its special tokens and EOS."""
