@@ -1,14 +1,23 @@
-"""Training throughput and memory of the `unsloth` and `hf` backends on one GPU.
+"""Training throughput and memory of the `unsloth` and `hf` backends and two baselines on one GPU.
 
 Builds a randomly initialised checkpoint of Qwen3-4B's shape (a random model trains exactly as fast
-as the real one), then runs the train stage's own code (backends.load_model + build_trainer) on the
-same chat data with each backend, each in a fresh process (Unsloth patches transformers
-globally). Counts non-padding tokens per second over the steps after warm-up and the peak GPU
-memory, and writes benchmarks/results/train_backends.{json,md}.
+as the real one), then trains on the same chat data in a fresh process per run (Unsloth patches
+transformers globally):
 
-    python benchmarks/train_backends.py                   # every backend and mode, then the report
+- `unsloth`, `hf`: the train stage's own code (backends.load_model + build_trainer);
+- `hf-model-loss`: the hf backend with the model's own cross-entropy instead of TRL's chunked loss;
+- `unsloth-notebook`: Unsloth's Qwen3 notebook code, no Slothline: FastLanguageModel.from_pretrained,
+  get_peft_model, TRL's SFTTrainer with the notebook's SFTConfig, train_on_responses_only;
+- `trl-peft`: AutoModelForCausalLM + a PEFT LoraConfig + TRL's SFTTrainer with its default settings.
+
+Every run trains the same rows with the same LoRA (r=16 on all 7 projections), batch, max length
+and bf16 weights. Counts non-padding tokens per second over the steps after warm-up and the peak
+GPU memory, and writes benchmarks/results/train_backends.{json,md}.
+
+    python benchmarks/train_backends.py                   # every run and mode, then the report
     python benchmarks/train_backends.py --modes padded    # one mode, added to those already measured
-    python benchmarks/train_backends.py --backend hf --modes padded   # one run (used internally)
+    python benchmarks/train_backends.py --modes padded --backends unsloth,unsloth-notebook   # some runs
+    python benchmarks/train_backends.py --backend hf --modes padded   # one run here (used internally)
 """
 
 import argparse
@@ -25,8 +34,11 @@ QWEN3_4B_SHAPE = dict(
     num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
     max_position_embeddings=40960, rope_theta=1000000.0,
 )
-STEPS, WARMUP_STEPS, BATCH, MAX_LEN, ROWS = 30, 5, 4, 2048, 320
-BACKENDS = ("unsloth", "hf", "hf-model-loss")
+STEPS, WARMUP_STEPS, BATCH, MAX_LEN, ROWS, LOGGING_STEPS = 30, 5, 4, 2048, 320, 10
+BACKENDS = ("unsloth", "hf", "hf-model-loss", "unsloth-notebook", "trl-peft")
+BASELINES = ("hf", "hf-model-loss", "unsloth-notebook", "trl-peft")  # the report gives unsloth / each of them
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CHATML = ("<|im_start|>user\n", "<|im_start|>assistant\n")  # the builtin template's turn markers
 
 
 def build_checkpoint(out_dir: Path) -> None:
@@ -74,34 +86,116 @@ MODES = {  # name: (packing, fixed_length)
 }
 
 
-def run_one(backend: str, mode: str, checkpoint: str) -> dict:
-    """Train STEPS steps with one backend through the stage's code; time the steps after warm-up.
+def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoint: str):
+    """The train stage's own code (backends.choose_runtime, load_model, build_trainer); the one place
+    that calls Slothline, to adapt when the backends module changes. Returns (trainer, loss name).
 
     `hf-model-loss` is the hf backend with the model's own cross-entropy (full logits, as a plain
     transformers loop) instead of TRL's chunked loss kernel.
     """
     from stages.lib import backends
     from stages.lib.params import Params
+    from stages.lib.templates import turn_markers
 
     if backend == "hf-model-loss":
         backend, backends._trl_loss_kernel_available = "hf", lambda: False
-
-    packing, fixed_length = MODES[mode]
     params = Params.model_validate({
         "model": {"name": checkpoint, "max_seq_length": MAX_LEN},
         "data": {"sources": [{"path": "unused.jsonl", "format": "messages"}]},
         "train": {"backend": backend, "max_steps": STEPS, "per_device_batch_size": BATCH, "learning_rate": 2e-4,
-                  "gradient_checkpointing": True, "save_steps": 10_000, "logging_steps": 10, "packing": packing},
+                  "gradient_checkpointing": True, "save_steps": 10_000, "logging_steps": LOGGING_STEPS,
+                  "packing": packing},
     })
     runtime = backends.choose_runtime(params)
     model, tokenizer = backends.load_model(runtime, params)
-    import torch
-    from transformers import TrainerCallback
-
-    from stages.lib.templates import turn_markers
-
     rows = chat_rows(tokenizer, fixed_length)
     markers = turn_markers([r["text"] for r in rows])
+    trainer = backends.build_trainer(runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [], markers)
+    if runtime.backend == "unsloth":
+        return trainer, "Unsloth's patched SFTTrainer"
+    return trainer, "TRL chunked kernel" if backends._trl_loss_kernel_available() else "model cross-entropy"
+
+
+def same_workload(packing: bool) -> dict:
+    """The SFTConfig settings that make a baseline train what the other runs train; nothing else."""
+    return dict(output_dir="/tmp/bench-out", per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+                max_steps=STEPS, max_length=MAX_LEN, packing=packing, logging_steps=LOGGING_STEPS,
+                save_strategy="no", include_num_input_tokens_seen="non_padding", report_to="none")
+
+
+def unsloth_notebook_trainer(packing: bool, fixed_length: bool, checkpoint: str):
+    """Unsloth's Qwen3 notebook (Qwen3_(4B)-Instruct) on these rows, through public options only.
+
+    From the notebook: get_peft_model's settings, use_gradient_checkpointing="unsloth", the SFTConfig
+    (text field, warm-up 5, lr 2e-4, adamw_8bit, weight decay 0.001, linear schedule, seed 3407) and
+    train_on_responses_only with the ChatML turn markers. Like the other runs, not the notebook: bf16
+    weights instead of load_in_4bit, LoRA r=16 instead of 32, batch 4 without gradient accumulation,
+    max length 2048, logging every 10 steps, packing in the packed mode.
+    """
+    from unsloth import FastLanguageModel  # first: it patches transformers, TRL and PEFT
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from unsloth.chat_templates import train_on_responses_only
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=checkpoint, max_seq_length=MAX_LEN, load_in_4bit=False, load_in_8bit=False, full_finetuning=False,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model, r=16, target_modules=TARGET_MODULES, lora_alpha=16, lora_dropout=0, bias="none",
+        use_gradient_checkpointing="unsloth", random_state=3407, use_rslora=False, loftq_config=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(chat_rows(tokenizer, fixed_length)),
+        eval_dataset=None,
+        args=SFTConfig(dataset_text_field="text", warmup_steps=5, learning_rate=2e-4, optim="adamw_8bit",
+                       weight_decay=0.001, lr_scheduler_type="linear", seed=3407, **same_workload(packing)),
+    )
+    trainer = train_on_responses_only(trainer, instruction_part=CHATML[0], response_part=CHATML[1])
+    return trainer, "Unsloth's patched SFTTrainer"
+
+
+def trl_peft_trainer(packing: bool, fixed_length: bool, checkpoint: str):
+    """transformers + PEFT + TRL as their docs use them: SFTTrainer with a LoraConfig and SFTConfig's defaults
+    (adamw_torch_fused, sdpa attention, TRL's loss), but for the workload and the learning rate of every run.
+
+    The model loads in bf16, as the other runs train (from_pretrained would load float32 by default);
+    the labels are the same response-only masks as the hf backend's (TRL's `assistant_masks` column).
+    """
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer import utils
+
+    from stages.lib.templates import tokenize_for_training
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16)
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(learning_rate=2e-4, **same_workload(packing)),
+        train_dataset=tokenize_for_training(chat_rows(tokenizer, fixed_length), tokenizer, CHATML),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=16, lora_alpha=16, target_modules=TARGET_MODULES, task_type="CAUSAL_LM"),
+    )
+    kernel = getattr(utils, "_ChunkedLogProbFunction", None) is not None
+    return trainer, "TRL default: " + ("chunked kernel" if kernel else "model cross-entropy")
+
+
+def run_one(backend: str, mode: str, checkpoint: str) -> dict:
+    """Train STEPS steps in this process; time the steps after warm-up."""
+    packing, fixed_length = MODES[mode]
+    if backend == "unsloth-notebook":
+        trainer, loss = unsloth_notebook_trainer(packing, fixed_length, checkpoint)
+    elif backend == "trl-peft":
+        trainer, loss = trl_peft_trainer(packing, fixed_length, checkpoint)
+    else:
+        trainer, loss = slothline_trainer(backend, packing, fixed_length, checkpoint)
+    import torch
+    from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -115,46 +209,48 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
             self.tokens = state.num_input_tokens_seen - self.tokens
 
     timer = Timer()
-    trainer = backends.build_trainer(runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [timer], markers)
+    trainer.add_callback(timer)
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    args = trainer.args
     return {
-        "backend": runtime.backend,
-        "loss": loss_name(runtime.backend),
+        "backend": backend,
+        "loss": loss,
         "mode": mode,
-        "device": runtime.device,
-        "precision": runtime.precision,
-        "optim": runtime.optim,
+        "device": torch.cuda.get_device_name(),
+        "precision": "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32",
+        "optim": getattr(args.optim, "value", args.optim),
+        "attn_implementation": trainer.model.config._attn_implementation,
+        "cudnn_sdpa": torch.backends.cuda.cudnn_sdp_enabled(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "timed_steps": STEPS - WARMUP_STEPS,
         "non_padding_tokens": timer.tokens,
         "seconds": round(timer.seconds, 2),
         "tokens_per_s": round(timer.tokens / timer.seconds, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "losses": losses,
+        "losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
     }
 
 
-def loss_name(backend: str) -> str:
-    from stages.lib import backends
-
-    if backend == "unsloth":
-        return "Unsloth's patched SFTTrainer"
-    return "TRL chunked kernel" if backends._trl_loss_kernel_available() else "model cross-entropy"
+def ratio_key(base: str, measure: str) -> str:
+    return f"unsloth_vs_{base.replace('-', '_')}_{measure}"
 
 
-def previous_modes(results_file: Path) -> dict:
-    """Modes measured by an earlier call with every current backend, so runs of one mode at a time add up."""
-    if not results_file.is_file():
-        return {}
-    modes = json.loads(results_file.read_text())["modes"]
-    return {mode: r for mode, r in modes.items() if set(r["runs"]) == set(BACKENDS)}
+def ratios(runs: dict) -> dict:
+    """unsloth's tokens/s and peak memory over each baseline's, for the baselines measured."""
+    out = {}
+    for base in (b for b in BASELINES if "unsloth" in runs and b in runs):
+        out[ratio_key(base, "tokens_per_s")] = round(runs["unsloth"]["tokens_per_s"] / runs[base]["tokens_per_s"], 2)
+        out[ratio_key(base, "peak_mem")] = round(runs["unsloth"]["peak_mem_gib"] / runs[base]["peak_mem_gib"], 2)
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
-    parser.add_argument("--backend", help="run one backend in this process (used internally)")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="comma-separated runs, added to the mode's earlier ones: " + ", ".join(BACKENDS))
+    parser.add_argument("--backend", choices=BACKENDS, help="run one backend in this process (used internally)")
     parser.add_argument("--checkpoint", default="/tmp/qwen3-4b-shape")
     args = parser.parse_args()
     if args.backend:
@@ -166,44 +262,49 @@ def main() -> None:
     report = {
         "model": "Qwen3-4B shape, random weights, bf16, LoRA r=16 on all 7 projections",
         "data": f"{ROWS} chats, batch {BATCH}, max {MAX_LEN} tokens, response-only labels, gradient checkpointing",
-        "modes": previous_modes(results_file),
+        "modes": json.loads(results_file.read_text())["modes"] if results_file.is_file() else {},
     }
     for mode in args.modes.split(","):
-        runs = {}
-        for backend in BACKENDS:
+        runs = report["modes"].get(mode, {}).get("runs", {})
+        for backend in args.backends.split(","):
             out = subprocess.run([sys.executable, __file__, "--backend", backend, "--modes", mode,
                                   "--checkpoint", args.checkpoint], capture_output=True, text=True)
             print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
-            line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
+            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{backend} ({mode}) failed with exit status {out.returncode}; its output is above")
             runs[backend] = json.loads(line.removeprefix("RESULT "))
-        report["modes"][mode] = {
-            "runs": runs,
-            "unsloth_vs_hf_tokens_per_s": round(runs["unsloth"]["tokens_per_s"] / runs["hf"]["tokens_per_s"], 2),
-            "unsloth_vs_hf_peak_mem": round(runs["unsloth"]["peak_mem_gib"] / runs["hf"]["peak_mem_gib"], 2),
-            "unsloth_vs_hf_model_loss_tokens_per_s": round(
-                runs["unsloth"]["tokens_per_s"] / runs["hf-model-loss"]["tokens_per_s"], 2),
-            "unsloth_vs_hf_model_loss_peak_mem": round(
-                runs["unsloth"]["peak_mem_gib"] / runs["hf-model-loss"]["peak_mem_gib"], 2),
-        }
+        report["modes"][mode] = {"runs": {b: runs[b] for b in BACKENDS if b in runs}, **ratios(runs)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "train_backends.md").write_text(markdown(report))
+    print(json.dumps(report, indent=2))
+
+
+def markdown(report: dict) -> str:
     rows = "\n".join(
-        f"| {mode} | {r['runs'][b]['device']} | {b} | {r['runs'][b]['tokens_per_s']:,.0f} | {r['runs'][b]['peak_mem_gib']} |"
-        for mode, r in report["modes"].items() for b in BACKENDS
+        f"| {mode} | {run['device']} | {b} | {run['tokens_per_s']:,.0f} | {run['peak_mem_gib']} | "
+        f"{run.get('attn_implementation', '')}{'' if run.get('cudnn_sdpa', True) else ', cuDNN off'} |"
+        for mode, r in report["modes"].items() for b, run in r["runs"].items()
     )
-    summary = "\n".join(f"- {mode}: unsloth / hf = {r['unsloth_vs_hf_tokens_per_s']}x tokens/s at "
-                        f"{r['unsloth_vs_hf_peak_mem']}x peak memory; unsloth / hf-model-loss = "
-                        f"{r['unsloth_vs_hf_model_loss_tokens_per_s']}x at {r['unsloth_vs_hf_model_loss_peak_mem']}x"
-                        for mode, r in report["modes"].items())
-    (RESULTS / "train_backends.md").write_text(
+    summary = "\n".join(
+        f"- {mode}: " + "; ".join(f"unsloth / {base} = {r[ratio_key(base, 'tokens_per_s')]}x tokens/s at "
+                                  f"{r[ratio_key(base, 'peak_mem')]}x peak memory"
+                                  for base in BASELINES if ratio_key(base, "tokens_per_s") in r)
+        for mode, r in report["modes"].items()
+    )
+    return (
         f"# Training backends\n\n{report['model']}; {report['data']}; {STEPS - WARMUP_STEPS} timed steps after "
         f"{WARMUP_STEPS} warm-up steps. padded: chats of 64..{MAX_LEN} tokens in padded batches; packed: the same "
         f"with `train.packing: true`; fixed-length: every chat about {MAX_LEN} tokens. hf: the hf backend as "
         f"it trains (TRL's chunked loss kernel); hf-model-loss: the same with the model's own cross-entropy "
-        f"over full logits, as a plain transformers loop computes it.\n\n"
-        f"| mode | device | backend | non-padding tokens/s | peak GiB |\n|---|---|---|---|---|\n{rows}\n\n{summary}\n"
+        f"over full logits, as a plain transformers loop computes it; unsloth-notebook: Unsloth's Qwen3 notebook "
+        f"code (FastLanguageModel + TRL's SFTTrainer + train_on_responses_only); trl-peft: transformers + PEFT + "
+        f"TRL's SFTTrainer with its defaults. Attention: the model's attn_implementation, and whether cuDNN SDPA "
+        f"was switched off.\n\n"
+        f"| mode | device | run | non-padding tokens/s | peak GiB | attention |\n|---|---|---|---|---|---|\n{rows}\n\n"
+        f"{summary}\n"
     )
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,257 @@
+"""The attention path for training: the registered varlen attention and the Unsloth varlen hook."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from stages.lib import attention
+from stages.lib.errors import SlothlineError
+
+TEXTS = ("Hello there!", "Reverse: abc", "xy")
+
+
+@pytest.fixture(scope="module")
+def models(builtin_cache):
+    """The tiny Qwen3 (4 query heads, 2 K/V heads) with the registered varlen attention and with sdpa."""
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model("builtin:tiny-qwen3")
+    varlen = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention.register_varlen_attention())
+    sdpa = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+    return varlen.eval(), sdpa.eval()
+
+
+def packed_row(tokenizer):
+    """Documents packed into one padding-free row by TRL's collator, padded with a tail of position 0."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True,
+                                               pad_to_multiple_of=16)
+    row = collator([{"input_ids": ids} for ids in docs])
+    assert "attention_mask" not in row and row["input_ids"].shape[1] > sum(map(len, docs))
+    return docs, row
+
+
+def test_packed_row_matches_each_document_alone(models, tokenizer):
+    varlen, sdpa = models
+    docs, row = packed_row(tokenizer)
+    n = sum(map(len, docs))
+    with torch.no_grad():
+        together = varlen(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False).logits[0]
+        alone = torch.cat([sdpa(input_ids=torch.tensor([ids]), use_cache=False).logits[0] for ids in docs])
+        causal_across = sdpa(input_ids=row["input_ids"], use_cache=False).logits[0]
+    torch.testing.assert_close(together[:n], alone, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(causal_across[:n], alone, atol=1e-3)  # the row's documents do see each other otherwise
+
+
+def test_packed_row_gradients_match_sdpa_document_mask(models, tokenizer):
+    """loss.backward() through the per-document path gives sdpa's gradients (sdpa masks the documents densely)."""
+    _, row = packed_row(tokenizer)
+    grads = []
+    for model in models:
+        model.zero_grad()
+        model(input_ids=row["input_ids"], position_ids=row["position_ids"], labels=row["labels"],
+              use_cache=False).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+    for varlen_grad, sdpa_grad in zip(*grads):
+        torch.testing.assert_close(varlen_grad, sdpa_grad, atol=1e-5, rtol=1e-4)
+    assert all(g.abs().sum() > 0 for g in grads[0])
+
+
+def test_each_row_of_a_packed_batch_starts_a_document(models):
+    """Rows are documents apart even where a row's positions do not start at 0; sdpa's dense mask agrees."""
+    varlen, sdpa = models
+    input_ids = torch.randint(0, 480, (2, 8), generator=torch.Generator().manual_seed(0))
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4], [3, 4, 5, 6, 0, 1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(varlen(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits,
+                                   sdpa(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batch_matches_sdpa(models, tokenizer, side):
+    varlen, sdpa = models
+    tokenizer.padding_side, previous = side, tokenizer.padding_side
+    try:
+        batch = tokenizer(list(TEXTS), return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = previous
+    assert not batch["attention_mask"].all()
+    with torch.no_grad():
+        torch.testing.assert_close(varlen(**batch, use_cache=False).logits, sdpa(**batch, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_generation_with_a_cache_needs_sdpa(builtin_cache, tokenizer):
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"),
+                                                 attn_implementation=attention.register_varlen_attention()).eval()
+    prompt = tokenizer("Hello", return_tensors="pt")
+    with pytest.raises(SlothlineError, match="set_attn_implementation"):
+        model.generate(**prompt, max_new_tokens=3, do_sample=False)
+    without_cache = model.generate(**prompt, max_new_tokens=3, do_sample=False, use_cache=False)
+    model.set_attn_implementation("sdpa")
+    assert torch.equal(model.generate(**prompt, max_new_tokens=3, do_sample=False), without_cache)
+
+
+@pytest.mark.parametrize("takes_gqa", [False, True])
+def test_varlen_flash_call_matches_per_document_sdpa(monkeypatch, takes_gqa):
+    """The CUDA branch's call of varlen_attn (stood in for by per-document SDPA): layout, bounds, causal window,
+    and enable_gqa passed only to a varlen_attn that accepts it (torch 2.12+), never to torch 2.11's."""
+    seen = {}
+
+    def reference(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_size, **gqa):
+        assert cu_q.dtype == torch.int32 and cu_q is cu_k and window_size == (-1, 0)
+        assert max_q == max_k == int(cu_q.diff().max())
+        seen.update(gqa)
+        return attention._per_document_sdpa(q, k, v, cu_q.tolist(), scale, 0.0)
+
+    if takes_gqa:
+        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                        enable_gqa=False):
+            return reference(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale, window_size,
+                             enable_gqa=enable_gqa)
+    else:
+        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+            return reference(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale, window_size)
+    monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", varlen_attn)
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(9, 4, 8), torch.randn(9, 2, 8), torch.randn(9, 2, 8)
+    cu_seqlens = torch.tensor([0, 4, 5, 9], dtype=torch.int32)
+    out = attention._varlen_flash(q, k, v, cu_seqlens, 0.3)
+    assert seen == ({"enable_gqa": True} if takes_gqa else {})
+    first = torch.nn.functional.scaled_dot_product_attention(
+        q[:4].transpose(0, 1), k[:4].transpose(0, 1), v[:4].transpose(0, 1), is_causal=True, scale=0.3,
+        enable_gqa=True).transpose(0, 1)
+    torch.testing.assert_close(out[:4], first)
+    assert out.shape == q.shape
+
+
+@pytest.mark.parametrize(("device", "packing", "fixed_length", "path"), [
+    ("cpu", True, None, attention.SDPA),
+    ("cpu", False, False, attention.SDPA),
+    ("NVIDIA H100 80GB HBM3", True, None, attention.VARLEN_FLASH),
+    ("NVIDIA H100 80GB HBM3", True, True, attention.VARLEN_FLASH),
+    ("NVIDIA H100 80GB HBM3", False, False, attention.SDPA_NO_CUDNN),
+    ("NVIDIA H100 80GB HBM3", False, None, attention.SDPA_NO_CUDNN),
+    ("NVIDIA H100 80GB HBM3", False, True, attention.SDPA),
+])
+def test_attention_path(device, packing, fixed_length, path):
+    assert attention.attention_path(device, packing, fixed_length) == path
+
+
+def test_set_sdpa_backends_turns_cudnn_off_except_for_the_default_path():
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        attention.set_sdpa_backends(attention.SDPA)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        attention.set_sdpa_backends(attention.VARLEN_FLASH)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+# The Unsloth hook, against stand-ins for Unsloth's modules (Unsloth needs CUDA) and for torch 2.11's varlen_attn.
+
+def varlen_attn_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+    return ("torch 2.11 varlen_attn", query, scale, window_size)
+
+
+@pytest.fixture
+def fake_unsloth(monkeypatch):
+    """`unsloth` and `unsloth.utils.attention_dispatch` as Unsloth 2026.10.7 has them on torch 2.11."""
+    monkeypatch.delenv("UNSLOTH_TORCH_VARLEN", raising=False)
+    monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", varlen_attn_2_11)
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
+    unsloth, utils, dispatch = (types.ModuleType(name) for name in
+                                ("unsloth", "unsloth.utils", "unsloth.utils.attention_dispatch"))
+    unsloth.__version__, unsloth.__path__, utils.__path__ = "2026.10.7", [], []
+    dispatch._TORCH_VARLEN_ATTN = None  # what _load_torch_varlen_attn() gives without enable_gqa
+    dispatch._torch_varlen_packed = lambda *args, **kwargs: None
+    for module in (unsloth, utils, dispatch):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    return dispatch
+
+
+def test_unsloth_hook_installs_a_varlen_attn_that_takes_enable_gqa(fake_unsloth):
+    assert attention.use_torch_varlen_in_unsloth() is True
+    q = torch.zeros(3, 4, 8)
+    # As Unsloth's _torch_varlen_packed calls it:
+    out = fake_unsloth._TORCH_VARLEN_ATTN(q, q, q, None, None, 3, 3, scale=0.5, window_size=(-1, 0), enable_gqa=True)
+    assert out == ("torch 2.11 varlen_attn", q, 0.5, (-1, 0))
+
+
+def test_unsloth_hook_does_nothing_when_torch_varlen_takes_enable_gqa(fake_unsloth, monkeypatch):
+    def varlen_attn_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                         enable_gqa=False):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", varlen_attn_2_12)
+    monkeypatch.setitem(sys.modules, "unsloth", None)  # importing unsloth would now fail: it must not be imported
+    assert attention.use_torch_varlen_in_unsloth() is False
+    assert fake_unsloth._TORCH_VARLEN_ATTN is None
+
+
+def test_unsloth_hook_leaves_unsloths_own_choice_alone(fake_unsloth, monkeypatch):
+    unsloths_own = object()
+    fake_unsloth._TORCH_VARLEN_ATTN = unsloths_own
+    assert attention.use_torch_varlen_in_unsloth() is False
+    assert fake_unsloth._TORCH_VARLEN_ATTN is unsloths_own
+    fake_unsloth._TORCH_VARLEN_ATTN = None
+    monkeypatch.setenv("UNSLOTH_TORCH_VARLEN", "0")  # Unsloth's own switch for this branch
+    assert attention.use_torch_varlen_in_unsloth() is False
+    assert fake_unsloth._TORCH_VARLEN_ATTN is None
+
+
+@pytest.mark.parametrize("moved", ["_TORCH_VARLEN_ATTN", "_torch_varlen_packed"])
+def test_unsloth_hook_fails_clearly_when_unsloths_internals_moved(fake_unsloth, monkeypatch, moved):
+    monkeypatch.delattr(fake_unsloth, moved)
+    expected = rf"Unsloth 2026\.10\.7 has no unsloth\.utils\.attention_dispatch\.{moved}; .*unsloth==2026\.10\.7"
+    with pytest.raises(SlothlineError, match=expected):
+        attention.use_torch_varlen_in_unsloth()
+
+
+def test_unsloth_hook_fails_clearly_when_the_dispatch_module_moved(fake_unsloth, monkeypatch):
+    monkeypatch.delitem(sys.modules, "unsloth.utils.attention_dispatch")
+    monkeypatch.delitem(sys.modules, "unsloth.utils")
+    sys.modules["unsloth"].__version__ = "2027.1.1"
+    del sys.modules["unsloth"].__path__  # a plain module: nothing can be imported below it
+    with pytest.raises(SlothlineError, match=r"Unsloth 2027\.1\.1 has no unsloth\.utils\.attention_dispatch"):
+        attention.use_torch_varlen_in_unsloth()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_varlen_kernel_on_cuda_matches_per_document_sdpa(builtin_cache, tokenizer):
+    """torch's varlen_attn on a packed bf16 row: the same logits and gradients as per-document SDPA."""
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), dtype=torch.bfloat16,
+                                                 attn_implementation=attention.register_varlen_attention()).cuda()
+    _, row = packed_row(tokenizer)
+    row = {name: t.cuda() for name, t in row.items()}
+    results = []
+    for per_document in (False, True):
+        if per_document:  # the reference: the same function's CPU branch, on the GPU
+            model.float()
+        model.zero_grad()
+        out = model(**row, use_cache=False)
+        out.loss.backward()
+        results.append((out.logits.float(), [p.grad.float() for p in model.parameters()]))
+    (logits, grads), (ref_logits, ref_grads) = results
+    # bf16 against float32 differs by about 2% (logits) and 4% (gradients) on this model; attention
+    # across the row's documents would differ by over 80%.
+    assert (logits - ref_logits).norm() / ref_logits.norm() < 0.1
+    for grad, ref in zip(grads, ref_grads):
+        assert (grad - ref).norm() / ref.norm() < 0.1
