@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from stages.lib.generate import generate
-from stages.lib.mixing import PREPARED_DIR, read_split
+from stages.lib.artifacts import PREPARED_DIR, read_split
 from stages.lib.models import resolve_model
 
 RESULTS = Path("benchmarks/results")

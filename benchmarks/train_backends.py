@@ -4,7 +4,7 @@ Builds a randomly initialised checkpoint of Qwen3-4B's shape (a random model tra
 as the real one), then trains on the same chat data in a fresh process per run (Unsloth patches
 transformers globally):
 
-- `unsloth`, `hf`: the train stage's own code (backends.load_model + build_trainer);
+- `unsloth`, `hf`: the train stage's own code (backends.load_for_training + the kind's build_trainer);
 - `hf-model-loss`: the hf backend with the model's own cross-entropy instead of TRL's chunked loss;
 - `unsloth-notebook`: Unsloth's Qwen3 notebook code, no Slothline: FastLanguageModel.from_pretrained,
   get_peft_model, TRL's SFTTrainer with the notebook's SFTConfig, train_on_responses_only;
@@ -87,33 +87,34 @@ MODES = {  # name: (packing, fixed_length)
 
 
 def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoint: str):
-    """The train stage's own code (backends.choose_runtime, load_model, build_trainer); the one place
-    that calls Slothline, to adapt when the backends module changes. Returns (trainer, loss name).
+    """The train stage's own code (runtime.resolve, backends.load_for_training, the causal_lm kind's
+    build_trainer); the one place that calls Slothline. Returns (trainer, loss name).
 
     `hf-model-loss` is the hf backend with the model's own cross-entropy (full logits, as a plain
     transformers loop) instead of TRL's chunked loss kernel.
     """
     from stages.lib import backends
+    from stages.lib.kinds import causal_lm
     from stages.lib.params import Params
-    from stages.lib.templates import turn_markers
+    from stages.lib.runtime import probe, resolve
 
-    if backend == "hf-model-loss":
-        backend, backends._trl_loss_kernel_available = "hf", lambda: False
     params = Params.model_validate({
         "model": {"name": checkpoint, "max_seq_length": MAX_LEN},
         "data": {"sources": [{"path": "unused.jsonl", "format": "messages"}]},
-        "train": {"backend": backend, "max_steps": STEPS, "per_device_batch_size": BATCH, "learning_rate": 2e-4,
-                  "gradient_checkpointing": True, "save_steps": 10_000, "logging_steps": LOGGING_STEPS,
-                  "packing": packing},
+        "train": {"backend": backend.removesuffix("-model-loss"), "max_steps": STEPS, "per_device_batch_size": BATCH,
+                  "learning_rate": 2e-4, "gradient_checkpointing": True, "save_steps": 10_000,
+                  "logging_steps": LOGGING_STEPS, "packing": packing},
     })
-    runtime = backends.choose_runtime(params)
-    model, tokenizer = backends.load_model(runtime, params)
+    runtime = resolve(params, probe())
+    model, tokenizer = backends.load_for_training(causal_lm, runtime, params)
     rows = chat_rows(tokenizer, fixed_length)
-    markers = turn_markers([r["text"] for r in rows])
-    trainer = backends.build_trainer(runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [], markers)
+    trainer = causal_lm.build_trainer(runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [])
+    if backend == "hf-model-loss":
+        trainer.__class__ = causal_lm.model_loss_trainer_class()
+        return trainer, "model cross-entropy"
     if runtime.backend == "unsloth":
         return trainer, "Unsloth's patched SFTTrainer"
-    return trainer, "TRL chunked kernel" if backends._trl_loss_kernel_available() else "model cross-entropy"
+    return trainer, "TRL chunked kernel"
 
 
 def same_workload(packing: bool) -> dict:

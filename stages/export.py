@@ -9,31 +9,43 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from stages.lib import kinds
+from stages.lib.artifacts import EXPORT_DIR, MERGED_DIR, Manifest
 from stages.lib.errors import SlothlineError, run_stage
 from stages.lib.export import (LLAMA_CPP_QUANTIZATIONS, PYTHON_QUANTIZATIONS, generation_check, read_back,
                                write_gguf)
 from stages.lib.outputs import atomic_dir, write_json
 from stages.lib.params import load_params
 
-MERGED_DIR = Path("models/merged")
-EXPORT_DIR = Path("models/export")
 METRICS_FILE = Path("metrics/export.json")
 
 
 def main() -> None:
-    params = load_params()
-    if "gguf" not in params.export.formats:
-        with atomic_dir(EXPORT_DIR):
-            pass
-        write_json(METRICS_FILE, {})
+    settings = load_params().export
+    manifest = Manifest.read(MERGED_DIR)
+    task = kinds.get(manifest.kind)
+    unsupported = [f for f in settings.formats if f not in task.EXPORT_FORMATS]
+    if unsupported:
+        raise SlothlineError(f"export.formats: {', '.join(unsupported)} is not offered for {task.NAME} models; "
+                             f"use {', '.join(task.EXPORT_FORMATS) or '[] (models/merged is the export)'}")
+    if settings.formats and manifest.method == "lora":
+        raise SlothlineError(f"{MERGED_DIR}: holds the adapter alone (merge.save_method: lora); "
+                             f"{'/'.join(f.upper() for f in settings.formats)} export needs merge.save_method: "
+                             "merged_16bit, or export.formats: []")
+    report = {}
+    with atomic_dir(EXPORT_DIR) as staging:
+        if "gguf" in settings.formats:
+            report.update(export_gguf(settings.gguf_quantization, staging))
+    write_json(METRICS_FILE, report)
+    if not settings.formats:
         print("export.formats is empty: nothing to export")
-        return
-    if not (MERGED_DIR / "config.json").is_file():
-        raise SlothlineError(
-            f"{MERGED_DIR}: no merged model (merge.save_method is {params.merge.save_method!r}); "
-            "GGUF export needs merge.save_method: merged_16bit"
-        )
-    quantizations = params.export.gguf_quantization
+    for quantization, result in report.items():
+        print(f"{EXPORT_DIR}/{quantization}/model.gguf: {result['size_mb']} MB, generation check: "
+              f"{result['generation_check']}")
+
+
+def export_gguf(quantizations: list[str], staging: Path) -> dict:
+    """One GGUF file (and Modelfile) per quantization under `staging`; returns each file's checks."""
     unknown = [q for q in quantizations if q not in PYTHON_QUANTIZATIONS + LLAMA_CPP_QUANTIZATIONS]
     if unknown:
         raise SlothlineError(f"export.gguf_quantization: unknown {unknown}; choose from "
@@ -46,30 +58,26 @@ def main() -> None:
             f"or use {', '.join(PYTHON_QUANTIZATIONS)}, which need nothing else"
         )
     report = {}
-    with atomic_dir(EXPORT_DIR) as staging:
-        for quantization in quantizations:
-            folder = staging / quantization
-            folder.mkdir()
-            gguf_file = folder / "model.gguf"
-            if quantization in PYTHON_QUANTIZATIONS:
-                write_gguf(MERGED_DIR, gguf_file, quantization)
-            else:  # k-quants: an f16 file through llama.cpp's quantizer
-                write_gguf(MERGED_DIR, folder / "f16.gguf", "f16")
-                done = subprocess.run([quantizer, str(folder / "f16.gguf"), str(gguf_file), quantization.upper()],
-                                      capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise SlothlineError(f"llama-quantize failed for {quantization}:\n{done.stderr[-2000:]}")
-                (folder / "f16.gguf").unlink()
-            (folder / "Modelfile").write_text(modelfile(MERGED_DIR))
-            report[quantization] = {
-                "size_mb": round(gguf_file.stat().st_size / 2**20, 3),
-                **read_back(gguf_file, MERGED_DIR),
-                "generation_check": generation_check(gguf_file, MERGED_DIR),
-            }
-    write_json(METRICS_FILE, report)
-    for quantization, result in report.items():
-        print(f"{EXPORT_DIR}/{quantization}/model.gguf: {result['size_mb']} MB, generation check: "
-              f"{result['generation_check']}")
+    for quantization in quantizations:
+        folder = staging / quantization
+        folder.mkdir()
+        gguf_file = folder / "model.gguf"
+        if quantization in PYTHON_QUANTIZATIONS:
+            write_gguf(MERGED_DIR, gguf_file, quantization)
+        else:  # k-quants: an f16 file through llama.cpp's quantizer
+            write_gguf(MERGED_DIR, folder / "f16.gguf", "f16")
+            done = subprocess.run([quantizer, str(folder / "f16.gguf"), str(gguf_file), quantization.upper()],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SlothlineError(f"llama-quantize failed for {quantization}:\n{done.stderr[-2000:]}")
+            (folder / "f16.gguf").unlink()
+        (folder / "Modelfile").write_text(modelfile(MERGED_DIR))
+        report[quantization] = {
+            "size_mb": round(gguf_file.stat().st_size / 2**20, 3),
+            **read_back(gguf_file, MERGED_DIR),
+            "generation_check": generation_check(gguf_file, MERGED_DIR),
+        }
+    return report
 
 
 OLLAMA_TEMPLATES = {  # a special token of the family: the chat template in Ollama's Go-template form

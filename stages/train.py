@@ -1,8 +1,9 @@
 """train: fine-tune `model.name` with LoRA (or fully) on data/prepared/train.jsonl.
 
-Outs: models/adapter/ (a PEFT adapter directory plus tokenizer), models/checkpoints/ (persisted, so
-an interrupted run resumes from its last checkpoint), metrics/train.json, the loss curve as
-metrics/loss.png (train and val loss) and in dvclive/train/.
+Outs: models/adapter/ (a PEFT adapter directory, or the whole model, plus the processor and
+manifest.json), models/checkpoints/ (persisted, so an interrupted run resumes from its last
+checkpoint), metrics/train.json, the loss curve as metrics/loss.png (train and val loss) and in
+dvclive/train/.
 """
 
 import hashlib
@@ -10,17 +11,13 @@ import json
 import resource
 from pathlib import Path
 
-import torch
-
-from stages.lib import plots
+from stages.lib import kinds, plots
+from stages.lib.artifacts import ADAPTER_DIR, CHECKPOINTS_DIR, PREPARED_DIR, Manifest, read_split
 from stages.lib.errors import SlothlineError, run_stage
-from stages.lib.mixing import PREPARED_DIR, read_split
 from stages.lib.outputs import atomic_dir, clear_checkpoints, resume_point, write_json
 from stages.lib.params import load_params
-from stages.lib.templates import turn_markers
+from stages.lib.runtime import probe, resolve
 
-CHECKPOINTS = Path("models/checkpoints")
-ADAPTER_DIR = Path("models/adapter")
 METRICS_FILE = Path("metrics/train.json")
 LOSS_PLOT = Path("metrics/loss.png")
 LIVE_DIR = "dvclive/train"
@@ -28,54 +25,60 @@ LIVE_DIR = "dvclive/train"
 
 def main() -> None:
     params = load_params()
+    runtime = resolve(params, probe())
+    task = kinds.for_params(params)
     from stages.lib import backends  # imports unsloth (when used) before transformers
 
-    runtime = backends.choose_runtime(params)
     train_rows, val_rows = read_split("train"), read_split("val")
     if not train_rows:
         raise SlothlineError(f"{PREPARED_DIR}/train.jsonl: no training rows; check data.sources and data.total")
-    model, tokenizer = backends.load_model(runtime, params)
+    model, processor = backends.load_for_training(task, runtime, params)
     from dvclive import Live
 
-    markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
-
-    resume_from = resume_point(CHECKPOINTS, run_fingerprint(params))
+    resume_from = resume_point(CHECKPOINTS_DIR, run_fingerprint(params))
     live = Live(LIVE_DIR, resume=resume_from is not None, dvcyaml=False, save_dvc_exp=False)
-    trainer = backends.build_trainer(runtime, params, model, tokenizer, train_rows, val_rows,
-                                     str(CHECKPOINTS), [loss_curve(live)], markers)
+    trainer = task.build_trainer(runtime, params, model, processor, train_rows, val_rows, str(CHECKPOINTS_DIR),
+                                 [loss_curve(live), warmup_warning()])
     tokens_before = tokens_seen_at(resume_from)
     if resume_from:
         print(f"resuming from {resume_from}")
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(runtime)
     result = trainer.train(resume_from_checkpoint=resume_from)
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
 
     with atomic_dir(ADAPTER_DIR) as staging:
-        backends.save_trained(model, tokenizer, staging)
+        backends.save_trained(model, processor, staging)
+        Manifest(kind=task.NAME, method="full" if params.train.full_finetuning else "lora",
+                 base_model=params.model.name, revision=params.model.revision, backend=runtime.backend,
+                 precision=runtime.precision, load_in_4bit=params.model.load_in_4bit,
+                 max_seq_length=params.model.max_seq_length).write(staging)
     state = trainer.state
     tokens = state.num_input_tokens_seen - tokens_before
     runtime_s = result.metrics["train_runtime"]
+    logged_loss = next((log["loss"] for log in reversed(state.log_history) if "loss" in log), result.training_loss)
     write_json(METRICS_FILE, {
+        "kind": task.NAME,
+        "method": "full" if params.train.full_finetuning else "lora",
         "backend": runtime.backend,
-        "device": runtime.device,
+        "device": runtime.device_name,
         "precision": runtime.precision,
         "optim": runtime.optim,
+        "attention": runtime.attention,
         "steps": state.global_step,
         "epochs": round(state.epoch, 3),
         "resumed_from_step": int(resume_from.rsplit("-", 1)[1]) if resume_from else 0,
-        "train_loss": next((round(log["loss"], 4) for log in reversed(state.log_history) if "loss" in log), None),
+        "train_loss": round(logged_loss, 4),
         "train_loss_avg": round(result.training_loss, 4),
         "val_loss": round(val_loss, 4) if val_loss is not None else None,
         "runtime_s": round(runtime_s, 2),
         "train_tokens": tokens,
         "train_tokens_per_s": round(tokens / runtime_s, 1),
-        "peak_mem_gib": round(peak_memory_gib(), 3),
+        "peak_mem_gib": round(peak_memory_gib(runtime), 3),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     })
     plots.loss_curve(state.log_history, LOSS_PLOT)
-    clear_checkpoints(CHECKPOINTS)
-    print(f"adapter -> {ADAPTER_DIR}/, metrics -> {METRICS_FILE}")
+    clear_checkpoints(CHECKPOINTS_DIR)
+    print(f"{task.NAME} ({runtime.backend}) -> {ADAPTER_DIR}/, metrics -> {METRICS_FILE}")
 
 
 def loss_curve(live):
@@ -89,6 +92,20 @@ def loss_curve(live):
             super().on_log(args, state, control, **kwargs)
 
     return StepDVCLiveCallback(live=live)
+
+
+def warmup_warning():
+    """Says so when warm-up lasts the whole run: the learning rate then never reaches train.learning_rate
+    (with one step, it stays 0 and nothing is learned)."""
+    from transformers import TrainerCallback
+
+    class WarmupWarning(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if args.warmup_steps >= state.max_steps:
+                print(f"warning: train.warmup_steps ({args.warmup_steps}) >= the {state.max_steps} training steps, "
+                      "so the learning rate never leaves warm-up; lower train.warmup_steps or train longer")
+
+    return WarmupWarning()
 
 
 def run_fingerprint(params) -> str:
@@ -105,9 +122,18 @@ def tokens_seen_at(checkpoint: str | None) -> int:
     return json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
 
 
-def peak_memory_gib() -> float:
+def reset_peak_memory(runtime) -> None:
+    if runtime.device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib(runtime) -> float:
     """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
-    if torch.cuda.is_available():
+    if runtime.device == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 

@@ -103,18 +103,19 @@ def compare_merged(workdir) -> dict:
 
 def test_unsloth_labels_match_the_hf_backend_masks(prepared):
     """Unsloth's train_on_responses_only and our assistant_masks train on exactly the same tokens."""
-    from stages.lib import backends
+    from stages.lib import backends, kinds
     from stages.lib.params import load_params
+    from stages.lib.runtime import probe, resolve
     from stages.lib.templates import tokenize_for_training, turn_markers
 
     params = load_params()
-    runtime = backends.choose_runtime(params)
+    runtime = resolve(params, probe())
     assert runtime.backend == "unsloth"
-    model, tokenizer = backends.load_model(runtime, params)
+    task = kinds.for_params(params)
+    model, tokenizer = backends.load_for_training(task, runtime, params)
     rows = prepared.read_split("train")
     markers = turn_markers([r["text"] for r in rows])
-    trainer = backends.build_trainer(runtime, params, model, tokenizer, rows, [], str(prepared.path / "out"), [],
-                                     markers)
+    trainer = task.build_trainer(runtime, params, model, tokenizer, rows, [], str(prepared.path / "out"), [])
     ours = tokenize_for_training(rows, tokenizer, markers)
     mismatched = sum(
         [t if m else -100 for t, m in zip(mine["input_ids"], mine["assistant_masks"])] != theirs["labels"]
@@ -180,18 +181,24 @@ def test_full_finetuning_on_unsloth(prepared):
 
 RELOAD_LOFTQ = """
 import json, torch
-from stages.lib import backends
+from pathlib import Path
+from stages.lib import backends, kinds
+from stages.lib.artifacts import Manifest
 from stages.lib.params import load_params
+from stages.lib.runtime import for_inference, probe, resolve
 params = load_params()
-runtime = backends.choose_runtime(params)
-model, tokenizer = backends.load_model(runtime, params)
+runtime = resolve(params, probe())
+task = kinds.for_params(params)
+model, tokenizer = backends.load_for_training(task, runtime, params)
 ids = tokenizer(PROMPT, return_tensors="pt").input_ids.cuda()
 model.save_pretrained("fresh-adapter")
+manifest = Manifest(kind=task.NAME, method="lora", base_model=params.model.name, revision=None, backend=runtime.backend,
+                    precision=runtime.precision, load_in_4bit=False, max_seq_length=params.model.max_seq_length)
 with torch.no_grad():
     initial = model(ids).logits.float()
     with model.disable_adapter():
         quantized_base = model(ids).logits.float()
-reloaded, _ = backends.load_for_inference(runtime, params, __import__("pathlib").Path("fresh-adapter"))
+reloaded, _ = backends.load_trained(task, manifest, for_inference(manifest, probe()), Path("fresh-adapter"))
 with torch.no_grad():
     again = reloaded(ids).logits.float()
 scale = initial.abs().max().item()

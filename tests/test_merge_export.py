@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from stages.lib.artifacts import Manifest
 from stages.lib.errors import SlothlineError
 
 PARAMS = "data: {sources: [{path: a.jsonl, format: alpaca}]}\n"
@@ -24,6 +25,8 @@ def adapter(workdir, tokenizer):
     model = get_peft_model(base, config)
     model.save_pretrained(workdir.path / "models/adapter")
     tokenizer.save_pretrained(workdir.path / "models/adapter")
+    Manifest(kind="causal_lm", method="lora", base_model="builtin:tiny-qwen3", revision=None, backend="hf",
+             precision="float32", load_in_4bit=False, max_seq_length=512).write(workdir.path / "models/adapter")
     return workdir
 
 

@@ -65,9 +65,11 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
 
     subprocess.run(["git", "add", "-A"], cwd=dvc_project, check=True)
     subprocess.run(["git", "commit", "-qm", "trained"], cwd=dvc_project, check=True)
-    assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "evaluate.max_new_tokens=64").stdout) == ["evaluate"]
+    # check_params reruns on any params change (it validates the whole file in about a second)
+    assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "evaluate.max_new_tokens=64").stdout) == [
+        "check_params", "evaluate"]
     experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32", "-S", "train.max_steps=10")
-    assert ran_stages(experiment.stdout) == ["train", "evaluate", "merge", "export"]
+    assert ran_stages(experiment.stdout) == ["check_params", "train", "evaluate", "merge", "export"]
     assert json.loads((dvc_project / "metrics/train.json").read_text())["trainable_params"] == 2 * trained[
         "trainable_params"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout

@@ -9,7 +9,7 @@ import pytest
 
 from stages import prepare
 from stages.lib.errors import SlothlineError
-from stages.lib.mixing import read_split
+from stages.lib.artifacts import read_split
 from tests.conftest import ROOT
 
 ALPACA = [{"instruction": f"Repeat {w}.", "input": "", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]

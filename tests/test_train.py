@@ -8,7 +8,9 @@ import torch
 from stages import train
 from stages.lib import backends
 from stages.lib.errors import SlothlineError
+from stages.lib.kinds import causal_lm
 from stages.lib.params import Params
+from stages.lib.runtime import Capabilities, resolve
 from stages.lib.templates import tokenize_for_training, turn_markers
 
 CHAT = [
@@ -20,57 +22,11 @@ CHAT = [
 ]
 
 
+CPU = Capabilities(cuda=False)
+
+
 def params(**sections) -> Params:
     return Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]}, **sections})
-
-
-def test_auto_picks_hf_without_a_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    runtime = backends.choose_runtime(params())
-    assert (runtime.backend, runtime.device, runtime.precision, runtime.optim) == ("hf", "cpu", "float32", "adamw_torch")
-
-
-def test_unsloth_without_a_gpu_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SlothlineError, match="train.backend: unsloth needs a CUDA GPU"):
-        backends.choose_runtime(params(train={"backend": "unsloth"}))
-
-
-def fake_gpu(monkeypatch, *, unsloth: bool, bf16: bool = True, bitsandbytes: bool = True) -> None:
-    """A CUDA GPU as choose_runtime sees it, with or without the unsloth and bitsandbytes packages."""
-    installed = {"unsloth": unsloth, "bitsandbytes": bitsandbytes}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Fake GPU")
-    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: object() if installed.get(name) else None)
-
-
-@pytest.mark.parametrize(("unsloth", "bf16", "expected"), [
-    (True, True, ("unsloth", "Fake GPU", "bfloat16", "adamw_8bit")),
-    (True, False, ("unsloth", "Fake GPU", "float16", "adamw_8bit")),
-    (False, True, ("hf", "Fake GPU", "bfloat16", "adamw_8bit")),
-])
-def test_auto_on_a_gpu_picks_unsloth_when_installed(monkeypatch, unsloth, bf16, expected):
-    fake_gpu(monkeypatch, unsloth=unsloth, bf16=bf16)
-    runtime = backends.choose_runtime(params())
-    assert (runtime.backend, runtime.device, runtime.precision, runtime.optim) == expected
-
-
-def test_gpu_without_bitsandbytes_falls_back_to_adamw_torch(monkeypatch):
-    fake_gpu(monkeypatch, unsloth=False, bitsandbytes=False)
-    assert backends.choose_runtime(params(train={"backend": "hf"})).optim == "adamw_torch"
-
-
-def test_unsloth_on_a_gpu_without_the_package_is_a_clear_error(monkeypatch):
-    fake_gpu(monkeypatch, unsloth=False)
-    with pytest.raises(SlothlineError, match=r"needs the unsloth package \(pip install -e '.\[gpu\]'\)"):
-        backends.choose_runtime(params(train={"backend": "unsloth"}))
-
-
-def test_4bit_on_cpu_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SlothlineError, match="model.load_in_4bit: 4-bit QLoRA needs a CUDA GPU"):
-        backends.choose_runtime(params(model={"load_in_4bit": True}))
 
 
 def labels_from_trl(tokenizer, texts):
@@ -170,13 +126,11 @@ def test_cpu_training_uses_the_model_loss_even_where_trl_kernel_imports(monkeypa
     from transformers import AutoModelForCausalLM
     from trl.trainer import utils
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(utils, "_ChunkedLogProbFunction", object(), raising=False)
     setting = params(train={"max_steps": 1})
     model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
     rows = [{"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>"}]
-    trainer = backends.build_trainer(backends.choose_runtime(setting), setting, model, tokenizer, rows, [],
-                                     "/tmp/unused", [], None)
+    trainer = causal_lm.build_trainer(resolve(setting, CPU), setting, model, tokenizer, rows, [], "/tmp/unused", [])
     assert type(trainer).__name__ == "ModelLossSFTTrainer"
     assert trainer.train().training_loss > 0
 
@@ -231,11 +185,10 @@ def test_full_finetuning_writes_a_whole_model(workdir):
     assert not (workdir.path / "models/adapter/adapter_config.json").exists()
 
 
-def test_unknown_scheduler_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+def test_unknown_scheduler_is_a_clear_error():
     bad = params(train={"lr_scheduler": "cosine_warm"})
     with pytest.raises(SlothlineError, match="check train.lr_scheduler, train.optim.*cosine_warm"):
-        backends.build_trainer(backends.choose_runtime(bad), bad, None, None, None, None, "/tmp/unused", [], None)
+        causal_lm.build_trainer(resolve(bad, CPU), bad, None, None, [{"text": "x"}], [], "/tmp/unused", [])
 
 
 def test_identical_trainings_write_identical_adapters(trained):
@@ -254,3 +207,27 @@ def test_identical_trainings_write_identical_adapters(trained):
         return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(adapter.iterdir())}
 
     assert train_and_hash("1") == train_and_hash("2")
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "foo"], ["q_proj", "dwon_proj"]])
+def test_a_target_module_that_matches_nothing_is_a_clear_error(targets):
+    """PEFT only complains when no name matches: one typo among good names would silently train less."""
+    setting = params(lora={"target_modules": targets})
+    with pytest.raises(SlothlineError, match=rf"lora.target_modules: {targets[1]} matched no layer of this model; "
+                                             r"its linear layers are: down_proj, gate_proj, k_proj, o_proj, q_proj, "
+                                             r"up_proj, v_proj"):
+        backends.load_for_training(causal_lm, resolve(setting, CPU), setting)
+
+
+def test_one_step_reports_its_loss_and_warns_that_warmup_never_ends(workdir, capsys):
+    from stages import prepare
+
+    rows = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}])
+    text = (workdir.path / "params.yaml").read_text()
+    (workdir.path / "params.yaml").write_text(text + "train: {max_steps: 1, warmup_steps: 10, logging_steps: 5}\n")
+    prepare.main()
+    train.main()
+    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
+    assert metrics["steps"] == 1 and metrics["train_loss"] > 0
+    assert "warning: train.warmup_steps (10) >= the 1 training steps" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Merge a LoRA adapter into its base weights, and write GGUF files with the `gguf` package.
+"""Write GGUF files of merged causal LMs with the `gguf` package, and check them.
 
 GGUF writing follows llama.cpp's convert_hf_to_gguf for the Qwen2/Qwen3 and Llama families:
 hyperparameters, tensors renamed through gguf's TensorNameMap (Llama's q/k rows permuted for its
@@ -6,7 +6,6 @@ rotary layout), and the BPE tokenizer (vocab, merges, special tokens, chat templ
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,35 +19,6 @@ ARCHITECTURES = {  # transformers model_type: (gguf architecture, tokenizer pre-
 }
 PYTHON_QUANTIZATIONS = ("f16", "bf16", "q8_0")
 LLAMA_CPP_QUANTIZATIONS = ("q4_k_m", "q5_k_m", "q6_k", "q4_0", "q5_0")
-
-
-def merge_adapter(runtime, params, adapter_dir: Path, out_dir: Path) -> None:
-    """Write the merged model (or the adapter, for `lora`) with tokenizer and chat template to `out_dir`."""
-    method = params.merge.save_method
-    if method == "merged_4bit" and runtime.device == "cpu":
-        raise SlothlineError("merge.save_method: merged_4bit needs a CUDA GPU (bitsandbytes); use merged_16bit here")
-    full_model = not (adapter_dir / "adapter_config.json").is_file()
-    if full_model and method == "lora":
-        raise SlothlineError("merge.save_method: lora needs a LoRA adapter, but train.full_finetuning produced a full model")
-    if full_model or method == "lora":  # already merged, or the adapter is the output (on either backend)
-        shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
-        return
-    if runtime.backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            str(adapter_dir), max_seq_length=params.model.max_seq_length, load_in_4bit=method == "merged_4bit"
-        )
-        # Unsloth asks for "merged_4bit_forced" to confirm a 4-bit merge (no GGUF from it later)
-        model.save_pretrained_merged(str(out_dir), tokenizer, save_method=method.replace("4bit", "4bit_forced"))
-        return
-    from stages.lib.backends import load_for_inference
-
-    # merge into a 16-bit base for merged_16bit (also after QLoRA), into a 4-bit one for merged_4bit
-    as_loaded = params.model.model_copy(update={"load_in_4bit": method == "merged_4bit"})
-    model, tokenizer = load_for_inference(runtime, params.model_copy(update={"model": as_loaded}), adapter_dir)
-    model.merge_and_unload().save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
 
 
 def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:

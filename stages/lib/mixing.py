@@ -4,24 +4,11 @@ Every random choice draws from a generator seeded by `data.seed` and the source'
 final shuffle, the split's) name, so the same inputs and params give the same rows in the same order.
 """
 
-import json
 import math
 import random
-from pathlib import Path
 
+from stages.lib.artifacts import SPLITS
 from stages.lib.errors import SlothlineError
-
-SPLITS = ("train", "val", "test")
-PREPARED_DIR = Path("data/prepared")
-
-
-def read_split(name: str) -> list[dict]:
-    """The rows prepare wrote for one split; a clear error when prepare has not run."""
-    path = PREPARED_DIR / f"{name}.jsonl"
-    if not path.is_file():
-        raise SlothlineError(f"{path}: missing; run `dvc repro prepare` first")
-    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 is legal inside a string
-    return [json.loads(line) for line in lines if line]
 
 
 def dedupe(records: list[dict]) -> tuple[list[dict], int]:

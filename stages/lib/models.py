@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages.lib.errors import SlothlineError
@@ -24,8 +26,7 @@ QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN_THINK_TOKENS = ["<think>", "</think>"]
 TOKENIZER_VOCAB = 480  # bytes and merges; the special tokens come after them, below the model's 512 rows
 
-BUILTIN_MODELS = {
-    "tiny-qwen3": {
+TINY_QWEN3 = {
         "seed": 0,
         "config": {
             "vocab_size": 512,
@@ -39,7 +40,6 @@ BUILTIN_MODELS = {
             "initializer_range": 0.1,
             "tie_word_embeddings": True,
         },
-    },
 }
 
 
@@ -65,9 +65,9 @@ def resolve_model(name: str) -> str:
 
 def ensure_builtin(builtin: str, root: Path | None = None) -> Path:
     """Build the builtin model into the cache once (atomically) and return its directory."""
-    spec = BUILTIN_MODELS[builtin]
-    fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    for name in ("qwen3_chat_template.jinja", "tokenizer_corpus.txt"):
+    model = BUILTIN_MODELS[builtin]
+    fingerprint = hashlib.sha256(json.dumps(model.spec, sort_keys=True).encode())
+    for name in model.files:
         fingerprint.update((TEMPLATE_DIR / name).read_bytes())
     target = (root or cache_root()) / "builtin" / f"{builtin}-{fingerprint.hexdigest()[:12]}"
     if (target / "config.json").is_file():
@@ -75,7 +75,7 @@ def ensure_builtin(builtin: str, root: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{builtin}-", dir=target.parent))
     try:
-        build_tiny_qwen3(staging, spec)
+        model.build(staging, model.spec)
         try:
             staging.rename(target)
         except OSError:  # another process finished the same build first
@@ -127,8 +127,60 @@ def build_byte_tokenizer():
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=(TEMPLATE_DIR / "qwen3_chat_template.jinja").read_text(),
-        model_max_length=BUILTIN_MODELS["tiny-qwen3"]["config"]["max_position_embeddings"],
+        model_max_length=TINY_QWEN3["config"]["max_position_embeddings"],
     )
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A tiny model built locally: its kind, its builder, the spec it is built from (seed, config) and the
+    data files the build reads (all of them name its cache directory)."""
+
+    kind: str
+    build: Callable[[Path, dict], None]
+    spec: dict
+    files: tuple[str, ...]
+
+
+BUILTIN_MODELS = {
+    "tiny-qwen3": Builtin("causal_lm", build_tiny_qwen3, TINY_QWEN3,
+                          ("qwen3_chat_template.jinja", "tokenizer_corpus.txt")),
+}
+
+
+def infer_kind(name: str, revision: str | None = None) -> str | None:
+    """The model kind that `model.name`'s config describes, or None when it does not tell."""
+    if name.startswith("builtin:"):
+        resolve_model(name)  # a clear error for an unknown builtin
+        return BUILTIN_MODELS[name.removeprefix("builtin:")].kind
+    source = resolve_model(name)
+    try:  # without transformers, which Unsloth must be imported before
+        if Path(source).is_dir():
+            config = json.loads((Path(source) / "config.json").read_text())
+        else:
+            from huggingface_hub import hf_hub_download
+
+            config = json.loads(Path(hf_hub_download(source, "config.json", revision=revision)).read_text())
+    except Exception as err:  # the hub client raises many types; all mean "cannot get it"
+        raise SlothlineError(f"model.name: cannot read the config of {name!r} ({err.__class__.__name__}: {err}); "
+                             "use a local model directory, a hub id reachable from here, or a builtin model") from None
+    return kind_of_config(config)
+
+
+def kind_of_config(config: dict) -> str | None:
+    """classifier for encoders, vision for models with a vision tower, causal_lm for decoders."""
+    architectures = config.get("architectures") or []
+    if config.get("model_type") in ENCODER_TYPES or any(a.endswith(ENCODER_HEADS) for a in architectures):
+        return "classifier"
+    if "vision_config" in config:
+        return "vision"
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return "causal_lm"
+    return None
+
+
+ENCODER_TYPES = {"bert", "modernbert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra"}
+ENCODER_HEADS = ("ForSequenceClassification", "ForMaskedLM", "ForTokenClassification")
 
 
 def load_tokenizer(name: str, revision: str | None = None):

@@ -23,6 +23,7 @@ class Section(BaseModel):
 class ModelParams(Section):
     name: str = "builtin:tiny-qwen3"
     revision: str | None = None
+    kind: Literal["causal_lm", "vision", "classifier"] | None = Field(None, description="inferred when omitted")
     max_seq_length: int = Field(512, ge=16)
     load_in_4bit: bool = False
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"

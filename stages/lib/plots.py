@@ -26,7 +26,8 @@ def loss_curve(log_history: list[dict], path: Path) -> None:
         axes.plot(*zip(*val), "o-", label="val loss")
     axes.set(xlabel="step", ylabel="loss", title="Training loss")
     axes.grid(alpha=0.3)
-    axes.legend()
+    if train or val:
+        axes.legend()
     save(figure, path)
 
 

@@ -1,0 +1,208 @@
+"""Causal language models (Qwen3, Llama): chat records rendered with the model's chat template,
+response-only masks, TRL's SFTTrainer, batched generation, and text metrics plus the loss on the
+reference answers."""
+
+import numpy as np
+
+from stages.lib.errors import SlothlineError
+from stages.lib.formats import CONVERTERS, to_messages
+from stages.lib.templates import answer_cut_off, render, token_lengths, tokenize_for_training, turn_markers
+
+NAME = "causal_lm"
+AUTO_CLASS = "AutoModelForCausalLM"
+PEFT_TASK_TYPE = "CAUSAL_LM"
+DATA_FORMATS = tuple(CONVERTERS)
+EXPORT_FORMATS = ("gguf",)
+
+
+def load_processor(source: str, revision: str | None):
+    from stages.lib.models import load_tokenizer
+
+    return load_tokenizer(source, revision)
+
+
+def to_record(row: dict, source, data, tokenizer) -> tuple[dict, dict]:
+    """Canonical `messages`, and the rendered `text`, `prompt` and `reference`."""
+    messages = to_messages(row, source.format, data.system_prompt)
+    return {"messages": messages}, render(messages, tokenizer, source.template, data.enable_thinking)
+
+
+def finish_splits(splits: dict[str, list[dict]], tokenizer, params) -> dict:
+    """Rows whose first answer token lies beyond model.max_seq_length would train on nothing once cut
+    to that length: they leave train and val (test keeps them; evaluate scores generations). Returns
+    token statistics per split, taken before that drop."""
+    max_length = params.model.max_seq_length
+    lengths = {name: token_lengths(rows, tokenizer) for name, rows in splits.items()}
+    check_answers_fit(lengths["train"], max_length)
+    dropped = {}
+    for name in ("train", "val"):
+        kept = [row for row, (_, start) in zip(splits[name], lengths[name]) if not answer_cut_off(start, max_length)]
+        dropped[name], splits[name] = len(splits[name]) - len(kept), kept
+    tokens = {}
+    for name, split_lengths in lengths.items():
+        if not split_lengths:
+            continue
+        counts = np.array([length for length, _ in split_lengths])
+        tokens[name] = {
+            "mean": round(float(counts.mean()), 1),
+            "p50": int(np.percentile(counts, 50)),
+            "p95": int(np.percentile(counts, 95)),
+            "max": int(counts.max()),
+            "truncated_rows": int((counts > max_length).sum()),
+            "no_answer_rows": sum(answer_cut_off(start, max_length) for _, start in split_lengths),
+            "rows_dropped_too_long": dropped.get(name, 0),
+        }
+    if any(split["truncated_rows"] for split in tokens.values()):
+        print(length_note(tokens, max_length))
+    return {"tokens": tokens}
+
+
+def check_answers_fit(train_lengths: list[tuple[int, int | None]], max_length: int) -> None:
+    """Fail when cutting train rows to max_length tokens would leave an answer token in none of them."""
+    if not all(answer_cut_off(start, max_length) for _, start in train_lengths):
+        return
+    starts = [start for _, start in train_lengths]
+    raise SlothlineError(
+        f"model.max_seq_length: {max_length} tokens leave no answer token in any of the {len(starts)} train rows "
+        f"(their prompts take {min(starts)} to {max(starts)} tokens, whole rows up to "
+        f"{max(length for length, _ in train_lengths)}); raise model.max_seq_length to at least {max(starts) + 1}"
+    )
+
+
+def length_note(tokens: dict, max_length: int) -> str:
+    """One line on the rows model.max_seq_length cuts: truncated, and without an answer token (dropped or kept)."""
+    count = lambda key: sum(split[key] for split in tokens.values())
+    of = lambda key, names: ", ".join(f"{name} {tokens[name][key] if name in tokens else 0}" for name in names)
+    return (f"model.max_seq_length {max_length}: {count('truncated_rows')} rows are longer and get truncated "
+            f"({of('truncated_rows', ('train', 'val', 'test'))}); {count('no_answer_rows')} have no answer token "
+            f"within it (dropped: {of('rows_dropped_too_long', ('train', 'val'))}; "
+            f"kept for evaluate: {of('no_answer_rows', ('test',))})")
+
+
+def lora_kwargs(params, model, backend: str) -> dict:
+    return {}
+
+
+def build_trainer(runtime, params, model, tokenizer, train_rows: list[dict], val_rows: list[dict],
+                  output_dir: str, callbacks: list):
+    """TRL's SFTTrainer configured from `train.*`, on the rendered `text` of the prepared rows, with the
+    val loss every `train.eval_steps`.
+
+    Response-only loss (`train.train_on_responses_only`): on hf through the dataset's `assistant_masks`;
+    on unsloth through Unsloth's own train_on_responses_only, given the same turn markers.
+    """
+    from trl import SFTConfig, SFTTrainer  # Unsloth's patched classes once unsloth is imported
+
+    try:
+        config = sft_config(SFTConfig, runtime, params, output_dir, evaluate=bool(val_rows))
+    except ValueError as err:  # e.g. an lr_scheduler name transformers does not know
+        raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
+                             f"train.optim): {err}") from None
+    markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
+    dataset_markers = markers if runtime.backend == "hf" else None
+    train_dataset = tokenize_for_training(train_rows, tokenizer, dataset_markers)
+    eval_dataset = tokenize_for_training(val_rows, tokenizer, dataset_markers) if val_rows else None
+    trainer_class = SFTTrainer if runtime.device == "cuda" else model_loss_trainer_class()
+    trainer = trainer_class(
+        model=model,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if runtime.backend == "unsloth" and markers:
+        from unsloth.chat_templates import train_on_responses_only
+
+        trainer = train_on_responses_only(trainer, instruction_part=markers[0], response_part=markers[1])
+    return trainer
+
+
+def model_loss_trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss is the model's own cross-entropy.
+
+        TRL 1.15 computes its loss through a Triton kernel, which needs a CUDA device (a CUDA build
+        of torch imports Triton on a CPU machine too, then fails at the first step); on the CPU the
+        model's own cross-entropy over the same labels is the same loss.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+
+    return ModelLossSFTTrainer
+
+
+def sft_config(config_class, runtime, params, output_dir: str, evaluate: bool):
+    """TRL's SFTConfig (or Unsloth's patched one) from the `train.*` params; with `evaluate`, the val
+    loss every `train.eval_steps`."""
+    train = params.train
+    return config_class(
+        output_dir=output_dir,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.per_device_batch_size,
+        per_device_eval_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        lr_scheduler_type=train.lr_scheduler,
+        optim=runtime.optim,
+        seed=train.seed,
+        data_seed=train.seed,
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=train.eval_steps,
+        bf16=runtime.precision == "bfloat16",
+        fp16=runtime.precision == "float16",
+        use_cpu=runtime.device == "cpu",
+        # Unsloth checkpoints through get_peft_model; the hf backend through transformers.
+        gradient_checkpointing=train.gradient_checkpointing and runtime.backend == "hf",
+        max_length=params.model.max_seq_length,
+        packing=train.packing,
+        packing_strategy="bfd",
+        padding_free=train.packing,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+
+
+def predict(model, tokenizer, rows: list[dict], settings, desc: str) -> list[str]:
+    """Generated answers to the rows' prompts (batched, left-padded, `evaluate.*` sampling)."""
+    from stages.lib.generate import generate
+
+    return generate(model, tokenizer, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
+                    settings.temperature, settings.top_p, settings.seed, desc=desc)
+
+
+def score(model, tokenizer, rows: list[dict], answers: list[str], settings) -> dict:
+    """Text metrics of the answers against the references, and the teacher-forced loss on the reference
+    answers' tokens (on the whole text where no known chat markers tell where answers are), each row
+    whole up to the model's context: a metric that means the same whatever training's max_seq_length."""
+    from stages.lib.generate import answer_loss
+    from stages.lib.metrics import loss_metrics, text_metrics
+
+    texts = [r["text"] for r in rows]
+    try:
+        markers = turn_markers(texts)
+    except SlothlineError:
+        markers = None
+    dataset = tokenize_for_training(rows, tokenizer, markers)
+    context = getattr(model.config, "max_position_embeddings", None) or max(len(ids) for ids in dataset["input_ids"])
+    total, count = answer_loss(model, dataset, tokenizer.pad_token_id, settings.batch_size, context)
+    return {**text_metrics(answers, [r["reference"] for r in rows]), **loss_metrics(total, count),
+            "loss_tokens": count, "loss_on": "answers" if markers else "whole text"}
+
+
+def sample(row: dict, answers: dict[str, str]) -> dict:
+    question = next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
+    return {"id": row["id"], "prompt": question, "reference": row["reference"], **answers}
