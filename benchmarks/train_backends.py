@@ -5,6 +5,8 @@ as the real one), then trains on the same chat data in a fresh process per run (
 transformers globally):
 
 - `unsloth`, `hf`: the train stage's own code (backends.load_for_training + the kind's build_trainer);
+- `hf-dense`: the hf backend on torch's default SDPA (packed rows through a dense document mask, as
+  before packed rows went through varlen attention);
 - `hf-model-loss`: the hf backend with the model's own cross-entropy instead of TRL's chunked loss;
 - `unsloth-notebook`: Unsloth's Qwen3 notebook code, no Slothline: FastLanguageModel.from_pretrained,
   get_peft_model, TRL's SFTTrainer with the notebook's SFTConfig, train_on_responses_only;
@@ -35,8 +37,8 @@ QWEN3_4B_SHAPE = dict(
     max_position_embeddings=40960, rope_theta=1000000.0,
 )
 STEPS, WARMUP_STEPS, BATCH, MAX_LEN, ROWS, LOGGING_STEPS = 30, 5, 4, 2048, 320, 10
-BACKENDS = ("unsloth", "hf", "hf-model-loss", "unsloth-notebook", "trl-peft")
-BASELINES = ("hf", "hf-model-loss", "unsloth-notebook", "trl-peft")  # the report gives unsloth / each of them
+BACKENDS = ("unsloth", "hf", "hf-dense", "hf-model-loss", "unsloth-notebook", "trl-peft")
+BASELINES = ("hf", "hf-dense", "hf-model-loss", "unsloth-notebook", "trl-peft")  # the report gives unsloth / each of them
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CHATML = ("<|im_start|>user\n", "<|im_start|>assistant\n")  # the builtin template's turn markers
 
@@ -91,8 +93,11 @@ def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoin
     build_trainer); the one place that calls Slothline. Returns (trainer, loss name).
 
     `hf-model-loss` is the hf backend with the model's own cross-entropy (full logits, as a plain
-    transformers loop) instead of TRL's chunked loss kernel.
+    transformers loop) instead of TRL's chunked loss kernel; `hf-dense` the hf backend on torch's default
+    SDPA attention whatever the batches.
     """
+    from dataclasses import replace
+
     from stages.lib import backends
     from stages.lib.kinds import causal_lm
     from stages.lib.params import Params
@@ -101,11 +106,13 @@ def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoin
     params = Params.model_validate({
         "model": {"name": checkpoint, "max_seq_length": MAX_LEN},
         "data": {"sources": [{"path": "unused.jsonl", "format": "messages"}]},
-        "train": {"backend": backend.removesuffix("-model-loss"), "max_steps": STEPS, "per_device_batch_size": BATCH,
+        "train": {"backend": backend.split("-")[0], "max_steps": STEPS, "per_device_batch_size": BATCH,
                   "learning_rate": 2e-4, "gradient_checkpointing": True, "save_steps": 10_000,
                   "logging_steps": LOGGING_STEPS, "packing": packing},
     })
     runtime = resolve(params, probe())
+    if backend == "hf-dense":
+        runtime = replace(runtime, attention="sdpa")
     model, tokenizer = backends.load_for_training(causal_lm, runtime, params)
     rows = chat_rows(tokenizer, fixed_length)
     trainer = causal_lm.build_trainer(runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [])
@@ -298,7 +305,8 @@ def markdown(report: dict) -> str:
         f"# Training backends\n\n{report['model']}; {report['data']}; {STEPS - WARMUP_STEPS} timed steps after "
         f"{WARMUP_STEPS} warm-up steps. padded: chats of 64..{MAX_LEN} tokens in padded batches; packed: the same "
         f"with `train.packing: true`; fixed-length: every chat about {MAX_LEN} tokens. hf: the hf backend as "
-        f"it trains (TRL's chunked loss kernel); hf-model-loss: the same with the model's own cross-entropy "
+        f"it trains (TRL's chunked loss kernel); hf-dense: the same on torch's default SDPA (a dense document "
+        f"mask for packed rows, cuDNN on); hf-model-loss: the same with the model's own cross-entropy "
         f"over full logits, as a plain transformers loop computes it; unsloth-notebook: Unsloth's Qwen3 notebook "
         f"code (FastLanguageModel + TRL's SFTTrainer + train_on_responses_only); trl-peft: transformers + PEFT + "
         f"TRL's SFTTrainer with its defaults. Attention: the model's attn_implementation, and whether cuDNN SDPA "

@@ -219,3 +219,44 @@ def test_loftq(prepared, backend):
     assert train["backend"] == backend and train["steps"] == 10
     evaluation = stage(prepared, "evaluate")
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
+
+
+PACKED_LOSSES = """
+import dataclasses, json, sys
+from stages.lib import attention, backends, kinds
+from stages.lib.artifacts import read_split
+from stages.lib.params import load_params
+from stages.lib.runtime import probe, resolve
+params = load_params()
+runtime = dataclasses.replace(resolve(params, probe()), attention=sys.argv[1])
+task = kinds.for_params(params)
+model, tokenizer = backends.load_for_training(task, runtime, params)
+calls = []
+if runtime.backend == "unsloth" and runtime.attention == attention.VARLEN_FLASH:
+    from unsloth.utils import attention_dispatch as dispatch
+    varlen = dispatch._TORCH_VARLEN_ATTN
+    assert varlen is not None, "Unsloth's torch-varlen branch is off"
+    dispatch._TORCH_VARLEN_ATTN = lambda *args, **kwargs: calls.append(1) or varlen(*args, **kwargs)
+elif runtime.attention == attention.VARLEN_FLASH:
+    function = attention.varlen_sdpa_attention
+    from transformers import AttentionInterface
+    AttentionInterface.register(attention.VARLEN_ATTENTION, lambda *a, **k: calls.append(1) or function(*a, **k))
+trainer = task.build_trainer(runtime, params, model, tokenizer, read_split("train"), [], "out", [])
+trainer.train()
+print(json.dumps({"losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
+                  "varlen_calls": len(calls)}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_packed_rows_through_varlen_attention_train_like_the_dense_mask_path(prepared, backend):
+    """Packed batches through torch's varlen FlashAttention (Unsloth's own branch, or the registered
+    attention on hf) give the losses of the dense-mask SDPA path, step for step."""
+    configure(prepared, train={"backend": backend, "packing": True, "max_steps": 10, "logging_steps": 1})
+    varlen, dense = (json.loads(python(prepared, "-c", PACKED_LOSSES, path).splitlines()[-1])
+                     for path in ("varlen-flash (cuDNN off)", "sdpa"))
+    print({"varlen": varlen, "dense": dense})
+    assert varlen["varlen_calls"] > 0 and dense["varlen_calls"] == 0
+    assert len(varlen["losses"]) == len(dense["losses"]) == 10
+    for a, b in zip(varlen["losses"], dense["losses"]):
+        assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), (varlen["losses"], dense["losses"])
