@@ -127,13 +127,26 @@ def test_varlen_flash_call_matches_per_document_sdpa(monkeypatch, takes_gqa):
     torch.manual_seed(0)
     q, k, v = torch.randn(9, 4, 8), torch.randn(9, 2, 8), torch.randn(9, 2, 8)
     cu_seqlens = torch.tensor([0, 4, 5, 9], dtype=torch.int32)
-    out = attention._varlen_flash(q, k, v, cu_seqlens, 0.3)
+    out = attention._varlen_flash(q, k, v, cu_seqlens, 4, 0.3)
     assert seen == ({"enable_gqa": True} if takes_gqa else {})
     first = torch.nn.functional.scaled_dot_product_attention(
         q[:4].transpose(0, 1), k[:4].transpose(0, 1), v[:4].transpose(0, 1), is_causal=True, scale=0.3,
         enable_gqa=True).transpose(0, 1)
     torch.testing.assert_close(out[:4], first)
     assert out.shape == q.shape
+
+
+def test_document_bounds_are_found_once_per_position_ids_tensor():
+    """Every layer of a forward gets the same position_ids: the boundaries (a GPU sync to find) are found
+    once for it, and found anew for the next batch's tensor, even one with equal values."""
+    packed = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    cu_seqlens, bounds, longest = attention.document_bounds(packed, 1)
+    assert bounds == [0, 3, 5, 9] and longest == 4 and cu_seqlens.dtype == torch.int32
+    assert attention.document_bounds(packed, 1)[0] is cu_seqlens
+    again = packed.clone()
+    assert attention.document_bounds(again, 1)[0] is not cu_seqlens
+    assert attention.document_bounds(torch.tensor([[0, 1, 0, 1]]), 2)[1] == [0, 2, 4, 6, 8]
+    assert attention.document_bounds(torch.arange(5)[None], 1) is None  # one document: not packed
 
 
 @pytest.mark.parametrize(("device", "packing", "fixed_length", "path"), [

@@ -11,6 +11,7 @@ Unsloth at module level.
 import importlib
 import inspect
 import os
+import weakref
 
 import torch
 
@@ -81,26 +82,47 @@ def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     if attention_mask is not None:  # a padded batch: the causal mask that sdpa would get
         causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
         attention_mask = causal & attention_mask[:, None, None, :]
-    starts = None if position_ids is None or attention_mask is not None else position_ids.expand(batch, -1) == 0
-    if starts is None or not starts[:, 1:].any():
+    documents = None if position_ids is None or attention_mask is not None else document_bounds(position_ids, batch)
+    if documents is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    starts[:, 0] = True  # every row starts a document
-    starts = starts.flatten()
-    cu_seqlens = torch.cat([starts.nonzero().flatten(), torch.tensor([starts.numel()], device=starts.device)])
+    cu_seqlens, bounds, longest = documents
     q, k, v = (x.transpose(1, 2).flatten(0, 1).contiguous() for x in (query, key, value))  # (B*T, heads, D)
     if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not dropout:
-        out = _varlen_flash(q, k, v, cu_seqlens.to(torch.int32), scaling)
+        out = _varlen_flash(q, k, v, cu_seqlens, longest, scaling)
     else:
-        out = _per_document_sdpa(q, k, v, cu_seqlens.tolist(), scaling, dropout)
+        out = _per_document_sdpa(q, k, v, bounds, scaling, dropout)
     return out.view(batch, length, heads, head_dim), None
 
 
-def _varlen_flash(q, k, v, cu_seqlens, scale):
+_last_bounds = (None, None)  # (a weak reference to a position_ids tensor, its document_bounds)
+
+
+def document_bounds(position_ids, batch: int):
+    """(cu_seqlens as int32, the same as a list, the longest document) of the flattened rows, or None when
+    no row is packed. Finding them waits for the GPU, and every layer of a forward (and its recomputation
+    under gradient checkpointing) gets the same position_ids tensor, so the answer for the last tensor
+    seen is kept while that tensor lives."""
+    global _last_bounds
+    seen, bounds = _last_bounds
+    if seen is not None and seen() is position_ids:
+        return bounds
+    starts = position_ids.expand(batch, -1) == 0
+    if not starts[:, 1:].any():
+        bounds = None
+    else:
+        starts[:, 0] = True  # every row starts a document
+        starts = starts.flatten()
+        edges = torch.cat([starts.nonzero().flatten(), torch.tensor([starts.numel()], device=starts.device)])
+        bounds = (edges.to(torch.int32), edges.tolist(), int(edges.diff().max()))
+    _last_bounds = (weakref.ref(position_ids), bounds)
+    return bounds
+
+
+def _varlen_flash(q, k, v, cu_seqlens, max_len: int, scale):
     """torch's varlen FlashAttention, causal; K/V keep their fewer heads (torch 2.11 takes them as they are)."""
     from torch.nn.attention.varlen import varlen_attn
 
-    max_len = int(cu_seqlens.diff().max())
     takes_gqa = "enable_gqa" in inspect.signature(varlen_attn).parameters
     gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] and takes_gqa else {}
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=scale, window_size=(-1, 0), **gqa)
