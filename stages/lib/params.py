@@ -72,6 +72,10 @@ class DataParams(Section):
         return self
 
 
+VISION_LORA_FLAGS = ("finetune_vision_layers", "finetune_language_layers", "finetune_attention_modules",
+                     "finetune_mlp_modules")
+
+
 class LoraParams(Section):
     r: int = Field(16, ge=1)
     alpha: int = Field(16, ge=1)

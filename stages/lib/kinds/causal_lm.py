@@ -6,6 +6,7 @@ import numpy as np
 
 from stages.lib.errors import SlothlineError
 from stages.lib.formats import CONVERTERS, to_messages
+from stages.lib.params import VISION_LORA_FLAGS
 from stages.lib.sft import sft_config, sft_trainer_class
 from stages.lib.templates import answer_cut_off, render, token_lengths, tokenize_for_training, turn_markers
 
@@ -86,10 +87,6 @@ def lora_kwargs(params, model, backend: str) -> dict:
         raise SlothlineError(f"lora.{scoped[0]}: false only means something for vision models (model.kind: vision); "
                              "a causal LM's LoRA layers are chosen by lora.target_modules alone")
     return {}
-
-
-VISION_LORA_FLAGS = ("finetune_vision_layers", "finetune_language_layers", "finetune_attention_modules",
-                     "finetune_mlp_modules")
 
 
 def build_trainer(runtime, params, model, tokenizer, train_rows: list[dict], val_rows: list[dict],

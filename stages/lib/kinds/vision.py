@@ -11,6 +11,7 @@ from stages.lib.artifacts import PREPARED_DIR, THUMBNAILS_DIR
 from stages.lib.errors import SlothlineError
 from stages.lib.formats import RowError, to_messages
 from stages.lib.images import IMAGES_SUBDIR, locate, size_statistics, store_image, thumbnail
+from stages.lib.params import VISION_LORA_FLAGS
 from stages.lib.sft import sft_config, sft_trainer_class
 from stages.lib.templates import render, turn_markers
 from stages.lib.vision_formats import CONVERTERS, image_parts
@@ -119,8 +120,7 @@ def lora_kwargs(params, model, backend: str) -> dict:
     Unsloth's get_peft_regex writes); Unsloth also gets the flags themselves."""
     kwargs = {"target_modules": lora_target_regex(params.lora)}
     if backend == "unsloth":
-        kwargs.update({name: getattr(params.lora, name) for name in (
-            "finetune_vision_layers", "finetune_language_layers", "finetune_attention_modules", "finetune_mlp_modules")})
+        kwargs.update({name: getattr(params.lora, name) for name in VISION_LORA_FLAGS})
     return kwargs
 
 
