@@ -24,12 +24,12 @@ class RowError(ValueError):
 
 def alpaca(row: dict) -> list[dict]:
     """{"instruction", "input" (optional), "output"}: instruction and input become the user turn."""
-    instruction = _text(row, "instruction")
+    instruction = required_text(row, "instruction")
     extra = row.get("input") or ""
     if not isinstance(extra, str):
         raise RowError(f"field 'input' must be a string, got {type(extra).__name__}")
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return _checked([{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}])
+    return _checked([{"role": "user", "content": user}, {"role": "assistant", "content": required_text(row, "output")}])
 
 
 def sharegpt(row: dict) -> list[dict]:
@@ -103,8 +103,8 @@ def check_part(part, where: str) -> None:
 def reasoning(row: dict) -> list[dict]:
     """{"problem", "generated_solution"}: the solution (with its <think> block) is the answer."""
     return _checked([
-        {"role": "user", "content": _text(row, "problem")},
-        {"role": "assistant", "content": _text(row, "generated_solution")},
+        {"role": "user", "content": required_text(row, "problem")},
+        {"role": "assistant", "content": required_text(row, "generated_solution")},
     ])
 
 
@@ -122,7 +122,7 @@ def to_messages(row: dict, format_name: str, system_prompt: str | None = None, c
     return converted
 
 
-def _text(row: dict, field: str) -> str:
+def required_text(row: dict, field: str) -> str:
     value = row.get(field)
     if not isinstance(value, str) or not value.strip():
         raise RowError(f"missing or empty field {field!r}; every row needs a non-empty string there")

@@ -5,8 +5,8 @@ A user or system turn's content is a string or a list of parts, `{"type": "text"
 the data file, or a data URI); the vision kind resolves, checks and stores the images. Answers are text.
 """
 
-from stages.lib.formats import (IMAGE_PARTS, TEXT_PARTS, RowError, _list, _text, check_part, check_turn_order,
-                                message_turns, sharegpt)
+from stages.lib.formats import (IMAGE_PARTS, TEXT_PARTS, RowError, check_part, check_turn_order,
+                                message_turns, required_text, sharegpt)
 
 IMAGE_MARKER = "<image>"
 
@@ -19,10 +19,10 @@ def messages(row: dict) -> list[dict]:
 
 def vqa(row: dict) -> list[dict]:
     """{"image", "question", "answer"}: one question about one image."""
-    image = _text(row, "image")
+    image, question = {"type": "image", "image": required_text(row, "image")}, required_text(row, "question")
     return checked([
-        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": _text(row, "question")}]},
-        {"role": "assistant", "content": _text(row, "answer")},
+        {"role": "user", "content": [image, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": required_text(row, "answer")},
     ])
 
 
