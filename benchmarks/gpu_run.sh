@@ -7,6 +7,8 @@
 #                                      QLoRA, full fine-tuning, LoftQ
 #   train      train_backends.{json,md}, train_backends_<mode>.log
 #              benchmarks/train_backends.py (Qwen3-4B-shape random checkpoint), one mode per process
+#   vision     vision_backends.{json,md}, vision_backends.log
+#              benchmarks/vision_backends.py (Qwen3-VL-2B-shape random checkpoint, 448x448 pictures)
 #   generate   generate_speed_gpu.json benchmarks/generate_speed.py --qwen3-4b-shape
 #   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{eval,export}.json, gpu_dvc_repro_report.md
 #              `dvc repro` of all five stages on the tiny default (train.backend: auto -> unsloth),
@@ -15,7 +17,7 @@ set -euo pipefail
 results=$PWD/benchmarks/results
 mkdir -p "$results"
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(tests train generate dvc)
+[[ ${#parts[@]} -gt 0 ]] || parts=(tests train vision generate dvc)
 for part in "${parts[@]}"; do
   case $part in
     tests) python3 -m pytest -m gpu tests/test_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests.log" ;;
@@ -24,6 +26,7 @@ for part in "${parts[@]}"; do
       for mode in padded packed fixed-length; do
         python3 benchmarks/train_backends.py --modes $mode 2>&1 | tee "$results/train_backends_$mode.log"
       done ;;
+    vision) python3 benchmarks/vision_backends.py 2>&1 | tee "$results/vision_backends.log" ;;
     generate) python3 benchmarks/generate_speed.py --qwen3-4b-shape ;;
     dvc)
       scratch=$(mktemp -d)
@@ -33,6 +36,6 @@ for part in "${parts[@]}"; do
        cp metrics/export.json "$results/gpu_dvc_repro_export.json"
        cp metrics/report.md "$results/gpu_dvc_repro_report.md")
       git worktree remove --force "$scratch" ;;
-    *) echo "unknown part $part (tests, train, generate, dvc)" >&2; exit 2 ;;
+    *) echo "unknown part $part (tests, train, vision, generate, dvc)" >&2; exit 2 ;;
   esac
 done

@@ -1,8 +1,9 @@
 """evaluate: predict the test split with the tuned model (and the base model), score the predictions.
 
 Outs: metrics/eval.json (`tuned`, `base` and `delta` groups of the kind's metrics), metrics/samples.json
-(the question, reference and each model's answer: a table for `dvc plots`), metrics/eval.png (base vs
-tuned scores) and metrics/report.md (what a reviewer reads in a pull request; it shows both charts).
+(the question, reference and each model's answer: a table for `dvc plots`), metrics/thumbnails/ (the
+samples' images, for vision models), metrics/eval.png (base vs tuned scores) and metrics/report.md (what a
+reviewer reads in a pull request; it shows both charts).
 """
 
 import json
@@ -10,9 +11,9 @@ from numbers import Number
 from pathlib import Path
 
 from stages.lib import kinds, plots
-from stages.lib.artifacts import ADAPTER_DIR, PREPARED_DIR, Manifest, read_split
+from stages.lib.artifacts import ADAPTER_DIR, PREPARED_DIR, THUMBNAILS_DIR, Manifest, read_split
 from stages.lib.errors import SlothlineError, run_stage
-from stages.lib.outputs import write_json
+from stages.lib.outputs import atomic_dir, write_json
 from stages.lib.params import load_params
 from stages.lib.runtime import for_inference, probe
 
@@ -50,7 +51,11 @@ def main() -> None:
                             if isinstance(v, Number) and isinstance(results["base"][k], Number)}
     results["samples"] = len(rows)
 
-    samples = [task.sample(row, {name: answers[name][i] for name in answers}) for i, row in enumerate(rows)]
+    with atomic_dir(THUMBNAILS_DIR) as media_dir:
+        samples = [task.sample(row, {name: answers[name][i] for name in answers}, media_dir)
+                   for i, row in enumerate(rows)]
+        (media_dir / "README.md").write_text("Images of the samples in metrics/samples.json and report.md "
+                                             "(vision models), written by evaluate.\n")
     write_json(METRICS_FILE, results)
     write_json(SAMPLES_FILE, samples)
     plots.metrics_chart(results, CHART_FILE)
@@ -68,7 +73,7 @@ def report(results: dict, samples: list[dict], tuned_name: str) -> str:
     for metric in results["tuned"]:
         lines.append(f"| {metric} | " + " | ".join(cell_value(results[g].get(metric), g == "delta") for g in groups)
                      + " |")
-    columns = [c for c in ("prompt", "reference", "base", "tuned") if samples and c in samples[0]]
+    columns = [c for c in ("image", "prompt", "reference", "base", "tuned") if samples and c in samples[0]]
     lines += ["", "## Samples", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     cell = lambda text: str(text).replace("|", "\\|").replace("\n", "<br>")
     for sample in samples:

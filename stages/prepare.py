@@ -2,8 +2,9 @@
 dedupe and split them.
 
 Outs: data/prepared/{train,val,test}.jsonl (canonical records plus what the kind renders from them:
-for a causal LM the chat `text`, `prompt` and `reference`) and metrics/data.json (counts per split and
-source, skipped rows, duplicates, and the kind's statistics such as token lengths).
+the chat `text`, `prompt` and `reference`), the files the records refer to (a vision model's images,
+in data/prepared/images/) and metrics/data.json (counts per split and source, skipped rows,
+duplicates, and the kind's statistics such as token lengths and image sizes).
 """
 
 import hashlib
@@ -53,9 +54,9 @@ def main() -> None:
             raise SlothlineError(no_usable_rows(source, report[source.label]))
     splits = mix(by_source, {s.label: s.weight for s in data.sources}, data.total,
                  data.val_fraction, data.test_fraction, data.seed)
-    kind_metrics = task.finish_splits(splits, processor, params)
 
     with atomic_dir(PREPARED_DIR) as staging:
+        kind_metrics = task.finish_splits(splits, processor, params, staging)
         for name, records in splits.items():
             write_jsonl(staging / f"{name}.jsonl", records)
     write_json(METRICS_FILE, {**data_metrics(splits, report), **kind_metrics})
@@ -71,7 +72,7 @@ def read_source(task, source: Source, data: DataParams, processor) -> tuple[list
                 raise row
             canonical, rendered = task.to_record(row, source, data, processor)
         except RowError as err:
-            if source.on_error == "skip":
+            if source.on_error == "skip" and err.skippable:
                 skipped += 1
                 continue
             raise SlothlineError(

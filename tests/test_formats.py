@@ -40,13 +40,14 @@ def test_messages_keep_turns_and_join_content_parts_with_newlines():
 
 @pytest.mark.parametrize("part", [{"type": "image_url", "image_url": {"url": "https://x/cat.png"}},
                                   {"type": "image", "image": "cat.png"}, {"type": "input_image", "image_url": "x"}])
-def test_image_parts_are_refused_until_vision_models_exist(part):
+def test_image_parts_are_refused_for_text_models_pointing_to_vision_models(part):
     row = {"messages": [{"role": "user", "content": [part, {"type": "text", "text": "What is it?"}]},
                         {"role": "assistant", "content": "A cat."}]}
     with pytest.raises(RowError) as caught:
         to_messages(row, "messages")
-    assert str(caught.value) == (f"messages[0].content[0]: {part['type']!r} parts need a vision model, which is not "
-                                 "supported yet; drop the image part or the row")
+    assert str(caught.value) == (f"messages[0].content[0]: {part['type']!r} parts need a vision model (model.kind: "
+                                 "vision, e.g. model.name: builtin:tiny-qwen3-vl); drop the image part or the row for "
+                                 "this text model")
 
 
 @pytest.mark.parametrize(("part", "expected"), [

@@ -260,3 +260,89 @@ def test_packed_rows_through_varlen_attention_train_like_the_dense_mask_path(pre
     assert len(varlen["losses"]) == len(dense["losses"]) == 10
     for a, b in zip(varlen["losses"], dense["losses"]):
         assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), (varlen["losses"], dense["losses"])
+
+
+# --- vision (builtin:tiny-qwen3-vl on the bundled pictures) ---------------------------------------------
+
+@pytest.fixture
+def prepared_vision(workdir):
+    """The vision default (configs/vision.yaml) with the bundled sources by absolute path, on unsloth."""
+    from stages import prepare
+
+    params = yaml.safe_load((ROOT / "configs/vision.yaml").read_text())
+    for source in params["data"]["sources"]:
+        source["path"] = str(ROOT / source["path"])
+    params["train"].update(backend="unsloth", epochs=4)
+    params["evaluate"].update(max_samples=40)
+    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepare.main()
+    return workdir
+
+
+def test_unsloth_vision_labels_match_the_hf_collator(prepared_vision):
+    """UnslothVisionDataCollator(train_on_responses_only) and our AnswerCollator give the same input ids and
+    train on exactly the same tokens."""
+    from stages.lib import backends, kinds
+    from stages.lib.kinds.vision import AnswerCollator, training_rows
+    from stages.lib.params import load_params
+    from stages.lib.runtime import probe, resolve
+
+    params = load_params()
+    runtime = resolve(params, probe())
+    assert runtime.backend == "unsloth"
+    task = kinds.for_params(params)
+    model, processor = backends.load_for_training(task, runtime, params)
+    rows = prepared_vision.read_split("train")[:32]
+    trainer = task.build_trainer(runtime, params, model, processor, rows, [], str(prepared_vision.path / "out"), [])
+    dataset = training_rows(rows)
+    theirs = trainer.data_collator([dataset[i] for i in range(len(rows))])
+    ours = AnswerCollator(processor, ("<|im_start|>user\n", "<|im_start|>assistant\n"))([dataset[i] for i in range(len(rows))])
+    assert theirs["input_ids"].tolist() == ours["input_ids"].tolist()
+    assert theirs["labels"].tolist() == ours["labels"].tolist()
+
+
+def test_unsloth_vision_lora_targets_match_the_hf_backend(prepared_vision):
+    """Unsloth's get_peft_model, given our regex and the finetune flags, adapts the modules PEFT adapts on hf."""
+    configure(prepared_vision, lora={"finetune_vision_layers": False})
+    script = """
+import json
+from stages.lib import backends, kinds
+from stages.lib.params import load_params
+from stages.lib.runtime import probe, resolve
+params = load_params()
+runtime = resolve(params, probe())
+task = kinds.for_params(params)
+model, _ = backends.load_for_training(task, runtime, params)
+tower = lambda name: name[min(name.find(t) for t in ("language_model.", "visual.") if t in name):]
+print(json.dumps(sorted(tower(n) for n, m in model.named_modules() if hasattr(m, "lora_A"))))
+"""
+    adapted = {}
+    for backend in ("unsloth", "hf"):
+        configure(prepared_vision, train={"backend": backend})
+        adapted[backend] = json.loads(python(prepared_vision, "-c", script).splitlines()[-1])
+    assert adapted["unsloth"] == adapted["hf"] and adapted["hf"]
+    assert not any("visual" in name for name in adapted["hf"])
+
+
+def test_unsloth_vision_train_evaluate_merge(prepared_vision):
+    """The vision chain on unsloth: it learns, and the merged model loads with plain transformers."""
+    train = stage(prepared_vision, "train")
+    assert train["kind"] == "vision" and train["backend"] == "unsloth" and train["device"] != "cpu"
+    evaluation = stage(prepared_vision, "evaluate")
+    print(evaluation)
+    assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
+    assert evaluation["tuned"]["exact_match"] > evaluation["base"]["exact_match"] + 20
+    assert (prepared_vision.path / "metrics/thumbnails").is_dir()
+    stage(prepared_vision, "merge")
+    check = """
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from PIL import Image
+model = AutoModelForImageTextToText.from_pretrained("models/merged", device_map={"": 0})
+processor = AutoProcessor.from_pretrained("models/merged")
+chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape?"}]}]
+inputs = processor(text=[processor.apply_chat_template(chat, add_generation_prompt=True)],
+                   images=[Image.new("RGB", (64, 64), "white")], return_tensors="pt").to(0)
+print(processor.batch_decode(model.generate(**inputs, max_new_tokens=8)[:, inputs["input_ids"].shape[1]:]))
+"""
+    print(python(prepared_vision, "-c", check))
+    assert stage(prepared_vision, "export") == {}  # export.formats: [] for vision

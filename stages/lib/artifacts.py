@@ -14,6 +14,7 @@ ADAPTER_DIR = Path("models/adapter")
 CHECKPOINTS_DIR = Path("models/checkpoints")
 MERGED_DIR = Path("models/merged")
 EXPORT_DIR = Path("models/export")
+THUMBNAILS_DIR = Path("metrics/thumbnails")  # images of the evaluated samples, beside metrics/report.md
 MANIFEST_FILE = "manifest.json"
 
 

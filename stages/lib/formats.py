@@ -13,17 +13,23 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 
 
 class RowError(ValueError):
-    """A row that cannot be converted; the message names the field and the fix."""
+    """A row that cannot be converted; the message names the field and the fix. A source's `on_error: skip`
+    skips it unless `skippable` is False (a problem of the project, not of the row, such as a file outside
+    prepare's dependencies)."""
+
+    def __init__(self, message: str, skippable: bool = True):
+        super().__init__(message)
+        self.skippable = skippable
 
 
 def alpaca(row: dict) -> list[dict]:
     """{"instruction", "input" (optional), "output"}: instruction and input become the user turn."""
-    instruction = _text(row, "instruction")
+    instruction = required_text(row, "instruction")
     extra = row.get("input") or ""
     if not isinstance(extra, str):
         raise RowError(f"field 'input' must be a string, got {type(extra).__name__}")
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return _checked([{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, "output")}])
+    return _checked([{"role": "user", "content": user}, {"role": "assistant", "content": required_text(row, "output")}])
 
 
 def sharegpt(row: dict) -> list[dict]:
@@ -46,6 +52,12 @@ def messages(row: dict) -> list[dict]:
     """OpenAI style: {"messages": [{"role": system|user|assistant, "content"}, ...]}; content is a string
     or a list of text parts, joined with newlines. An assistant turn's `weight` (OpenAI fine-tuning:
     0 = no loss on it) may only be 1, since every answer is trained."""
+    return _checked(message_turns(row, _text_content))
+
+
+def message_turns(row: dict, convert_content) -> list[dict]:
+    """The {role, content} turns of an OpenAI-style row, each content passed through
+    `convert_content(content, where)`; roles and assistant weights checked."""
     turns = _list(row, "messages")
     converted = []
     for i, turn in enumerate(turns):
@@ -59,21 +71,23 @@ def messages(row: dict) -> list[dict]:
                            "is trained; remove the key to train on this answer too, or drop the row")
         if weight != 1:
             raise RowError(f"messages[{i}]: weight must be 0 or 1 (got {weight!r})")
-        content = turn["content"]
-        if isinstance(content, list):
-            content = "\n".join(_part_text(part, f"messages[{i}].content[{j}]") for j, part in enumerate(content))
-        converted.append({"role": turn["role"], "content": content})
-    return _checked(converted)
+        converted.append({"role": turn["role"], "content": convert_content(turn["content"], f"messages[{i}]")})
+    return converted
+
+
+def _text_content(content, where: str):
+    if isinstance(content, list):
+        return "\n".join(_part_text(part, f"{where}.content[{j}]") for j, part in enumerate(content))
+    return content
 
 
 def _part_text(part, where: str) -> str:
     """The text of one OpenAI content part; image and other parts are refused."""
     text_part = '{"type": "text", "text": ...}'
-    if not isinstance(part, dict) or "type" not in part:
-        raise RowError(f"{where}: a content part must be an object with a 'type', like {text_part}")
+    check_part(part, where)
     if part["type"] in IMAGE_PARTS:
-        raise RowError(f"{where}: {part['type']!r} parts need a vision model, which is not supported yet; "
-                       "drop the image part or the row")
+        raise RowError(f"{where}: {part['type']!r} parts need a vision model (model.kind: vision, e.g. "
+                       "model.name: builtin:tiny-qwen3-vl); drop the image part or the row for this text model")
     if part["type"] not in TEXT_PARTS:
         raise RowError(f"{where}: unknown part type {part['type']!r}; use text parts, like {text_part}")
     if not isinstance(part.get("text"), str):
@@ -81,28 +95,34 @@ def _part_text(part, where: str) -> str:
     return part["text"]
 
 
+def check_part(part, where: str) -> None:
+    if not isinstance(part, dict) or "type" not in part:
+        raise RowError(f"{where}: a content part must be an object with a 'type', like " + '{"type": "text", "text": ...}')
+
+
 def reasoning(row: dict) -> list[dict]:
     """{"problem", "generated_solution"}: the solution (with its <think> block) is the answer."""
     return _checked([
-        {"role": "user", "content": _text(row, "problem")},
-        {"role": "assistant", "content": _text(row, "generated_solution")},
+        {"role": "user", "content": required_text(row, "problem")},
+        {"role": "assistant", "content": required_text(row, "generated_solution")},
     ])
 
 
 CONVERTERS = {"alpaca": alpaca, "sharegpt": sharegpt, "messages": messages, "reasoning": reasoning}
 
 
-def to_messages(row: dict, format_name: str, system_prompt: str | None = None) -> list[dict]:
-    """Canonical messages of `row`; `system_prompt` is added where the row has no system turn."""
+def to_messages(row: dict, format_name: str, system_prompt: str | None = None, converters: dict = CONVERTERS) -> list[dict]:
+    """Canonical messages of `row` (by one of `converters`); `system_prompt` is added where the row has no
+    system turn."""
     if not isinstance(row, dict):
         raise RowError(f"expected a JSON object, got {type(row).__name__}")
-    converted = CONVERTERS[format_name](row)
+    converted = converters[format_name](row)
     if system_prompt and converted[0]["role"] != "system":
         converted.insert(0, {"role": "system", "content": system_prompt})
     return converted
 
 
-def _text(row: dict, field: str) -> str:
+def required_text(row: dict, field: str) -> str:
     value = row.get(field)
     if not isinstance(value, str) or not value.strip():
         raise RowError(f"missing or empty field {field!r}; every row needs a non-empty string there")
@@ -129,6 +149,13 @@ def _checked(turns: list[dict]) -> list[dict]:
     for i, turn in enumerate(turns):
         if not isinstance(turn["content"], str) or not turn["content"].strip():
             raise RowError(f"turn {i} ({turn['role']}): content must be a non-empty string")
+    return check_turn_order(turns)
+
+
+def check_turn_order(turns: list[dict]) -> list[dict]:
+    """The turns as {role, content}, after checking their order: a system turn only first, at least one
+    user turn, ending with the assistant's answer."""
+    for i, turn in enumerate(turns):
         if turn["role"] == "system" and i > 0:
             raise RowError(f"turn {i} is a system turn; a system prompt may only come first")
     if not any(turn["role"] == "assistant" for turn in turns):

@@ -24,6 +24,7 @@ QWEN_SPLIT = (
 )
 QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN_THINK_TOKENS = ["<think>", "</think>"]
+QWEN_VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 TOKENIZER_VOCAB = 480  # bytes and merges; the special tokens come after them, below the model's 512 rows
 
 TINY_QWEN3 = {
@@ -40,6 +41,41 @@ TINY_QWEN3 = {
             "initializer_range": 0.1,
             "tie_word_embeddings": True,
         },
+}
+
+
+TINY_QWEN3_VL = {
+    "seed": 0,
+    "text_config": {
+        "vocab_size": 512,
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "max_position_embeddings": 2048,
+        "initializer_range": 0.1,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [6, 5, 5],
+                            "mrope_interleaved": True},  # sum(mrope_section) == head_dim / 2
+    },
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 128,  # the text hidden_size
+        "num_position_embeddings": 64,  # a square: an 8x8 grid of patches, interpolated for other sizes
+        "deepstack_visual_indexes": [0, 1],  # vision layers (< depth) fed into the first text layers
+        "initializer_range": 0.1,
+    },
+    # Each 32x32 pixel block is one image token; 64x64 images stay 64x64 (4 tokens), larger ones are
+    # scaled to at most 256x256 pixels (64 tokens).
+    "image_processor": {"min_pixels": 32 * 32, "max_pixels": 256 * 256, "image_mean": [0.5, 0.5, 0.5],
+                        "image_std": [0.5, 0.5, 0.5]},
 }
 
 
@@ -105,9 +141,48 @@ def build_tiny_qwen3(out_dir: Path, spec: dict) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def build_byte_tokenizer():
+def build_tiny_qwen3_vl(out_dir: Path, spec: dict) -> None:
+    """A randomly initialised Qwen3-VL (vision tower, merger and Qwen3 text model) with the byte-level
+    tokenizer plus Qwen's vision tokens, a chat template that renders image parts, and a processor whose
+    image patches match the vision tower."""
+    import torch
+    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
+                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    template = (TEMPLATE_DIR / "qwen3_vl_chat_template.jinja").read_text()
+    tokenizer = build_byte_tokenizer(QWEN_VISION_TOKENS, template)
+    vision = spec["vision_config"]
+    token_id = tokenizer.convert_tokens_to_ids
+    config = Qwen3VLConfig(
+        text_config={**spec["text_config"], "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config=vision,
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+    patches = {"patch_size": vision["patch_size"], "merge_size": vision["spatial_merge_size"],
+               "temporal_patch_size": vision["temporal_patch_size"]}
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**patches, **spec["image_processor"]),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(**patches),
+        chat_template=template,
+    )
+    torch.manual_seed(spec["seed"])
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+def build_byte_tokenizer(extra_special_tokens: list[str] = (), chat_template: str | None = None):
     """Byte-level BPE: 256 byte tokens plus merges learned from a fixed corpus shipped with the code
-    (tokenizer_corpus.txt, independent of any training data), and Qwen's special tokens."""
+    (tokenizer_corpus.txt, independent of any training data), Qwen's special tokens (and
+    `extra_special_tokens`) and Qwen3's chat template (or `chat_template`)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -120,13 +195,14 @@ def build_byte_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     backend.train_from_iterator([(TEMPLATE_DIR / "tokenizer_corpus.txt").read_text()], trainer)
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in QWEN_SPECIAL_TOKENS + list(extra_special_tokens)])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_THINK_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=(TEMPLATE_DIR / "qwen3_chat_template.jinja").read_text(),
+        chat_template=chat_template or (TEMPLATE_DIR / "qwen3_chat_template.jinja").read_text(),
         model_max_length=TINY_QWEN3["config"]["max_position_embeddings"],
     )
 
@@ -145,6 +221,8 @@ class Builtin:
 BUILTIN_MODELS = {
     "tiny-qwen3": Builtin("causal_lm", build_tiny_qwen3, TINY_QWEN3,
                           ("qwen3_chat_template.jinja", "tokenizer_corpus.txt")),
+    "tiny-qwen3-vl": Builtin("vision", build_tiny_qwen3_vl, TINY_QWEN3_VL,
+                             ("qwen3_vl_chat_template.jinja", "tokenizer_corpus.txt")),
 }
 
 

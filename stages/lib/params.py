@@ -31,7 +31,7 @@ class ModelParams(Section):
 
 class Source(Section):
     path: str = Field(min_length=1, description="local file/directory or hub dataset id")
-    format: Literal["alpaca", "sharegpt", "messages", "reasoning"]
+    format: Literal["alpaca", "sharegpt", "messages", "reasoning", "vqa", "sharegpt_vision"]
     name: str | None = None
     weight: float = Field(1.0, gt=0)
     split: str = "train"
@@ -53,9 +53,14 @@ class DataParams(Section):
     system_prompt: str | None = None
     enable_thinking: bool = False
     dedupe: bool = True
+    image_min_pixels: int | None = Field(None, ge=1, description="vision: smaller images are refused")
+    image_max_pixels: int | None = Field(None, ge=1, description="vision: larger images are scaled down to fit")
 
     @model_validator(mode="after")
     def _check(self):
+        if self.image_min_pixels and self.image_max_pixels and self.image_min_pixels > self.image_max_pixels:
+            raise ValueError(f"image_min_pixels ({self.image_min_pixels}) is above image_max_pixels "
+                             f"({self.image_max_pixels}); lower it")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 (got {self.val_fraction} + "
@@ -65,6 +70,10 @@ class DataParams(Section):
         if len(set(labels)) != len(labels):
             raise ValueError(f"source names must be unique (got {labels}); set `name:` on each source")
         return self
+
+
+VISION_LORA_FLAGS = ("finetune_vision_layers", "finetune_language_layers", "finetune_attention_modules",
+                     "finetune_mlp_modules")
 
 
 class LoraParams(Section):
@@ -77,6 +86,11 @@ class LoraParams(Section):
     )
     use_rslora: bool = False
     loftq: bool = False
+    # vision models: where target_modules attach (Unsloth's FastVisionModel.get_peft_model flags)
+    finetune_vision_layers: bool = True
+    finetune_language_layers: bool = True
+    finetune_attention_modules: bool = True
+    finetune_mlp_modules: bool = True
 
 
 class TrainParams(Section):

@@ -15,7 +15,8 @@ ALPACA_PROMPT = (
 
 def render(messages: list[dict], tokenizer, template: str, enable_thinking: bool) -> dict:
     """`text` (the whole example, EOS appended), `prompt` (up to the last answer) and `reference`
-    (the last answer without its <think> block: what evaluate scores generations against)."""
+    (the last answer without its <think> block: what evaluate scores generations against). `tokenizer`
+    may be a multimodal processor, whose chat template renders image parts."""
     history, answer = messages[:-1], messages[-1]["content"]
     if template == "alpaca":
         if len(messages) != 2 or messages[0]["role"] != "user":
@@ -28,11 +29,13 @@ def render(messages: list[dict], tokenizer, template: str, enable_thinking: bool
                 "model.name: this tokenizer has no chat template; set `template: alpaca` on each data source "
                 "or use a chat (instruct) model"
             )
-        text = tokenizer.apply_chat_template(messages, tokenize=False, enable_thinking=enable_thinking)
-        prompt = tokenizer.apply_chat_template(
-            history, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
-        )
-    return {"text": with_eos(text, tokenizer.eos_token), "prompt": prompt, "reference": strip_thinking(answer)}
+        # A processor hands keyword arguments its template does not use to the tokenizer, with a warning.
+        processor = hasattr(tokenizer, "tokenizer")
+        options = {"enable_thinking": enable_thinking} if not processor or "enable_thinking" in tokenizer.chat_template else {}
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **options)
+        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True, **options)
+    eos_token = getattr(tokenizer, "tokenizer", tokenizer).eos_token
+    return {"text": with_eos(text, eos_token), "prompt": prompt, "reference": strip_thinking(answer)}
 
 
 def strip_thinking(answer: str) -> str:

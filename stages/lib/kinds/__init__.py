@@ -5,10 +5,10 @@ A kind is named by `model.kind` or inferred from the model's config."""
 from typing import Protocol
 
 from stages.lib.errors import SlothlineError
-from stages.lib.kinds import causal_lm
+from stages.lib.kinds import causal_lm, vision
 from stages.lib.params import Params
 
-KINDS = {module.NAME: module for module in (causal_lm,)}
+KINDS = {module.NAME: module for module in (causal_lm, vision)}
 
 
 class Task(Protocol):
@@ -25,8 +25,9 @@ class Task(Protocol):
     def to_record(self, row: dict, source, data, processor) -> tuple[dict, dict]:
         """(canonical fields, rendered fields) of one input row (prepare); raises RowError."""
 
-    def finish_splits(self, splits: dict, processor, params: Params) -> dict:
-        """Check and adjust the split records in place (prepare); returns metrics for metrics/data.json."""
+    def finish_splits(self, splits: dict, processor, params: Params, out_dir) -> dict:
+        """Check and adjust the split records in place and write the files they refer to into `out_dir`,
+        the prepared data's staging directory (prepare); returns metrics for metrics/data.json."""
 
     def lora_kwargs(self, params: Params, model, backend: str) -> dict:
         """LoRA settings beyond the shared `lora.*` ones, for `backend`."""
@@ -39,8 +40,9 @@ class Task(Protocol):
     def score(self, model, processor, rows: list[dict], predictions: list, settings) -> dict:
         """Metrics of one model's predictions on the test rows (evaluate); non-numbers get no delta."""
 
-    def sample(self, row: dict, predictions: dict[str, object]) -> dict:
-        """One row of the samples table: the question, the reference and each model's answer."""
+    def sample(self, row: dict, predictions: dict[str, object], media_dir) -> dict:
+        """One row of the samples table: the question, the reference and each model's answer; files its
+        cells link (thumbnails) go into `media_dir`, which becomes THUMBNAILS_DIR."""
 
 
 def get(name: str) -> Task:

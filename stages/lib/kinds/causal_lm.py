@@ -6,6 +6,8 @@ import numpy as np
 
 from stages.lib.errors import SlothlineError
 from stages.lib.formats import CONVERTERS, to_messages
+from stages.lib.params import VISION_LORA_FLAGS
+from stages.lib.sft import sft_config, sft_trainer_class
 from stages.lib.templates import answer_cut_off, render, token_lengths, tokenize_for_training, turn_markers
 
 NAME = "causal_lm"
@@ -27,7 +29,7 @@ def to_record(row: dict, source, data, tokenizer) -> tuple[dict, dict]:
     return {"messages": messages}, render(messages, tokenizer, source.template, data.enable_thinking)
 
 
-def finish_splits(splits: dict[str, list[dict]], tokenizer, params) -> dict:
+def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> dict:
     """Rows whose first answer token lies beyond model.max_seq_length would train on nothing once cut
     to that length: they leave train and val (test keeps them; evaluate scores generations). Returns
     token statistics per split, taken before that drop."""
@@ -80,6 +82,10 @@ def length_note(tokens: dict, max_length: int) -> str:
 
 
 def lora_kwargs(params, model, backend: str) -> dict:
+    scoped = [name for name in VISION_LORA_FLAGS if not getattr(params.lora, name)]
+    if scoped:
+        raise SlothlineError(f"lora.{scoped[0]}: false only means something for vision models (model.kind: vision); "
+                             "a causal LM's LoRA layers are chosen by lora.target_modules alone")
     return {}
 
 
@@ -91,18 +97,12 @@ def build_trainer(runtime, params, model, tokenizer, train_rows: list[dict], val
     Response-only loss (`train.train_on_responses_only`): on hf through the dataset's `assistant_masks`;
     on unsloth through Unsloth's own train_on_responses_only, given the same turn markers.
     """
-    from trl import SFTConfig, SFTTrainer  # Unsloth's patched classes once unsloth is imported
-
-    try:
-        config = sft_config(SFTConfig, runtime, params, output_dir, evaluate=bool(val_rows))
-    except ValueError as err:  # e.g. an lr_scheduler name transformers does not know
-        raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
-                             f"train.optim): {err}") from None
+    config = sft_config(runtime, params, output_dir, evaluate=bool(val_rows))
     markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
     dataset_markers = markers if runtime.backend == "hf" else None
     train_dataset = tokenize_for_training(train_rows, tokenizer, dataset_markers)
     eval_dataset = tokenize_for_training(val_rows, tokenizer, dataset_markers) if val_rows else None
-    trainer_class = SFTTrainer if runtime.device == "cuda" else model_loss_trainer_class()
+    trainer_class = sft_trainer_class(runtime)
     trainer = trainer_class(
         model=model,
         args=config,
@@ -116,64 +116,6 @@ def build_trainer(runtime, params, model, tokenizer, train_rows: list[dict], val
 
         trainer = train_on_responses_only(trainer, instruction_part=markers[0], response_part=markers[1])
     return trainer
-
-
-def model_loss_trainer_class():
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class ModelLossSFTTrainer(SFTTrainer):
-        """SFTTrainer whose loss is the model's own cross-entropy.
-
-        TRL 1.15 computes its loss through a Triton kernel, which needs a CUDA device (a CUDA build
-        of torch imports Triton on a CPU machine too, then fails at the first step); on the CPU the
-        model's own cross-entropy over the same labels is the same loss.
-        """
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
-
-    return ModelLossSFTTrainer
-
-
-def sft_config(config_class, runtime, params, output_dir: str, evaluate: bool):
-    """TRL's SFTConfig (or Unsloth's patched one) from the `train.*` params; with `evaluate`, the val
-    loss every `train.eval_steps`."""
-    train = params.train
-    return config_class(
-        output_dir=output_dir,
-        num_train_epochs=train.epochs,
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.per_device_batch_size,
-        per_device_eval_batch_size=train.per_device_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        learning_rate=train.learning_rate,
-        warmup_steps=train.warmup_steps,
-        weight_decay=train.weight_decay,
-        lr_scheduler_type=train.lr_scheduler,
-        optim=runtime.optim,
-        seed=train.seed,
-        data_seed=train.seed,
-        logging_steps=train.logging_steps,
-        save_strategy="steps",
-        save_steps=train.save_steps,
-        save_total_limit=2,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=train.eval_steps,
-        bf16=runtime.precision == "bfloat16",
-        fp16=runtime.precision == "float16",
-        use_cpu=runtime.device == "cpu",
-        # Unsloth checkpoints through get_peft_model; the hf backend through transformers.
-        gradient_checkpointing=train.gradient_checkpointing and runtime.backend == "hf",
-        max_length=params.model.max_seq_length,
-        packing=train.packing,
-        packing_strategy="bfd",
-        padding_free=train.packing,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=False,
-        dataloader_num_workers=0,
-    )
 
 
 def predict(model, tokenizer, rows: list[dict], settings, desc: str) -> list[str]:
@@ -203,6 +145,6 @@ def score(model, tokenizer, rows: list[dict], answers: list[str], settings) -> d
             "loss_tokens": count, "loss_on": "answers" if markers else "whole text"}
 
 
-def sample(row: dict, answers: dict[str, str]) -> dict:
+def sample(row: dict, answers: dict[str, str], media_dir) -> dict:
     question = next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
     return {"id": row["id"], "prompt": question, "reference": row["reference"], **answers}

@@ -1,0 +1,76 @@
+"""TRL's SFTTrainer as every kind that trains with it configures it: the SFTConfig from `train.*`, and
+the trainer class for the resolved device."""
+
+from stages.lib.errors import SlothlineError
+
+
+def sft_config(runtime, params, output_dir: str, evaluate: bool, **settings):
+    """TRL's SFTConfig (Unsloth's patched one once unsloth is imported) from the `train.*` params, plus the
+    kind's `settings`; with `evaluate`, the val loss every `train.eval_steps`."""
+    from trl import SFTConfig
+
+    train = params.train
+    try:
+        return SFTConfig(**{
+            "output_dir": output_dir,
+            "num_train_epochs": train.epochs,
+            "max_steps": train.max_steps,
+            "per_device_train_batch_size": train.per_device_batch_size,
+            "per_device_eval_batch_size": train.per_device_batch_size,
+            "gradient_accumulation_steps": train.gradient_accumulation_steps,
+            "learning_rate": train.learning_rate,
+            "warmup_steps": train.warmup_steps,
+            "weight_decay": train.weight_decay,
+            "lr_scheduler_type": train.lr_scheduler,
+            "optim": runtime.optim,
+            "seed": train.seed,
+            "data_seed": train.seed,
+            "logging_steps": train.logging_steps,
+            "save_strategy": "steps",
+            "save_steps": train.save_steps,
+            "save_total_limit": 2,
+            "eval_strategy": "steps" if evaluate else "no",
+            "eval_steps": train.eval_steps,
+            "bf16": runtime.precision == "bfloat16",
+            "fp16": runtime.precision == "float16",
+            "use_cpu": runtime.device == "cpu",
+            # Unsloth checkpoints through get_peft_model; the hf backend through transformers.
+            "gradient_checkpointing": train.gradient_checkpointing and runtime.backend == "hf",
+            "max_length": params.model.max_seq_length,
+            "packing": train.packing,
+            "packing_strategy": "bfd",
+            "padding_free": train.packing,
+            "include_num_input_tokens_seen": "non_padding",
+            "report_to": "none",
+            "disable_tqdm": False,
+            "dataloader_num_workers": 0,
+            **settings,
+        })
+    except ValueError as err:  # e.g. an lr_scheduler name transformers does not know
+        raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
+                             f"train.optim): {err}") from None
+
+
+def sft_trainer_class(runtime):
+    """TRL's SFTTrainer on a GPU; on the CPU, the same trainer with the model's own loss."""
+    from trl import SFTTrainer
+
+    return SFTTrainer if runtime.device == "cuda" else model_loss_trainer_class()
+
+
+def model_loss_trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss is the model's own cross-entropy.
+
+        TRL 1.15 computes its loss through a Triton kernel, which needs a CUDA device (a CUDA build
+        of torch imports Triton on a CPU machine too, then fails at the first step); on the CPU the
+        model's own cross-entropy over the same labels is the same loss.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+
+    return ModelLossSFTTrainer
