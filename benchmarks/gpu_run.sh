@@ -13,11 +13,17 @@
 #   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{eval,export}.json, gpu_dvc_repro_report.md
 #              `dvc repro` of all five stages on the tiny default (train.backend: auto -> unsloth),
 #              in a scratch copy of the checkout
+#   multigpu   (a host with 2 GPUs) gpu_tests_multi_gpu.log: pytest -m gpu tests/test_multi_gpu.py;
+#              multi_gpu.{json,md}, multi_gpu.log: benchmarks/multi_gpu.py; gpu_dvc_exp_2gpus.log and
+#              gpu_dvc_exp_2gpus_train.json: `dvc exp run -S train.num_gpus=2` of the tiny default
 set -euo pipefail
 results=$PWD/benchmarks/results
 mkdir -p "$results"
 parts=("$@")
 [[ ${#parts[@]} -gt 0 ]] || parts=(tests train vision generate dvc)
+# NVLink multicast stays off on multi-GPU hosts (the train stage sets the same for the processes it starts)
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
+  NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
 for part in "${parts[@]}"; do
   case $part in
     tests) python3 -m pytest -m gpu tests/test_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests.log" ;;
@@ -36,6 +42,14 @@ for part in "${parts[@]}"; do
        cp metrics/export.json "$results/gpu_dvc_repro_export.json"
        cp metrics/report.md "$results/gpu_dvc_repro_report.md")
       git worktree remove --force "$scratch" ;;
-    *) echo "unknown part $part (tests, train, vision, generate, dvc)" >&2; exit 2 ;;
+    multigpu)
+      python3 -m pytest -m gpu tests/test_multi_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests_multi_gpu.log"
+      python3 benchmarks/multi_gpu.py 2>&1 | tee "$results/multi_gpu.log"
+      scratch=$(mktemp -d)
+      git worktree add -q --detach "$scratch"
+      (cd "$scratch" && python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
+       cp metrics/train.json "$results/gpu_dvc_exp_2gpus_train.json")
+      git worktree remove --force "$scratch" ;;
+    *) echo "unknown part $part (tests, train, vision, generate, dvc, multigpu)" >&2; exit 2 ;;
   esac
 done

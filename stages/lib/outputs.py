@@ -39,11 +39,12 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def resume_point(checkpoints: Path, fingerprint: str) -> str | None:
+def resume_point(checkpoints: Path, fingerprint: str, processes: int = 1) -> str | None:
     """The last complete checkpoint under `checkpoints` of a run with this `fingerprint`, or None.
 
-    A checkpoint is complete once the Trainer has written its trainer_state.json (its last file);
-    incomplete ones (the run died while saving) and those of a run with other params or data are deleted.
+    A checkpoint is complete once the Trainer has written its trainer_state.json (its last file, from the
+    main process) and, in a job of `processes` > 1, every process's RNG state; incomplete ones (the run died
+    while saving) and those of a run with other params or data are deleted. The main process alone calls it.
     """
     checkpoints.mkdir(parents=True, exist_ok=True)
     marker = checkpoints / "run.json"
@@ -51,9 +52,10 @@ def resume_point(checkpoints: Path, fingerprint: str) -> str | None:
         clear_checkpoints(checkpoints)
         write_json(marker, {"fingerprint": fingerprint})
         return None
+    last_files = ["trainer_state.json", *(f"rng_state_{rank}.pth" for rank in range(processes) if processes > 1)]
     complete = []
     for path in checkpoints.glob("checkpoint-*"):
-        if (path / "trainer_state.json").is_file():
+        if all((path / name).is_file() for name in last_files):
             complete.append(path)
         else:
             shutil.rmtree(path)

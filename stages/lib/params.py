@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stages.lib.errors import SlothlineError
 
@@ -112,6 +112,14 @@ class TrainParams(Section):
     logging_steps: int = Field(1, ge=1)
     eval_steps: int = Field(50, ge=1, description="val loss every this many steps (with a val split)")
     save_steps: int = Field(50, ge=1)
+    num_gpus: int | Literal["auto"] = Field(1, description="GPUs of this host, one DDP process each; auto: all")
+
+    @field_validator("num_gpus", mode="before")
+    @classmethod
+    def _check_num_gpus(cls, value):
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("must be a number of GPUs (1, 2, ...) or auto")
 
 
 class EvaluateParams(Section):

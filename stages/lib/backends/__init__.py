@@ -22,6 +22,11 @@ from stages.lib.errors import SlothlineError
 from stages.lib.models import resolve_model
 from stages.lib.params import Params
 
+# Parts of a model that a training step may leave out (a vision or audio tower on a text batch, experts
+# the router skips) or that a fused loss reads by weight, past LoRA (the LM head, the embeddings);
+# Unsloth's own DDP default excludes the same.
+OPTIONAL_PARTS = ("vision", "visual", "audio", "expert", "lm_head", "embed")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -162,3 +167,10 @@ def linear_layer_names(model) -> list[str]:
         if isinstance(module, torch.nn.Linear) or hasattr(module, "lora_A"):
             names.add(name.rsplit(".", 1)[-1])
     return sorted(names - {"lora_A", "lora_B", "base_layer", "default", "lm_head"})
+
+
+def every_trainable_weight_trains(model) -> bool:
+    """Whether every training step gives each trainable weight a gradient: none lies in one of the
+    OPTIONAL_PARTS. DDP then need not search each step's graph for unused weights."""
+    return not any(part in name.lower() for name, weight in model.named_parameters() if weight.requires_grad
+                   for part in OPTIONAL_PARTS)

@@ -1,0 +1,251 @@
+"""Several training processes (`train.num_gpus`, DDP): how many the stage starts on this machine, and two
+CPU processes (gloo) that train as one process does with the same global batch, write every output once
+and resume after a kill. The stage is started under torchrun as on a multi-GPU host; the `gpu` tests run
+the same on two GPUs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from stages import train
+from stages.lib import runtime
+from stages.lib.errors import SlothlineError
+from stages.lib.params import Params
+from stages.lib.runtime import Capabilities, Runtime, processes_to_start
+from tests.conftest import ROOT
+
+CPU = Capabilities(cuda=False)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "stages.train"]
+
+
+def params(lora=None, **train_params) -> Params:
+    return Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]},
+                                  "lora": lora or {}, "train": train_params})
+
+
+def gpus(count: int) -> Capabilities:
+    return Capabilities(cuda=True, device_name="Fake GPU", bf16=True, gpu_count=count)
+
+
+def launched(processes: int) -> Capabilities:
+    return Capabilities(cuda=False, launched=True, world_size=processes, local_world_size=processes)
+
+
+@pytest.mark.parametrize(("num_gpus", "caps", "expected"), [
+    (1, CPU, 1), ("auto", CPU, 1), ("auto", gpus(1), 1), ("auto", gpus(4), 4), (2, gpus(4), 2), (1, gpus(4), 1),
+    ("auto", launched(2), 1), (2, launched(2), 1),  # a launcher started the processes already
+])
+def test_processes_the_stage_starts(num_gpus, caps, expected):
+    assert processes_to_start(params(num_gpus=num_gpus), caps) == expected
+
+
+@pytest.mark.parametrize(("num_gpus", "caps", "message"), [
+    (2, CPU, "train.num_gpus: 2, but this machine has no CUDA GPU; set train.num_gpus: 1 (or auto) to train on "
+             "the CPU"),
+    (4, gpus(2), "train.num_gpus: 4, but this process sees 2 GPUs (CUDA_VISIBLE_DEVICES may hide some); "
+                 "set train.num_gpus to at most 2, or auto"),
+    (1, launched(2), "train.num_gpus: 1, but the launcher started 2 processes on this node; set train.num_gpus "
+                     "to 2 or auto"),
+])
+def test_impossible_gpu_counts_are_clear_errors(num_gpus, caps, message):
+    with pytest.raises(SlothlineError) as caught:
+        processes_to_start(params(num_gpus=num_gpus), caps)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("value", [0, -1, "all", 1.5, True])
+def test_num_gpus_is_a_count_or_auto(value):
+    with pytest.raises(ValueError, match="must be a number of GPUs \\(1, 2, ...\\) or auto"):
+        params(num_gpus=value)
+
+
+def test_resume_needs_every_process_rng_state(tmp_path):
+    from stages.lib.outputs import resume_point
+
+    (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "same"}))
+    for step, files in ((4, ["trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"]),
+                        (8, ["trainer_state.json", "rng_state_0.pth"])):  # killed before process 1 saved
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        for name in files:
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    assert resume_point(tmp_path, "same", processes=2) == str(tmp_path / "checkpoint-4")
+    assert not (tmp_path / "checkpoint-8").exists()
+
+
+def ddp_trainer(find_unused=None):
+    """A trainer's DDP settings as transformers makes them for a PEFT model: `find_unused` from the
+    arguments, else the search."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    handler = DistributedDataParallelKwargs(find_unused_parameters=True if find_unused is None else find_unused)
+    return SimpleNamespace(args=SimpleNamespace(ddp_find_unused_parameters=find_unused),
+                           accelerator=SimpleNamespace(ddp_handler=handler))
+
+
+@pytest.mark.parametrize(("targets", "searched"), [(["q_proj", "down_proj"], False), (["q_proj", "lm_head"], True)])
+def test_ddp_searches_for_unused_weights_only_where_a_step_may_skip_one(targets, searched):
+    """LoRA on the decoder layers trains every adapter weight each step: DDP's search is skipped. The LM
+    head may be read past its adapter by a fused loss: transformers' default (search) stays."""
+    from stages.lib import backends
+    from stages.lib.kinds import causal_lm
+
+    setting = params(lora={"target_modules": targets}, num_gpus=2)
+    model, _ = backends.load_for_training(causal_lm, runtime.resolve(setting, CPU), setting)
+    trainer = ddp_trainer()
+    ddp = Runtime("hf", "cpu", "cpu", "float32", "adamw_torch", "sdpa", world_size=2)
+    train.skip_unused_weight_search(trainer, model, ddp, setting)
+    assert trainer.accelerator.ddp_handler.find_unused_parameters is searched
+    assert trainer.args.ddp_find_unused_parameters is (None if searched else False)
+
+    unsloth = Runtime("unsloth", "cuda", "GPU", "bfloat16", "adamw_8bit", "sdpa", world_size=2)
+    if searched:  # Unsloth's reentrant checkpointing breaks with the search: refused, with the ways out
+        with pytest.raises(SlothlineError, match="set train.gradient_checkpointing: false, or train.backend: hf"):
+            train.skip_unused_weight_search(ddp_trainer(), model, unsloth, setting)
+    kept = ddp_trainer(find_unused=True)  # decided in the arguments already: left alone
+    train.skip_unused_weight_search(kept, model, ddp, setting)
+    assert kept.accelerator.ddp_handler.find_unused_parameters is True
+
+
+ENV_PROBE = """
+import json, os
+names = ["RANK", "WORLD_SIZE", "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS"]
+with open(f"env_{os.environ['RANK']}.json", "w") as out:
+    json.dump({name: os.environ.get(name) for name in names}, out)
+raise SystemExit(int(os.environ.get("EXIT_STATUS", 0)) if os.environ["RANK"] == "1" else 0)
+"""
+
+
+def test_started_processes_keep_nvlink_multicast_off_and_report_a_failure(tmp_path, monkeypatch):
+    (tmp_path / "env_probe.py").write_text(ENV_PROBE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")  # the user's own setting wins
+    for name in ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS"):
+        monkeypatch.delenv(name, raising=False)
+    assert runtime.start_processes(2, "env_probe") == 0
+    seen = [json.loads((tmp_path / f"env_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [(env["RANK"], env["WORLD_SIZE"]) for env in seen] == [("0", "2"), ("1", "2")]
+    assert all(env["NCCL_NVLS_ENABLE"] == "1" and env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] == "1"
+               and env["NVSHMEM_DISABLE_NVLS"] == "1" for env in seen)
+    monkeypatch.setenv("EXIT_STATUS", "2")
+    assert runtime.start_processes(2, "env_probe") == 2
+
+
+@pytest.fixture
+def prepared(workdir, monkeypatch):
+    """42 train and 6 val rows prepared in the work directory; subprocesses import this checkout."""
+    from stages import prepare
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    rows = [{"instruction": f"Repeat {a + b}.", "output": f"{a + b} {a + b}"} for a in "abcdefgh" for b in "xyzuvw"]
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.125)
+    prepare.main()
+    return workdir
+
+
+def set_train(workdir, **values) -> None:
+    path = workdir.path / "params.yaml"
+    settings = yaml.safe_load(path.read_text())
+    settings["train"] = {"learning_rate": 0.005, "logging_steps": 1, **values}
+    path.write_text(yaml.safe_dump(settings))
+
+
+def read_outputs(workdir) -> tuple[dict, list[tuple[int, float]]]:
+    """metrics/train.json and the (step, loss) rows that dvclive logged."""
+    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
+    rows = (workdir.path / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()[1:]
+    return metrics, [(int(step), float(loss)) for step, loss in (row.split("\t") for row in rows)]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(prepared):
+    """5 steps of 8 rows: one process of 8, then two of 4 (DDP over gloo). The two see the same rows at
+    every step, so the tokens counted over both processes and each step's loss match the single run; the
+    main process alone writes the outputs."""
+    from peft import PeftModel
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    common = dict(max_steps=5, save_steps=2, eval_steps=5)
+    set_train(prepared, per_device_batch_size=8, num_gpus=1, **common)
+    train.main()
+    single, single_losses = read_outputs(prepared)
+
+    set_train(prepared, per_device_batch_size=4, num_gpus=2, **common)
+    assert runtime.start_processes(2, "stages.train") == 0  # what the stage starts for num_gpus: 2 on 2 GPUs
+    ddp, ddp_losses = read_outputs(prepared)
+
+    assert (single["world_size"], ddp["world_size"]) == (1, 2)
+    assert single["global_batch_size"] == ddp["global_batch_size"] == 8 and ddp["steps"] == 5
+    assert ddp["train_tokens"] == single["train_tokens"]  # both processes' rows, gathered
+    assert [step for step, _ in ddp_losses] == [1, 2, 3, 4, 5]  # one dvclive writer, one row a step
+    for (_, got), (_, expected) in zip(ddp_losses, single_losses, strict=True):
+        assert got == pytest.approx(expected, rel=1e-3)
+    assert ddp["val_loss"] is not None  # a mean of per-batch means: the batches differ, so the value does too
+    models = prepared.path / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["adapter", "checkpoints"]  # no staging left behind
+    assert not list((models / "checkpoints").glob("checkpoint-*"))
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    assert PeftModel.from_pretrained(base, models / "adapter").peft_config["default"].r == 16
+    assert json.loads((models / "adapter/manifest.json").read_text())["method"] == "lora"
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_killed_ddp_run_resumes_from_its_last_checkpoint(prepared):
+    """torchrun started by hand (as on several nodes) with train.num_gpus: auto, killed once a checkpoint of
+    both processes is complete: its processes (each in a session of its own) end with it, and the next run
+    resumes."""
+    set_train(prepared, max_steps=30, per_device_batch_size=2, save_steps=3, eval_steps=100, num_gpus="auto")
+    checkpoints = prepared.path / "models/checkpoints"
+    files = ("trainer_state.json", "rng_state_0.pth", "rng_state_1.pth")
+    saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")
+                     if all((p / name).is_file() for name in files)]
+    run = subprocess.Popen(TORCHRUN, cwd=prepared.path, start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not saved() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.1)
+    workers = child_pids(run.pid)
+    os.killpg(run.pid, signal.SIGKILL)  # torchrun, as a crash or `kill -9` of `dvc repro` would
+    run.wait()
+    assert len(workers) == 2 and saved()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a process outlived its torchrun"
+    assert not (prepared.path / "metrics/train.json").exists()
+
+    done = subprocess.run(TORCHRUN, cwd=prepared.path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("resuming from models/checkpoints/checkpoint-") == 1  # said by the main process
+    metrics, _ = read_outputs(prepared)
+    assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 30 and metrics["world_size"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_two_gpus_train_like_one(prepared, backend):
+    """On a host with two GPUs: `train.num_gpus: 2` (the stage starts torchrun itself) against one GPU
+    with the same global batch, through `python -m stages.train` as DVC runs it."""
+    common = dict(backend=backend, max_steps=5, save_steps=2, eval_steps=5)
+    results = []
+    for batch, num_gpus in ((8, 1), (4, 2)):
+        set_train(prepared, per_device_batch_size=batch, num_gpus=num_gpus, **common)
+        done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=prepared.path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-5000:]
+        results.append(read_outputs(prepared))
+    (single, single_losses), (ddp, ddp_losses) = results
+    assert (single["world_size"], ddp["world_size"], ddp["global_batch_size"]) == (1, 2, 8)
+    assert ddp["train_tokens"] == single["train_tokens"] and ddp["backend"] == backend
+    for (_, got), (_, expected) in zip(ddp_losses, single_losses, strict=True):
+        assert got == pytest.approx(expected, rel=2e-2)  # bf16
