@@ -177,11 +177,21 @@ def sft_config(config_class, runtime, params, output_dir: str, evaluate: bool):
 
 
 def predict(model, tokenizer, rows: list[dict], settings, desc: str) -> list[str]:
-    """Generated answers to the rows' prompts (batched, left-padded, `evaluate.*` sampling)."""
-    from stages.lib.generate import generate
+    """Generated answers to the rows' prompts (batched, left-padded, decoded as `evaluate.*` ask)."""
+    from stages.lib.generate import decoding, generate
 
     return generate(model, tokenizer, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
-                    settings.temperature, settings.top_p, settings.seed, desc=desc)
+                    decoding(settings, model.generation_config), settings.seed, desc=desc)
+
+
+def evaluation_settings(model, settings) -> dict:
+    """What decides the answers, recorded in metrics/eval.json (so `dvc metrics diff` shows it)."""
+    from stages.lib.generate import decoding, ignored_knobs
+
+    if ignored_knobs(settings):
+        print(f"note: {', '.join(ignored_knobs(settings))} ignored with evaluate.sampling: model")
+    return {"max_new_tokens": settings.max_new_tokens, "seed": settings.seed, "sampling": settings.sampling,
+            **decoding(settings, model.generation_config)}
 
 
 def score(model, tokenizer, rows: list[dict], answers: list[str], settings) -> dict:
