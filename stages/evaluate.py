@@ -37,7 +37,7 @@ def main() -> None:
     from stages.lib import backends  # imports unsloth (when used) before transformers
 
     model, processor = backends.load_trained(task, manifest, runtime, ADAPTER_DIR)
-    results, answers = {}, {}
+    results, answers = {"settings": task.evaluation_settings(model, settings)}, {}
 
     def score(model, name: str) -> None:
         answers[name] = task.predict(model, processor, rows, settings, desc=f"{name} answers")

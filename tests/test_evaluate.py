@@ -85,7 +85,8 @@ def test_report_lists_metrics_deltas_and_samples():
 def test_sampling_repeats_with_the_same_seed(tiny_model, tokenizer):
     from stages.lib.generate import generate
 
-    sample = lambda seed: generate(tiny_model, tokenizer, PROMPTS, 4, 12, temperature=1.5, seed=seed)
+    chosen = {"do_sample": True, "temperature": 1.5, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+    sample = lambda seed: generate(tiny_model, tokenizer, PROMPTS, 4, 12, chosen, seed=seed)
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
 
@@ -112,3 +113,57 @@ def test_metrics_chart_and_loss_curve_are_pngs(tmp_path):
     first = (tmp_path / "eval.png").read_bytes()
     plots.metrics_chart(results, tmp_path / "eval.png")
     assert (tmp_path / "eval.png").read_bytes() == first  # same data, same bytes: DVC sees no change
+
+
+GREEDY = {"do_sample": False, "repetition_penalty": 1.0}
+
+
+def sampled(**knobs) -> dict:
+    return {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+            **knobs}
+
+
+@pytest.mark.parametrize("knobs", [{"top_k": 1}, {"min_p": 0.999}, {"top_p": 1e-6}])
+def test_sampling_knobs_that_keep_only_the_likeliest_token_decode_greedily(tiny_model, tokenizer, knobs):
+    from stages.lib.generate import generate
+
+    greedy = generate(tiny_model, tokenizer, PROMPTS, 4, 12, GREEDY)
+    assert generate(tiny_model, tokenizer, PROMPTS, 4, 12, sampled(temperature=5.0, **knobs), seed=1) == greedy
+    assert generate(tiny_model, tokenizer, PROMPTS, 4, 12, sampled(temperature=5.0), seed=1) != greedy
+
+
+def test_repetition_penalty_changes_greedy_answers(tiny_model, tokenizer):
+    from stages.lib.generate import generate
+
+    plain = generate(tiny_model, tokenizer, PROMPTS, 4, 24, GREEDY)
+    assert generate(tiny_model, tokenizer, PROMPTS, 4, 24, {**GREEDY, "repetition_penalty": 50.0}) != plain
+
+
+def test_decoding_comes_from_params_or_the_model_generation_config():
+    from transformers import GenerationConfig
+
+    from stages.lib.generate import decoding, ignored_knobs
+    from stages.lib.params import EvaluateParams
+
+    qwen3 = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
+    own = EvaluateParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.1, repetition_penalty=1.05)
+    assert decoding(own, qwen3) == {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.1,
+                                    "repetition_penalty": 1.05}
+    assert decoding(EvaluateParams(), qwen3)["do_sample"] is False  # temperature 0: greedy
+    model = EvaluateParams(sampling="model")
+    assert decoding(model, qwen3) == {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0,
+                                      "repetition_penalty": 1.0}
+    assert ignored_knobs(model) == [] and ignored_knobs(EvaluateParams(sampling="model", top_k=5)) == ["evaluate.top_k"]
+
+
+@pytest.mark.parametrize(("knob", "value", "message"), [
+    ("top_k", -1, "greater than or equal to 0"), ("min_p", 1.0, "less than 1"),
+    ("repetition_penalty", 0, "greater than 0"), ("sampling", "auto", "must be one of 'params' or 'model'"),
+])
+def test_decoding_knobs_out_of_range_name_the_key(tmp_path, knob, value, message):
+    from stages.lib.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(f"data: {{sources: [{{path: a.jsonl, format: alpaca}}]}}\nevaluate: {{{knob}: {value}}}\n")
+    with pytest.raises(SlothlineError, match=f"evaluate.{knob}: .*{message}"):
+        load_params(path)

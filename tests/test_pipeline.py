@@ -74,6 +74,7 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
         "trainable_params"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout
     assert "trainable_params" in diff and "tuned.rougeL" in diff and "q8_0.size_mb" not in diff  # same shapes
+    assert "settings.max_new_tokens" in diff  # 48 -> 64: the metrics say which settings produced them
 
 
 def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):

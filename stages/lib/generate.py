@@ -6,13 +6,51 @@ from tqdm.auto import tqdm
 from stages.lib.templates import strip_thinking
 
 
-def generate(model, processor, prompts: list[str], batch_size: int, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, desc: str = "generate",
-             images: list[list] | None = None) -> list[str]:
-    """Answers to `prompts` (rendered, generation prompt included), greedy unless temperature > 0,
-    when sampling starts from `seed`. `processor` is a tokenizer, or a multimodal processor given each
-    prompt's `images`. Prompts are batched longest first to waste little padding; answers come back in
-    prompt order, without special tokens and without a leading <think> block."""
+KNOBS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def decoding(settings, generation_config) -> dict:
+    """The decoding `evaluate.*` asks for, with every knob spelled out (it is recorded in metrics):
+    `sampling: params` takes temperature (0: greedy), top_p, top_k (0: off), min_p (0: off) and
+    repetition_penalty (1: off) from params; `sampling: model` takes the model's generation_config.json,
+    the family's recommended settings (Qwen3's: temperature 0.6, top_p 0.95, top_k 20), ignoring those
+    params (see `ignored_knobs`)."""
+    if settings.sampling == "params":
+        return settings.decoding_params()
+    chosen = {k: getattr(generation_config, k, None) for k in KNOBS}
+    defaults = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+    return {"do_sample": bool(generation_config.do_sample), **{k: defaults[k] if v is None else v for k, v in chosen.items()}}
+
+
+def generation_settings(model, settings) -> dict:
+    """What decides generated answers, for metrics/eval.json (so `dvc metrics diff` shows it)."""
+    if ignored_knobs(settings):
+        print(f"note: {', '.join(ignored_knobs(settings))} ignored with evaluate.sampling: model")
+    return {"max_new_tokens": settings.max_new_tokens, "seed": settings.seed, "sampling": settings.sampling,
+            **decoding(settings, model.generation_config)}
+
+
+def ignored_knobs(settings) -> list[str]:
+    """The decoding params set away from their defaults that `sampling: model` ignores."""
+    if settings.sampling == "params":
+        return []
+    return [f"evaluate.{k}" for k in KNOBS if getattr(settings, k) != type(settings).model_fields[k].default]
+
+
+def generate_kwargs(chosen: dict) -> dict:
+    """model.generate's arguments for a `decoding()` result; sampling knobs are unset for greedy decoding."""
+    if not chosen["do_sample"]:
+        return {"do_sample": False, "repetition_penalty": chosen["repetition_penalty"],
+                **{k: None for k in ("temperature", "top_p", "top_k", "min_p")}}
+    return {**chosen, "min_p": chosen["min_p"] or None}
+
+
+def generate(model, processor, prompts: list[str], batch_size: int, max_new_tokens: int, chosen: dict | None = None,
+             seed: int = 0, desc: str = "generate", images: list[list] | None = None) -> list[str]:
+    """Answers to `prompts` (rendered, generation prompt included), decoded as `chosen` (see `decoding`;
+    greedy when None), sampling from `seed`. `processor` is a tokenizer, or a multimodal processor given
+    each prompt's `images`. Prompts are batched longest first to waste little padding; answers come back
+    in prompt order, without special tokens and without a leading <think> block."""
     from transformers import set_seed
 
     set_seed(seed)
@@ -21,7 +59,7 @@ def generate(model, processor, prompts: list[str], batch_size: int, max_new_toke
     tokenizer.padding_side = "left"
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers = [""] * len(prompts)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    options = generate_kwargs(chosen or {"do_sample": False, "repetition_penalty": 1.0})
     for start in tqdm(range(0, len(order), batch_size), desc=desc):
         batch = order[start : start + batch_size]
         texts = [prompts[i] for i in batch]
@@ -35,7 +73,7 @@ def generate(model, processor, prompts: list[str], batch_size: int, max_new_toke
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, use_cache=True,
                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                    **sampling)
+                                    **options)
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
         for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             answers[i] = strip_thinking(text)

@@ -135,8 +135,9 @@ def build_tiny_qwen3(out_dir: Path, spec: dict) -> None:
     )
     torch.manual_seed(spec["seed"])
     model = Qwen3ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Qwen3's recommended sampling (its generation_config.json), which evaluate.sampling: model uses
+    model.generation_config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                   do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 

@@ -126,10 +126,19 @@ class EvaluateParams(Section):
     max_samples: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    sampling: Literal["params", "model"] = Field("params", description="model: the model's generation_config.json")
+    temperature: float = Field(0.0, ge=0, description="0: greedy")
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: off")
+    min_p: float = Field(0.0, ge=0, lt=1, description="0: off")
+    repetition_penalty: float = Field(1.0, gt=0, description="1: off")
     seed: int = 3407
     compare_base: bool = True
+
+    def decoding_params(self) -> dict:
+        """The decoding knobs as written here (with sampling: params)."""
+        return {"do_sample": self.temperature > 0, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty}
 
 
 class MergeParams(Section):

@@ -37,6 +37,9 @@ class Task(Protocol):
 
     def predict(self, model, processor, rows: list[dict], settings, desc: str) -> list: ...
 
+    def evaluation_settings(self, model, settings) -> dict:
+        """The settings that decide the predictions (evaluate records them in metrics/eval.json)."""
+
     def score(self, model, processor, rows: list[dict], predictions: list, settings) -> dict:
         """Metrics of one model's predictions on the test rows (evaluate); non-numbers get no delta."""
 

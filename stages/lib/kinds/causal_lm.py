@@ -6,6 +6,7 @@ import numpy as np
 
 from stages.lib.errors import SlothlineError
 from stages.lib.formats import CONVERTERS, to_messages
+from stages.lib.generate import generation_settings as evaluation_settings  # noqa: F401 (the protocol's name)
 from stages.lib.params import VISION_LORA_FLAGS
 from stages.lib.sft import sft_config, sft_trainer_class
 from stages.lib.templates import answer_cut_off, render, token_lengths, tokenize_for_training, turn_markers
@@ -119,11 +120,11 @@ def build_trainer(runtime, params, model, tokenizer, train_rows: list[dict], val
 
 
 def predict(model, tokenizer, rows: list[dict], settings, desc: str) -> list[str]:
-    """Generated answers to the rows' prompts (batched, left-padded, `evaluate.*` sampling)."""
-    from stages.lib.generate import generate
+    """Generated answers to the rows' prompts (batched, left-padded, decoded as `evaluate.*` ask)."""
+    from stages.lib.generate import decoding, generate
 
     return generate(model, tokenizer, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
-                    settings.temperature, settings.top_p, settings.seed, desc=desc)
+                    decoding(settings, model.generation_config), settings.seed, desc=desc)
 
 
 def score(model, tokenizer, rows: list[dict], answers: list[str], settings) -> dict:

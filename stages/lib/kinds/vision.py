@@ -10,6 +10,7 @@ import numpy as np
 from stages.lib.artifacts import PREPARED_DIR, THUMBNAILS_DIR
 from stages.lib.errors import SlothlineError
 from stages.lib.formats import RowError, to_messages
+from stages.lib.generate import generation_settings as evaluation_settings  # noqa: F401 (the protocol's name)
 from stages.lib.images import IMAGES_SUBDIR, locate, size_statistics, store_image, thumbnail
 from stages.lib.params import VISION_LORA_FLAGS
 from stages.lib.sft import sft_config, sft_trainer_class
@@ -238,11 +239,11 @@ def answer_labels(ids: list[int], instruction: list[int], response: list[int], e
 
 
 def predict(model, processor, rows: list[dict], settings, desc: str) -> list[str]:
-    """Generated answers to the rows' prompts and images (batched, left-padded, `evaluate.*` sampling)."""
-    from stages.lib.generate import generate
+    """Generated answers to the rows' prompts and images (batched, left-padded, decoded as `evaluate.*` ask)."""
+    from stages.lib.generate import decoding, generate
 
     return generate(model, processor, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
-                    settings.temperature, settings.top_p, settings.seed, desc=desc,
+                    decoding(settings, model.generation_config), settings.seed, desc=desc,
                     images=[load_images(row) for row in rows])
 
 
