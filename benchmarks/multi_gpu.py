@@ -11,7 +11,9 @@ Reported from each run's own outputs: global non-padding tokens/s over the steps
 Trainer counts tokens on every process; dvclive logs them and the elapsed time at every step), the
 stage's whole-run `train_tokens_per_s`, and `peak_mem_gib` (the largest peak of any GPU). Writes
 benchmarks/results/multi_gpu.{json,md}. NVLink multicast stays off (NCCL_NVLS_ENABLE=0, ...).
-Needs a host with two CUDA GPUs and the [gpu] extra; about 8 minutes on two H200s is the aim.
+Needs a host with two CUDA GPUs and the [gpu] extra. Four runs of 30 steps plus the checkpoint build
+should take 5 to 8 minutes on two H100/H200s (an estimate from train_backends' timings; not yet run);
+where one command may run only 10 minutes, run `--backends unsloth` and `--backends hf` apart.
 
     python benchmarks/multi_gpu.py                          # unsloth and hf, on 1 and 2 GPUs
     python benchmarks/multi_gpu.py --backends hf --gpus 2   # some runs, added to those measured
