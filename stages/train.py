@@ -54,7 +54,8 @@ def train(params, runtime) -> None:
 
     resume_from = main_process_result(
         runtime, lambda: resume_point(CHECKPOINTS_DIR, run_fingerprint(params, runtime), runtime.world_size))
-    callbacks = [warmup_warning()]
+    check_best_model(params.train, task, val_rows)
+    callbacks = [warmup_warning(), *early_stopping(params.train)]
     if runtime.is_main_process:  # dvclive writes (and on a fresh run clears) its directory: one writer
         callbacks.append(loss_curve(Live(LIVE_DIR, resume=resume_from is not None, dvcyaml=False,
                                          save_dvc_exp=False)))
@@ -98,6 +99,10 @@ def train(params, runtime) -> None:
         "train_loss": round(logged_loss, 4),
         "train_loss_avg": round(result.training_loss, 4),
         "val_loss": round(val_loss, 4) if val_loss is not None else None,
+        "metric_for_best_model": args.metric_for_best_model,
+        "best_metric": state.best_metric,
+        "best_step": state.best_global_step,
+        "stopped_early": state.global_step < state.max_steps,
         "runtime_s": round(runtime_s, 2),
         "train_tokens": tokens,
         "train_tokens_per_s": round(tokens / runtime_s, 1),
@@ -139,6 +144,28 @@ def loss_curve(live):
             super().on_log(args, state, control, **kwargs)
 
     return StepDVCLiveCallback(live=live)
+
+
+def check_best_model(train, task, val_rows: list[dict]) -> None:
+    """The best model (to load at the end, or to stop early) is judged on the val split by a metric the kind computes there."""
+    if not train.tracks_best_model:
+        return
+    if not val_rows:
+        raise SlothlineError("train.load_best_model_at_end and train.early_stopping_patience judge the model on the "
+                             "val split, which is empty; set data.val_fraction > 0, or turn them off")
+    if train.metric_for_best_model not in ("auto", *task.VAL_METRICS):
+        raise SlothlineError(f"train.metric_for_best_model: {task.NAME} models are measured on the val split by "
+                             f"{', '.join(task.VAL_METRICS)}, not {train.metric_for_best_model}; use one of those, or auto")
+
+
+def early_stopping(train) -> list:
+    """transformers' EarlyStoppingCallback with train.early_stopping_patience (its count is saved in each
+    checkpoint, so a resumed run goes on counting), or nothing."""
+    if train.early_stopping_patience is None:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience)]
 
 
 def warmup_warning():

@@ -231,3 +231,101 @@ def test_one_step_reports_its_loss_and_warns_that_warmup_never_ends(workdir, cap
     metrics = json.loads((workdir.path / "metrics/train.json").read_text())
     assert metrics["steps"] == 1 and metrics["train_loss"] > 0
     assert "warning: train.warmup_steps (10) >= the 1 training steps" in capsys.readouterr().out
+
+
+def test_early_stopping_keeps_the_best_model_and_says_why_training_stopped(workdir):
+    """A learning rate that makes the val loss climb: training stops after `early_stopping_patience`
+    evaluations without improvement, and the saved model is the best evaluation's."""
+    from peft import PeftModel
+    from stages import prepare
+    from stages.lib.models import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"instruction": f"Repeat {a}{b}.", "output": f"{a}{b} {a}{b}"} for a in "abcdefgh" for b in "xyzuvw"]
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.25)
+    text = (workdir.path / "params.yaml").read_text()
+    (workdir.path / "params.yaml").write_text(text + (
+        "train: {max_steps: 40, per_device_batch_size: 4, learning_rate: 5.0, lr_scheduler: constant, warmup_steps: 0, "
+        "eval_steps: 2, "
+        "save_steps: 2, logging_steps: 2, load_best_model_at_end: true, early_stopping_patience: 2}\n"))
+    prepare.main()
+    train.main()
+    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
+    val_losses = {int(line.split("\t")[0]): float(line.split("\t")[1]) for line in
+                  (workdir.path / "dvclive/train/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]}
+    assert metrics["stopped_early"] and metrics["steps"] < 40 and metrics["metric_for_best_model"] == "loss"
+    assert metrics["best_metric"] == pytest.approx(min(val_losses.values()), abs=1e-4)
+    assert val_losses[metrics["best_step"]] == pytest.approx(metrics["best_metric"], abs=1e-4)
+    assert metrics["val_loss"] == pytest.approx(metrics["best_metric"], abs=1e-3)  # the best model was kept
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    assert PeftModel.from_pretrained(base, workdir.path / "models/adapter") is not None
+
+
+@pytest.mark.parametrize(("train_settings", "message"), [
+    ({"load_best_model_at_end": True, "save_steps": 50, "eval_steps": 20},
+     r"save_steps \(50\) must be a multiple of eval_steps \(20\)"),
+    ({"early_stopping_patience": 0}, r"train.early_stopping_patience: Input should be greater than or equal to 1"),
+])
+def test_best_model_settings_that_cannot_work_are_refused(tmp_path, train_settings, message):
+    from stages.lib.params import load_params
+
+    (tmp_path / "params.yaml").write_text(yaml_text({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]},
+                                                     "train": train_settings}))
+    with pytest.raises(SlothlineError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_best_model_needs_a_val_split_and_a_metric_the_kind_measures():
+    from stages.train import check_best_model
+
+    with pytest.raises(SlothlineError, match="judge the model on the val split, which is empty; set data.val_fraction"):
+        check_best_model(params(train={"early_stopping_patience": 2}).train, causal_lm, [])
+    with pytest.raises(SlothlineError, match="causal_lm models are measured on the val split by loss, not accuracy"):
+        check_best_model(params(train={"load_best_model_at_end": True, "metric_for_best_model": "accuracy",
+                                       "save_steps": 50, "eval_steps": 50}).train, causal_lm, [{"text": "x"}])
+
+
+def yaml_text(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data)
+
+
+def test_a_resumed_run_keeps_its_best_model_bookkeeping(workdir):
+    """Killed after a checkpoint and resumed, a run with early stopping stops at the same step with the same
+    best step as a run that was never interrupted (the best metric and the patience count live in each
+    checkpoint)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stages import prepare
+
+    rows = [{"instruction": f"Repeat {a}{b}.", "output": f"{a}{b} {a}{b}"} for a in "abcdefgh" for b in "xyzuvw"]
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.25)
+    text = (workdir.path / "params.yaml").read_text()
+    (workdir.path / "params.yaml").write_text(text + (
+        "train: {max_steps: 40, per_device_batch_size: 4, learning_rate: 5.0, lr_scheduler: constant, warmup_steps: 0, "
+        "eval_steps: 2, save_steps: 2, logging_steps: 2, early_stopping_patience: 2}\n"))
+    prepare.main()
+    stage = [sys.executable, "-m", "stages.train"]
+    subprocess.run(stage, cwd=workdir.path, check=True, capture_output=True)
+    whole = json.loads((workdir.path / "metrics/train.json").read_text())
+    (workdir.path / "metrics/train.json").unlink()
+
+    run = subprocess.Popen(stage, cwd=workdir.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = workdir.path / "models/checkpoints/checkpoint-20/trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert checkpoint.is_file() and not (workdir.path / "metrics/train.json").exists()
+    subprocess.run(stage, cwd=workdir.path, check=True, capture_output=True)
+    resumed = json.loads((workdir.path / "metrics/train.json").read_text())
+    assert resumed["resumed_from_step"] >= 20 and whole["stopped_early"]
+    assert {k: resumed[k] for k in ("steps", "best_step", "stopped_early")} == {
+        k: whole[k] for k in ("steps", "best_step", "stopped_early")}
+    assert resumed["best_metric"] == pytest.approx(whole["best_metric"], rel=1e-4)

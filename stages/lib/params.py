@@ -112,7 +112,23 @@ class TrainParams(Section):
     logging_steps: int = Field(1, ge=1)
     eval_steps: int = Field(50, ge=1, description="val loss every this many steps (with a val split)")
     save_steps: int = Field(50, ge=1)
+    save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (the best one besides); null: all")
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str = Field("auto", description="auto: the kind's (val loss; accuracy for classifiers)")
+    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")
     num_gpus: int | Literal["auto"] = Field(1, description="GPUs of this host, one DDP process each; auto: all")
+
+    @model_validator(mode="after")
+    def _check_best_model(self):
+        if self.load_best_model_at_end and self.save_steps % self.eval_steps:
+            raise ValueError(f"load_best_model_at_end keeps the checkpoint of the best evaluation, so save_steps "
+                             f"({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps})")
+        return self
+
+    @property
+    def tracks_best_model(self) -> bool:
+        """Whether training follows a best-model metric (to load the best model, or to stop early)."""
+        return self.load_best_model_at_end or self.early_stopping_patience is not None
 
     @field_validator("num_gpus", mode="before")
     @classmethod

@@ -28,7 +28,8 @@ def sft_config(runtime, params, output_dir: str, evaluate: bool, **settings):
             "logging_steps": train.logging_steps,
             "save_strategy": "steps",
             "save_steps": train.save_steps,
-            "save_total_limit": 2,
+            "save_total_limit": train.save_total_limit,
+            **best_model_settings(train, "loss"),
             "eval_strategy": "steps" if evaluate else "no",
             "eval_steps": train.eval_steps,
             "bf16": runtime.precision == "bfloat16",
@@ -49,6 +50,16 @@ def sft_config(runtime, params, output_dir: str, evaluate: bool, **settings):
     except ValueError as err:  # e.g. an lr_scheduler name transformers does not know
         raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
                              f"train.optim): {err}") from None
+
+
+def best_model_settings(train, default_metric: str) -> dict:
+    """TrainingArguments for `train.load_best_model_at_end` and the metric it (and early stopping) follow:
+    `auto` is the kind's `default_metric`; loss is better lower, every other metric higher."""
+    if not train.tracks_best_model:
+        return {"load_best_model_at_end": False}
+    metric = default_metric if train.metric_for_best_model == "auto" else train.metric_for_best_model
+    return {"load_best_model_at_end": train.load_best_model_at_end, "metric_for_best_model": metric,
+            "greater_is_better": not metric.endswith("loss")}
 
 
 def sft_trainer_class(runtime):

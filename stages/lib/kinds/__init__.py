@@ -18,6 +18,7 @@ class Task(Protocol):
     AUTO_CLASS: str  # the transformers auto class that loads its models
     PEFT_TASK_TYPE: str  # PEFT's task type for its LoRA
     DATA_FORMATS: tuple[str, ...]  # data.sources[].format values it reads
+    VAL_METRICS: tuple[str, ...]  # what the trainer measures on the val split (train.metric_for_best_model)
     EXPORT_FORMATS: tuple[str, ...]  # export.formats values it supports
 
     def load_processor(self, source: str, revision: str | None): ...

@@ -15,6 +15,7 @@ NAME = "causal_lm"
 AUTO_CLASS = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 DATA_FORMATS = tuple(CONVERTERS)
+VAL_METRICS = ("loss",)  # what the trainer measures on the val split (train.metric_for_best_model)
 EXPORT_FORMATS = ("gguf",)
 
 

@@ -21,6 +21,7 @@ NAME = "vision"
 AUTO_CLASS = "AutoModelForImageTextToText"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 DATA_FORMATS = tuple(CONVERTERS)
+VAL_METRICS = ("loss",)  # what the trainer measures on the val split (train.metric_for_best_model)
 EXPORT_FORMATS = ()  # llama.cpp's text GGUF + mmproj pair is not written: models/merged is the export
 
 IMAGE_SOURCES = "image_sources"  # prepare-time field: stored image path -> where its bytes come from
