@@ -148,24 +148,27 @@ def lora_settings(params: Params) -> dict:
 
 
 def check_lora_targets(model, requested: list[str]) -> None:
-    """Fail when a `lora.target_modules` name matched no module: PEFT only complains when none match,
-    so a typo would silently train fewer weights."""
-    adapted = {name for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    """Fail when a `lora.target_modules` name is that of no linear layer of the model: PEFT only complains
+    when none match, so a typo would silently train fewer weights. (A layer the kind leaves out on
+    purpose, such as a vision tower's with lora.finetune_vision_layers: false, is no typo.)"""
+    layers = [name for name, module in model.named_modules() if is_linear(module)]
     unmatched = [target for target in requested
-                 if not any(name == target or name.endswith("." + target) for name in adapted)]
+                 if not any(name == target or name.endswith("." + target) for name in layers)]
     if unmatched:
         raise SlothlineError(f"lora.target_modules: {', '.join(unmatched)} matched no layer of this model; "
                              f"its linear layers are: {', '.join(linear_layer_names(model))}")
 
 
-def linear_layer_names(model) -> list[str]:
-    """The distinct last name parts of the model's linear layers (what `lora.target_modules` names)."""
+def is_linear(module) -> bool:
+    """A linear layer, or one that LoRA wraps."""
     import torch
 
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) or hasattr(module, "lora_A"):
-            names.add(name.rsplit(".", 1)[-1])
+    return isinstance(module, torch.nn.Linear) or hasattr(module, "lora_A")
+
+
+def linear_layer_names(model) -> list[str]:
+    """The distinct last name parts of the model's linear layers (what `lora.target_modules` names)."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if is_linear(module)}
     return sorted(names - {"lora_A", "lora_B", "base_layer", "default", "lm_head"})
 
 
