@@ -74,3 +74,12 @@ def dvc_project(tmp_path):
     run("git", "add", "-A")
     run("git", "commit", "-qm", "project")
     return project
+
+
+@pytest.fixture
+def hub():
+    """A local stand-in for the Hugging Face Hub (tests/hub_server.py), stopped after the test."""
+    from tests.hub_server import serve
+
+    with serve() as server:
+        yield server

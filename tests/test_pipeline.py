@@ -9,6 +9,8 @@ import time
 import pytest
 import yaml
 
+from tests.hub_server import hub_env
+
 pytestmark = pytest.mark.e2e
 
 
@@ -33,11 +35,12 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect(dvc_project):
+def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect(dvc_project, hub):
     set_params(dvc_project, evaluate={"max_samples": 40})
     started = time.monotonic()
-    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["check_params", "prepare", "train", "evaluate", "merge",
-                                                            "export"]
+    first = dvc(dvc_project, "repro").stdout
+    assert ran_stages(first) == ["check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
+    assert "export.push_to_hub: not set; nothing pushed" in first
     print(f"whole DAG: {time.monotonic() - started:.0f} s")
     data = json.loads((dvc_project / "metrics/data.json").read_text())
     assert data["train_rows"] + data["val_rows"] + data["test_rows"] == 1000
@@ -56,6 +59,18 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
 
     assert ran_stages(dvc(dvc_project, "repro").stdout) == []
 
+    # a push target reruns push alone (export does not read export.push_to_hub): the real files reach the hub
+    set_params(dvc_project, export={"push_to_hub": {"repo_id": "me/tiny", "what": ["merged", "gguf"]}})
+    pushed = subprocess.run(["dvc", "repro"], cwd=dvc_project, env=hub_env(hub.endpoint, dvc_project.parent / "hf"),
+                            capture_output=True, text=True)
+    assert ran_stages(pushed.stdout) == ["check_params", "push"], pushed.stdout + pushed.stderr
+    [commit] = hub.commits
+    for local, remote in [("models/merged/model.safetensors", "model.safetensors"),
+                          ("models/export/q8_0/model.gguf", "gguf/q8_0/model.gguf")]:
+        assert commit["files"][remote] == (dvc_project / local).read_bytes()
+    set_params(dvc_project, export={"push_to_hub": None})
+    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["check_params", "push"]
+
     params_file = dvc_project / "params.yaml"
     valid = params_file.read_text()
     params_file.write_text(valid + "evalute:\n  max_new_tokens: 128\n")  # a section no stage reads
@@ -69,7 +84,7 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "evaluate.max_new_tokens=64").stdout) == [
         "check_params", "evaluate"]
     experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32", "-S", "train.max_steps=10")
-    assert ran_stages(experiment.stdout) == ["check_params", "train", "evaluate", "merge", "export"]
+    assert ran_stages(experiment.stdout) == ["check_params", "train", "evaluate", "merge", "export", "push"]
     assert json.loads((dvc_project / "metrics/train.json").read_text())["trainable_params"] == 2 * trained[
         "trainable_params"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout

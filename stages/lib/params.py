@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stages.lib.errors import SlothlineError
@@ -161,9 +163,37 @@ class MergeParams(Section):
     save_method: Literal["merged_16bit", "merged_4bit", "lora"] = "merged_16bit"
 
 
+class PushParams(Section):
+    """export.push_to_hub: what the push stage uploads, in one commit, to which Hub repository."""
+
+    repo_id: str = Field(description="namespace/name on the Hugging Face Hub")
+    what: list[Literal["adapter", "merged", "gguf"]] = Field(["merged"], min_length=1)
+    private: bool = Field(True, description="visibility of a repository the push creates (existing ones keep theirs)")
+    revision: str | None = Field(None, description="branch to commit to (created when missing); null: default branch")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _namespace_and_name(cls, repo_id: str) -> str:
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            raise ValueError(str(err))
+        if "/" not in repo_id:
+            raise ValueError(f"must be namespace/name: your user or organization, then the model (e.g. me/{repo_id})")
+        return repo_id
+
+    @field_validator("what")
+    @classmethod
+    def _each_once(cls, what: list[str]) -> list[str]:
+        if len(set(what)) != len(what):
+            raise ValueError("lists an item twice; list each once")
+        return what
+
+
 class ExportParams(Section):
     formats: list[Literal["gguf"]] = ["gguf"]
     gguf_quantization: list[str] = ["q8_0"]
+    push_to_hub: PushParams | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -186,6 +216,16 @@ class Params(Section):
         if self.lora.loftq and self.model.load_in_4bit:
             raise ValueError("lora.loftq quantises the 16-bit base itself while it initialises LoRA; "
                              "set model.load_in_4bit: false")
+        push = self.export.push_to_hub
+        if push and "gguf" in push.what and "gguf" not in self.export.formats:
+            raise ValueError("export.push_to_hub.what lists gguf, but export.formats has no gguf, so no GGUF file "
+                             "is written; add gguf to export.formats, or remove gguf from export.push_to_hub.what")
+        if push and "merged" in push.what and self.merge.save_method == "lora":
+            raise ValueError("export.push_to_hub.what lists merged, but merge.save_method: lora writes no merged "
+                             "model; push adapter instead, or set merge.save_method: merged_16bit")
+        if push and "adapter" in push.what and self.train.full_finetuning:
+            raise ValueError("export.push_to_hub.what lists adapter, but train.full_finetuning: true trains no "
+                             "adapter; push merged instead")
         return self
 
 
