@@ -8,6 +8,9 @@
 #   train      train_backends.{json,md}, train_backends_<mode>.log
 #              benchmarks/train_backends.py (Qwen3-4B-shape random checkpoint), one mode per process
 #   generate   generate_speed_gpu.json benchmarks/generate_speed.py --qwen3-4b-shape
+#   classifier classifier_gpu_tests.log, classifier_backends.{json,md}, classifier_backends.log
+#              pytest -m gpu tests/test_classifier.py (the classifier default on unsloth, LoRA and full),
+#              then benchmarks/classifier_backends.py (ModernBERT-base-shape random checkpoint)
 #   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{eval,export}.json, gpu_dvc_repro_report.md
 #              `dvc repro` of all five stages on the tiny default (train.backend: auto -> unsloth),
 #              in a scratch copy of the checkout
@@ -25,6 +28,9 @@ for part in "${parts[@]}"; do
         python3 benchmarks/train_backends.py --modes $mode 2>&1 | tee "$results/train_backends_$mode.log"
       done ;;
     generate) python3 benchmarks/generate_speed.py --qwen3-4b-shape ;;
+    classifier)
+      python3 -m pytest -m gpu tests/test_classifier.py -v -s -p no:cacheprovider 2>&1 | tee "$results/classifier_gpu_tests.log"
+      python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
     dvc)
       scratch=$(mktemp -d)
       git worktree add -q --detach "$scratch"
@@ -33,6 +39,6 @@ for part in "${parts[@]}"; do
        cp metrics/export.json "$results/gpu_dvc_repro_export.json"
        cp metrics/report.md "$results/gpu_dvc_repro_report.md")
       git worktree remove --force "$scratch" ;;
-    *) echo "unknown part $part (tests, train, generate, dvc)" >&2; exit 2 ;;
+    *) echo "unknown part $part (tests, train, generate, classifier, dvc)" >&2; exit 2 ;;
   esac
 done

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "stages", "data/raw", "data/generate_raw.py"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "stages", "data/raw", "data/generate_raw.py",
+                 "data/generate_classification.py", "configs"]
 
 
 @pytest.fixture(scope="session", autouse=True)

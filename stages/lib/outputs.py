@@ -63,3 +63,8 @@ def resume_point(checkpoints: Path, fingerprint: str) -> str | None:
 def clear_checkpoints(checkpoints: Path) -> None:
     for path in checkpoints.glob("checkpoint-*"):
         shutil.rmtree(path)
+
+
+def markdown_cell(text) -> str:
+    """`text` as one cell of a Markdown table (pipes escaped, line breaks as <br>)."""
+    return str(text).replace("|", "\\|").replace("\n", "<br>")

@@ -31,7 +31,7 @@ class ModelParams(Section):
 
 class Source(Section):
     path: str = Field(min_length=1, description="local file/directory or hub dataset id")
-    format: Literal["alpaca", "sharegpt", "messages", "reasoning"]
+    format: Literal["alpaca", "sharegpt", "messages", "reasoning", "classification"]
     name: str | None = None
     weight: float = Field(1.0, gt=0)
     split: str = "train"
@@ -53,9 +53,12 @@ class DataParams(Section):
     system_prompt: str | None = None
     enable_thinking: bool = False
     dedupe: bool = True
+    labels: list[str] | None = Field(None, min_length=2, description="classifier: the classes, in this order")
 
     @model_validator(mode="after")
     def _check(self):
+        if self.labels and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels lists a class twice ({self.labels}); list each once")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 (got {self.val_fraction} + "
@@ -72,9 +75,7 @@ class LoraParams(Section):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
-    target_modules: list[str] = Field(
-        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1
-    )
+    target_modules: list[str] | None = Field(None, min_length=1, description="null: the model family's default")
     use_rslora: bool = False
     loftq: bool = False
 
@@ -115,7 +116,7 @@ class MergeParams(Section):
 
 
 class ExportParams(Section):
-    formats: list[Literal["gguf"]] = ["gguf"]
+    formats: list[Literal["gguf", "onnx"]] = ["gguf"]
     gguf_quantization: list[str] = ["q8_0"]
 
     @model_validator(mode="after")

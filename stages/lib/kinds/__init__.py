@@ -5,10 +5,10 @@ A kind is named by `model.kind` or inferred from the model's config."""
 from typing import Protocol
 
 from stages.lib.errors import SlothlineError
-from stages.lib.kinds import causal_lm
+from stages.lib.kinds import causal_lm, classifier
 from stages.lib.params import Params
 
-KINDS = {module.NAME: module for module in (causal_lm,)}
+KINDS = {module.NAME: module for module in (causal_lm, classifier)}
 
 
 class Task(Protocol):
@@ -19,6 +19,8 @@ class Task(Protocol):
     PEFT_TASK_TYPE: str  # PEFT's task type for its LoRA
     DATA_FORMATS: tuple[str, ...]  # data.sources[].format values it reads
     EXPORT_FORMATS: tuple[str, ...]  # export.formats values it supports
+    STRATIFY_BY: str | None  # the record field whose classes every split keeps (prepare), or None
+    INAPPLICABLE_PARAMS: tuple[str, ...]  # params it cannot apply: refused when set, ignored when left out
 
     def load_processor(self, source: str, revision: str | None): ...
 
@@ -27,6 +29,9 @@ class Task(Protocol):
 
     def finish_splits(self, splits: dict, processor, params: Params) -> dict:
         """Check and adjust the split records in place (prepare); returns metrics for metrics/data.json."""
+
+    def labels(self, rows: list[dict]) -> list[str] | None:
+        """The classes of the prepared train rows, in the order of the model's outputs; None without classes."""
 
     def lora_kwargs(self, params: Params, model, backend: str) -> dict:
         """LoRA settings beyond the shared `lora.*` ones, for `backend`."""
@@ -41,6 +46,12 @@ class Task(Protocol):
 
     def sample(self, row: dict, predictions: dict[str, object]) -> dict:
         """One row of the samples table: the question, the reference and each model's answer."""
+
+    def confusion(self, rows: list[dict], predictions: list) -> list[dict]:
+        """{"actual", "predicted"} per row for the confusion plot (evaluate); [] for kinds without classes."""
+
+    def report_sections(self, rows: list[dict], predictions: dict[str, list], results: dict) -> str:
+        """Markdown the kind adds to the evaluation report after the samples ("" for none)."""
 
 
 def get(name: str) -> Task:
@@ -61,4 +72,22 @@ def for_params(params: Params) -> Task:
                              f"set model.kind to one of {', '.join(KINDS)}")
     if kind not in KINDS:
         raise SlothlineError(f"model.kind: {kind} models are not supported yet; supported: {', '.join(KINDS)}")
+    check_applicable(KINDS[kind], params)
     return KINDS[kind]
+
+
+def check_applicable(task: Task, params: Params) -> None:
+    """Refuse params that `task` cannot apply and that params.yaml sets (`data.sources[].template` names a
+    key of every source); left out, their defaults are ignored."""
+    set_here = []
+    for name in task.INAPPLICABLE_PARAMS:
+        section, key = name.split(".", 1)
+        if section == "data" and key.startswith("sources[]."):
+            key = key.removeprefix("sources[].")
+            set_here += [f"data.sources[{i}].{key}" for i, source in enumerate(params.data.sources)
+                         if key in source.model_fields_set]
+        elif key in getattr(params, section).model_fields_set:
+            set_here.append(name)
+    if set_here:
+        raise SlothlineError(f"params.yaml: {', '.join(set_here)} cannot apply to {task.NAME} models; remove "
+                             f"{'it' if len(set_here) == 1 else 'them'} from params.yaml")

@@ -7,12 +7,15 @@ import numpy as np
 from stages.lib.errors import SlothlineError
 from stages.lib.formats import CONVERTERS, to_messages
 from stages.lib.templates import answer_cut_off, render, token_lengths, tokenize_for_training, turn_markers
+from stages.lib.training import training_config
 
 NAME = "causal_lm"
 AUTO_CLASS = "AutoModelForCausalLM"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 DATA_FORMATS = tuple(CONVERTERS)
 EXPORT_FORMATS = ("gguf",)
+STRATIFY_BY = None
+INAPPLICABLE_PARAMS = ("data.labels",)
 
 
 def load_processor(source: str, revision: str | None):
@@ -79,6 +82,10 @@ def length_note(tokens: dict, max_length: int) -> str:
             f"kept for evaluate: {of('no_answer_rows', ('test',))})")
 
 
+def labels(rows: list[dict]) -> None:
+    return None
+
+
 def lora_kwargs(params, model, backend: str) -> dict:
     return {}
 
@@ -93,11 +100,7 @@ def build_trainer(runtime, params, model, tokenizer, train_rows: list[dict], val
     """
     from trl import SFTConfig, SFTTrainer  # Unsloth's patched classes once unsloth is imported
 
-    try:
-        config = sft_config(SFTConfig, runtime, params, output_dir, evaluate=bool(val_rows))
-    except ValueError as err:  # e.g. an lr_scheduler name transformers does not know
-        raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
-                             f"train.optim): {err}") from None
+    config = sft_config(SFTConfig, runtime, params, output_dir, evaluate=bool(val_rows))
     markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
     dataset_markers = markers if runtime.backend == "hf" else None
     train_dataset = tokenize_for_training(train_rows, tokenizer, dataset_markers)
@@ -139,41 +142,8 @@ def model_loss_trainer_class():
 def sft_config(config_class, runtime, params, output_dir: str, evaluate: bool):
     """TRL's SFTConfig (or Unsloth's patched one) from the `train.*` params; with `evaluate`, the val
     loss every `train.eval_steps`."""
-    train = params.train
-    return config_class(
-        output_dir=output_dir,
-        num_train_epochs=train.epochs,
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.per_device_batch_size,
-        per_device_eval_batch_size=train.per_device_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        learning_rate=train.learning_rate,
-        warmup_steps=train.warmup_steps,
-        weight_decay=train.weight_decay,
-        lr_scheduler_type=train.lr_scheduler,
-        optim=runtime.optim,
-        seed=train.seed,
-        data_seed=train.seed,
-        logging_steps=train.logging_steps,
-        save_strategy="steps",
-        save_steps=train.save_steps,
-        save_total_limit=2,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=train.eval_steps,
-        bf16=runtime.precision == "bfloat16",
-        fp16=runtime.precision == "float16",
-        use_cpu=runtime.device == "cpu",
-        # Unsloth checkpoints through get_peft_model; the hf backend through transformers.
-        gradient_checkpointing=train.gradient_checkpointing and runtime.backend == "hf",
-        max_length=params.model.max_seq_length,
-        packing=train.packing,
-        packing_strategy="bfd",
-        padding_free=train.packing,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=False,
-        dataloader_num_workers=0,
-    )
+    return training_config(config_class, runtime, params, output_dir, evaluate, max_length=params.model.max_seq_length,
+                           packing=params.train.packing, packing_strategy="bfd", padding_free=params.train.packing)
 
 
 def predict(model, tokenizer, rows: list[dict], settings, desc: str) -> list[str]:
@@ -206,3 +176,11 @@ def score(model, tokenizer, rows: list[dict], answers: list[str], settings) -> d
 def sample(row: dict, answers: dict[str, str]) -> dict:
     question = next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
     return {"id": row["id"], "prompt": question, "reference": row["reference"], **answers}
+
+
+def confusion(rows: list[dict], answers: list[str]) -> list[dict]:
+    return []
+
+
+def report_sections(rows: list[dict], answers: dict[str, list[str]], results: dict) -> str:
+    return ""
