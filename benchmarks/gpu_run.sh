@@ -10,6 +10,9 @@
 #   vision     vision_backends.{json,md}, vision_backends.log
 #              benchmarks/vision_backends.py (Qwen3-VL-2B-shape random checkpoint, 448x448 pictures)
 #   generate   generate_speed_gpu.json benchmarks/generate_speed.py --qwen3-4b-shape
+#   classifier classifier_gpu_tests.log, classifier_backends.{json,md}, classifier_backends.log
+#              pytest -m gpu tests/test_classifier.py (the classifier default on unsloth, LoRA and full),
+#              then benchmarks/classifier_backends.py (ModernBERT-base-shape random checkpoint)
 #   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{eval,export}.json, gpu_dvc_repro_report.md
 #              `dvc repro` of all five stages on the tiny default (train.backend: auto -> unsloth),
 #              in a scratch copy of the checkout
@@ -20,7 +23,7 @@ set -euo pipefail
 results=$PWD/benchmarks/results
 mkdir -p "$results"
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(tests train vision generate dvc)
+[[ ${#parts[@]} -gt 0 ]] || parts=(tests train vision classifier generate dvc)
 # NVLink multicast stays off on multi-GPU hosts (the train stage sets the same for the processes it starts)
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
   NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
@@ -34,6 +37,9 @@ for part in "${parts[@]}"; do
       done ;;
     vision) python3 benchmarks/vision_backends.py 2>&1 | tee "$results/vision_backends.log" ;;
     generate) python3 benchmarks/generate_speed.py --qwen3-4b-shape ;;
+    classifier)
+      python3 -m pytest -m gpu tests/test_classifier.py -v -s -p no:cacheprovider 2>&1 | tee "$results/classifier_gpu_tests.log"
+      python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
     dvc)
       scratch=$(mktemp -d)
       git worktree add -q --detach "$scratch"
@@ -50,6 +56,6 @@ for part in "${parts[@]}"; do
       (cd "$scratch" && python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
        cp metrics/train.json "$results/gpu_dvc_exp_2gpus_train.json")
       git worktree remove --force "$scratch" ;;
-    *) echo "unknown part $part (tests, train, vision, generate, dvc, multigpu)" >&2; exit 2 ;;
+    *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, multigpu)" >&2; exit 2 ;;
   esac
 done

@@ -98,7 +98,7 @@ def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoin
     """
     from dataclasses import replace
 
-    from stages.lib import backends, sft
+    from stages.lib import backends, training
     from stages.lib.kinds import causal_lm
     from stages.lib.params import Params
     from stages.lib.runtime import probe, resolve
@@ -117,7 +117,7 @@ def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoin
     rows = chat_rows(tokenizer, fixed_length)
     trainer = causal_lm.build_trainer(runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [])
     if backend == "hf-model-loss":
-        trainer.__class__ = sft.model_loss_trainer_class()
+        trainer.__class__ = training.model_loss_trainer_class()
         return trainer, "model cross-entropy"
     if runtime.backend == "unsloth":
         return trainer, "Unsloth's patched SFTTrainer"

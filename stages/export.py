@@ -1,8 +1,11 @@
-"""export: write the merged model as GGUF, one file per `export.gguf_quantization`, each with an
-Ollama Modelfile, and verify every file by reading it back (and by generating from it where
-llama-cpp-python is installed).
+"""export: write the merged model in each of `export.formats`, and verify every file.
 
-Outs: models/export/<quantization>/{model.gguf,Modelfile} and metrics/export.json.
+- gguf (causal LMs): one file per `export.gguf_quantization`, each with an Ollama Modelfile, read back
+  (and generated from where llama-cpp-python is installed).
+- onnx (classifiers): model.onnx with its tokenizer and config, whose onnxruntime logits on the test
+  split must match transformers'.
+
+Outs: models/export/<quantization>/{model.gguf,Modelfile}, models/export/onnx/ and metrics/export.json.
 """
 
 import shutil
@@ -10,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from stages.lib import kinds
-from stages.lib.artifacts import EXPORT_DIR, MERGED_DIR, Manifest
+from stages.lib.artifacts import EXPORT_DIR, MERGED_DIR, Manifest, read_split
 from stages.lib.errors import SlothlineError, run_stage
 from stages.lib.export import (LLAMA_CPP_QUANTIZATIONS, PYTHON_QUANTIZATIONS, generation_check, read_back,
                                write_gguf)
@@ -21,9 +24,11 @@ METRICS_FILE = Path("metrics/export.json")
 
 
 def main() -> None:
-    settings = load_params().export
+    params = load_params()
+    settings = params.export
     manifest = Manifest.read(MERGED_DIR)
     task = kinds.get(manifest.kind)
+    kinds.check_applicable(task, params)
     unsupported = [f for f in settings.formats if f not in task.EXPORT_FORMATS]
     if unsupported and not task.EXPORT_FORMATS:
         raise SlothlineError(f"export.formats: {', '.join(unsupported)} is not offered for {task.NAME} models; their "
@@ -40,12 +45,26 @@ def main() -> None:
     with atomic_dir(EXPORT_DIR) as staging:
         if "gguf" in settings.formats:
             report.update(export_gguf(settings.gguf_quantization, staging))
+        if "onnx" in settings.formats:
+            report["onnx"] = export_onnx(staging / "onnx")
     write_json(METRICS_FILE, report)
     if not settings.formats:
         print("export.formats is empty: nothing to export")
-    for quantization, result in report.items():
-        print(f"{EXPORT_DIR}/{quantization}/model.gguf: {result['size_mb']} MB, generation check: "
-              f"{result['generation_check']}")
+    for name, result in report.items():
+        if name == "onnx":
+            print(f"{EXPORT_DIR}/onnx/model.onnx: {result['size_mb']} MB, logits within "
+                  f"{result['max_abs_logit_diff']:.1e} of transformers on {result['rows_checked']} test rows")
+        else:
+            print(f"{EXPORT_DIR}/{name}/model.gguf: {result['size_mb']} MB, generation check: "
+                  f"{result['generation_check']}")
+
+
+def export_onnx(folder: Path) -> dict:
+    """model.onnx (with tokenizer and config) in `folder`, checked with onnxruntime on the test split."""
+    from stages.lib.onnx_export import check_onnx, write_onnx
+
+    write_onnx(MERGED_DIR, folder)
+    return check_onnx(folder / "model.onnx", MERGED_DIR, read_split("test"))
 
 
 def export_gguf(quantizations: list[str], staging: Path) -> dict:

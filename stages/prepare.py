@@ -53,7 +53,7 @@ def main() -> None:
         if not by_source[source.label]:
             raise SlothlineError(no_usable_rows(source, report[source.label]))
     splits = mix(by_source, {s.label: s.weight for s in data.sources}, data.total,
-                 data.val_fraction, data.test_fraction, data.seed)
+                 data.val_fraction, data.test_fraction, data.seed, task.STRATIFY_BY)
 
     with atomic_dir(PREPARED_DIR) as staging:
         kind_metrics = task.finish_splits(splits, processor, params, staging)

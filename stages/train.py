@@ -49,7 +49,9 @@ def train(params, runtime) -> None:
     train_rows, val_rows = read_split("train"), read_split("val")
     if not train_rows:
         raise SlothlineError(f"{PREPARED_DIR}/train.jsonl: no training rows; check data.sources and data.total")
-    model, processor = backends.load_for_training(task, runtime, params)
+    labels = task.labels(train_rows)
+    model, processor = backends.load_for_training(task, runtime, params, labels)
+    method = backends.method_of(model)
     from dvclive import Live
 
     resume_from = main_process_result(
@@ -75,17 +77,16 @@ def train(params, runtime) -> None:
 
     with atomic_dir(ADAPTER_DIR) as staging:
         backends.save_trained(model, processor, staging)
-        Manifest(kind=task.NAME, method="full" if params.train.full_finetuning else "lora",
-                 base_model=params.model.name, revision=params.model.revision, backend=runtime.backend,
-                 precision=runtime.precision, load_in_4bit=params.model.load_in_4bit,
-                 max_seq_length=params.model.max_seq_length).write(staging)
+        Manifest(kind=task.NAME, method=method, base_model=params.model.name, revision=params.model.revision,
+                 backend=runtime.backend, precision=runtime.precision, load_in_4bit=params.model.load_in_4bit,
+                 max_seq_length=params.model.max_seq_length, labels=labels).write(staging)
     state, args = trainer.state, trainer.args
     tokens = state.num_input_tokens_seen - tokens_before  # counted on every process (the Trainer gathers)
     runtime_s = result.metrics["train_runtime"]
     logged_loss = next((log["loss"] for log in reversed(state.log_history) if "loss" in log), result.training_loss)
     write_json(METRICS_FILE, {
         "kind": task.NAME,
-        "method": "full" if params.train.full_finetuning else "lora",
+        "method": method,
         "backend": runtime.backend,
         "device": runtime.device_name,
         "precision": runtime.precision,
@@ -108,6 +109,7 @@ def train(params, runtime) -> None:
         "train_tokens_per_s": round(tokens / runtime_s, 1),
         "peak_mem_gib": round(peak_mem_gib, 3),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
     })
     plots.loss_curve(state.log_history, LOSS_PLOT)
     clear_checkpoints(CHECKPOINTS_DIR)

@@ -8,7 +8,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "stages", "data/raw", "data/generate_raw.py",
-                 "data/generate_vision.py", "configs"]
+                 "data/generate_vision.py", "data/generate_classification.py", "configs"]
 
 
 @pytest.fixture(scope="session", autouse=True)

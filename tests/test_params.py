@@ -48,7 +48,8 @@ def test_wrong_type_and_out_of_range_name_the_key(tmp_path):
 
 def test_unknown_format_lists_the_allowed_ones(tmp_path):
     message = error_of(tmp_path, "data: {sources: [{path: a.jsonl, format: dolly}]}\n")
-    assert "data.sources[0].format: must be one of 'alpaca', 'sharegpt', 'messages', 'reasoning', 'vqa' or 'sharegpt_vision' (got 'dolly')" in message
+    assert ("data.sources[0].format: must be one of 'alpaca', 'sharegpt', 'messages', 'reasoning', 'vqa', "
+            "'sharegpt_vision' or 'classification' (got 'dolly')") in message
 
 
 @pytest.mark.parametrize("weight", [0, -1])

@@ -1,6 +1,7 @@
 """Training: backend choice, response-only labels, packing isolation, and a short run on the hf backend."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -161,10 +162,14 @@ def test_hf_run_writes_adapter_and_metrics(trained):
 def test_lora_params_reach_the_peft_config():
     from peft import LoraConfig
 
+    qwen3 = SimpleNamespace(config=SimpleNamespace(model_type="qwen3"))
     config = LoraConfig(**backends.lora_settings(params(lora={"r": 8, "alpha": 4, "dropout": 0.1, "use_rslora": True,
-                                                               "target_modules": ["q_proj"], "bias": "lora_only"})))
+                                                               "target_modules": ["q_proj"], "bias": "lora_only"}),
+                                                  qwen3))
     assert (config.r, config.lora_alpha, config.lora_dropout, config.use_rslora) == (8, 4, 0.1, True)
     assert config.target_modules == {"q_proj"} and config.bias == "lora_only" and config.init_lora_weights is True
+    default = LoraConfig(**backends.lora_settings(params(), qwen3))  # target_modules: null, the family's default
+    assert default.target_modules == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def test_full_finetuning_writes_a_whole_model(workdir):

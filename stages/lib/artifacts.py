@@ -30,6 +30,7 @@ class Manifest:
     precision: str
     load_in_4bit: bool
     max_seq_length: int
+    labels: list[str] | None = None  # classifiers: the classes, in the order of the head's outputs
 
     def write(self, directory: Path) -> None:
         write_json(Path(directory) / MANIFEST_FILE, asdict(self))

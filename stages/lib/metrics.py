@@ -15,6 +15,8 @@ that is not a space (punctuation, symbols, emoji).
   Russian scored 0); symbols and emoji are tokens.
 - Exact match: texts normalised SQuAD-style (lower case, without punctuation, ASCII or Unicode such
   as "。" or "،", and without English articles) are equal.
+Classification: scikit-learn's accuracy, macro and micro F1 and per-class precision, recall and F1 (0-100;
+a class never predicted has precision 0).
 """
 
 import math
@@ -101,3 +103,19 @@ def loss_metrics(token_losses_sum: float, token_count: int) -> dict[str, float |
         return {"loss": None, "perplexity": None}
     loss = token_losses_sum / token_count
     return {"loss": round(loss, 4), "perplexity": round(math.exp(loss), 3)}
+
+
+def classification_metrics(actual: list[str], predicted: list[str], labels: list[str]) -> dict:
+    """Accuracy, macro F1 (the mean of the classes' F1), micro F1 (from all decisions pooled, which for
+    single-label classes equals accuracy), and per class precision, recall, F1 and support."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    percent = lambda value: round(100 * float(value), 2)
+    precision, recall, f1, support = precision_recall_fscore_support(actual, predicted, labels=labels, zero_division=0)
+    return {
+        "accuracy": percent(accuracy_score(actual, predicted)),
+        "macro_f1": percent(f1_score(actual, predicted, labels=labels, average="macro", zero_division=0)),
+        "micro_f1": percent(f1_score(actual, predicted, labels=labels, average="micro", zero_division=0)),
+        "per_class": {label: {"precision": percent(p), "recall": percent(r), "f1": percent(f), "support": int(n)}
+                      for label, p, r, f, n in zip(labels, precision, recall, f1, support)},
+    }

@@ -53,8 +53,28 @@ def sample(records: list[dict], count: int, seed: int, name: str) -> list[dict]:
 
 def split(records: list[dict], val_fraction: float, test_fraction: float) -> dict[str, list[dict]]:
     """Cut already-shuffled records into train/val/test by fraction (val and test rounded)."""
-    n_test = round(len(records) * test_fraction)
-    n_val = round(len(records) * val_fraction)
+    return cut(records, round(len(records) * val_fraction), round(len(records) * test_fraction))
+
+
+def stratified_split(records: list[dict], field: str, val_fraction: float,
+                     test_fraction: float) -> dict[str, list[dict]]:
+    """split() within each class (the value of `field`), so every split keeps the class shares; a class
+    whose rounded share of a split asked for is 0 still gets one row there while train keeps one."""
+    classes = {}
+    for record in records:
+        classes.setdefault(record[field], []).append(record)
+    splits = {name: [] for name in SPLITS}
+    for rows in classes.values():
+        n = len(rows)
+        n_test = round(n * test_fraction) or int(test_fraction > 0 and n - round(n * val_fraction) > 1)
+        n_val = round(n * val_fraction) or int(val_fraction > 0 and n - n_test > 1)
+        for name, part in cut(rows, n_val, n_test).items():
+            splits[name] += part
+    return splits
+
+
+def cut(records: list[dict], n_val: int, n_test: int) -> dict[str, list[dict]]:
+    """The first n_test records for test, the next n_val for val, the rest for train."""
     return {
         "test": records[:n_test],
         "val": records[n_test : n_test + n_val],
@@ -63,12 +83,16 @@ def split(records: list[dict], val_fraction: float, test_fraction: float) -> dic
 
 
 def mix(by_source: dict[str, list[dict]], weights: dict[str, float], total: int | None,
-        val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
-    """Sample each source to its quota, split each one (so every split keeps the mix), then shuffle."""
+        val_fraction: float, test_fraction: float, seed: int, stratify_by: str | None = None) -> dict[str, list[dict]]:
+    """Sample each source to its quota, split each one (so every split keeps the mix; with `stratify_by`,
+    each class of the source too), then shuffle."""
     counts = quotas({name: len(rows) for name, rows in by_source.items()}, weights, total)
     splits = {name: [] for name in SPLITS}
     for name, rows in by_source.items():
-        for split_name, part in split(sample(rows, counts[name], seed, name), val_fraction, test_fraction).items():
+        sampled = sample(rows, counts[name], seed, name)
+        parts = (stratified_split(sampled, stratify_by, val_fraction, test_fraction) if stratify_by
+                 else split(sampled, val_fraction, test_fraction))
+        for split_name, part in parts.items():
             splits[split_name].extend(part)
     check_splits(splits, counts, weights, total, {"val": val_fraction, "test": test_fraction})
     for split_name, rows in splits.items():

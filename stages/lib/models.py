@@ -78,6 +78,23 @@ TINY_QWEN3_VL = {
                         "image_std": [0.5, 0.5, 0.5]},
 }
 
+WORDPIECE_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+TINY_MODERNBERT = {
+    "seed": 0,
+    "config": {
+        "vocab_size": 512,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
+        "local_attention": 64,
+        "initializer_range": 0.1,
+        "classifier_pooling": "mean",  # as ModernBERT-base
+    },
+}
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("SLOTHLINE_CACHE", Path.home() / ".cache" / "slothline"))
@@ -208,6 +225,51 @@ def build_byte_tokenizer(extra_special_tokens: list[str] = (), chat_template: st
     )
 
 
+def build_tiny_modernbert(out_dir: Path, spec: dict) -> None:
+    """A randomly initialised ModernBERT encoder saved with its masked-LM head, as ModernBERT checkpoints
+    are (a classification head is added when it is loaded for classification), with a WordPiece tokenizer."""
+    import torch
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    tokenizer = build_wordpiece_tokenizer(spec["config"]["max_position_embeddings"])
+    config = ModernBertConfig(
+        **spec["config"],
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=None,  # an encoder's tokenizer has no BOS or EOS, and the config says so
+        eos_token_id=None,
+    )
+    torch.manual_seed(spec["seed"])
+    ModernBertForMaskedLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def build_wordpiece_tokenizer(max_length: int):
+    """BERT-style WordPiece (lower case, `[CLS] A [SEP] B [SEP]`) whose vocabulary is the words and the
+    characters of a fixed corpus shipped with the code (tokenizer_corpus.txt, as for the byte-level
+    tokenizer), each character also as a `##` continuation: other words split into smaller pieces.
+    Listed in sorted order rather than learned (tokenizers' WordPiece trainer breaks ties differently
+    in every process), so the same corpus always gives the same ids."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    corpus = normalizer.normalize_str((TEMPLATE_DIR / "tokenizer_corpus.txt").read_text())
+    words = {word for word, _ in pre_tokenizer.pre_tokenize_str(corpus)}
+    characters = {character for word in words for character in word}
+    pieces = WORDPIECE_SPECIAL_TOKENS + sorted(words | characters) + sorted("##" + c for c in characters)
+    backend = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    backend.normalizer, backend.pre_tokenizer, backend.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+    cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length,
+                                   model_input_names=["input_ids", "attention_mask"])  # ModernBERT has no token types
+
+
 @dataclass(frozen=True)
 class Builtin:
     """A tiny model built locally: its kind, its builder, the spec it is built from (seed, config) and the
@@ -224,6 +286,7 @@ BUILTIN_MODELS = {
                           ("qwen3_chat_template.jinja", "tokenizer_corpus.txt")),
     "tiny-qwen3-vl": Builtin("vision", build_tiny_qwen3_vl, TINY_QWEN3_VL,
                              ("qwen3_vl_chat_template.jinja", "tokenizer_corpus.txt")),
+    "tiny-modernbert": Builtin("classifier", build_tiny_modernbert, TINY_MODERNBERT, ("tokenizer_corpus.txt",)),
 }
 
 
@@ -258,6 +321,21 @@ def kind_of_config(config: dict) -> str | None:
     return None
 
 
+# lora.target_modules when it is null, by config model_type: each family's attention and MLP projections.
+# Families not listed get the backend's own choice (PEFT's per-model default; Unsloth's attention and MLP layers).
+DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = {
+    **dict.fromkeys(("qwen3", "qwen2", "llama", "mistral"), DECODER_PROJECTIONS),
+    "modernbert": ["Wqkv", "Wo", "Wi"],  # attn.Wqkv, attn.Wo, mlp.Wi, mlp.Wo
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra"), ["query", "key", "value", "dense"]),
+}
+
+
+def lora_targets(requested: list[str] | None, config) -> list[str] | None:
+    """`lora.target_modules`, or for null the default of the model's family (None where there is none)."""
+    return requested or LORA_TARGETS.get(config.model_type)
+
+
 ENCODER_TYPES = {"bert", "modernbert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra"}
 ENCODER_HEADS = ("ForSequenceClassification", "ForMaskedLM", "ForTokenClassification")
 
@@ -272,5 +350,5 @@ def load_tokenizer(name: str, revision: str | None = None):
     except (OSError, ValueError) as err:
         raise SlothlineError(
             f"model.name: cannot load the tokenizer of {name!r} ({err.__class__.__name__}: {err}); "
-            "use a local model directory, a hub id reachable from here, or builtin:tiny-qwen3"
+            "use a local model directory, a hub id reachable from here, or a builtin model"
         ) from None

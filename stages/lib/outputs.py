@@ -65,3 +65,8 @@ def resume_point(checkpoints: Path, fingerprint: str, processes: int = 1) -> str
 def clear_checkpoints(checkpoints: Path) -> None:
     for path in checkpoints.glob("checkpoint-*"):
         shutil.rmtree(path)
+
+
+def markdown_cell(text) -> str:
+    """`text` as one cell of a Markdown table (pipes escaped, line breaks as <br>)."""
+    return str(text).replace("|", "\\|").replace("\n", "<br>")

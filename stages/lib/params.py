@@ -33,7 +33,7 @@ class ModelParams(Section):
 
 class Source(Section):
     path: str = Field(min_length=1, description="local file/directory or hub dataset id")
-    format: Literal["alpaca", "sharegpt", "messages", "reasoning", "vqa", "sharegpt_vision"]
+    format: Literal["alpaca", "sharegpt", "messages", "reasoning", "vqa", "sharegpt_vision", "classification"]
     name: str | None = None
     weight: float = Field(1.0, gt=0)
     split: str = "train"
@@ -57,12 +57,15 @@ class DataParams(Section):
     dedupe: bool = True
     image_min_pixels: int | None = Field(None, ge=1, description="vision: smaller images are refused")
     image_max_pixels: int | None = Field(None, ge=1, description="vision: larger images are scaled down to fit")
+    labels: list[str] | None = Field(None, min_length=2, description="classifier: the classes, in this order")
 
     @model_validator(mode="after")
     def _check(self):
         if self.image_min_pixels and self.image_max_pixels and self.image_min_pixels > self.image_max_pixels:
             raise ValueError(f"image_min_pixels ({self.image_min_pixels}) is above image_max_pixels "
                              f"({self.image_max_pixels}); lower it")
+        if self.labels and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels lists a class twice ({self.labels}); list each once")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 (got {self.val_fraction} + "
@@ -83,9 +86,7 @@ class LoraParams(Section):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     bias: Literal["none", "all", "lora_only"] = "none"
-    target_modules: list[str] = Field(
-        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1
-    )
+    target_modules: list[str] | None = Field(None, min_length=1, description="null: the model family's default")
     use_rslora: bool = False
     loftq: bool = False
     # vision models: where target_modules attach (Unsloth's FastVisionModel.get_peft_model flags)
@@ -191,7 +192,7 @@ class PushParams(Section):
 
 
 class ExportParams(Section):
-    formats: list[Literal["gguf"]] = ["gguf"]
+    formats: list[Literal["gguf", "onnx"]] = ["gguf"]
     gguf_quantization: list[str] = ["q8_0"]
     push_to_hub: PushParams | None = None
 

@@ -35,7 +35,8 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
     else:
         raise SlothlineError(
             f"{path}: no such file or directory (data.sources path); fix the path in params.yaml "
-            "or regenerate the bundled samples with `python data/generate_raw.py`"
+            "or regenerate the bundled samples with `python data/generate_raw.py` (chat formats) or "
+            "`python data/generate_classification.py` (reviews.jsonl)"
         )
 
 

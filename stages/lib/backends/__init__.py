@@ -19,13 +19,16 @@ from pathlib import Path
 
 from stages.lib.artifacts import Manifest
 from stages.lib.errors import SlothlineError
-from stages.lib.models import resolve_model
+from stages.lib.models import lora_targets, resolve_model
 from stages.lib.params import Params
 
 # Parts of a model that a training step may leave out (a vision or audio tower on a text batch, experts
 # the router skips) or that a fused loss reads by weight, past LoRA (the LM head, the embeddings);
 # Unsloth's own DDP default excludes the same.
 OPTIONAL_PARTS = ("vision", "visual", "audio", "expert", "lm_head", "embed")
+
+
+NEW_WEIGHTS_SEED = 0  # weights a checkpoint lacks (a new classification head) start alike on every load
 
 
 @dataclass(frozen=True)
@@ -50,23 +53,36 @@ def get(runtime):
     return hf
 
 
-def load_for_training(task, runtime, params: Params):
-    """The base model of `model.name` with LoRA attached (or whole, for full fine-tuning) and its processor."""
+def load_for_training(task, runtime, params: Params, labels: list[str] | None = None):
+    """The base model of `model.name` (with a head for `labels`, if any) with LoRA attached (or whole, for
+    full fine-tuning) and its processor."""
     backend = get(runtime)
     spec = ModelSpec(resolve_model(params.model.name), params.model.revision, params.model.max_seq_length,
-                     params.model.load_in_4bit)
+                     params.model.load_in_4bit, label_arguments(labels))
     model, processor = backend.load(task, spec, runtime, full_finetuning=params.train.full_finetuning)
     if params.train.full_finetuning:
         return model, processor
-    model = backend.attach_lora(model, task, params, runtime)
-    check_lora_targets(model, params.lora.target_modules)
-    return model, processor
+    check_lora_targets(model, lora_targets(params.lora.target_modules, model.config))
+    return backend.attach_lora(model, task, params, runtime), processor
+
+
+def label_arguments(labels: list[str] | None) -> dict:
+    """from_pretrained arguments that give a model one output per label, named."""
+    if not labels:
+        return {}
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+def method_of(model) -> str:
+    """What training updates: `lora` (a PEFT adapter) or `full` (every weight)."""
+    return "lora" if hasattr(model, "peft_config") else "full"
 
 
 def base_spec(manifest: Manifest) -> ModelSpec:
-    """The base model that train started from."""
+    """The base model that train started from (with the head it added for its labels)."""
     return ModelSpec(resolve_model(manifest.base_model), manifest.revision, manifest.max_seq_length,
-                     manifest.load_in_4bit)
+                     manifest.load_in_4bit, label_arguments(manifest.labels))
 
 
 def trained_spec(manifest: Manifest, directory: Path) -> ModelSpec:
@@ -127,8 +143,9 @@ def save_trained(model, processor, out_dir: Path) -> None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def lora_settings(params: Params) -> dict:
-    """The `lora.*` params as keyword arguments of both Unsloth's get_peft_model and PEFT's LoraConfig."""
+def lora_settings(params: Params, model) -> dict:
+    """The `lora.*` params as keyword arguments of both Unsloth's get_peft_model and PEFT's LoraConfig;
+    `target_modules: null` is the model family's default."""
     lora = params.lora
     loftq = {}
     if lora.loftq:
@@ -140,36 +157,32 @@ def lora_settings(params: Params) -> dict:
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
         "bias": lora.bias,
-        "target_modules": lora.target_modules,
+        "target_modules": lora_targets(lora.target_modules, model.config),
         "use_rslora": lora.use_rslora,
         "init_lora_weights": "loftq" if lora.loftq else True,
         "loftq_config": loftq,
     }
 
 
-def check_lora_targets(model, requested: list[str]) -> None:
-    """Fail when a `lora.target_modules` name is that of no linear layer of the model: PEFT only complains
-    when none match, so a typo would silently train fewer weights. (A layer the kind leaves out on
-    purpose, such as a vision tower's with lora.finetune_vision_layers: false, is no typo.)"""
-    layers = [name for name, module in model.named_modules() if is_linear(module)]
-    unmatched = [target for target in requested
+def check_lora_targets(model, requested: list[str] | None) -> None:
+    """Fail, before LoRA is attached, when a `lora.target_modules` name matches no linear layer: PEFT
+    only complains when none match, so a typo would silently train fewer weights."""
+    import torch
+
+    layers = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    unmatched = [target for target in requested or []
                  if not any(name == target or name.endswith("." + target) for name in layers)]
     if unmatched:
         raise SlothlineError(f"lora.target_modules: {', '.join(unmatched)} matched no layer of this model; "
                              f"its linear layers are: {', '.join(linear_layer_names(model))}")
 
 
-def is_linear(module) -> bool:
-    """A linear layer, or one that LoRA wraps."""
-    import torch
-
-    return isinstance(module, torch.nn.Linear) or hasattr(module, "lora_A")
-
-
 def linear_layer_names(model) -> list[str]:
     """The distinct last name parts of the model's linear layers (what `lora.target_modules` names)."""
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if is_linear(module)}
-    return sorted(names - {"lora_A", "lora_B", "base_layer", "default", "lm_head"})
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    return sorted(names - {"lm_head"})
 
 
 def every_trainable_weight_trains(model) -> bool:

@@ -5,7 +5,7 @@ from dataclasses import replace
 import torch
 
 from stages.lib import attention
-from stages.lib.backends import lora_settings
+from stages.lib.backends import NEW_WEIGHTS_SEED, lora_settings
 from stages.lib.errors import SlothlineError
 
 
@@ -23,6 +23,7 @@ def load(task, spec, runtime, full_finetuning: bool = False):
     )
     attention.set_sdpa_backends(runtime.attention)
     implementation = attention.register_varlen_attention() if runtime.attention == attention.VARLEN_FLASH else "sdpa"
+    torch.manual_seed(NEW_WEIGHTS_SEED)
     try:
         processor = task.load_processor(spec.source, spec.revision)
         model = getattr(transformers, task.AUTO_CLASS).from_pretrained(
@@ -38,12 +39,12 @@ def load(task, spec, runtime, full_finetuning: bool = False):
 def attach_lora(model, task, params, runtime):
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(**{**lora_settings(params), **task.lora_kwargs(params, model, "hf")},
+    config = LoraConfig(**{**lora_settings(params, model), **task.lora_kwargs(params, model, "hf")},
                         task_type=task.PEFT_TASK_TYPE)
     torch.manual_seed(params.train.seed)  # LoRA A matrices start from the seed, as Unsloth's random_state
     try:
         return get_peft_model(model, config)
-    except ValueError as err:  # e.g. target modules that the model does not have
+    except ValueError as err:  # e.g. no target modules, for a family without a default
         raise SlothlineError(f"lora.target_modules: {err}") from None
 
 

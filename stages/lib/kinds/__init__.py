@@ -5,10 +5,10 @@ A kind is named by `model.kind` or inferred from the model's config."""
 from typing import Protocol
 
 from stages.lib.errors import SlothlineError
-from stages.lib.kinds import causal_lm, vision
+from stages.lib.kinds import causal_lm, classifier, vision
 from stages.lib.params import Params
 
-KINDS = {module.NAME: module for module in (causal_lm, vision)}
+KINDS = {module.NAME: module for module in (causal_lm, vision, classifier)}
 
 
 class Task(Protocol):
@@ -20,6 +20,8 @@ class Task(Protocol):
     DATA_FORMATS: tuple[str, ...]  # data.sources[].format values it reads
     VAL_METRICS: tuple[str, ...]  # what the trainer measures on the val split (train.metric_for_best_model)
     EXPORT_FORMATS: tuple[str, ...]  # export.formats values it supports
+    STRATIFY_BY: str | None  # the record field whose classes every split keeps (prepare), or None
+    INAPPLICABLE_PARAMS: tuple[str, ...]  # params it cannot apply: refused when set, ignored when left out
 
     def load_processor(self, source: str, revision: str | None): ...
 
@@ -29,6 +31,9 @@ class Task(Protocol):
     def finish_splits(self, splits: dict, processor, params: Params, out_dir) -> dict:
         """Check and adjust the split records in place and write the files they refer to into `out_dir`,
         the prepared data's staging directory (prepare); returns metrics for metrics/data.json."""
+
+    def labels(self, rows: list[dict]) -> list[str] | None:
+        """The classes of the prepared train rows, in the order of the model's outputs; None without classes."""
 
     def lora_kwargs(self, params: Params, model, backend: str) -> dict:
         """LoRA settings beyond the shared `lora.*` ones, for `backend`."""
@@ -47,6 +52,12 @@ class Task(Protocol):
     def sample(self, row: dict, predictions: dict[str, object], media_dir) -> dict:
         """One row of the samples table: the question, the reference and each model's answer; files its
         cells link (thumbnails) go into `media_dir`, which becomes THUMBNAILS_DIR."""
+
+    def confusion(self, rows: list[dict], predictions: list) -> list[dict]:
+        """{"actual", "predicted"} per row for the confusion plot (evaluate); [] for kinds without classes."""
+
+    def report_sections(self, rows: list[dict], predictions: dict[str, list], results: dict) -> str:
+        """Markdown the kind adds to the evaluation report after the samples ("" for none)."""
 
 
 def get(name: str) -> Task:
@@ -67,4 +78,22 @@ def for_params(params: Params) -> Task:
                              f"set model.kind to one of {', '.join(KINDS)}")
     if kind not in KINDS:
         raise SlothlineError(f"model.kind: {kind} models are not supported yet; supported: {', '.join(KINDS)}")
+    check_applicable(KINDS[kind], params)
     return KINDS[kind]
+
+
+def check_applicable(task: Task, params: Params) -> None:
+    """Refuse params that `task` cannot apply and that params.yaml sets (`data.sources[].template` names a
+    key of every source); left out, their defaults are ignored."""
+    set_here = []
+    for name in task.INAPPLICABLE_PARAMS:
+        section, key = name.split(".", 1)
+        if section == "data" and key.startswith("sources[]."):
+            key = key.removeprefix("sources[].")
+            set_here += [f"data.sources[{i}].{key}" for i, source in enumerate(params.data.sources)
+                         if key in source.model_fields_set]
+        elif key in getattr(params, section).model_fields_set:
+            set_here.append(name)
+    if set_here:
+        raise SlothlineError(f"params.yaml: {', '.join(set_here)} cannot apply to {task.NAME} models; remove "
+                             f"{'it' if len(set_here) == 1 else 'them'} from params.yaml")

@@ -8,7 +8,7 @@ from stages.lib.errors import SlothlineError
 from stages.lib.formats import CONVERTERS, to_messages
 from stages.lib.generate import generation_settings as evaluation_settings  # noqa: F401 (the protocol's name)
 from stages.lib.params import VISION_LORA_FLAGS
-from stages.lib.sft import sft_config, sft_trainer_class
+from stages.lib.training import sft_config, sft_trainer_class
 from stages.lib.templates import answer_cut_off, render, token_lengths, tokenize_for_training, turn_markers
 
 NAME = "causal_lm"
@@ -17,6 +17,8 @@ PEFT_TASK_TYPE = "CAUSAL_LM"
 DATA_FORMATS = tuple(CONVERTERS)
 VAL_METRICS = ("loss",)  # what the trainer measures on the val split (train.metric_for_best_model)
 EXPORT_FORMATS = ("gguf",)
+STRATIFY_BY = None
+INAPPLICABLE_PARAMS = ("data.labels",)
 
 
 def load_processor(source: str, revision: str | None):
@@ -81,6 +83,11 @@ def length_note(tokens: dict, max_length: int) -> str:
             f"({of('truncated_rows', ('train', 'val', 'test'))}); {count('no_answer_rows')} have no answer token "
             f"within it (dropped: {of('rows_dropped_too_long', ('train', 'val'))}; "
             f"kept for evaluate: {of('no_answer_rows', ('test',))})")
+
+
+def labels(rows: list[dict]) -> None:
+    """No classes: generated text."""
+    return None
 
 
 def lora_kwargs(params, model, backend: str) -> dict:
@@ -150,3 +157,13 @@ def score(model, tokenizer, rows: list[dict], answers: list[str], settings) -> d
 def sample(row: dict, answers: dict[str, str], media_dir) -> dict:
     question = next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
     return {"id": row["id"], "prompt": question, "reference": row["reference"], **answers}
+
+
+def confusion(rows: list[dict], answers: list[str]) -> list[dict]:
+    """No classes, so no confusion plot."""
+    return []
+
+
+def report_sections(rows: list[dict], answers: dict[str, list[str]], results: dict) -> str:
+    """Nothing beyond the metrics and samples every report has."""
+    return ""

@@ -11,9 +11,10 @@ from stages.lib.artifacts import PREPARED_DIR, THUMBNAILS_DIR
 from stages.lib.errors import SlothlineError
 from stages.lib.formats import RowError, to_messages
 from stages.lib.generate import generation_settings as evaluation_settings  # noqa: F401 (the protocol's name)
+from stages.lib.kinds.causal_lm import confusion, labels, report_sections  # noqa: F401 (generated text: no classes)
 from stages.lib.images import IMAGES_SUBDIR, locate, size_statistics, store_image, thumbnail
 from stages.lib.params import VISION_LORA_FLAGS
-from stages.lib.sft import sft_config, sft_trainer_class
+from stages.lib.training import sft_config, sft_trainer_class
 from stages.lib.templates import render, turn_markers
 from stages.lib.vision_formats import CONVERTERS, image_parts
 
@@ -22,6 +23,8 @@ AUTO_CLASS = "AutoModelForImageTextToText"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 DATA_FORMATS = tuple(CONVERTERS)
 VAL_METRICS = ("loss",)  # what the trainer measures on the val split (train.metric_for_best_model)
+STRATIFY_BY = None
+INAPPLICABLE_PARAMS = ("data.labels",)
 EXPORT_FORMATS = ()  # llama.cpp's text GGUF + mmproj pair is not written: models/merged is the export
 
 IMAGE_SOURCES = "image_sources"  # prepare-time field: stored image path -> where its bytes come from
@@ -225,18 +228,18 @@ def answer_labels(ids: list[int], instruction: list[int], response: list[int], e
     """`ids` on the answers (after each response marker, up to and including the end-of-turn token, or up to
     the next marker), -100 elsewhere: the tokens Unsloth's train_on_responses_only keeps."""
     at = lambda i, marker: ids[i : i + len(marker)] == marker
-    labels, i = [-100] * len(ids), 0
+    targets, i = [-100] * len(ids), 0
     while i < len(ids):
         if not at(i, response):
             i += 1
             continue
         i += len(response)
         while i < len(ids) and not at(i, response) and not at(i, instruction):
-            labels[i] = ids[i]
+            targets[i] = ids[i]
             i += 1
             if ids[i - 1] == eos_id:
                 break
-    return labels
+    return targets
 
 
 def predict(model, processor, rows: list[dict], settings, desc: str) -> list[str]:

@@ -1,0 +1,502 @@
+"""The classifier kind: records and label errors, stratified splits, hand-worked metrics, the tiny
+ModernBERT, training (LoRA and full), evaluation, merge, ONNX export, and `dvc repro` of the default."""
+
+import json
+import shutil
+import subprocess
+import time
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from stages.lib.errors import SlothlineError
+from stages.lib.formats import RowError
+from stages.lib.kinds import classifier
+from stages.lib.params import Params
+from tests.conftest import ROOT
+
+LABELS = ("negative", "neutral", "positive")
+WORDS = {"negative": ["broke", "awful", "bad"], "neutral": ["blue", "box", "grey"],
+         "positive": ["love", "great", "good"]}
+
+
+def reviews(count: int) -> list[dict]:
+    """`count` short rows per class whose class shows in a word."""
+    return [{"text": f"the {thing} is {WORDS[label][i % 3]} number {i}", "label": label}
+            for label in LABELS for i, thing in zip(range(count), ["lamp", "mug", "chair", "desk", "kettle"] * count)]
+
+
+def write_params(workdir, sources: list[dict], **sections) -> None:
+    params = {"model": {"name": "builtin:tiny-modernbert", "max_seq_length": 64},
+              "data": {"sources": sources, "val_fraction": 0.2, "test_fraction": 0.2},
+              "export": {"formats": ["onnx"]}}
+    for name, values in sections.items():
+        params.setdefault(name, {}).update(values)
+    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def prepare(workdir, rows: list[dict], **sections) -> dict:
+    from stages import prepare
+
+    source = {"path": workdir.write_jsonl("reviews.jsonl", rows), "format": "classification"}
+    write_params(workdir, [source], **sections)
+    prepare.main()
+    return json.loads((workdir.path / "metrics/data.json").read_text())
+
+
+# records and labels
+
+
+def data(labels=None) -> SimpleNamespace:
+    return SimpleNamespace(labels=labels)
+
+
+@pytest.mark.parametrize("row, labels, expected", [
+    ({"text": "fine", "label": "good"}, None, {"text": "fine", "label": "good"}),
+    ({"text": "fine", "label": 1}, None, {"text": "fine", "label": "1"}),
+    ({"text": "fine", "label": 1}, ["bad", "good"], {"text": "fine", "label": "good"}),
+    ({"text": "fine", "label": "0"}, ["bad", "good"], {"text": "fine", "label": "bad"}),  # a CSV cell
+    ({"text": "fine", "label": " good "}, ["bad", "good"], {"text": "fine", "label": "good"}),
+    ({"text": "a", "text_pair": "b", "label": "x"}, None, {"text": "a", "text_pair": "b", "label": "x"}),
+    ({"text": "a", "text_pair": "", "label": "x"}, None, {"text": "a", "label": "x"}),  # an empty CSV cell
+])
+def test_rows_become_text_and_label_records(row, labels, expected):
+    assert classifier.to_record(row, None, data(labels), None) == (expected, {})
+
+
+@pytest.mark.parametrize("row, labels, message", [
+    ({"label": "x"}, None, "missing or empty field 'text'"),
+    ({"text": "  ", "label": "x"}, None, "missing or empty field 'text'"),
+    ({"text": "a"}, None, "missing field 'label'"),
+    ({"text": "a", "label": ""}, None, "field 'label' is empty"),
+    ({"text": "a", "label": 1.0}, None, "must be a class name (string) or a class id (integer), got float 1.0"),
+    ({"text": "a", "label": True}, None, "got bool True"),
+    ({"text": "a", "label": ["x"]}, None, "got list"),
+    ({"text": "a", "text_pair": 3, "label": "x"}, None, "field 'text_pair' must be a string, got int"),
+    ({"text": "a", "label": "meh"}, ["bad", "good"], "label 'meh' is neither one of data.labels (bad, good) nor a "
+                                                     "class id 0..1"),
+    ({"text": "a", "label": 2}, ["bad", "good"], "label 2 is neither one of data.labels"),
+])
+def test_bad_rows_are_refused_with_the_field_and_the_fix(row, labels, message):
+    with pytest.raises(RowError) as error:
+        classifier.to_record(row, None, data(labels), None)
+    assert message in str(error.value)
+
+
+def test_a_bad_row_names_its_file_and_line(workdir):
+    rows = reviews(3)
+    rows[4] = {"text": "no label here"}
+    with pytest.raises(SlothlineError, match=r"reviews.jsonl:5: missing field 'label'.*\(classification format\). "
+                                             r"Fix the row, or set `on_error: skip`"):
+        prepare(workdir, rows)
+
+
+def test_a_csv_label_outside_data_labels_names_its_line(workdir):
+    from stages import prepare as stage
+
+    (workdir.path / "r.csv").write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(10))
+                                        + "odd one,maybe\n")
+    write_params(workdir, [{"path": "r.csv", "format": "classification"}], data={"labels": ["no", "yes"]})
+    with pytest.raises(SlothlineError, match=r"r.csv:12: label 'maybe' is neither one of data.labels \(no, yes\)"):
+        stage.main()
+
+
+def test_a_chat_format_is_refused_for_a_classifier(workdir):
+    from stages import prepare as stage
+
+    write_params(workdir, [{"path": workdir.write_jsonl("a.jsonl", reviews(3)), "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match="data.sources\\[0\\].format: alpaca is not a format of classifier "
+                                             "models; use one of classification"):
+        stage.main()
+
+
+# prepare: classes, stratified splits, label errors
+
+
+def test_prepare_writes_labels_counts_and_stratified_splits(workdir):
+    rows = reviews(10)[:25]  # 10 negative, 10 neutral, 5 positive
+    metrics = prepare(workdir, rows)
+    assert metrics["labels"] == list(LABELS)
+    assert metrics["classes"] == {"train": {"negative": 6, "neutral": 6, "positive": 3},
+                                  "val": {"negative": 2, "neutral": 2, "positive": 1},
+                                  "test": {"negative": 2, "neutral": 2, "positive": 1}}
+    train = workdir.read_split("train")
+    assert set(train[0]) == {"id", "source", "text", "label", "label_id"}
+    assert all(LABELS[row["label_id"]] == row["label"] for row in train)
+    assert classifier.labels(train) == list(LABELS)
+
+
+def test_data_labels_fix_the_order_and_name_ids(workdir):
+    rows = [{"text": row["text"], "label": LABELS.index(row["label"])} for row in reviews(5)]
+    metrics = prepare(workdir, rows, data={"labels": ["neg", "neu", "pos"]})
+    assert metrics["labels"] == ["neg", "neu", "pos"]
+    assert {row["label"]: row["label_id"] for row in workdir.read_split("train")} == {"neg": 0, "neu": 1, "pos": 2}
+
+
+def test_without_data_labels_numeric_classes_sort_as_numbers(workdir):
+    rows = [{"text": f"row {i} {'x' * (i % 11)}", "label": i % 11} for i in range(55)]
+    assert prepare(workdir, rows)["labels"] == [str(i) for i in range(11)]
+
+
+def test_a_data_label_without_train_rows_is_refused(workdir):
+    with pytest.raises(SlothlineError, match="data.labels: surprise has no rows in the train split"):
+        prepare(workdir, reviews(5), data={"labels": [*LABELS, "surprise"]})
+
+
+def test_a_class_with_no_train_row_names_the_row_and_label(workdir):
+    rows = reviews(5) + [{"text": "a rare one", "label": "rare"}, {"text": "another rare one", "label": "rare"}]
+    with pytest.raises(SlothlineError, match=r"data: the (val|test) row '(another )?a? ?rare one' \(source reviews, id "
+                                             r"\w+\) has label 'rare', which no train row has: the class has 2 rows, "
+                                             r"too few to split with data.val_fraction 0.4 and data.test_fraction 0.4"):
+        prepare(workdir, rows, data={"val_fraction": 0.4, "test_fraction": 0.4})
+
+
+def test_stratified_split_gives_every_class_every_split():
+    from stages.lib.mixing import mix, split, stratified_split
+
+    records = [{"id": f"{label}{i}", "label": label} for label, n in (("a", 30), ("b", 7), ("c", 3)) for i in range(n)]
+    parts = stratified_split(records, "label", 0.1, 0.1)
+    count = lambda name, label: sum(r["label"] == label for r in parts[name])
+    assert [[count(name, label) for label in "abc"] for name in ("train", "val", "test")] == [[24, 5, 1], [3, 1, 1],
+                                                                                              [3, 1, 1]]
+    assert sorted(r["id"] for p in parts.values() for r in p) == sorted(r["id"] for r in records)
+    plain = split(records, 0.1, 0.1)  # the unstratified cut leaves the small classes out of val and test
+    assert {r["label"] for r in plain["test"]} == {"a"}
+    mixed = mix({"s": records}, {"s": 1.0}, None, 0.1, 0.1, 7, stratify_by="label")
+    assert all({r["label"] for r in mixed[name]} == set("abc") for name in ("train", "val", "test"))
+
+
+def test_a_tiny_class_keeps_its_train_row():
+    from stages.lib.mixing import stratified_split
+
+    for n in (1, 2):
+        parts = stratified_split([{"label": "x", "i": i} for i in range(n)], "label", 0.1, 0.1)
+        assert len(parts["train"]) == 1 and len(parts["test"]) == n - 1 and not parts["val"]
+
+
+# metrics
+
+
+def test_metrics_worked_out_by_hand():
+    from stages.lib.metrics import classification_metrics
+
+    actual = ["cat", "cat", "cat", "dog", "dog", "bird"]
+    predicted = ["cat", "cat", "dog", "dog", "cat", "cat"]
+    # cat: tp 2, fp 2 (a dog, the bird), fn 1 -> precision 2/4, recall 2/3, F1 2*.5*.6667/1.1667 = 0.5714
+    # dog: tp 1, fp 1, fn 1 -> precision 1/2, recall 1/2, F1 0.5; bird: never predicted -> 0, 0, 0
+    metrics = classification_metrics(actual, predicted, ["cat", "dog", "bird"])
+    assert metrics["accuracy"] == 50.0  # 3 of 6
+    assert metrics["macro_f1"] == round(100 * (4 / 7 + 0.5 + 0) / 3, 2) == 35.71
+    assert metrics["micro_f1"] == 50.0  # pooled: tp 3, fp 3, fn 3
+    assert metrics["per_class"] == {
+        "cat": {"precision": 50.0, "recall": 66.67, "f1": 57.14, "support": 3},
+        "dog": {"precision": 50.0, "recall": 50.0, "f1": 50.0, "support": 2},
+        "bird": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1},
+    }
+
+
+# the tiny model, the classifier default and LoRA targets
+
+
+def test_tiny_modernbert_builds_deterministically_and_loads_as_a_classifier(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from stages.lib.models import ensure_builtin, infer_kind
+
+    first = ensure_builtin("tiny-modernbert", tmp_path / "one")
+    second = ensure_builtin("tiny-modernbert", tmp_path / "two")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    assert infer_kind("builtin:tiny-modernbert") == "classifier"
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    encoded = tokenizer("The sloth sleeps.", "It is slow.")
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == [
+        "[CLS]", "the", "sloth", "sleeps", ".", "[SEP]", "it", "is", "slow", ".", "[SEP]"]
+    assert set(encoded) == {"input_ids", "attention_mask"}
+    model = AutoModelForSequenceClassification.from_pretrained(first, num_labels=3)
+    assert model.config.model_type == "modernbert" and model.classifier.out_features == 3
+    assert classifier.head_modules(model) == ["head", "classifier"]
+
+
+def test_the_classifier_default_is_valid_and_sets_nothing_a_classifier_cannot_apply():
+    from stages.lib import kinds
+    from stages.lib.params import load_params
+
+    params = load_params(ROOT / "configs/classifier.yaml")
+    assert kinds.for_params(params) is classifier and params.lora.target_modules is None
+    assert params.export.formats == ["onnx"] and params.data.sources[0].format == "classification"
+
+
+def cpu_load(setting: Params):
+    from stages.lib import backends
+    from stages.lib.runtime import Capabilities, resolve
+
+    return backends.load_for_training(classifier, resolve(setting, Capabilities(cuda=False)), setting, list(LABELS))
+
+
+def classifier_params(**sections) -> Params:
+    return Params.model_validate({"model": {"name": "builtin:tiny-modernbert"},
+                                  "data": {"sources": [{"path": "a.jsonl", "format": "classification"}]}, **sections})
+
+
+def test_null_target_modules_are_the_family_default_and_the_head_is_trained_whole():
+    model, _ = cpu_load(classifier_params())
+    config = model.peft_config["default"]
+    assert config.target_modules == {"Wqkv", "Wo", "Wi"} and config.task_type == "SEQ_CLS"
+    assert {"head", "classifier"} <= set(config.modules_to_save)
+    adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == {"Wqkv", "Wo", "Wi"}
+    assert model.base_model.model.classifier.modules_to_save["default"].weight.requires_grad
+
+
+@pytest.mark.parametrize("targets, unmatched", [(["q_proj", "v_proj"], "q_proj, v_proj"), (["Wqkv", "Wq"], "Wq")])
+def test_target_modules_that_match_nothing_list_the_encoders_layers(targets, unmatched):
+    """A causal LM's names, or a typo among good ones, fail before training on either backend."""
+    with pytest.raises(SlothlineError, match=rf"lora.target_modules: {unmatched} matched no layer of this model; "
+                                             r"its linear layers are: Wi, Wo, Wqkv, classifier, dense$"):
+        cpu_load(classifier_params(lora={"target_modules": targets}))
+
+
+def test_decoder_only_params_set_in_params_yaml_are_refused():
+    from stages.lib import kinds
+
+    kinds.check_applicable(classifier, classifier_params())  # left out: ignored
+    setting = classifier_params(train={"packing": False, "train_on_responses_only": True},
+                                evaluate={"max_new_tokens": 8})
+    with pytest.raises(SlothlineError, match="params.yaml: train.packing, train.train_on_responses_only, "
+                                             "evaluate.max_new_tokens cannot apply to classifier models; remove them"):
+        kinds.check_applicable(classifier, setting)
+    setting = Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "classification",
+                                                           "template": "alpaca"}]}})
+    with pytest.raises(SlothlineError, match=r"data.sources\[0\].template cannot apply to classifier models"):
+        kinds.check_applicable(classifier, setting)
+    causal = Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}],
+                                             "labels": ["a", "b"]}})
+    with pytest.raises(SlothlineError, match="data.labels cannot apply to causal_lm models"):
+        kinds.for_params(causal)
+
+
+# train, evaluate, merge, export on the hf backend
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, builtin_cache):
+    """The four-stage chain on a small sample, LoRA, in a module-wide work directory."""
+    import os
+
+    from stages import evaluate, merge, prepare, train
+    from tests.conftest import Workdir
+
+    workdir = Workdir(tmp_path_factory.mktemp("classifier"))
+    previous = os.getcwd()
+    os.chdir(workdir.path)
+    try:
+        write_params(workdir, [{"path": workdir.write_jsonl("reviews.jsonl", reviews(20)), "format": "classification"}],
+                     train={"epochs": 4, "learning_rate": 0.003, "per_device_batch_size": 8, "eval_steps": 5,
+                            "warmup_steps": 2})
+        for stage in (prepare, train, evaluate, merge):
+            stage.main()
+        yield workdir
+    finally:
+        os.chdir(previous)
+
+
+def test_training_records_the_method_and_the_evaluation_beats_the_base(trained):
+    metrics = json.loads((trained.path / "metrics/train.json").read_text())
+    assert metrics["kind"] == "classifier" and metrics["method"] == "lora"
+    assert 0 < metrics["trainable_params"] < metrics["total_params"]
+    assert metrics["val_loss"] is not None
+    manifest = json.loads((trained.path / "models/adapter/manifest.json").read_text())
+    assert manifest["labels"] == list(LABELS) and manifest["method"] == "lora"
+    results = json.loads((trained.path / "metrics/eval.json").read_text())
+    assert results["tuned"]["accuracy"] >= results["base"]["accuracy"] + 30, results
+    assert set(results["delta"]) == {"accuracy", "macro_f1", "micro_f1"}
+    assert set(results["tuned"]["per_class"]) == set(LABELS)
+    pairs = json.loads((trained.path / "metrics/confusion.json").read_text())
+    assert len(pairs) == results["samples"] and set(pairs[0]) == {"actual", "predicted"}
+    report = (trained.path / "metrics/report.md").read_text()
+    assert "| accuracy |" in report and "per_class" not in report and "## Per class" in report
+    assert "## Misclassified by the tuned model" in report and "![Base vs tuned](eval.png)" in report
+
+
+def test_the_base_is_scored_with_the_same_untrained_head_every_time(trained):
+    from stages import evaluate
+
+    first = json.loads((trained.path / "metrics/eval.json").read_text())
+    evaluate.main()
+    assert json.loads((trained.path / "metrics/eval.json").read_text()) == first
+
+
+def test_merged_classifier_loads_with_plain_transformers_and_matches_the_adapter(trained):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from stages.lib.models import resolve_model
+
+    merged_dir = trained.path / "models/merged"
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    assert merged.config.id2label == dict(enumerate(LABELS))
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    torch.manual_seed(0)  # the base's classifier is replaced by the adapter's trained copy
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model("builtin:tiny-modernbert"), num_labels=3)
+    tuned = PeftModel.from_pretrained(base, str(trained.path / "models/adapter")).eval()
+    inputs = tokenizer(["the lamp is great", "the box is grey and blue"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected, got = tuned(**inputs).logits, merged(**inputs).logits
+        with tuned.disable_adapter():
+            untrained = tuned(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-4) and not torch.allclose(untrained, expected, atol=1e-2)
+
+
+def test_onnx_export_matches_transformers_on_the_test_split(trained):
+    from stages import export
+
+    export.main()
+    result = json.loads((trained.path / "metrics/export.json").read_text())["onnx"]
+    assert result["rows_checked"] == len(trained.read_split("test")) and result["max_abs_logit_diff"] <= 1e-4
+    assert result["same_class_rows"] == result["rows_checked"]
+    exported = trained.path / "models/export/onnx"
+    assert {"model.onnx", "config.json", "tokenizer.json"} <= {p.name for p in exported.iterdir()}
+    # README's way to use it: onnxruntime and the tokenizer and config beside the model, no torch model
+    import onnxruntime
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer, config = AutoTokenizer.from_pretrained(exported), AutoConfig.from_pretrained(exported)
+    session = onnxruntime.InferenceSession(str(exported / "model.onnx"))
+    texts = ["the lamp is great", "the box is grey and it is blue", "awful"]
+    inputs = tokenizer(texts, padding=True, return_tensors="np")
+    logits = session.run(["logits"], {i.name: inputs[i.name] for i in session.get_inputs()})[0]
+    merged = AutoModelForSequenceClassification.from_pretrained(trained.path / "models/merged").eval()
+    with torch.no_grad():
+        expected = merged(**tokenizer(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+    assert [config.id2label[int(k)] for k in logits.argmax(-1)] == [config.id2label[k] for k in expected]
+
+
+def test_the_onnx_check_fails_on_a_model_that_differs(trained, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from stages.lib.onnx_export import check_onnx
+
+    other = tmp_path / "other"
+    model = AutoModelForSequenceClassification.from_pretrained(trained.path / "models/merged")
+    model.classifier.bias.data += 0.01
+    model.save_pretrained(other)
+    shutil.copy(trained.path / "models/merged/tokenizer.json", other)
+    shutil.copy(trained.path / "models/merged/tokenizer_config.json", other)
+    onnx_file = trained.path / "models/export/onnx/model.onnx"
+    if not onnx_file.is_file():
+        from stages import export
+
+        export.main()
+    with pytest.raises(SlothlineError, match=r"model.onnx: failed verification: logits differ from transformers' by "
+                                             r"up to 1.00e-02 \(tolerance 0.0001\)"):
+        check_onnx(onnx_file, other, trained.read_split("test"))
+
+
+def test_gguf_is_not_offered_for_classifiers(trained):
+    from stages import export
+
+    params_file = trained.path / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["export"]["formats"] = ["gguf"]
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        with pytest.raises(SlothlineError, match="export.formats: gguf is not offered for classifier models; use onnx"):
+            export.main()
+    finally:
+        params["export"]["formats"] = ["onnx"]
+        params_file.write_text(yaml.safe_dump(params))
+
+
+def test_full_finetuning_trains_every_weight_and_scores_against_a_fresh_base(workdir):
+    from stages import evaluate, train
+
+    prepare(workdir, reviews(10), train={"full_finetuning": True, "max_steps": 6, "learning_rate": 0.001,
+                                         "per_device_batch_size": 8})
+    train.main()
+    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
+    assert metrics["method"] == "full" and metrics["trainable_params"] == metrics["total_params"]
+    adapter = workdir.path / "models/adapter"
+    assert (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").exists()
+    assert json.loads((adapter / "config.json").read_text())["id2label"] == {"0": "negative", "1": "neutral",
+                                                                             "2": "positive"}
+    evaluate.main()
+    assert set(json.loads((workdir.path / "metrics/eval.json").read_text())) == {"tuned", "base", "delta", "samples"}
+
+
+# the classifier default, end to end
+
+
+@pytest.mark.e2e
+def test_classifier_default_dvc_repro(dvc_project):
+    from tests.test_pipeline import dvc, ran_stages
+
+    shutil.copy(dvc_project / "configs/classifier.yaml", dvc_project / "params.yaml")  # as README says
+    subprocess.run(["git", "commit", "-qam", "classifier default"], cwd=dvc_project, check=True)
+    started = time.monotonic()
+    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["check_params", "prepare", "train", "evaluate", "merge",
+                                                            "export"]
+    print(f"classifier DAG: {time.monotonic() - started:.0f} s")
+    data = json.loads((dvc_project / "metrics/data.json").read_text())
+    assert all(count > 0 for split in data["classes"].values() for count in split.values())
+    scores = json.loads((dvc_project / "metrics/eval.json").read_text())
+    print(json.dumps({name: scores[name] for name in ("tuned", "base")}))
+    assert scores["tuned"]["accuracy"] >= 90, scores
+    assert scores["base"]["accuracy"] <= 50 and scores["tuned"]["macro_f1"] >= scores["base"]["macro_f1"] + 40
+    assert json.loads((dvc_project / "metrics/train.json").read_text())["method"] == "lora"
+    assert json.loads((dvc_project / "metrics/export.json").read_text())["onnx"]["max_abs_logit_diff"] <= 1e-4
+    report = (dvc_project / "metrics/report.md").read_text()
+    assert "| accuracy |" in report and "## Per class" in report
+    assert ran_stages(dvc(dvc_project, "repro").stdout) == []
+
+
+# the GPU path (pytest -m gpu)
+
+MERGED_AGREES = """
+import json
+from types import SimpleNamespace
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from stages.lib.artifacts import read_split
+from stages.lib.kinds import classifier
+model = AutoModelForSequenceClassification.from_pretrained("models/merged")
+tokenizer = AutoTokenizer.from_pretrained("models/merged")
+rows = read_split("test")
+predicted = classifier.predict(model, tokenizer, rows, SimpleNamespace(batch_size=16), "merged")
+evaluated = [sample["tuned"] for sample in json.loads(open("metrics/samples.json").read())]
+print(json.dumps({"labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+                  "agreement": sum(a == b for a, b in zip(predicted, evaluated)) / len(rows)}))
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_classifier_default_on_unsloth(workdir, method):
+    """The classifier default's stages as subprocesses on the unsloth backend (FastModel with
+    auto_model=AutoModelForSequenceClassification): LoRA with the head in modules_to_save, and full
+    fine-tuning; merged with PEFT's merge_and_unload, loaded by plain transformers, exported to ONNX."""
+    from tests.test_gpu import python, stage
+
+    params = yaml.safe_load((ROOT / "configs/classifier.yaml").read_text())
+    params["data"]["sources"][0]["path"] = str(ROOT / "data/raw/reviews.jsonl")
+    params["train"].update(backend="unsloth", full_finetuning=method == "full")
+    if method == "full":
+        params["train"]["learning_rate"] = 5e-4
+    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+    stage(workdir, "prepare")
+    train = stage(workdir, "train")
+    print(train)
+    assert train["backend"] == "unsloth" and train["device"] != "cpu" and train["method"] == method
+    assert (train["trainable_params"] == train["total_params"]) == (method == "full")
+    evaluation = stage(workdir, "evaluate")
+    print({name: evaluation[name] for name in ("tuned", "base")})
+    assert evaluation["tuned"]["accuracy"] >= evaluation["base"]["accuracy"] + 30
+    if method == "lora":
+        assert evaluation["tuned"]["accuracy"] >= 85
+    stage(workdir, "merge")
+    merged = json.loads(python(workdir, "-c", MERGED_AGREES).splitlines()[-1])
+    assert merged["labels"] == ["negative", "neutral", "positive"] and merged["agreement"] >= 0.9, merged
+    export = stage(workdir, "export")
+    assert export["onnx"]["max_abs_logit_diff"] <= 1e-4
