@@ -41,7 +41,8 @@ def main() -> None:
     from stages.lib import backends  # imports unsloth (when used) before transformers
 
     model, processor = backends.load_trained(task, manifest, runtime, ADAPTER_DIR)
-    results, answers = {"settings": task.evaluation_settings(model, settings)}, {}
+    decided_by = task.evaluation_settings(model, settings)
+    results, answers = ({"settings": decided_by} if decided_by else {}), {}
 
     def score(model, name: str) -> None:
         answers[name] = task.predict(model, processor, rows, settings, desc=f"{name} answers")
