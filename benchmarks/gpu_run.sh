@@ -13,9 +13,11 @@
 #   classifier classifier_gpu_tests.log, classifier_backends.{json,md}, classifier_backends.log
 #              pytest -m gpu tests/test_classifier.py (the classifier default on unsloth, LoRA and full),
 #              then benchmarks/classifier_backends.py (ModernBERT-base-shape random checkpoint)
-#   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{eval,export}.json, gpu_dvc_repro_report.md
-#              `dvc repro` of all five stages on the tiny default (train.backend: auto -> unsloth),
+#   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{train,eval,export}.json, gpu_dvc_repro_report.md
+#              `dvc repro` of the whole DAG on the tiny default (train.backend: auto -> unsloth),
 #              in a scratch copy of the checkout
+#   dvc-vision, dvc-classifier   gpu_dvc_repro_<kind>.log, gpu_dvc_repro_<kind>_{train,eval}.json,
+#              gpu_dvc_repro_<kind>_report.md: the same for configs/<kind>.yaml copied over params.yaml
 #   multigpu   (a host with 2 GPUs) gpu_tests_multi_gpu.log: pytest -m gpu tests/test_multi_gpu.py;
 #              multi_gpu.{json,md}, multi_gpu.log: benchmarks/multi_gpu.py; gpu_dvc_exp_2gpus.log and
 #              gpu_dvc_exp_2gpus_train.json: `dvc exp run -S train.num_gpus=2` of the tiny default
@@ -27,6 +29,15 @@ parts=("$@")
 # NVLink multicast stays off on multi-GPU hosts (the train stage sets the same for the processes it starts)
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
   NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
+repro() {  # repro NAME CONFIG: `dvc repro` in a scratch copy of the checkout, CONFIG (if any) as params.yaml
+  local scratch
+  scratch=$(mktemp -d)
+  git worktree add -q --detach "$scratch"
+  (cd "$scratch" && { [[ -z $2 ]] || cp "$2" params.yaml; } && python3 -m dvc repro 2>&1 | tee "$results/$1.log"
+   for metrics in train eval export; do [[ ! -s metrics/$metrics.json ]] || cp metrics/$metrics.json "$results/${1}_$metrics.json"; done
+   cp metrics/report.md "$results/${1}_report.md")
+  git worktree remove --force "$scratch"
+}
 for part in "${parts[@]}"; do
   case $part in
     tests) python3 -m pytest -m gpu tests/test_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests.log" ;;
@@ -40,14 +51,8 @@ for part in "${parts[@]}"; do
     classifier)
       python3 -m pytest -m gpu tests/test_classifier.py -v -s -p no:cacheprovider 2>&1 | tee "$results/classifier_gpu_tests.log"
       python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
-    dvc)
-      scratch=$(mktemp -d)
-      git worktree add -q --detach "$scratch"
-      (cd "$scratch" && python3 -m dvc repro 2>&1 | tee "$results/gpu_dvc_repro.log"
-       cp metrics/eval.json "$results/gpu_dvc_repro_eval.json"
-       cp metrics/export.json "$results/gpu_dvc_repro_export.json"
-       cp metrics/report.md "$results/gpu_dvc_repro_report.md")
-      git worktree remove --force "$scratch" ;;
+    dvc) repro gpu_dvc_repro "" ;;
+    dvc-vision|dvc-classifier) repro "gpu_dvc_repro_${part#dvc-}" "configs/${part#dvc-}.yaml" ;;
     multigpu)
       python3 -m pytest -m gpu tests/test_multi_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests_multi_gpu.log"
       python3 benchmarks/multi_gpu.py 2>&1 | tee "$results/multi_gpu.log"
@@ -56,6 +61,7 @@ for part in "${parts[@]}"; do
       (cd "$scratch" && python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
        cp metrics/train.json "$results/gpu_dvc_exp_2gpus_train.json")
       git worktree remove --force "$scratch" ;;
-    *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, multigpu)" >&2; exit 2 ;;
+    *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, dvc-vision, dvc-classifier, multigpu)" >&2
+       exit 2 ;;
   esac
 done
