@@ -29,14 +29,16 @@ parts=("$@")
 # NVLink multicast stays off on multi-GPU hosts (the train stage sets the same for the processes it starts)
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
   NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
-repro() {  # repro NAME CONFIG: `dvc repro` in a scratch copy of the checkout, CONFIG (if any) as params.yaml
-  local scratch
+repro() {  # repro NAME CONFIG: `dvc repro` in a scratch git repository holding this working tree's files
+  local scratch             # (its code, data and params, as they are here), CONFIG (if any) as params.yaml
   scratch=$(mktemp -d)
-  git worktree add -q --detach "$scratch"
-  (cd "$scratch" && { [[ -z $2 ]] || cp "$2" params.yaml; } && python3 -m dvc repro 2>&1 | tee "$results/$1.log"
-   for metrics in train eval export; do [[ ! -s metrics/$metrics.json ]] || cp metrics/$metrics.json "$results/${1}_$metrics.json"; done
+  tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
+  (cd "$scratch" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm scratch
+   [[ -z $2 ]] || cp "$2" params.yaml
+   python3 -m dvc repro 2>&1 | tee "$results/$1.log"
+   for metrics in train eval export; do cp metrics/$metrics.json "$results/${1}_$metrics.json"; done
    cp metrics/report.md "$results/${1}_report.md")
-  git worktree remove --force "$scratch"
+  rm -rf "$scratch"
 }
 for part in "${parts[@]}"; do
   case $part in
@@ -57,10 +59,11 @@ for part in "${parts[@]}"; do
       python3 -m pytest -m gpu tests/test_multi_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests_multi_gpu.log"
       python3 benchmarks/multi_gpu.py 2>&1 | tee "$results/multi_gpu.log"
       scratch=$(mktemp -d)
-      git worktree add -q --detach "$scratch"
-      (cd "$scratch" && python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
+      tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
+      (cd "$scratch" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm scratch
+       python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
        cp metrics/train.json "$results/gpu_dvc_exp_2gpus_train.json")
-      git worktree remove --force "$scratch" ;;
+      rm -rf "$scratch" ;;
     *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, dvc-vision, dvc-classifier, multigpu)" >&2
        exit 2 ;;
   esac
