@@ -438,7 +438,7 @@ def test_classifier_default_dvc_repro(dvc_project):
     subprocess.run(["git", "commit", "-qam", "classifier default"], cwd=dvc_project, check=True)
     started = time.monotonic()
     assert ran_stages(dvc(dvc_project, "repro").stdout) == ["check_params", "prepare", "train", "evaluate", "merge",
-                                                            "export"]
+                                                            "export", "push"]
     print(f"classifier DAG: {time.monotonic() - started:.0f} s")
     data = json.loads((dvc_project / "metrics/data.json").read_text())
     assert all(count > 0 for split in data["classes"].values() for count in split.values())

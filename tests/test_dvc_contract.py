@@ -75,6 +75,27 @@ def test_every_param_is_a_dependency_of_some_stage():
     assert {"params.yaml": None} in DVC_YAML["stages"]["check_params"]["params"]
 
 
+def declared_params() -> set[str]:
+    return {param for stage in DVC_YAML["stages"].values() for param in stage.get("params", []) if isinstance(param, str)}
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", *sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))])
+def test_every_params_file_has_each_param_a_stage_declares(params_file):
+    """DVC refuses a stage whose declared param is missing (`cp configs/vision.yaml params.yaml`, then
+    `dvc repro` must reach the last stage)."""
+    path = ROOT / params_file if params_file == "params.yaml" else ROOT / "configs" / params_file
+    params = yaml.safe_load(path.read_text())
+    missing = []
+    for dotted in declared_params():
+        node = params
+        for key in dotted.split("."):
+            if not isinstance(node, dict) or key not in node:
+                missing.append(dotted)
+                break
+            node = node[key]
+    assert not missing, f"{path.name} lacks {sorted(missing)}"
+
+
 def test_committed_lock_and_metrics_match_a_fresh_clone(tmp_path):
     """On a fresh clone, `dvc status` finds every git-tracked dep, param and metric as dvc.lock records
     them; only DVC-cached outputs (models, prepared data) are missing."""

@@ -83,6 +83,23 @@ def test_push_uploads_the_chosen_folders_in_one_commit_with_the_token(hub, proje
     assert 'subfolder="adapter"' in readme and "`gguf/<quantization>/`" in readme and "base_model:" not in readme
 
 
+def test_onnx_goes_under_onnx_and_not_into_gguf(hub, project):
+    """A classifier's export folder holds onnx/; pushing it puts it under onnx/, never also under gguf/."""
+    (project / "models/export/onnx").mkdir()
+    (project / "models/export/onnx/model.onnx").write_bytes(os.urandom(1000))
+    (project / "models/export/onnx/config.json").write_bytes(b'{"id2label": {}}')
+    write_params(project, {"repo_id": "me/cls", "what": ["merged", "onnx", "gguf"]},
+                 export={"formats": ["onnx", "gguf"]})
+
+    done = run_push(project, hub.endpoint)
+
+    assert done.returncode == 0, done.stderr
+    files = set(hub.commits[0]["files"])
+    assert {"onnx/model.onnx", "onnx/config.json", "gguf/f16/model.gguf"} <= files
+    assert not any(name.startswith("gguf/onnx") for name in files)
+    assert "`onnx/`" in hub.commits[0]["files"]["README.md"].decode()
+
+
 def test_model_card_links_a_hub_base_model(project, monkeypatch):
     from stages.lib.hub import model_card
     from stages.lib.params import PushParams
@@ -184,7 +201,7 @@ def test_an_unreachable_endpoint_is_one_clear_message(project):
     ({"repo_id": "me/my model"}, {}, "export.push_to_hub.repo_id: Repo id must use alphanumeric chars"),
     ({"repo_id": "me/m", "what": []}, {}, "export.push_to_hub.what: List should have at least 1 item"),
     ({"repo_id": "me/m", "what": ["merged", "weights"]}, {},
-     "export.push_to_hub.what[1]: must be one of 'adapter', 'merged' or 'gguf' (got 'weights')"),
+     "export.push_to_hub.what[1]: must be one of 'adapter', 'merged', 'gguf' or 'onnx' (got 'weights')"),
     ({"repo_id": "me/m", "what": ["merged", "merged"]}, {},
      "export.push_to_hub.what: lists an item twice; list each once"),
     ({"repo_id": "me/m", "repo": "x"}, {},
@@ -192,6 +209,9 @@ def test_an_unreachable_endpoint_is_one_clear_message(project):
     ({"repo_id": "me/m", "what": ["gguf"]}, {"export": {"formats": []}},
      "export.push_to_hub.what lists gguf, but export.formats has no gguf, so no GGUF file is written; add gguf to "
      "export.formats, or remove gguf from export.push_to_hub.what"),
+    ({"repo_id": "me/m", "what": ["onnx"]}, {},
+     "export.push_to_hub.what lists onnx, but export.formats has no onnx, so no ONNX file is written; add onnx to "
+     "export.formats, or remove onnx from export.push_to_hub.what"),
     ({"repo_id": "me/m", "what": ["merged"]}, {"merge": {"save_method": "lora"}},
      "export.push_to_hub.what lists merged, but merge.save_method: lora writes no merged model; push adapter "
      "instead, or set merge.save_method: merged_16bit"),

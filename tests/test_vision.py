@@ -394,7 +394,7 @@ def test_vision_default_learns_the_bundled_pictures(dvc_project):
     output = dvc(dvc_project, "repro").stdout
     print(f"vision DAG: {time.monotonic() - started:.0f} s (load average {os.getloadavg()[0]:.1f})")
     assert [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")] == [
-        "check_params", "prepare", "train", "evaluate", "merge", "export"]
+        "check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
     data = json.loads((dvc_project / "metrics/data.json").read_text())
     assert data["images"]["train"]["images"] == data["train_rows"] > 300
     assert json.loads((dvc_project / "metrics/train.json").read_text())["kind"] == "vision"

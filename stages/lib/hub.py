@@ -4,6 +4,7 @@ Layout of the repository (`export.push_to_hub.what` picks the parts):
   merged   models/merged at the root, as Unsloth's push_to_hub_merged lays it out: `from_pretrained(repo_id)`
   adapter  models/adapter under adapter/: `PeftModel.from_pretrained(base, repo_id, subfolder="adapter")`
   gguf     models/export under gguf/: gguf/<quantization>/model.gguf with its Ollama Modelfile
+  onnx     models/export/onnx under onnx/: model.onnx with its tokenizer and config (classifiers)
 and a README.md model card naming the base model and this layout.
 
 The token comes from the environment as huggingface_hub finds it (HF_TOKEN, else the token `hf auth login`
@@ -21,7 +22,9 @@ from stages.lib.artifacts import ADAPTER_DIR, EXPORT_DIR, MERGED_DIR, Manifest
 from stages.lib.errors import SlothlineError
 from stages.lib.params import PushParams
 
-LAYOUT = {"merged": (MERGED_DIR, ""), "adapter": (ADAPTER_DIR, "adapter/"), "gguf": (EXPORT_DIR, "gguf/")}
+ONNX_DIR = EXPORT_DIR / "onnx"
+LAYOUT = {"merged": (MERGED_DIR, ""), "adapter": (ADAPTER_DIR, "adapter/"), "gguf": (EXPORT_DIR, "gguf/"),
+          "onnx": (ONNX_DIR, "onnx/")}
 NO_TOKEN = ("export.push_to_hub: no Hugging Face token; set HF_TOKEN (a write token) in the environment, "
             "or set export.push_to_hub: null")
 
@@ -36,7 +39,7 @@ def push(settings: PushParams) -> str:
     for name in settings.what:
         folder, prefix = LAYOUT[name]
         operations += [CommitOperationAdd(prefix + path.relative_to(folder).as_posix(), path)
-                       for path in files_of(folder)]
+                       for path in files_of(folder) if name != "gguf" or ONNX_DIR not in path.parents]
     operations.append(CommitOperationAdd("README.md", model_card(settings, git_commit).encode()))
     api = HfApi(token=token)
     try:
@@ -99,6 +102,7 @@ def model_card(settings: PushParams, git_commit: str | None) -> str:
         "adapter": f'| `adapter/` | the PEFT adapter and processor: `PeftModel.from_pretrained(base_model, '
                    f'"{settings.repo_id}", subfolder="adapter")` |',
         "gguf": "| `gguf/<quantization>/` | `model.gguf` for llama.cpp and an Ollama `Modelfile` beside it |",
+        "onnx": "| `onnx/` | `model.onnx` (logits out) with its tokenizer and config, for onnxruntime |",
     }
     method = "LoRA" if manifest.method == "lora" else "full fine-tuning"
     return "\n".join([

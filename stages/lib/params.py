@@ -168,7 +168,7 @@ class PushParams(Section):
     """export.push_to_hub: what the push stage uploads, in one commit, to which Hub repository."""
 
     repo_id: str = Field(description="namespace/name on the Hugging Face Hub")
-    what: list[Literal["adapter", "merged", "gguf"]] = Field(["merged"], min_length=1)
+    what: list[Literal["adapter", "merged", "gguf", "onnx"]] = Field(["merged"], min_length=1)
     private: bool = Field(True, description="visibility of a repository the push creates (existing ones keep theirs)")
     revision: str | None = Field(None, description="branch to commit to (created when missing); null: default branch")
 
@@ -218,9 +218,11 @@ class Params(Section):
             raise ValueError("lora.loftq quantises the 16-bit base itself while it initialises LoRA; "
                              "set model.load_in_4bit: false")
         push = self.export.push_to_hub
-        if push and "gguf" in push.what and "gguf" not in self.export.formats:
-            raise ValueError("export.push_to_hub.what lists gguf, but export.formats has no gguf, so no GGUF file "
-                             "is written; add gguf to export.formats, or remove gguf from export.push_to_hub.what")
+        for fmt in ("gguf", "onnx"):
+            if push and fmt in push.what and fmt not in self.export.formats:
+                raise ValueError(f"export.push_to_hub.what lists {fmt}, but export.formats has no {fmt}, so no "
+                                 f"{fmt.upper()} file is written; add {fmt} to export.formats, or remove {fmt} from "
+                                 "export.push_to_hub.what")
         if push and "merged" in push.what and self.merge.save_method == "lora":
             raise ValueError("export.push_to_hub.what lists merged, but merge.save_method: lora writes no merged "
                              "model; push adapter instead, or set merge.save_method: merged_16bit")
