@@ -262,7 +262,10 @@ def test_decoder_only_params_set_in_params_yaml_are_refused():
     from stages.lib import kinds
 
     kinds.check_applicable(classifier, classifier_params())  # left out: ignored
-    setting = classifier_params(train={"packing": False, "train_on_responses_only": True},
+    # at their defaults or empty they ask for nothing (dvc.yaml names export.gguf_quantization, so it must stay)
+    kinds.check_applicable(classifier, classifier_params(train={"packing": False}, export={"gguf_quantization": []},
+                                                         evaluate={"max_new_tokens": 64}))
+    setting = classifier_params(train={"packing": True, "train_on_responses_only": False},
                                 evaluate={"max_new_tokens": 8})
     with pytest.raises(SlothlineError, match="params.yaml: train.packing, train.train_on_responses_only, "
                                              "evaluate.max_new_tokens cannot apply to classifier models; remove them"):

@@ -83,17 +83,24 @@ def for_params(params: Params) -> Task:
 
 
 def check_applicable(task: Task, params: Params) -> None:
-    """Refuse params that `task` cannot apply and that params.yaml sets (`data.sources[].template` names a
-    key of every source); left out, their defaults are ignored."""
+    """Refuse params that `task` cannot apply and that params.yaml sets to something that would matter
+    (`data.sources[].template` names a key of every source). Left out, at their default or empty, they
+    are ignored: a param that dvc.yaml names one by one (`export.gguf_quantization`) must stay in the file."""
     set_here = []
     for name in task.INAPPLICABLE_PARAMS:
         section, key = name.split(".", 1)
         if section == "data" and key.startswith("sources[]."):
             key = key.removeprefix("sources[].")
             set_here += [f"data.sources[{i}].{key}" for i, source in enumerate(params.data.sources)
-                         if key in source.model_fields_set]
-        elif key in getattr(params, section).model_fields_set:
+                         if asks_for_something(source, key)]
+        elif asks_for_something(getattr(params, section), key):
             set_here.append(name)
     if set_here:
         raise SlothlineError(f"params.yaml: {', '.join(set_here)} cannot apply to {task.NAME} models; remove "
                              f"{'it' if len(set_here) == 1 else 'them'} from params.yaml")
+
+
+def asks_for_something(section, key: str) -> bool:
+    """`key` is set in params.yaml to a value other than its default, null or an empty list."""
+    value = getattr(section, key)
+    return key in section.model_fields_set and value not in (None, []) and value != type(section).model_fields[key].default
