@@ -48,7 +48,9 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     assert trained["backend"] == "hf" and trained["steps"] > 0
     assert (dvc_project / "models/adapter/adapter_model.safetensors").is_file()
     scores = json.loads((dvc_project / "metrics/eval.json").read_text())
-    assert scores["tuned"]["rougeL"] > scores["base"]["rougeL"] + 10, scores
+    # the demo visibly learns: from nothing right to most answers exactly right
+    assert scores["tuned"]["exact_match"] >= 50 and scores["tuned"]["rougeL"] >= 70, scores
+    assert scores["base"]["exact_match"] <= 5 and scores["base"]["rougeL"] <= 10, scores
     assert scores["tuned"]["loss"] < scores["base"]["loss"]
     report = (dvc_project / "metrics/report.md").read_text()
     assert "| rougeL |" in report and "![Base vs tuned](eval.png)" in report and "![Training loss](loss.png)" in report
