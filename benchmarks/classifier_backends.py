@@ -20,14 +20,12 @@ warm-up and the peak GPU memory, and writes benchmarks/results/classifier_backen
 """
 
 import argparse
-import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-RESULTS = Path("benchmarks/results")
+from harness import measure_in_child, print_result, write_results
+
 MODERNBERT_BASE_SHAPE = dict(
     vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
     max_position_embeddings=8192, local_attention=128, global_attn_every_n_layers=3, classifier_pooling="mean",
@@ -89,23 +87,9 @@ def run_one(backend: str, method: str, checkpoint: str) -> dict:
     model, tokenizer = backends.load_for_training(classifier, runtime, params, LABELS)
     trainer = classifier.build_trainer(runtime, params, model, tokenizer, rows(tokenizer), [], "/tmp/bench-out", [])
     import torch
-    from transformers import TrainerCallback
+    from harness import train_timed
 
-    class Timer(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == WARMUP_STEPS:
-                torch.cuda.synchronize()
-                self.start, self.tokens = time.perf_counter(), state.num_input_tokens_seen
-
-        def on_train_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
-            self.seconds = time.perf_counter() - self.start
-            self.tokens = state.num_input_tokens_seen - self.tokens
-
-    timer = Timer()
-    trainer.add_callback(timer)
-    torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    tokens, seconds = train_timed(trainer, WARMUP_STEPS)
     args = trainer.args
     return {
         "backend": backend,
@@ -117,9 +101,9 @@ def run_one(backend: str, method: str, checkpoint: str) -> dict:
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "timed_steps": STEPS - WARMUP_STEPS,
-        "tokens": timer.tokens,
-        "seconds": round(timer.seconds, 3),
-        "tokens_per_s": round(timer.tokens / timer.seconds, 1),
+        "tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
         "bf16": args.bf16,
@@ -134,7 +118,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="/tmp/modernbert-base-shape")
     args = parser.parse_args()
     if args.run:
-        print("RESULT " + json.dumps(run_one(args.run, args.methods, args.checkpoint)))
+        print_result(run_one(args.run, args.methods, args.checkpoint))
         return
     if not Path(args.checkpoint, "config.json").exists():
         build_checkpoint(Path(args.checkpoint))
@@ -148,22 +132,14 @@ def main() -> None:
     for method in args.methods.split(","):
         runs = {}
         for backend in args.runs.split(","):
-            out = subprocess.run([sys.executable, __file__, "--run", backend, "--methods", method,
-                                  "--checkpoint", args.checkpoint], capture_output=True, text=True)
-            print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{backend} ({method}) failed with exit status {out.returncode}; its output is above")
-            runs[backend] = json.loads(line.removeprefix("RESULT "))
+            runs[backend] = measure_in_child([__file__, "--run", backend, "--methods", method,
+                                              "--checkpoint", args.checkpoint], f"{backend} ({method})")
         ratios = {}
         if {"unsloth", "hf"} <= set(runs):
             ratio = lambda measure: round(runs["unsloth"][measure] / runs["hf"][measure], 2)
             ratios = {"unsloth_vs_hf_tokens_per_s": ratio("tokens_per_s"), "unsloth_vs_hf_peak_mem": ratio("peak_mem_gib")}
         report["methods"][method] = {"runs": runs, **ratios}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "classifier_backends.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "classifier_backends.md").write_text(markdown(report))
-    print(json.dumps(report, indent=2))
+    write_results("classifier_backends", report, markdown(report))
 
 
 def markdown(report: dict) -> str:

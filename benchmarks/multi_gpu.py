@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_backends import MAX_LEN, chat_rows  # noqa: E402  (the same chats as the single-GPU benchmark)
+from harness import RESULTS, write_results
+from train_backends import MAX_LEN, chat_rows  # the same chats as the single-GPU benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks/results"
 STEPS, WARMUP_STEPS, GLOBAL_BATCH = 30, 5, 8
 BACKENDS, GPU_COUNTS = ("unsloth", "hf"), (1, 2)
 NVLINK_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -132,10 +132,7 @@ def main() -> None:
     for runs in report["runs"].values():
         if "1" in runs and "2" in runs:
             runs["2"]["speedup_vs_1_gpu"] = round(runs["2"]["tokens_per_s"] / runs["1"]["tokens_per_s"], 2)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "multi_gpu.md").write_text(markdown(report))
-    print(json.dumps(report, indent=2))
+    write_results("multi_gpu", report, markdown(report))
 
 
 def markdown(report: dict) -> str:

@@ -25,12 +25,11 @@ GPU memory, and writes benchmarks/results/train_backends.{json,md}.
 import argparse
 import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-RESULTS = Path("benchmarks/results")
+from harness import RESULTS, measure_in_child, print_result, write_results
+
 QWEN3_4B_SHAPE = dict(
     hidden_size=2560, num_hidden_layers=36, intermediate_size=9728, num_attention_heads=32,
     num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
@@ -203,23 +202,9 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
     else:
         trainer, loss = slothline_trainer(backend, packing, fixed_length, checkpoint)
     import torch
-    from transformers import TrainerCallback
+    from harness import train_timed
 
-    class Timer(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == WARMUP_STEPS:
-                torch.cuda.synchronize()
-                self.start, self.tokens = time.perf_counter(), state.num_input_tokens_seen
-
-        def on_train_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
-            self.seconds = time.perf_counter() - self.start
-            self.tokens = state.num_input_tokens_seen - self.tokens
-
-    timer = Timer()
-    trainer.add_callback(timer)
-    torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    tokens, seconds = train_timed(trainer, WARMUP_STEPS)
     args = trainer.args
     return {
         "backend": backend,
@@ -232,9 +217,9 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
         "cudnn_sdpa": torch.backends.cuda.cudnn_sdp_enabled(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "timed_steps": STEPS - WARMUP_STEPS,
-        "non_padding_tokens": timer.tokens,
-        "seconds": round(timer.seconds, 2),
-        "tokens_per_s": round(timer.tokens / timer.seconds, 1),
+        "non_padding_tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
     }
@@ -262,7 +247,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="/tmp/qwen3-4b-shape")
     args = parser.parse_args()
     if args.backend:
-        print("RESULT " + json.dumps(run_one(args.backend, args.modes, args.checkpoint)))
+        print_result(run_one(args.backend, args.modes, args.checkpoint))
         return
     if not Path(args.checkpoint, "config.json").exists():
         build_checkpoint(Path(args.checkpoint))
@@ -275,18 +260,10 @@ def main() -> None:
     for mode in args.modes.split(","):
         runs = report["modes"].get(mode, {}).get("runs", {})
         for backend in args.backends.split(","):
-            out = subprocess.run([sys.executable, __file__, "--backend", backend, "--modes", mode,
-                                  "--checkpoint", args.checkpoint], capture_output=True, text=True)
-            print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{backend} ({mode}) failed with exit status {out.returncode}; its output is above")
-            runs[backend] = json.loads(line.removeprefix("RESULT "))
+            runs[backend] = measure_in_child([__file__, "--backend", backend, "--modes", mode,
+                                              "--checkpoint", args.checkpoint], f"{backend} ({mode})")
         report["modes"][mode] = {"runs": {b: runs[b] for b in BACKENDS if b in runs}, **ratios(runs)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "train_backends.md").write_text(markdown(report))
-    print(json.dumps(report, indent=2))
+    write_results("train_backends", report, markdown(report))
 
 
 def markdown(report: dict) -> str:

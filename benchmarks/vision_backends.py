@@ -27,12 +27,11 @@ compiles on its first steps) and the peak GPU memory; writes benchmarks/results/
 import argparse
 import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-RESULTS = Path("benchmarks/results")
+from harness import RESULTS, measure_in_child, print_result, write_results
+
 QWEN3_VL_2B_TEXT = dict(
     hidden_size=2048, num_hidden_layers=28, intermediate_size=6144, num_attention_heads=16, num_key_value_heads=8,
     head_dim=128, vocab_size=151936, max_position_embeddings=262144,
@@ -126,24 +125,10 @@ def run_one(backend: str, checkpoint: str) -> dict:
     rows = picture_rows(processor, Path(checkpoint) / "pictures")
     trainer = vision.build_trainer(runtime, params, model, processor, rows, [], "/tmp/vision-bench-out", [])
     import torch
-    from transformers import TrainerCallback
+    from harness import train_timed
 
-    class Timer(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == WARMUP_STEPS:
-                torch.cuda.synchronize()
-                self.start, self.tokens = time.perf_counter(), state.num_input_tokens_seen
-
-        def on_train_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
-            self.seconds = time.perf_counter() - self.start
-            self.tokens = state.num_input_tokens_seen - self.tokens
-
-    timer = Timer()
-    trainer.add_callback(timer)
-    torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    trainer.train()
+    tokens, seconds = train_timed(trainer, WARMUP_STEPS)
     return {
         "backend": backend,
         "device": torch.cuda.get_device_name(),
@@ -151,9 +136,9 @@ def run_one(backend: str, checkpoint: str) -> dict:
         "collator": type(trainer.data_collator).__name__,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "timed_steps": STEPS - WARMUP_STEPS,
-        "non_padding_tokens": timer.tokens,
-        "seconds": round(timer.seconds, 2),
-        "tokens_per_s": round(timer.tokens / timer.seconds, 1),
+        "non_padding_tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "whole_run_s": round(time.perf_counter() - started, 1),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -168,20 +153,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="/tmp/qwen3-vl-2b-shape")
     args = parser.parse_args()
     if args.backend:
-        print("RESULT " + json.dumps(run_one(args.backend, args.checkpoint)))
+        print_result(run_one(args.backend, args.checkpoint))
         return
     if not Path(args.checkpoint, "config.json").exists():
         build_checkpoint(Path(args.checkpoint))
     results_file = RESULTS / "vision_backends.json"
     runs = json.loads(results_file.read_text())["runs"] if results_file.is_file() else {}
     for backend in args.backends.split(","):
-        out = subprocess.run([sys.executable, __file__, "--backend", backend, "--checkpoint", args.checkpoint],
-                             capture_output=True, text=True)
-        print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{backend} failed with exit status {out.returncode}; its output is above")
-        runs[backend] = json.loads(line.removeprefix("RESULT "))
+        runs[backend] = measure_in_child([__file__, "--backend", backend, "--checkpoint", args.checkpoint], backend)
     report = {
         "model": "Qwen3-VL-2B shape, random weights, bf16, LoRA r=16 on both towers' attention and MLP layers",
         "data": f"{ROWS} rows of one {IMAGE_SIZE}x{IMAGE_SIZE} picture and its description (6 to 12 boxes, about "
@@ -193,10 +172,7 @@ def main() -> None:
             key = run.replace("-", "_") + "_vs_hf"
             report[f"{key}_tokens_per_s"] = round(runs[run]["tokens_per_s"] / runs["hf"]["tokens_per_s"], 2)
             report[f"{key}_peak_mem"] = round(runs[run]["peak_mem_gib"] / runs["hf"]["peak_mem_gib"], 2)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "vision_backends.md").write_text(markdown(report))
-    print(json.dumps(report, indent=2))
+    write_results("vision_backends", report, markdown(report))
 
 
 def markdown(report: dict) -> str:

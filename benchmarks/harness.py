@@ -1,0 +1,58 @@
+"""What the GPU benchmarks share: one measurement per child process (each backend imports and patches
+its own libraries), the steps after warm-up timed with CUDA synchronised, and the results written."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def measure_in_child(args: list[str], what: str) -> dict:
+    """Run `python *args`, echo the end of its output, and return the dict it printed after `RESULT `."""
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False)
+    print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
+    line = next((line for line in out.stdout.splitlines() if line.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{what} failed with exit status {out.returncode}; its output is above")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def print_result(result: dict) -> None:
+    """The child's side of measure_in_child."""
+    print("RESULT " + json.dumps(result))
+
+
+def train_timed(trainer, warmup_steps: int) -> tuple[int, float]:
+    """`trainer.train()` with the peak-memory counter reset first; the input tokens (the trainer's
+    `num_input_tokens_seen`) and seconds of the steps after `warmup_steps`. Import after the backend's
+    own imports: Unsloth patches transformers first."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == warmup_steps:
+                torch.cuda.synchronize()
+                self.start, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_train_end(self, args, state, control, **kwargs):
+            torch.cuda.synchronize()
+            self.seconds = time.perf_counter() - self.start
+            self.tokens = state.num_input_tokens_seen - self.tokens
+
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    return timer.tokens, timer.seconds
+
+
+def write_results(name: str, report: dict, markdown: str) -> None:
+    """benchmarks/results/`name`.json and .md, and the report on stdout."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(json.dumps(report, indent=2))
