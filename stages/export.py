@@ -29,14 +29,7 @@ def main() -> None:
     manifest = Manifest.read(MERGED_DIR)
     task = kinds.get(manifest.kind)
     kinds.check_applicable(task, params)
-    unsupported = [f for f in settings.formats if f not in task.EXPORT_FORMATS]
-    if unsupported and not task.EXPORT_FORMATS:
-        raise SlothlineError(f"export.formats: {', '.join(unsupported)} is not offered for {task.NAME} models; their "
-                             f"export is {MERGED_DIR}/, a Hugging Face directory that transformers' {task.AUTO_CLASS} "
-                             "and AutoProcessor load; set export.formats: []")
-    if unsupported:
-        raise SlothlineError(f"export.formats: {', '.join(unsupported)} is not offered for {task.NAME} models; "
-                             f"use {', '.join(task.EXPORT_FORMATS)}")
+    kinds.check_export_formats(task, settings.formats)
     if settings.formats and manifest.method == "lora":
         raise SlothlineError(f"{MERGED_DIR}: holds the adapter alone (merge.save_method: lora); "
                              f"{'/'.join(f.upper() for f in settings.formats)} export needs merge.save_method: "

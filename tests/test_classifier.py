@@ -237,7 +237,8 @@ def cpu_load(setting: Params):
 
 def classifier_params(**sections) -> Params:
     return Params.model_validate({"model": {"name": "builtin:tiny-modernbert"},
-                                  "data": {"sources": [{"path": "a.jsonl", "format": "classification"}]}, **sections})
+                                  "data": {"sources": [{"path": "a.jsonl", "format": "classification"}]},
+                                  "export": {"formats": ["onnx"]}, **sections})
 
 
 def test_null_target_modules_are_the_family_default_and_the_head_is_trained_whole():
@@ -258,12 +259,55 @@ def test_target_modules_that_match_nothing_list_the_encoders_layers(targets, unm
         cpu_load(classifier_params(lora={"target_modules": targets}))
 
 
+def test_macro_f1_averages_the_classes_the_test_split_or_the_predictions_have():
+    """A class kept in train but with no test row (README: rare classes stay in train) has no F1: counting
+    it as 0 would report a perfect model at 75. Predicted wrongly, it counts."""
+    from stages.lib.metrics import classification_metrics
+
+    labels = ["bug", "feature", "question", "praise"]
+    perfect = classification_metrics(["bug", "feature", "question"] * 5, ["bug", "feature", "question"] * 5, labels)
+    assert perfect["macro_f1"] == 100.0 and perfect["per_class"]["praise"]["support"] == 0
+    one_wrong = classification_metrics(["bug", "feature", "question"], ["bug", "feature", "praise"], labels)
+    assert one_wrong["macro_f1"] == 50.0  # bug 1, feature 1, question 0, praise 0 (predicted once, wrongly)
+
+
+def test_vision_params_set_for_a_classifier_are_refused():
+    from stages.lib import kinds
+
+    setting = classifier_params(lora={"finetune_vision_layers": False},
+                                data={"sources": [{"path": "a.jsonl", "format": "classification"}], "image_max_pixels": 1000})
+    with pytest.raises(SlothlineError, match=r"data.image_max_pixels, lora.finetune_vision_layers cannot apply to "
+                                             "classifier models"):
+        kinds.check_applicable(classifier, setting)
+    text = Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}], "image_min_pixels": 9}})
+    with pytest.raises(SlothlineError, match="data.image_min_pixels cannot apply to causal_lm models"):
+        kinds.check_applicable(kinds.get("causal_lm"), text)
+
+
+def test_check_params_refuses_what_a_later_stage_would(workdir, builtin_cache):
+    """check_params runs first: a param the kind cannot apply, an export format it does not offer, or an
+    adapter-only merge with export formats fail there, before prepare and train."""
+    from stages import check_params
+
+    params = yaml.safe_load((ROOT / "configs/classifier.yaml").read_text())
+    for change, message in [
+        ({"export": {**params["export"], "formats": ["gguf"]}}, "export.formats: gguf is not offered for classifier"),
+        ({"train": {**params["train"], "packing": True}}, "train.packing cannot apply to classifier models"),
+        ({"merge": {**params["merge"], "save_method": "lora"}}, "merge.save_method: lora writes the adapter alone"),
+    ]:
+        (workdir.path / "params.yaml").write_text(yaml.safe_dump({**params, **change}))
+        with pytest.raises(SlothlineError, match=message):
+            check_params.main()
+    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+    check_params.main()
+
+
 def test_decoder_only_params_set_in_params_yaml_are_refused():
     from stages.lib import kinds
 
     kinds.check_applicable(classifier, classifier_params())  # left out: ignored
     # at their defaults or empty they ask for nothing (dvc.yaml names export.gguf_quantization, so it must stay)
-    kinds.check_applicable(classifier, classifier_params(train={"packing": False}, export={"gguf_quantization": []},
+    kinds.check_applicable(classifier, classifier_params(train={"packing": False}, export={"formats": ["onnx"], "gguf_quantization": []},
                                                          evaluate={"max_new_tokens": 64}))
     setting = classifier_params(train={"packing": True, "train_on_responses_only": False},
                                 evaluate={"max_new_tokens": 8})

@@ -101,7 +101,11 @@ def test_system_prompt_added_only_where_missing():
 
 @pytest.mark.parametrize(("row", "fmt", "expected"), [
     ({"instruction": "Hi"}, "alpaca", "missing or empty field 'output'"),
+    ({"body": "Hi", "category": "bug"}, "alpaca", "field 'instruction'; every row needs a non-empty string there "
+                                                   "(this row's fields: body, category)"),
     ({"input": "x", "output": "y"}, "alpaca", "missing or empty field 'instruction'"),
+    ({"instruction": "Six times seven?", "output": 42}, "alpaca", "field 'output' holds int '42', not text; store it as a string"),
+    ({"instruction": ["a"], "output": "y"}, "alpaca", "field 'instruction' holds list \"['a']\", not text"),
     ({"problem": "Q"}, "reasoning", "missing or empty field 'generated_solution'"),
     ({"conversations": []}, "sharegpt", "empty conversation"),
     ({"messages": []}, "messages", "empty conversation"),

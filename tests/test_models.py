@@ -62,3 +62,15 @@ def test_unknown_builtin_and_bad_local_path(tmp_path):
         resolve_model("builtin:huge")
     with pytest.raises(SlothlineError, match="no config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_a_model_name_that_is_neither_a_directory_nor_reachable(monkeypatch):
+    """A mistyped local path reads like a hub id ("models/nope"): the message says it is no local directory."""
+    import huggingface_hub.constants
+
+    from stages.lib.models import infer_kind
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SlothlineError, match=r"model.name: 'models/nope' is no local directory, and its config could "
+                                             r"not be fetched from the hub \(.*\); use a local model directory"):
+        infer_kind("models/nope")

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from stages.lib.errors import SlothlineError
-from stages.lib.params import Params, load_params
+from stages.lib.params import Params, check_pipeline_needs, load_params
 
 SOURCE = {"path": "data/raw/alpaca.jsonl", "format": "alpaca"}
 
@@ -63,6 +63,20 @@ def test_split_fractions_must_leave_a_train_split(tmp_path):
         tmp_path, "data: {sources: [{path: a.jsonl, format: alpaca}], val_fraction: 0.5, test_fraction: 0.5}\n"
     )
     assert "val_fraction + test_fraction must be < 1" in message
+
+
+
+@pytest.mark.parametrize("val_fraction", [0.1, 0])
+def test_check_params_refuses_a_pipeline_without_a_test_split(tmp_path, val_fraction):
+    """prepare accepts test_fraction: 0, but evaluate needs the test split: check_params, the DAG's first
+    stage, refuses it before anything trains."""
+    path = tmp_path / "params.yaml"
+    path.write_text(f"data: {{sources: [{{path: a.jsonl, format: alpaca}}], val_fraction: {val_fraction}, "
+                    "test_fraction: 0}\n")
+    with pytest.raises(SlothlineError, match=r"data.test_fraction: 0 leaves no test split.*set it above 0"):
+        check_pipeline_needs(load_params(path), path)
+    path.write_text("data: {sources: [{path: a.jsonl, format: alpaca}], val_fraction: 0, test_fraction: 0.1}\n")
+    check_pipeline_needs(load_params(path), path)  # no validation split is fine
 
 
 def test_missing_sources(tmp_path):

@@ -331,7 +331,11 @@ def test_a_source_whose_rows_are_all_skipped_or_duplicates_is_named(workdir):
 
 def test_missing_source_file(workdir):
     workdir.write_params([{"path": "data/raw/nope.jsonl", "format": "alpaca"}])
-    with pytest.raises(SlothlineError, match=r"data/raw/nope.jsonl: no such file or directory"):
+    with pytest.raises(SlothlineError, match=r"data/raw/nope.jsonl: no such file or directory.*generate_raw.py"):
+        prepare.main()
+    workdir.write_params([{"path": "data/mine/nope.jsonl", "format": "alpaca"}])  # the user's own: no sample hint
+    with pytest.raises(SlothlineError, match=r"data/mine/nope.jsonl: no such file or directory \(data.sources "
+                                             r"path\); fix the path in params.yaml$"):
         prepare.main()
 
 

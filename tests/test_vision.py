@@ -408,3 +408,22 @@ def test_vision_default_learns_the_bundled_pictures(dvc_project):
     assert json.loads((dvc_project / "metrics/export.json").read_text()) == {}
     assert (dvc_project / "models/merged/model.safetensors").is_file()
     assert dvc(dvc_project, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_images_load_as_a_viewer_shows_them(tmp_path):
+    """16-bit grayscale (scientific and medical PNGs) is scaled to 8 bits, not clipped to white; a JPEG's
+    EXIF orientation is applied."""
+    import numpy as np
+
+    from stages.lib.images import open_rgb
+
+    gradient = np.linspace(13364, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    pixels = np.asarray(open_rgb(tmp_path / "gray16.png"))
+    assert pixels.shape == (32, 32, 3) and pixels.min() == 13364 // 257 and pixels.max() == 255
+    picture = Image.new("RGB", (120, 60), "red")
+    exif = picture.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    picture.save(tmp_path / "rotated.jpg", exif=exif)
+    assert open_rgb(tmp_path / "rotated.jpg").size == (60, 120)

@@ -124,8 +124,12 @@ def to_messages(row: dict, format_name: str, system_prompt: str | None = None, c
 
 def required_text(row: dict, field: str) -> str:
     value = row.get(field)
-    if not isinstance(value, str) or not value.strip():
-        raise RowError(f"missing or empty field {field!r}; every row needs a non-empty string there")
+    if value is not None and not isinstance(value, str):
+        raise RowError(f"field {field!r} holds {type(value).__name__} {str(value)[:40]!r}, not text; store it as a "
+                       "string (quoted in JSON, a string column in CSV or parquet)")
+    if not value or not value.strip():
+        fields = f" (this row's fields: {', '.join(map(str, row))})" if field not in row else ""
+        raise RowError(f"missing or empty field {field!r}; every row needs a non-empty string there{fields}")
     return value
 
 

@@ -106,15 +106,18 @@ def loss_metrics(token_losses_sum: float, token_count: int) -> dict[str, float |
 
 
 def classification_metrics(actual: list[str], predicted: list[str], labels: list[str]) -> dict:
-    """Accuracy, macro F1 (the mean of the classes' F1), micro F1 (from all decisions pooled, which for
-    single-label classes equals accuracy), and per class precision, recall, F1 and support."""
+    """Accuracy, macro F1 (the mean F1 of the classes in the test split or the predictions, as scikit-learn
+    counts them without `labels`: a class with no test row that is never predicted has no F1 to average),
+    micro F1 (from all decisions pooled, which for single-label classes equals accuracy), and per class
+    precision, recall, F1 and support (every class, support 0 included)."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
     percent = lambda value: round(100 * float(value), 2)
     precision, recall, f1, support = precision_recall_fscore_support(actual, predicted, labels=labels, zero_division=0)
     return {
         "accuracy": percent(accuracy_score(actual, predicted)),
-        "macro_f1": percent(f1_score(actual, predicted, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": percent(f1_score(actual, predicted, labels=[c for c in labels if c in {*actual, *predicted}],
+                                     average="macro", zero_division=0)),
         "micro_f1": percent(f1_score(actual, predicted, labels=labels, average="micro", zero_division=0)),
         "per_class": {label: {"precision": percent(p), "recall": percent(r), "f1": percent(f), "support": int(n)}
                       for label, p, r, f, n in zip(labels, precision, recall, f1, support)},

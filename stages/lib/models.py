@@ -304,8 +304,9 @@ def infer_kind(name: str, revision: str | None = None) -> str | None:
 
             config = json.loads(Path(hf_hub_download(source, "config.json", revision=revision)).read_text())
     except Exception as err:  # the hub client raises many types; all mean "cannot get it"
-        raise SlothlineError(f"model.name: cannot read the config of {name!r} ({err.__class__.__name__}: {err}); "
-                             "use a local model directory, a hub id reachable from here, or a builtin model") from None
+        raise SlothlineError(f"model.name: {name!r} is no local directory, and its config could not be fetched from "
+                             f"the hub ({err.__class__.__name__}: {err}); use a local model directory (relative to the "
+                             "repository root), a hub id reachable from here, or a builtin model") from None
     return kind_of_config(config)
 
 

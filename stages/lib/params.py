@@ -247,6 +247,20 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         raise SlothlineError(f"{path}: invalid parameters:\n{problems}")
 
 
+
+def check_pipeline_needs(params: Params, path: Path = PARAMS_FILE) -> None:
+    """What the whole DAG needs beyond what each stage accepts on its own (check_params runs it before
+    prepare): prepare can write an empty test split, but evaluate, after train, scores on it; merge can
+    write an adapter alone, but export, after it, converts merged models."""
+    if params.data.test_fraction == 0:
+        raise SlothlineError(f"{path}: data.test_fraction: 0 leaves no test split, but evaluate scores the tuned "
+                             "model on it; set it above 0 (e.g. 0.1)")
+    if params.merge.save_method == "lora" and params.export.formats:
+        raise SlothlineError(f"{path}: merge.save_method: lora writes the adapter alone, which export.formats "
+                             f"({', '.join(params.export.formats)}) cannot convert; set merge.save_method: "
+                             "merged_16bit, or export.formats: []")
+
+
 def _describe(error: dict) -> str:
     loc = error["loc"]
     key = ".".join(str(part) if isinstance(part, str) else f"[{part}]" for part in loc).replace(".[", "[")

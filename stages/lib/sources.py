@@ -16,6 +16,7 @@ from stages.lib.formats import RowError
 from stages.lib.params import Source
 
 FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+BUNDLED_DIR = Path("data/raw")  # the sample data the project ships
 DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")  # what save_to_disk writes
 
 
@@ -33,11 +34,10 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
     elif _looks_like_hub_id(source.path):
         yield from _dataset_rows(source.path, _load_hub(source.path, source.split))
     else:
-        raise SlothlineError(
-            f"{path}: no such file or directory (data.sources path); fix the path in params.yaml "
-            "or regenerate the bundled samples with `python data/generate_raw.py` (chat formats) or "
-            "`python data/generate_classification.py` (reviews.jsonl)"
-        )
+        regenerate = ("; to regenerate the bundled samples run `python data/generate_raw.py` (chat formats) or "
+                      "`python data/generate_classification.py` (reviews.jsonl)") if path.parent == BUNDLED_DIR else ""
+        raise SlothlineError(f"{path}: no such file or directory (data.sources path); fix the path in params.yaml"
+                             + regenerate)
 
 
 def _jsonl_rows(path: Path):

@@ -4,6 +4,7 @@ A kind is named by `model.kind` or inferred from the model's config."""
 
 from typing import Protocol
 
+from stages.lib.artifacts import MERGED_DIR
 from stages.lib.errors import SlothlineError
 from stages.lib.kinds import causal_lm, classifier, vision
 from stages.lib.params import Params
@@ -98,6 +99,18 @@ def check_applicable(task: Task, params: Params) -> None:
     if set_here:
         raise SlothlineError(f"params.yaml: {', '.join(set_here)} cannot apply to {task.NAME} models; remove "
                              f"{'it' if len(set_here) == 1 else 'them'} from params.yaml")
+
+
+def check_export_formats(task: Task, formats: list[str]) -> None:
+    """Refuse `export.formats` that `task`'s models do not offer (export, and check_params before training)."""
+    unsupported = [f for f in formats if f not in task.EXPORT_FORMATS]
+    if unsupported and not task.EXPORT_FORMATS:
+        raise SlothlineError(f"export.formats: {', '.join(unsupported)} is not offered for {task.NAME} models; their "
+                             f"export is {MERGED_DIR}/, a Hugging Face directory that transformers' {task.AUTO_CLASS} "
+                             "and AutoProcessor load; set export.formats: []")
+    if unsupported:
+        raise SlothlineError(f"export.formats: {', '.join(unsupported)} is not offered for {task.NAME} models; "
+                             f"use {', '.join(task.EXPORT_FORMATS)}")
 
 
 def asks_for_something(section, key: str) -> bool:

@@ -18,7 +18,7 @@ DATA_FORMATS = tuple(CONVERTERS)
 VAL_METRICS = ("loss",)  # what the trainer measures on the val split (train.metric_for_best_model)
 EXPORT_FORMATS = ("gguf",)
 STRATIFY_BY = None
-INAPPLICABLE_PARAMS = ("data.labels",)
+INAPPLICABLE_PARAMS = ("data.labels", "data.image_min_pixels", "data.image_max_pixels")
 
 
 def load_processor(source: str, revision: str | None):

@@ -17,6 +17,8 @@ INAPPLICABLE_PARAMS = (  # chat rendering, decoder training and generation setti
     "data.system_prompt", "data.enable_thinking", "data.sources[].template", "train.packing",
     "train.train_on_responses_only", "evaluate.max_new_tokens", "evaluate.sampling", "evaluate.temperature",
     "evaluate.top_p", "evaluate.top_k", "evaluate.min_p", "evaluate.repetition_penalty", "export.gguf_quantization",
+    "data.image_min_pixels", "data.image_max_pixels", "lora.finetune_vision_layers", "lora.finetune_language_layers",
+    "lora.finetune_attention_modules", "lora.finetune_mlp_modules",
 )
 REPORT_MISCLASSIFIED = 10
 

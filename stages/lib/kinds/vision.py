@@ -12,7 +12,7 @@ from stages.lib.errors import SlothlineError
 from stages.lib.formats import RowError, to_messages
 from stages.lib.generate import generation_settings as evaluation_settings  # noqa: F401 (the protocol's name)
 from stages.lib.kinds.causal_lm import confusion, labels, report_sections  # noqa: F401 (generated text: no classes)
-from stages.lib.images import IMAGES_SUBDIR, locate, size_statistics, store_image, thumbnail
+from stages.lib.images import IMAGES_SUBDIR, locate, open_rgb, size_statistics, store_image, thumbnail
 from stages.lib.params import VISION_LORA_FLAGS
 from stages.lib.training import sft_config, sft_trainer_class
 from stages.lib.templates import render, turn_markers
@@ -190,9 +190,7 @@ def image_paths(row: dict) -> list[str]:
 
 
 def load_images(row: dict) -> list:
-    from PIL import Image
-
-    return [Image.open(path).convert("RGB") for path in image_paths(row)]
+    return [open_rgb(path) for path in image_paths(row)]
 
 
 class AnswerCollator:
