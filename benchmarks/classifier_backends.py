@@ -24,7 +24,7 @@ import random
 import time
 from pathlib import Path
 
-from harness import measure_in_child, print_result, write_results
+from harness import measure_in_child, print_result, train_timed, write_results
 
 MODERNBERT_BASE_SHAPE = dict(
     vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
@@ -87,7 +87,6 @@ def run_one(backend: str, method: str, checkpoint: str) -> dict:
     model, tokenizer = backends.load_for_training(classifier, runtime, params, LABELS)
     trainer = classifier.build_trainer(runtime, params, model, tokenizer, rows(tokenizer), [], "/tmp/bench-out", [])
     import torch
-    from harness import train_timed
 
     tokens, seconds = train_timed(trainer, WARMUP_STEPS)
     args = trainer.args

@@ -27,8 +27,8 @@ def print_result(result: dict) -> None:
 
 def train_timed(trainer, warmup_steps: int) -> tuple[int, float]:
     """`trainer.train()` with the peak-memory counter reset first; the input tokens (the trainer's
-    `num_input_tokens_seen`) and seconds of the steps after `warmup_steps`. Import after the backend's
-    own imports: Unsloth patches transformers first."""
+    `num_input_tokens_seen`) and seconds of the steps after `warmup_steps`. It imports transformers
+    when called, after the backend has loaded (Unsloth patches transformers first)."""
     import torch
     from transformers import TrainerCallback
 

@@ -28,7 +28,7 @@ import random
 import time
 from pathlib import Path
 
-from harness import RESULTS, measure_in_child, print_result, write_results
+from harness import RESULTS, measure_in_child, print_result, train_timed, write_results
 
 QWEN3_4B_SHAPE = dict(
     hidden_size=2560, num_hidden_layers=36, intermediate_size=9728, num_attention_heads=32,
@@ -202,7 +202,6 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
     else:
         trainer, loss = slothline_trainer(backend, packing, fixed_length, checkpoint)
     import torch
-    from harness import train_timed
 
     tokens, seconds = train_timed(trainer, WARMUP_STEPS)
     args = trainer.args

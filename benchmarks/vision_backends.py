@@ -30,7 +30,7 @@ import random
 import time
 from pathlib import Path
 
-from harness import RESULTS, measure_in_child, print_result, write_results
+from harness import RESULTS, measure_in_child, print_result, train_timed, write_results
 
 QWEN3_VL_2B_TEXT = dict(
     hidden_size=2048, num_hidden_layers=28, intermediate_size=6144, num_attention_heads=16, num_key_value_heads=8,
@@ -125,7 +125,6 @@ def run_one(backend: str, checkpoint: str) -> dict:
     rows = picture_rows(processor, Path(checkpoint) / "pictures")
     trainer = vision.build_trainer(runtime, params, model, processor, rows, [], "/tmp/vision-bench-out", [])
     import torch
-    from harness import train_timed
 
     started = time.perf_counter()
     tokens, seconds = train_timed(trainer, WARMUP_STEPS)

@@ -74,3 +74,11 @@ def test_a_model_name_that_is_neither_a_directory_nor_reachable(monkeypatch):
     with pytest.raises(SlothlineError, match=r"model.name: 'models/nope' is no local directory, and its config could "
                                              r"not be fetched from the hub \(.*\); use a local model directory"):
         infer_kind("models/nope")
+
+
+def test_a_model_directory_whose_config_is_not_json(tmp_path):
+    from stages.lib.models import infer_kind
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SlothlineError, match=r"model.name: '.*''s config.json is not readable JSON \(JSONDecodeError"):
+        infer_kind(str(tmp_path))

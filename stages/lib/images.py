@@ -120,27 +120,20 @@ def size_statistics(sizes: list[tuple[int, int]]) -> dict:
     return stats
 
 
-def as_rgb(picture):
-    """`picture` as 8-bit RGB, as a viewer shows it: turned by its EXIF orientation, and 16-bit grayscale
-    (medical and scientific PNGs) scaled to 8 bits, which Pillow's convert would clip to white."""
+def open_rgb(path):
+    """The image file at `path` as 8-bit RGB, as a viewer shows it: turned by its EXIF orientation, and
+    16-bit grayscale (medical and scientific PNGs) scaled to 8 bits, which Pillow's convert would clip to white."""
     import numpy as np
     from PIL import Image, ImageOps
 
-    picture = ImageOps.exif_transpose(picture)
-    if picture.mode.startswith("I"):  # I;16, I;16B, I: integer grayscale
-        values = np.asarray(picture, dtype=np.float64)
-        if values.max() > 255:
-            values = values / 257
-        picture = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
-    return picture.convert("RGB")
-
-
-def open_rgb(path):
-    """The image file at `path` as 8-bit RGB (see as_rgb)."""
-    from PIL import Image
-
     with Image.open(path) as picture:
-        return as_rgb(picture)
+        picture = ImageOps.exif_transpose(picture)
+        if picture.mode.startswith("I"):  # I;16, I;16B, I: integer grayscale
+            values = np.asarray(picture, dtype=np.float64)
+            if values.max() > 255:
+                values = values / 257
+            picture = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+        return picture.convert("RGB")
 
 
 def thumbnail(path: Path, out_file: Path, size: int = 96) -> None:

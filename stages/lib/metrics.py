@@ -114,10 +114,11 @@ def classification_metrics(actual: list[str], predicted: list[str], labels: list
 
     percent = lambda value: round(100 * float(value), 2)
     precision, recall, f1, support = precision_recall_fscore_support(actual, predicted, labels=labels, zero_division=0)
+    occurring = {*actual, *predicted}
     return {
         "accuracy": percent(accuracy_score(actual, predicted)),
-        "macro_f1": percent(f1_score(actual, predicted, labels=[c for c in labels if c in {*actual, *predicted}],
-                                     average="macro", zero_division=0)),
+        "macro_f1": percent(f1_score(actual, predicted, labels=[c for c in labels if c in occurring], average="macro",
+                                     zero_division=0)),
         "micro_f1": percent(f1_score(actual, predicted, labels=labels, average="micro", zero_division=0)),
         "per_class": {label: {"precision": percent(p), "recall": percent(r), "f1": percent(f), "support": int(n)}
                       for label, p, r, f, n in zip(labels, precision, recall, f1, support)},

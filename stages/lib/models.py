@@ -304,9 +304,11 @@ def infer_kind(name: str, revision: str | None = None) -> str | None:
 
             config = json.loads(Path(hf_hub_download(source, "config.json", revision=revision)).read_text())
     except Exception as err:  # the hub client raises many types; all mean "cannot get it"
-        raise SlothlineError(f"model.name: {name!r} is no local directory, and its config could not be fetched from "
-                             f"the hub ({err.__class__.__name__}: {err}); use a local model directory (relative to the "
-                             "repository root), a hub id reachable from here, or a builtin model") from None
+        problem = ("'s config.json is not readable JSON" if Path(source).is_dir() else
+                   " is no local directory, and its config could not be fetched from the hub")
+        raise SlothlineError(f"model.name: {name!r}{problem} ({err.__class__.__name__}: {err}); use a local model "
+                             "directory (relative to the repository root), a hub id reachable from here, or a builtin "
+                             "model") from None
     return kind_of_config(config)
 
 
