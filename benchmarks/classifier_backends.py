@@ -42,7 +42,7 @@ def build_checkpoint(out_dir: Path) -> None:
     import torch
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-    from stages.lib.models import build_wordpiece_tokenizer
+    from slothline.builtin import build_wordpiece_tokenizer
 
     tokenizer = build_wordpiece_tokenizer(MODERNBERT_BASE_SHAPE["max_position_embeddings"])
     config = ModernBertConfig(**MODERNBERT_BASE_SHAPE, pad_token_id=tokenizer.pad_token_id,
@@ -69,13 +69,13 @@ def rows(tokenizer) -> list[dict]:
 
 def run_one(backend: str, method: str, checkpoint: str) -> dict:
     """Train STEPS steps in this process with the train stage's code; time the steps after warm-up."""
-    from stages.lib import backends  # imports unsloth (on the unsloth backend) before transformers
-    from stages.lib.kinds import classifier
-    from stages.lib.params import Params
-    from stages.lib.runtime import probe, resolve
+    from slothline import backends
+    from slothline.kinds import classifier
+    from slothline.runtime import probe, resolve
 
-    params = Params.model_validate({
-        "model": {"name": checkpoint, "kind": "classifier", "max_seq_length": SEQ_LEN},
+    params = classifier.Params.model_validate({
+        "kind": "classifier",
+        "model": {"name": checkpoint, "max_seq_length": SEQ_LEN},
         "data": {"sources": [{"path": "unused.jsonl", "format": "classification"}]},
         "lora": {"r": 16, "alpha": 32},
         "train": {"backend": backend, "full_finetuning": method == "full", "max_steps": STEPS,
@@ -84,8 +84,9 @@ def run_one(backend: str, method: str, checkpoint: str) -> dict:
     })
     runtime = resolve(params, probe())
     assert runtime.backend == backend, runtime
+    backend_module = backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT
     model, tokenizer = backends.load_for_training(classifier, runtime, params, LABELS)
-    trainer = classifier.build_trainer(runtime, params, model, tokenizer, rows(tokenizer), [], "/tmp/bench-out", [])
+    trainer = classifier.build_trainer(backend_module, runtime, params, model, tokenizer, rows(tokenizer), [], "/tmp/bench-out", [])
     import torch
 
     tokens, seconds = train_timed(trainer, WARMUP_STEPS)

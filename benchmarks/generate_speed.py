@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from stages.lib.generate import generate
-from stages.lib.artifacts import PREPARED_DIR, read_split
-from stages.lib.models import resolve_model
+from slothline.artifacts import PREPARED_DIR, read_split
+from slothline.kinds._generative.generation import generate
+from slothline.models import resolve_model
 
 RESULTS = Path("benchmarks/results")
 FALLBACK_QUESTIONS = ["Say hello to Anna.", "Reverse the word 'stone'.", "What is 12 + 7?", "What colour is a lemon?"]

@@ -17,7 +17,7 @@
 #              `dvc repro` of the whole DAG on the tiny default (train.backend: auto -> unsloth),
 #              in a scratch copy of the checkout
 #   dvc-vision, dvc-classifier   gpu_dvc_repro_<kind>.log, gpu_dvc_repro_<kind>_{train,eval}.json,
-#              gpu_dvc_repro_<kind>_report.md: the same for configs/<kind>.yaml copied over params.yaml
+#              gpu_dvc_repro_<kind>_report.md: the same for `dvc exp run -S kind=<kind>`
 #   multigpu   (a host with 2 GPUs) gpu_tests_multi_gpu.log: pytest -m gpu tests/test_multi_gpu.py;
 #              multi_gpu.{json,md}, multi_gpu.log: benchmarks/multi_gpu.py; gpu_dvc_exp_2gpus.log and
 #              gpu_dvc_exp_2gpus_train.json: `dvc exp run -S train.num_gpus=2` of the tiny default
@@ -29,13 +29,12 @@ parts=("$@")
 # NVLink multicast stays off on multi-GPU hosts (the train stage sets the same for the processes it starts)
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
   NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
-repro() {  # repro NAME CONFIG: `dvc repro` in a scratch git repository holding this working tree's files
-  local scratch             # (its code, data and params, as they are here), CONFIG (if any) as params.yaml
+repro() {  # repro NAME KIND: `dvc repro` in a scratch git repository holding this working tree's files
+  local scratch             # (its code, data and params, as they are here), or `dvc exp run -S kind=KIND`
   scratch=$(mktemp -d)
   tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
-  (cd "$scratch" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm scratch
-   [[ -z $2 ]] || cp "$2" params.yaml
-   python3 -m dvc repro 2>&1 | tee "$results/$1.log"
+  (cd "$scratch" && git init -q && git config user.name ci && git config user.email ci@localhost && git add -A && git commit -qm scratch
+   if [[ -z $2 ]]; then python3 -m dvc repro; else python3 -m dvc exp run -S "kind=$2"; fi 2>&1 | tee "$results/$1.log"
    for metrics in train eval export; do cp metrics/$metrics.json "$results/${1}_$metrics.json"; done
    cp metrics/report.md "$results/${1}_report.md")
   rm -rf "$scratch"
@@ -54,7 +53,7 @@ for part in "${parts[@]}"; do
       python3 -m pytest -m gpu tests/test_classifier.py -v -s -p no:cacheprovider 2>&1 | tee "$results/classifier_gpu_tests.log"
       python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
     dvc) repro gpu_dvc_repro "" ;;
-    dvc-vision|dvc-classifier) repro "gpu_dvc_repro_${part#dvc-}" "configs/${part#dvc-}.yaml" ;;
+    dvc-vision|dvc-classifier) repro "gpu_dvc_repro_${part#dvc-}" "${part#dvc-}" ;;
     multigpu)
       python3 -m pytest -m gpu tests/test_multi_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests_multi_gpu.log"
       python3 benchmarks/multi_gpu.py 2>&1 | tee "$results/multi_gpu.log"

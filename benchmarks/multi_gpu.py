@@ -47,6 +47,7 @@ def scratch_project(directory: Path, checkpoint: str, backend: str, gpus: int) -
     from transformers import AutoTokenizer
 
     params = {
+        "kind": "causal_lm",
         "model": {"name": checkpoint, "max_seq_length": MAX_LEN},
         "data": {"sources": [{"path": "unused.jsonl", "format": "messages"}]},  # prepare does not run
         "train": {"backend": backend, "num_gpus": gpus, "max_steps": STEPS, "per_device_batch_size": GLOBAL_BATCH // gpus,

@@ -47,7 +47,7 @@ def build_checkpoint(out_dir: Path) -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from stages.lib.models import build_byte_tokenizer
+    from slothline.builtin import build_byte_tokenizer
 
     tokenizer = build_byte_tokenizer()
     config = Qwen3Config(**QWEN3_4B_SHAPE, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -97,12 +97,12 @@ def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoin
     """
     from dataclasses import replace
 
-    from stages.lib import backends, training
-    from stages.lib.kinds import causal_lm
-    from stages.lib.params import Params
-    from stages.lib.runtime import probe, resolve
+    from slothline import backends, training
+    from slothline.kinds import causal_lm
+    from slothline.runtime import probe, resolve
 
-    params = Params.model_validate({
+    params = causal_lm.Params.model_validate({
+        "kind": "causal_lm",
         "model": {"name": checkpoint, "max_seq_length": MAX_LEN},
         "data": {"sources": [{"path": "unused.jsonl", "format": "messages"}]},
         "train": {"backend": backend.split("-")[0], "max_steps": STEPS, "per_device_batch_size": BATCH,
@@ -112,9 +112,10 @@ def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoin
     runtime = resolve(params, probe())
     if backend == "hf-dense":
         runtime = replace(runtime, attention="sdpa")
+    backend_module = backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT
     model, tokenizer = backends.load_for_training(causal_lm, runtime, params)
     rows = chat_rows(tokenizer, fixed_length)
-    trainer = causal_lm.build_trainer(runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [])
+    trainer = causal_lm.build_trainer(backend_module, runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [])
     if backend == "hf-model-loss":
         trainer.__class__ = training.model_loss_trainer_class()
         return trainer, "model cross-entropy"
@@ -177,14 +178,14 @@ def trl_peft_trainer(packing: bool, fixed_length: bool, checkpoint: str):
     from trl import SFTConfig, SFTTrainer
     from trl.trainer import utils
 
-    from stages.lib.templates import tokenize_for_training
+    from slothline.kinds.causal_lm import tokenized
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16)
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(learning_rate=2e-4, **same_workload(packing)),
-        train_dataset=tokenize_for_training(chat_rows(tokenizer, fixed_length), tokenizer, CHATML),
+        train_dataset=tokenized(chat_rows(tokenizer, fixed_length), tokenizer, CHATML),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=16, lora_alpha=16, target_modules=TARGET_MODULES, task_type="CAUSAL_LM"),
     )

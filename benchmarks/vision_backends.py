@@ -55,9 +55,9 @@ def build_checkpoint(out_dir: Path) -> None:
     from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
                               Qwen3VLProcessor, Qwen3VLVideoProcessor)
 
-    from stages.lib.models import QWEN_VISION_TOKENS, TEMPLATE_DIR, build_byte_tokenizer
+    from slothline.builtin import FILES_DIR, QWEN_VISION_TOKENS, build_byte_tokenizer
 
-    template = (TEMPLATE_DIR / "qwen3_vl_chat_template.jinja").read_text()
+    template = (FILES_DIR / "qwen3_vl_chat_template.jinja").read_text()
     tokenizer = build_byte_tokenizer(QWEN_VISION_TOKENS, template)
     token_id = tokenizer.convert_tokens_to_ids
     config = Qwen3VLConfig(
@@ -108,12 +108,12 @@ def picture_rows(processor, folder: Path) -> list[dict]:
 
 def run_one(backend: str, checkpoint: str) -> dict:
     """Train STEPS steps with the train stage's code in this process; time the steps after warm-up."""
-    from stages.lib import backends
-    from stages.lib.kinds import vision
-    from stages.lib.params import Params
-    from stages.lib.runtime import probe, resolve
+    from slothline import backends
+    from slothline.kinds import vision
+    from slothline.runtime import probe, resolve
 
-    params = Params.model_validate({
+    params = vision.Params.model_validate({
+        "kind": "vision",
         "model": {"name": checkpoint, "max_seq_length": 2048, "load_in_4bit": backend == "unsloth-4bit"},
         "data": {"sources": [{"path": "unused.jsonl", "format": "vqa"}]},
         "lora": {"r": 16, "alpha": 16, "target_modules": TARGET_MODULES},
@@ -121,9 +121,10 @@ def run_one(backend: str, checkpoint: str) -> dict:
                   "gradient_checkpointing": True, "save_steps": 10_000, "logging_steps": 1, "warmup_steps": 2},
     })
     runtime = resolve(params, probe())
+    backend_module = backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT
     model, processor = backends.load_for_training(vision, runtime, params)
     rows = picture_rows(processor, Path(checkpoint) / "pictures")
-    trainer = vision.build_trainer(runtime, params, model, processor, rows, [], "/tmp/vision-bench-out", [])
+    trainer = vision.build_trainer(backend_module, runtime, params, model, processor, rows, [], "/tmp/vision-bench-out", [])
     import torch
 
     started = time.perf_counter()

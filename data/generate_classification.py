@@ -1,6 +1,6 @@
 """Write data/raw/reviews.jsonl: short product reviews labelled negative, neutral or positive (the
 `classification` format: `text`, `label`), about 600 rows with unequal classes, for the classifier
-default (configs/classifier.yaml). Sentiment comes from the words a review uses, mixed with product
+default (conf/kind/classifier.yaml). Sentiment comes from the words a review uses, mixed with product
 names and filler that every class shares, so a tiny encoder can learn it in a minute on a CPU.
 The output is deterministic and committed; rerun by hand (`python data/generate_classification.py`).
 """

@@ -1,19 +1,28 @@
-"""check_params: validate the whole params.yaml. It depends on every param and writes nothing, so a
-misspelled section (`evalute:`), which no other stage reads, still fails `dvc repro` loudly; so do a
-param the model's kind cannot apply and a setting that only a later stage would refuse, before anything
-trains."""
+"""check_params: validate the whole params.yaml against its kind, and refuse before anything trains what a
+later stage would. It depends on every param and writes nothing, so a misspelled section (`evalute:`),
+which no other stage reads, still fails `dvc repro` loudly. It also names the settings params.yaml holds
+beyond what conf/ composes, which the next `dvc exp run -S` would drop."""
 
-from stages.lib import kinds
-from stages.lib.errors import run_stage
-from stages.lib.params import PARAMS_FILE, check_pipeline_needs, load_params
+import os
+
+import yaml
+
+from slothline import conf, kinds
+from slothline.artifacts import PARAMS_FILE
+from slothline.errors import run_stage
+from slothline.params import load_params
 
 
 def main() -> None:
     params = load_params()
-    check_pipeline_needs(params)
-    task = kinds.for_params(params)  # the model's kind, which refuses params it cannot apply
-    kinds.check_export_formats(task, params.export.formats)
-    print(f"{PARAMS_FILE}: valid")
+    kinds.check(kinds.get(params.kind), params)
+    hand_edits = [] if "DVC_EXP_NAME" in os.environ else conf.drift(yaml.safe_load(PARAMS_FILE.read_text()))
+    if hand_edits:
+        print(f"note: {PARAMS_FILE} differs from what {conf.CONF_DIR}/ composes for {params.kind} at "
+              f"{', '.join(hand_edits)}; the next `dvc exp run -S ...` recomposes {PARAMS_FILE} from "
+              f"{conf.CONF_DIR}/ and drops them: keep them in {conf.CONF_DIR}/config.yaml or "
+              f"{conf.CONF_DIR}/kind/{params.kind}.yaml, or pass them as -S overrides")
+    print(f"{PARAMS_FILE}: valid for {params.kind} models")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
+import copy
+import functools
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -7,25 +10,80 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "stages", "data/raw", "data/generate_raw.py",
-                 "data/generate_vision.py", "data/generate_classification.py", "configs"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "stages", "slothline", "conf", "data/raw",
+                 "data/generate_raw.py", "data/generate_vision.py", "data/generate_classification.py"]
+
+
+@functools.cache
+def kind_defaults(kind: str) -> dict:
+    """params.yaml of `kind` as `dvc exp run -S kind=<kind>` composes it from conf/."""
+    from slothline.conf import compose
+
+    return compose(kind, conf_dir=ROOT / "conf")
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged in: dicts update recursively, any other value replaces."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_params(directory: Path, kind: str = "causal_lm", **sections) -> dict:
+    """THE way tests set params: the kind's defaults with `sections` merged in (e.g. train={"max_steps": 5}),
+    written to `directory`/params.yaml as `dvc exp run` would; returns them."""
+    params = merged(kind_defaults(kind), sections)
+    (Path(directory) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def load(kind: str = "causal_lm", **sections):
+    """The validated params of `kind`'s defaults with `sections` merged in, without a file."""
+    from slothline import kinds
+
+    return kinds.get(kind).Params.model_validate(merged(kind_defaults(kind), sections))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def builtin_cache(tmp_path_factory):
-    """Build builtin models once per test session, in a private cache shared with subprocesses."""
+    """Build builtin models once per test session, in a private cache shared with subprocesses, which also
+    find the stage scripts (`python -m stages.train` from a scratch directory; a project copy's own come first)."""
     cache = tmp_path_factory.mktemp("slothline-cache")
     patcher = pytest.MonkeyPatch()
     patcher.setenv("SLOTHLINE_CACHE", str(cache))
+    patcher.setenv("PYTHONPATH", str(ROOT), prepend=os.pathsep)
     yield cache
     patcher.undo()
 
 
 @pytest.fixture(scope="session")
-def tokenizer(builtin_cache):
-    from stages.lib.models import load_tokenizer
+def tiny_qwen3(builtin_cache) -> str:
+    """The directory of builtin:tiny-qwen3, built once per session."""
+    from slothline.models import resolve_model
 
-    return load_tokenizer("builtin:tiny-qwen3")
+    return resolve_model("builtin:tiny-qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl(builtin_cache) -> str:
+    from slothline.models import resolve_model
+
+    return resolve_model("builtin:tiny-qwen3-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_modernbert(builtin_cache) -> str:
+    from slothline.models import resolve_model
+
+    return resolve_model("builtin:tiny-modernbert")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_qwen3):
+    from slothline.models import load_tokenizer
+
+    return load_tokenizer(tiny_qwen3)
 
 
 class Workdir:
@@ -40,9 +98,10 @@ class Workdir:
         path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
         return name
 
-    def write_params(self, sources: list[dict], **data) -> None:
-        params = {"data": {"sources": sources, "total": None, "val_fraction": 0.0, "test_fraction": 0.0, **data}}
-        (self.path / "params.yaml").write_text(yaml.safe_dump(params))
+    def write_params(self, sources: list[dict], kind: str = "causal_lm", **data) -> dict:
+        """Params of `kind` reading `sources` whole, without val and test splits unless `data` asks."""
+        return write_params(self.path, kind, data={"sources": sources, "total": None, "val_fraction": 0.0,
+                                                   "test_fraction": 0.0, **data})
 
     def read_split(self, name: str) -> list[dict]:
         text = (self.path / "data/prepared" / f"{name}.jsonl").read_text(encoding="utf-8")
@@ -57,7 +116,7 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def dvc_project(tmp_path):
-    """A temporary git + DVC repository holding a copy of the project (code, params, bundled data)."""
+    """A temporary git + DVC repository holding a copy of the project (code, params, conf, bundled data)."""
     project = tmp_path / "project"
     for name in PROJECT_FILES:
         source, target = ROOT / name, project / name
@@ -71,6 +130,7 @@ def dvc_project(tmp_path):
     run("git", "config", "user.email", "ci@example.com")
     run("git", "config", "user.name", "CI")
     run("dvc", "init", "-q")
+    run("dvc", "config", "hydra.enabled", "true")  # as the project's .dvc/config: `dvc exp run` composes conf/
     run("git", "add", "-A")
     run("git", "commit", "-qm", "project")
     return project

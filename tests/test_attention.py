@@ -1,26 +1,25 @@
 """The attention path for training: the registered varlen attention and the Unsloth varlen hook."""
 
+import importlib
 import sys
 import types
 
 import pytest
 import torch
 
-from stages.lib import attention
-from stages.lib.errors import SlothlineError
+from slothline.backends import attention
+from slothline.errors import SlothlineError
 
 TEXTS = ("Hello there!", "Reverse: abc", "xy")
 
 
 @pytest.fixture(scope="module")
-def models(builtin_cache):
+def models(tiny_qwen3):
     """The tiny Qwen3 (4 query heads, 2 K/V heads) with the registered varlen attention and with sdpa."""
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model("builtin:tiny-qwen3")
-    varlen = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention.register_varlen_attention())
-    sdpa = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+    varlen = AutoModelForCausalLM.from_pretrained(tiny_qwen3, attn_implementation=attention.register_varlen_attention())
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_qwen3, attn_implementation="sdpa")
     return varlen.eval(), sdpa.eval()
 
 
@@ -88,12 +87,11 @@ def test_padded_batch_matches_sdpa(models, tokenizer, side):
                                    atol=1e-5, rtol=1e-4)
 
 
-def test_generation_with_a_cache_needs_sdpa(builtin_cache, tokenizer):
-    from stages.lib.models import resolve_model
+def test_generation_with_a_cache_needs_sdpa(tiny_qwen3, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"),
-                                                 attn_implementation=attention.register_varlen_attention()).eval()
+    varlen = attention.register_varlen_attention()
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, attn_implementation=varlen).eval()
     prompt = tokenizer("Hello", return_tensors="pt")
     with pytest.raises(SlothlineError, match="set_attn_implementation"):
         model.generate(**prompt, max_new_tokens=3, do_sample=False)
@@ -193,11 +191,18 @@ def fake_unsloth(monkeypatch):
     dispatch._torch_varlen_packed = lambda *args, **kwargs: None
     for module in (unsloth, utils, dispatch):
         monkeypatch.setitem(sys.modules, module.__name__, module)
-    return dispatch
+    monkeypatch.delitem(sys.modules, "slothline.backends.unsloth", raising=False)  # imported anew, on this unsloth
+    yield dispatch
+    sys.modules.pop("slothline.backends.unsloth", None)
+
+
+def use_torch_varlen() -> bool:
+    """The unsloth backend's hook, its module imported on the fake unsloth."""
+    return importlib.import_module("slothline.backends.unsloth").use_torch_varlen()
 
 
 def test_unsloth_hook_installs_a_varlen_attn_that_takes_enable_gqa(fake_unsloth):
-    assert attention.use_torch_varlen_in_unsloth() is True
+    assert use_torch_varlen() is True
     q = torch.zeros(3, 4, 8)
     # As Unsloth's _torch_varlen_packed calls it:
     out = fake_unsloth._TORCH_VARLEN_ATTN(q, q, q, None, None, 3, 3, scale=0.5, window_size=(-1, 0), enable_gqa=True)
@@ -210,19 +215,18 @@ def test_unsloth_hook_does_nothing_when_torch_varlen_takes_enable_gqa(fake_unslo
         raise AssertionError("not called")
 
     monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", varlen_attn_2_12)
-    monkeypatch.setitem(sys.modules, "unsloth", None)  # importing unsloth would now fail: it must not be imported
-    assert attention.use_torch_varlen_in_unsloth() is False
+    assert use_torch_varlen() is False
     assert fake_unsloth._TORCH_VARLEN_ATTN is None
 
 
 def test_unsloth_hook_leaves_unsloths_own_choice_alone(fake_unsloth, monkeypatch):
     unsloths_own = object()
     fake_unsloth._TORCH_VARLEN_ATTN = unsloths_own
-    assert attention.use_torch_varlen_in_unsloth() is False
+    assert use_torch_varlen() is False
     assert fake_unsloth._TORCH_VARLEN_ATTN is unsloths_own
     fake_unsloth._TORCH_VARLEN_ATTN = None
     monkeypatch.setenv("UNSLOTH_TORCH_VARLEN", "0")  # Unsloth's own switch for this branch
-    assert attention.use_torch_varlen_in_unsloth() is False
+    assert use_torch_varlen() is False
     assert fake_unsloth._TORCH_VARLEN_ATTN is None
 
 
@@ -231,7 +235,7 @@ def test_unsloth_hook_fails_clearly_when_unsloths_internals_moved(fake_unsloth, 
     monkeypatch.delattr(fake_unsloth, moved)
     expected = rf"Unsloth 2026\.10\.7 has no unsloth\.utils\.attention_dispatch\.{moved}; .*unsloth==2026\.10\.7"
     with pytest.raises(SlothlineError, match=expected):
-        attention.use_torch_varlen_in_unsloth()
+        use_torch_varlen()
 
 
 def test_unsloth_hook_fails_clearly_when_the_dispatch_module_moved(fake_unsloth, monkeypatch):
@@ -240,16 +244,15 @@ def test_unsloth_hook_fails_clearly_when_the_dispatch_module_moved(fake_unsloth,
     sys.modules["unsloth"].__version__ = "2027.1.1"
     del sys.modules["unsloth"].__path__  # a plain module: nothing can be imported below it
     with pytest.raises(SlothlineError, match=r"Unsloth 2027\.1\.1 has no unsloth\.utils\.attention_dispatch"):
-        attention.use_torch_varlen_in_unsloth()
+        use_torch_varlen()
 
 
 @pytest.mark.gpu
-def test_varlen_kernel_on_cuda_matches_per_document_sdpa(builtin_cache, tokenizer):
+def test_varlen_kernel_on_cuda_matches_per_document_sdpa(tiny_qwen3, tokenizer):
     """torch's varlen_attn on a packed bf16 row: the same logits and gradients as per-document SDPA."""
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), dtype=torch.bfloat16,
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.bfloat16,
                                                  attn_implementation=attention.register_varlen_attention()).cuda()
     _, row = packed_row(tokenizer)
     row = {name: t.cuda() for name, t in row.items()}

@@ -1,20 +1,21 @@
 """The classifier kind: records and label errors, stratified splits, hand-worked metrics, the tiny
-ModernBERT, training (LoRA and full), evaluation, merge, ONNX export, and `dvc repro` of the default."""
+ModernBERT, training (LoRA and full), evaluation, merge, ONNX export, and the classifier default
+(`dvc exp run -S kind=classifier`)."""
 
 import json
 import shutil
-import subprocess
 import time
-from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from stages.lib.errors import SlothlineError
-from stages.lib.formats import RowError
-from stages.lib.kinds import classifier
-from stages.lib.params import Params
-from tests.conftest import ROOT
+from slothline import kinds
+from slothline.artifacts import (CONFUSION_FILE, DATA_METRICS, EVAL_CHART, EVAL_METRICS, EXPORT_METRICS, MANIFEST_FILE,
+                                 MERGED_DIR, ONNX_DIR, PARAMS_FILE, REPORT_FILE, TRAIN_METRICS, TUNED_DIR)
+from slothline.errors import RowError, SlothlineError
+from slothline.kinds import classifier
+from slothline.params import load_params
+from tests.conftest import ROOT, kind_defaults, load, write_params
 
 LABELS = ("negative", "neutral", "positive")
 WORDS = {"negative": ["broke", "awful", "bad"], "neutral": ["blue", "box", "grey"],
@@ -27,29 +28,35 @@ def reviews(count: int) -> list[dict]:
             for label in LABELS for i, thing in zip(range(count), ["lamp", "mug", "chair", "desk", "kettle"] * count)]
 
 
-def write_params(workdir, sources: list[dict], **sections) -> None:
-    params = {"model": {"name": "builtin:tiny-modernbert", "max_seq_length": 64},
-              "data": {"sources": sources, "val_fraction": 0.2, "test_fraction": 0.2},
-              "export": {"formats": ["onnx"]}}
-    for name, values in sections.items():
-        params.setdefault(name, {}).update(values)
-    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+def write_classifier_params(workdir, sources: list[dict], data=None, **sections) -> dict:
+    """The classifier default reading `sources`, with a fifth each for val and test and short rows."""
+    return write_params(workdir.path, "classifier", model={"max_seq_length": 64},
+                        data={"sources": sources, "val_fraction": 0.2, "test_fraction": 0.2, **(data or {})},
+                        **sections)
 
 
 def prepare(workdir, rows: list[dict], **sections) -> dict:
     from stages import prepare
 
     source = {"path": workdir.write_jsonl("reviews.jsonl", rows), "format": "classification"}
-    write_params(workdir, [source], **sections)
+    write_classifier_params(workdir, [source], **sections)
     prepare.main()
-    return json.loads((workdir.path / "metrics/data.json").read_text())
+    return json.loads((workdir.path / DATA_METRICS).read_text())
+
+
+def params_error(directory, kind, **sections) -> str:
+    """The message load_params refuses `kind`'s defaults with `sections` merged in with."""
+    write_params(directory, kind, **sections)
+    with pytest.raises(SlothlineError) as caught:
+        load_params(directory / PARAMS_FILE)
+    return str(caught.value)
 
 
 # records and labels
 
 
-def data(labels=None) -> SimpleNamespace:
-    return SimpleNamespace(labels=labels)
+def data(labels=None):
+    return load("classifier", data={"labels": labels})
 
 
 @pytest.mark.parametrize("row, labels, expected", [
@@ -97,15 +104,17 @@ def test_a_csv_label_outside_data_labels_names_its_line(workdir):
 
     (workdir.path / "r.csv").write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(10))
                                         + "odd one,maybe\n")
-    write_params(workdir, [{"path": "r.csv", "format": "classification"}], data={"labels": ["no", "yes"]})
+    write_classifier_params(workdir, [{"path": "r.csv", "format": "classification"}], data={"labels": ["no", "yes"]})
     with pytest.raises(SlothlineError, match=r"r.csv:12: label 'maybe' is neither one of data.labels \(no, yes\)"):
         stage.main()
 
 
-def test_a_chat_format_is_refused_for_a_classifier(workdir):
-    from stages import prepare as stage
+@pytest.mark.parametrize("stage_name", ["check_params", "prepare"])
+def test_a_chat_format_is_refused_for_a_classifier(workdir, stage_name, builtin_cache):
+    import importlib
 
-    write_params(workdir, [{"path": workdir.write_jsonl("a.jsonl", reviews(3)), "format": "alpaca"}])
+    stage = importlib.import_module(f"stages.{stage_name}")
+    write_classifier_params(workdir, [{"path": workdir.write_jsonl("a.jsonl", reviews(3)), "format": "alpaca"}])
     with pytest.raises(SlothlineError, match="data.sources\\[0\\].format: alpaca is not a format of classifier "
                                              "models; use one of classification"):
         stage.main()
@@ -153,7 +162,7 @@ def test_a_class_with_no_train_row_names_the_row_and_label(workdir):
 
 
 def test_stratified_split_gives_every_class_every_split():
-    from stages.lib.mixing import mix, split, stratified_split
+    from slothline.data.mixing import mix, split, stratified_split
 
     records = [{"id": f"{label}{i}", "label": label} for label, n in (("a", 30), ("b", 7), ("c", 3)) for i in range(n)]
     parts = stratified_split(records, "label", 0.1, 0.1)
@@ -168,7 +177,7 @@ def test_stratified_split_gives_every_class_every_split():
 
 
 def test_a_tiny_class_keeps_its_train_row():
-    from stages.lib.mixing import stratified_split
+    from slothline.data.mixing import stratified_split
 
     for n in (1, 2):
         parts = stratified_split([{"label": "x", "i": i} for i in range(n)], "label", 0.1, 0.1)
@@ -179,7 +188,7 @@ def test_a_tiny_class_keeps_its_train_row():
 
 
 def test_metrics_worked_out_by_hand():
-    from stages.lib.metrics import classification_metrics
+    from slothline.kinds.classifier.metrics import classification_metrics
 
     actual = ["cat", "cat", "cat", "dog", "dog", "bird"]
     predicted = ["cat", "cat", "dog", "dog", "cat", "cat"]
@@ -199,16 +208,17 @@ def test_metrics_worked_out_by_hand():
 # the tiny model, the classifier default and LoRA targets
 
 
-def test_tiny_modernbert_builds_deterministically_and_loads_as_a_classifier(tmp_path):
+def test_tiny_modernbert_builds_deterministically_and_loads_as_a_classifier(tmp_path, builtin_cache):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from stages.lib.models import ensure_builtin, infer_kind
+    from slothline.builtin import ensure_builtin
+    from slothline.models import kind_of_config, model_config
 
     first = ensure_builtin("tiny-modernbert", tmp_path / "one")
     second = ensure_builtin("tiny-modernbert", tmp_path / "two")
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
-    assert infer_kind("builtin:tiny-modernbert") == "classifier"
+    assert kind_of_config(model_config("builtin:tiny-modernbert")) == "classifier"
     tokenizer = AutoTokenizer.from_pretrained(first)
     encoded = tokenizer("The sloth sleeps.", "It is slow.")
     assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == [
@@ -219,29 +229,27 @@ def test_tiny_modernbert_builds_deterministically_and_loads_as_a_classifier(tmp_
     assert classifier.head_modules(model) == ["head", "classifier"]
 
 
-def test_the_classifier_default_is_valid_and_sets_nothing_a_classifier_cannot_apply():
-    from stages.lib import kinds
-    from stages.lib.params import load_params
-
-    params = load_params(ROOT / "configs/classifier.yaml")
-    assert kinds.for_params(params) is classifier and params.lora.target_modules is None
+def test_the_classifier_default_is_valid_and_sets_nothing_a_classifier_cannot_apply(tmp_path, builtin_cache):
+    write_params(tmp_path, "classifier")
+    params = load_params(tmp_path / PARAMS_FILE)  # every key it sets is one of the classifier's models
+    assert params.kind == "classifier" and kinds.get(params.kind) is classifier
+    assert params.model.name == "builtin:tiny-modernbert" and params.lora.target_modules is None
     assert params.export.formats == ["onnx"] and params.data.sources[0].format == "classification"
+    kinds.check(classifier, params)  # and check_params has nothing to refuse
 
 
-def cpu_load(setting: Params):
-    from stages.lib import backends
-    from stages.lib.runtime import Capabilities, resolve
+def cpu_load(setting):
+    from slothline import backends
+    from slothline.runtime import Capabilities, resolve
 
     return backends.load_for_training(classifier, resolve(setting, Capabilities(cuda=False)), setting, list(LABELS))
 
 
-def classifier_params(**sections) -> Params:
-    return Params.model_validate({"model": {"name": "builtin:tiny-modernbert"},
-                                  "data": {"sources": [{"path": "a.jsonl", "format": "classification"}]},
-                                  "export": {"formats": ["onnx"]}, **sections})
+def classifier_params(**sections):
+    return load("classifier", **sections)
 
 
-def test_null_target_modules_are_the_family_default_and_the_head_is_trained_whole():
+def test_null_target_modules_are_the_family_default_and_the_head_is_trained_whole(builtin_cache):
     model, _ = cpu_load(classifier_params())
     config = model.peft_config["default"]
     assert config.target_modules == {"Wqkv", "Wo", "Wi"} and config.task_type == "SEQ_CLS"
@@ -252,7 +260,7 @@ def test_null_target_modules_are_the_family_default_and_the_head_is_trained_whol
 
 
 @pytest.mark.parametrize("targets, unmatched", [(["q_proj", "v_proj"], "q_proj, v_proj"), (["Wqkv", "Wq"], "Wq")])
-def test_target_modules_that_match_nothing_list_the_encoders_layers(targets, unmatched):
+def test_target_modules_that_match_nothing_list_the_encoders_layers(targets, unmatched, builtin_cache):
     """A causal LM's names, or a typo among good ones, fail before training on either backend."""
     with pytest.raises(SlothlineError, match=rf"lora.target_modules: {unmatched} matched no layer of this model; "
                                              r"its linear layers are: Wi, Wo, Wqkv, classifier, dense$"):
@@ -262,7 +270,7 @@ def test_target_modules_that_match_nothing_list_the_encoders_layers(targets, unm
 def test_macro_f1_averages_the_classes_the_test_split_or_the_predictions_have():
     """A class kept in train but with no test row (README: rare classes stay in train) has no F1: counting
     it as 0 would report a perfect model at 75. Predicted wrongly, it counts."""
-    from stages.lib.metrics import classification_metrics
+    from slothline.kinds.classifier.metrics import classification_metrics
 
     labels = ["bug", "feature", "question", "praise"]
     perfect = classification_metrics(["bug", "feature", "question"] * 5, ["bug", "feature", "question"] * 5, labels)
@@ -271,57 +279,45 @@ def test_macro_f1_averages_the_classes_the_test_split_or_the_predictions_have():
     assert one_wrong["macro_f1"] == 50.0  # bug 1, feature 1, question 0, praise 0 (predicted once, wrongly)
 
 
-def test_vision_params_set_for_a_classifier_are_refused():
-    from stages.lib import kinds
-
-    setting = classifier_params(lora={"finetune_vision_layers": False},
-                                data={"sources": [{"path": "a.jsonl", "format": "classification"}], "image_max_pixels": 1000})
-    with pytest.raises(SlothlineError, match=r"data.image_max_pixels, lora.finetune_vision_layers cannot apply to "
-                                             "classifier models"):
-        kinds.check_applicable(classifier, setting)
-    text = Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}], "image_min_pixels": 9}})
-    with pytest.raises(SlothlineError, match="data.image_min_pixels cannot apply to causal_lm models"):
-        kinds.check_applicable(kinds.get("causal_lm"), text)
+def test_vision_params_set_for_a_classifier_are_refused(tmp_path):
+    message = params_error(tmp_path, "classifier", lora={"finetune_vision_layers": False},
+                           data={"image_max_pixels": 1000})
+    assert "data.image_max_pixels: unknown parameter for classifier models" in message
+    assert "lora.finetune_vision_layers: unknown parameter for classifier models" in message
+    message = params_error(tmp_path, "causal_lm", data={"image_min_pixels": 9})
+    assert "data.image_min_pixels: unknown parameter for causal_lm models" in message
 
 
 def test_check_params_refuses_what_a_later_stage_would(workdir, builtin_cache):
-    """check_params runs first: a param the kind cannot apply, an export format it does not offer, or an
+    """check_params runs first: a param the kind does not have, an export format it does not offer, or an
     adapter-only merge with export formats fail there, before prepare and train."""
     from stages import check_params
 
-    params = yaml.safe_load((ROOT / "configs/classifier.yaml").read_text())
     for change, message in [
-        ({"export": {**params["export"], "formats": ["gguf"]}}, "export.formats: gguf is not offered for classifier"),
-        ({"train": {**params["train"], "packing": True}}, "train.packing cannot apply to classifier models"),
-        ({"merge": {**params["merge"], "save_method": "lora"}}, "merge.save_method: lora writes the adapter alone"),
+        ({"export": {"formats": ["gguf"]}}, "export.formats: gguf is not offered for classifier"),
+        ({"train": {"packing": True}}, "train.packing: unknown parameter for classifier models"),
+        ({"merge": {"save_method": "lora"}}, "merge.save_method: lora writes the adapter alone"),
     ]:
-        (workdir.path / "params.yaml").write_text(yaml.safe_dump({**params, **change}))
+        write_params(workdir.path, "classifier", **change)
         with pytest.raises(SlothlineError, match=message):
             check_params.main()
-    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(workdir.path, "classifier")
     check_params.main()
 
 
-def test_decoder_only_params_set_in_params_yaml_are_refused():
-    from stages.lib import kinds
-
-    kinds.check_applicable(classifier, classifier_params())  # left out: ignored
-    # at their defaults or empty they ask for nothing (dvc.yaml names export.gguf_quantization, so it must stay)
-    kinds.check_applicable(classifier, classifier_params(train={"packing": False}, export={"formats": ["onnx"], "gguf_quantization": []},
-                                                         evaluate={"max_new_tokens": 64}))
-    setting = classifier_params(train={"packing": True, "train_on_responses_only": False},
-                                evaluate={"max_new_tokens": 8})
-    with pytest.raises(SlothlineError, match="params.yaml: train.packing, train.train_on_responses_only, "
-                                             "evaluate.max_new_tokens cannot apply to classifier models; remove them"):
-        kinds.check_applicable(classifier, setting)
-    setting = Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "classification",
-                                                           "template": "alpaca"}]}})
-    with pytest.raises(SlothlineError, match=r"data.sources\[0\].template cannot apply to classifier models"):
-        kinds.check_applicable(classifier, setting)
-    causal = Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}],
-                                             "labels": ["a", "b"]}})
-    with pytest.raises(SlothlineError, match="data.labels cannot apply to causal_lm models"):
-        kinds.for_params(causal)
+def test_decoder_only_params_set_in_params_yaml_are_refused(tmp_path):
+    """The generating kinds' settings are not a classifier's, whatever their value; nor a classifier's
+    `data.labels` a causal LM's."""
+    message = params_error(tmp_path, "classifier", train={"packing": False, "train_on_responses_only": False},
+                           evaluate={"max_new_tokens": 8}, export={"gguf_quantization": []})
+    for key in ("train.packing", "train.train_on_responses_only", "evaluate.max_new_tokens",
+                "export.gguf_quantization"):
+        assert f"{key}: unknown parameter for classifier models" in message
+    sources = [{**kind_defaults("classifier")["data"]["sources"][0], "template": "alpaca"}]
+    message = params_error(tmp_path, "classifier", data={"sources": sources})
+    assert "data.sources[0].template: unknown parameter for classifier models" in message
+    message = params_error(tmp_path, "causal_lm", data={"labels": ["a", "b"]})
+    assert "data.labels: unknown parameter for causal_lm models" in message
 
 
 # train, evaluate, merge, export on the hf backend
@@ -339,9 +335,9 @@ def trained(tmp_path_factory, builtin_cache):
     previous = os.getcwd()
     os.chdir(workdir.path)
     try:
-        write_params(workdir, [{"path": workdir.write_jsonl("reviews.jsonl", reviews(20)), "format": "classification"}],
-                     train={"epochs": 4, "learning_rate": 0.003, "per_device_batch_size": 8, "eval_steps": 5,
-                            "warmup_steps": 2})
+        write_classifier_params(
+            workdir, [{"path": workdir.write_jsonl("reviews.jsonl", reviews(20)), "format": "classification"}],
+            train={"epochs": 4, "learning_rate": 0.003, "per_device_batch_size": 8, "eval_steps": 5, "warmup_steps": 2})
         for stage in (prepare, train, evaluate, merge):
             stage.main()
         yield workdir
@@ -350,45 +346,43 @@ def trained(tmp_path_factory, builtin_cache):
 
 
 def test_training_records_the_method_and_the_evaluation_beats_the_base(trained):
-    metrics = json.loads((trained.path / "metrics/train.json").read_text())
+    metrics = json.loads((trained.path / TRAIN_METRICS).read_text())
     assert metrics["kind"] == "classifier" and metrics["method"] == "lora"
     assert 0 < metrics["trainable_params"] < metrics["total_params"]
     assert metrics["val_loss"] is not None
-    manifest = json.loads((trained.path / "models/adapter/manifest.json").read_text())
+    manifest = json.loads((trained.path / TUNED_DIR / MANIFEST_FILE).read_text())
     assert manifest["labels"] == list(LABELS) and manifest["method"] == "lora"
-    results = json.loads((trained.path / "metrics/eval.json").read_text())
+    results = json.loads((trained.path / EVAL_METRICS).read_text())
     assert results["tuned"]["accuracy"] >= results["base"]["accuracy"] + 30, results
     assert set(results["delta"]) == {"accuracy", "macro_f1", "micro_f1"}
     assert set(results["tuned"]["per_class"]) == set(LABELS)
-    pairs = json.loads((trained.path / "metrics/confusion.json").read_text())
+    pairs = json.loads((trained.path / CONFUSION_FILE).read_text())
     assert len(pairs) == results["samples"] and set(pairs[0]) == {"actual", "predicted"}
-    report = (trained.path / "metrics/report.md").read_text()
+    report = (trained.path / REPORT_FILE).read_text()
     assert "| accuracy |" in report and "per_class" not in report and "## Per class" in report
-    assert "## Misclassified by the tuned model" in report and "![Base vs tuned](eval.png)" in report
+    assert "## Misclassified by the tuned model" in report and f"![Base vs tuned]({EVAL_CHART.name})" in report
 
 
 def test_the_base_is_scored_with_the_same_untrained_head_every_time(trained):
     from stages import evaluate
 
-    first = json.loads((trained.path / "metrics/eval.json").read_text())
+    first = json.loads((trained.path / EVAL_METRICS).read_text())
     evaluate.main()
-    assert json.loads((trained.path / "metrics/eval.json").read_text()) == first
+    assert json.loads((trained.path / EVAL_METRICS).read_text()) == first
 
 
-def test_merged_classifier_loads_with_plain_transformers_and_matches_the_adapter(trained):
+def test_merged_classifier_loads_with_plain_transformers_and_matches_the_adapter(trained, tiny_modernbert):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from stages.lib.models import resolve_model
-
-    merged_dir = trained.path / "models/merged"
+    merged_dir = trained.path / MERGED_DIR
     merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
     assert merged.config.id2label == dict(enumerate(LABELS))
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     torch.manual_seed(0)  # the base's classifier is replaced by the adapter's trained copy
-    base = AutoModelForSequenceClassification.from_pretrained(resolve_model("builtin:tiny-modernbert"), num_labels=3)
-    tuned = PeftModel.from_pretrained(base, str(trained.path / "models/adapter")).eval()
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_modernbert, num_labels=3)
+    tuned = PeftModel.from_pretrained(base, str(trained.path / TUNED_DIR)).eval()
     inputs = tokenizer(["the lamp is great", "the box is grey and blue"], padding=True, return_tensors="pt")
     with torch.no_grad():
         expected, got = tuned(**inputs).logits, merged(**inputs).logits
@@ -401,10 +395,10 @@ def test_onnx_export_matches_transformers_on_the_test_split(trained):
     from stages import export
 
     export.main()
-    result = json.loads((trained.path / "metrics/export.json").read_text())["onnx"]
+    result = json.loads((trained.path / EXPORT_METRICS).read_text())["onnx"]
     assert result["rows_checked"] == len(trained.read_split("test")) and result["max_abs_logit_diff"] <= 1e-4
     assert result["same_class_rows"] == result["rows_checked"]
-    exported = trained.path / "models/export/onnx"
+    exported = trained.path / ONNX_DIR
     assert {"model.onnx", "config.json", "tokenizer.json"} <= {p.name for p in exported.iterdir()}
     # README's way to use it: onnxruntime and the tokenizer and config beside the model, no torch model
     import onnxruntime
@@ -416,7 +410,7 @@ def test_onnx_export_matches_transformers_on_the_test_split(trained):
     texts = ["the lamp is great", "the box is grey and it is blue", "awful"]
     inputs = tokenizer(texts, padding=True, return_tensors="np")
     logits = session.run(["logits"], {i.name: inputs[i.name] for i in session.get_inputs()})[0]
-    merged = AutoModelForSequenceClassification.from_pretrained(trained.path / "models/merged").eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(trained.path / MERGED_DIR).eval()
     with torch.no_grad():
         expected = merged(**tokenizer(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
     assert [config.id2label[int(k)] for k in logits.argmax(-1)] == [config.id2label[k] for k in expected]
@@ -425,15 +419,15 @@ def test_onnx_export_matches_transformers_on_the_test_split(trained):
 def test_the_onnx_check_fails_on_a_model_that_differs(trained, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from stages.lib.onnx_export import check_onnx
+    from slothline.kinds.classifier.onnx import check_onnx
 
     other = tmp_path / "other"
-    model = AutoModelForSequenceClassification.from_pretrained(trained.path / "models/merged")
+    model = AutoModelForSequenceClassification.from_pretrained(trained.path / MERGED_DIR)
     model.classifier.bias.data += 0.01
     model.save_pretrained(other)
-    shutil.copy(trained.path / "models/merged/tokenizer.json", other)
-    shutil.copy(trained.path / "models/merged/tokenizer_config.json", other)
-    onnx_file = trained.path / "models/export/onnx/model.onnx"
+    shutil.copy(trained.path / MERGED_DIR / "tokenizer.json", other)
+    shutil.copy(trained.path / MERGED_DIR / "tokenizer_config.json", other)
+    onnx_file = trained.path / ONNX_DIR / "model.onnx"
     if not onnx_file.is_file():
         from stages import export
 
@@ -444,15 +438,15 @@ def test_the_onnx_check_fails_on_a_model_that_differs(trained, tmp_path):
 
 
 def test_gguf_is_not_offered_for_classifiers(trained):
-    from stages import export
+    from stages import check_params
 
-    params_file = trained.path / "params.yaml"
+    params_file = trained.path / PARAMS_FILE
     params = yaml.safe_load(params_file.read_text())
     params["export"]["formats"] = ["gguf"]
     params_file.write_text(yaml.safe_dump(params))
     try:
         with pytest.raises(SlothlineError, match="export.formats: gguf is not offered for classifier models; use onnx"):
-            export.main()
+            check_params.main()
     finally:
         params["export"]["formats"] = ["onnx"]
         params_file.write_text(yaml.safe_dump(params))
@@ -464,39 +458,39 @@ def test_full_finetuning_trains_every_weight_and_scores_against_a_fresh_base(wor
     prepare(workdir, reviews(10), train={"full_finetuning": True, "max_steps": 6, "learning_rate": 0.001,
                                          "per_device_batch_size": 8})
     train.main()
-    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
+    metrics = json.loads((workdir.path / TRAIN_METRICS).read_text())
     assert metrics["method"] == "full" and metrics["trainable_params"] == metrics["total_params"]
-    adapter = workdir.path / "models/adapter"
-    assert (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").exists()
-    assert json.loads((adapter / "config.json").read_text())["id2label"] == {"0": "negative", "1": "neutral",
-                                                                             "2": "positive"}
+    tuned = workdir.path / TUNED_DIR
+    assert (tuned / "config.json").is_file() and not (tuned / "adapter_config.json").exists()
+    assert json.loads((tuned / "config.json").read_text())["id2label"] == {"0": "negative", "1": "neutral",
+                                                                           "2": "positive"}
     evaluate.main()
-    assert set(json.loads((workdir.path / "metrics/eval.json").read_text())) == {"tuned", "base", "delta", "samples"}
+    assert set(json.loads((workdir.path / EVAL_METRICS).read_text())) == {"tuned", "base", "delta", "samples"}
 
 
 # the classifier default, end to end
 
 
 @pytest.mark.e2e
-def test_classifier_default_dvc_repro(dvc_project):
-    from tests.test_pipeline import dvc, ran_stages
+def test_classifier_default_dvc_exp_run(dvc_project):
+    from tests.test_vision import dvc, ran_stages
 
-    shutil.copy(dvc_project / "configs/classifier.yaml", dvc_project / "params.yaml")  # as README says
-    subprocess.run(["git", "commit", "-qam", "classifier default"], cwd=dvc_project, check=True)
-    started = time.monotonic()
-    assert ran_stages(dvc(dvc_project, "repro").stdout) == ["check_params", "prepare", "train", "evaluate", "merge",
-                                                            "export", "push"]
+    started = time.monotonic()  # as README says
+    assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "kind=classifier").stdout) == [
+        "check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
     print(f"classifier DAG: {time.monotonic() - started:.0f} s")
-    data = json.loads((dvc_project / "metrics/data.json").read_text())
+    assert yaml.safe_load((dvc_project / PARAMS_FILE).read_text())["kind"] == "classifier"
+    data = json.loads((dvc_project / DATA_METRICS).read_text())
     assert all(count > 0 for split in data["classes"].values() for count in split.values())
-    scores = json.loads((dvc_project / "metrics/eval.json").read_text())
+    scores = json.loads((dvc_project / EVAL_METRICS).read_text())
     print(json.dumps({name: scores[name] for name in ("tuned", "base")}))
     assert scores["tuned"]["accuracy"] >= 90, scores
     assert scores["base"]["accuracy"] <= 50 and scores["tuned"]["macro_f1"] >= scores["base"]["macro_f1"] + 40
-    assert json.loads((dvc_project / "metrics/train.json").read_text())["method"] == "lora"
-    assert json.loads((dvc_project / "metrics/export.json").read_text())["onnx"]["max_abs_logit_diff"] <= 1e-4
-    report = (dvc_project / "metrics/report.md").read_text()
+    assert json.loads((dvc_project / TRAIN_METRICS).read_text())["method"] == "lora"
+    assert json.loads((dvc_project / EXPORT_METRICS).read_text())["onnx"]["max_abs_logit_diff"] <= 1e-4
+    report = (dvc_project / REPORT_FILE).read_text()
     assert "| accuracy |" in report and "## Per class" in report
+    assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "kind=classifier").stdout) == []
     assert ran_stages(dvc(dvc_project, "repro").stdout) == []
 
 
@@ -504,15 +498,15 @@ def test_classifier_default_dvc_repro(dvc_project):
 
 MERGED_AGREES = """
 import json
-from types import SimpleNamespace
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from stages.lib.artifacts import read_split
-from stages.lib.kinds import classifier
-model = AutoModelForSequenceClassification.from_pretrained("models/merged")
-tokenizer = AutoTokenizer.from_pretrained("models/merged")
+from slothline.artifacts import MERGED_DIR, SAMPLES_FILE, read_split
+from slothline.kinds import classifier
+from slothline.params import load_params
+model = AutoModelForSequenceClassification.from_pretrained(MERGED_DIR)
+tokenizer = AutoTokenizer.from_pretrained(MERGED_DIR)
 rows = read_split("test")
-predicted = classifier.predict(model, tokenizer, rows, SimpleNamespace(batch_size=16), "merged")
-evaluated = [sample["tuned"] for sample in json.loads(open("metrics/samples.json").read())]
+predicted = classifier.predict(model, tokenizer, rows, load_params())
+evaluated = [sample["tuned"] for sample in json.loads(SAMPLES_FILE.read_text())]
 print(json.dumps({"labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
                   "agreement": sum(a == b for a, b in zip(predicted, evaluated)) / len(rows)}))
 """
@@ -526,12 +520,11 @@ def test_classifier_default_on_unsloth(workdir, method):
     fine-tuning; merged with PEFT's merge_and_unload, loaded by plain transformers, exported to ONNX."""
     from tests.test_gpu import python, stage
 
-    params = yaml.safe_load((ROOT / "configs/classifier.yaml").read_text())
-    params["data"]["sources"][0]["path"] = str(ROOT / "data/raw/reviews.jsonl")
-    params["train"].update(backend="unsloth", full_finetuning=method == "full")
+    source = {**kind_defaults("classifier")["data"]["sources"][0], "path": str(ROOT / "data/raw/reviews.jsonl")}
+    settings = {"backend": "unsloth", "full_finetuning": method == "full"}
     if method == "full":
-        params["train"]["learning_rate"] = 5e-4
-    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+        settings["learning_rate"] = 5e-4
+    write_params(workdir.path, "classifier", data={"sources": [source]}, train=settings)
     stage(workdir, "prepare")
     train = stage(workdir, "train")
     print(train)

@@ -1,122 +1,143 @@
-"""dvc.yaml and dvc.lock are an honest contract: each stage depends on exactly the project code it
-runs and the files that code reads, the committed dvc.lock and metrics are those of the committed
-tree, and a file outside a stage's deps is refused instead of silently ignored."""
+"""dvc.yaml and dvc.lock are an honest contract: each stage of each kind runs only code its deps name (so a
+change reruns what it touches and nothing else), the committed dvc.lock and metrics are those of the
+committed tree, and a file outside a stage's deps is refused instead of silently ignored."""
 
-import ast
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from stages.lib.dvcfile import require_declared
-from stages.lib.errors import SlothlineError
+from slothline import kinds
+from slothline.dvcfile import require_declared
+from slothline.errors import SlothlineError
 from tests.conftest import ROOT
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-STAGE_MODULES = {name: stage["cmd"].removeprefix("python -m ") for name, stage in DVC_YAML["stages"].items()}
+KINDS = tuple(kinds.names())
 
 
-def module_file(module: str):
-    path = ROOT / module.replace(".", "/")
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+def declared(stage: str, kind: str) -> list[str]:
+    """The stage's deps with `${kind}` resolved."""
+    return [dep.replace("${kind}", kind) for dep in DVC_YAML["stages"][stage].get("deps", [])]
 
 
-def imported_project_modules(file) -> set[str]:
-    """Every `stages.*` module a file imports, at the top or inside a function."""
-    names = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-    return {name for name in names if name.split(".")[0] == "stages" and module_file(name).is_file()}
+def covered(file: str, deps: list[str]) -> bool:
+    return any(file == dep or file.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
-def code_closure(module: str) -> set:
-    """The project's Python files that running `python -m module` can execute (empty __init__ files aside)."""
-    files, todo = set(), [module]
-    while todo:
-        file = module_file(todo.pop())
-        if file not in files:
-            files.add(file)
-            todo += imported_project_modules(file)
-    return {f for f in files if f.read_text().strip()}
+def git(clone: Path, *args) -> str:
+    return subprocess.run(["git", *args], cwd=clone, check=True, capture_output=True, text=True).stdout
 
 
-def named_data_files(code_files: set) -> set:
-    """Non-Python files under stages/ (templates, the tokenizer corpus) whose name the code spells out."""
-    candidates = {p.name: p for p in (ROOT / "stages").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")}
-    named = set()
-    for file in code_files:
-        for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in candidates:
-                named.add(candidates[node.value])
-    return named
+def changed_stages(clone: Path) -> dict[str, list[str]]:
+    """`dvc status` of a clone: the git-tracked deps and params each stage finds changed against dvc.lock
+    (DVC-cached outputs, absent from a clone, aside)."""
+    tracked = set(git(clone, "ls-files").split())
+    done = subprocess.run(["dvc", "status", "--json"], cwd=clone, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    problems = {}
+    for stage, changes in json.loads(done.stdout or "{}").items():
+        for change in changes:
+            if isinstance(change, str):  # e.g. "changed command"
+                problems.setdefault(stage, []).append(change)
+                continue
+            for what, paths in change.items():
+                if what == "changed params":
+                    problems.setdefault(stage, []).append(f"{what} {paths}")
+                    continue
+                problems.setdefault(stage, []).extend(
+                    f"{what} {path}: {state}" for path, state in paths.items()
+                    if path in tracked or any(p.startswith(path.rstrip("/") + "/") for p in tracked))
+    return {stage: found for stage, found in problems.items() if found}
 
 
-@pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
-def test_stage_deps_are_exactly_its_code_and_the_files_it_reads(stage):
-    code = code_closure(STAGE_MODULES[stage])
-    expected = {str(p.relative_to(ROOT)) for p in code | named_data_files(code)}
-    declared = {dep for dep in DVC_YAML["stages"][stage].get("deps", []) if dep.startswith("stages/")}
-    assert declared == expected, f"missing: {sorted(expected - declared)}, not used: {sorted(declared - expected)}"
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A fresh clone of the committed repository."""
+    path = tmp_path_factory.mktemp("clone") / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True)
+    return path
 
 
-def test_closure_follows_lazy_imports_and_names_data_files():
-    train = code_closure("stages.train")
-    assert ROOT / "stages/lib/models.py" in train  # imported inside backends' functions
-    assert ROOT / "stages/lib/tokenizer_corpus.txt" in named_data_files(train)
+def test_committed_lock_and_metrics_match_a_fresh_clone(clone):
+    """On a fresh clone, `dvc status` finds every git-tracked dep, param and metric as dvc.lock records them;
+    only DVC-cached outputs (models, prepared data) are missing."""
+    problems = changed_stages(clone)
+    assert not problems, f"commit a fresh `dvc repro`: {problems}"
+
+
+@pytest.mark.parametrize("touched, rerun", [
+    ("slothline/kinds/classifier/__init__.py", []),
+    ("slothline/kinds/classifier/onnx.py", []),
+    ("slothline/kinds/vision/images.py", []),
+    ("slothline/kinds/vision/__init__.py", []),
+    ("slothline/export/gguf.py", ["export"]),
+    ("slothline/export/ollama.py", ["export"]),
+    ("slothline/hub.py", ["push"]),
+    ("slothline/kinds/causal_lm/__init__.py", ["check_params", "prepare", "train", "evaluate", "merge", "export", "push"]),
+])
+def test_an_edit_reruns_exactly_the_stages_whose_code_it_is(clone, touched, rerun):
+    """With the text default's lock, editing another kind's code changes no stage; editing the GGUF writer
+    changes export alone."""
+    path = clone / touched
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# edited\n")
+        assert sorted(changed_stages(clone)) == sorted(rerun)
+    finally:
+        path.write_text(original)
+
+
+@pytest.mark.e2e
+def test_each_kind_is_one_experiment_whose_stages_import_only_code_their_deps_name(dvc_project, tmp_path):
+    """`dvc exp run -S kind=<kind>` runs each kind's DAG (here on a few rows) from a clean clone, `dvc exp show`
+    lists the kinds side by side, and each stage of each kind imports only project files under its declared
+    deps: the import closure per kind, taken from the processes themselves (lazy imports included)."""
+    for kind in KINDS:
+        log = tmp_path / f"{kind}.jsonl"
+        env = {**os.environ, "SLOTHLINE_IMPORT_LOG": str(log), "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT / "tests/import_log"), os.environ.get("PYTHONPATH")]))}
+        small = ["-S", "train.max_steps=2", "-S", "evaluate.max_samples=4", "-S", "evaluate.compare_base=false"]
+        if kind != "classifier":
+            small += ["-S", "evaluate.max_new_tokens=2"]
+        done = subprocess.run(["dvc", "exp", "run", "-n", kind, "-S", f"kind={kind}", *small], cwd=dvc_project,
+                              env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        by_stage = {}
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["argv"][0].startswith(str(dvc_project / "stages")):
+                by_stage[Path(entry["argv"][0]).stem] = entry["files"]
+        assert sorted(by_stage) == sorted(DVC_YAML["stages"]), (kind, sorted(by_stage))
+        for stage, files in by_stage.items():
+            missing = [file for file in files if (dvc_project / file).read_text().strip()  # empty files run nothing
+                       and not covered(file, declared(stage, kind))]
+            assert not missing, f"{stage} ({kind}) runs {missing}, which its deps in dvc.yaml do not name"
+        assert json.loads((dvc_project / "metrics/train.json").read_text())["kind"] == kind
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=dvc_project, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    experiments = {exp["name"]: exp["data"]["params"]["params.yaml"]["data"]["kind"]
+                   for baseline in json.loads(shown.stdout) for exp in baseline.get("experiments") or []
+                   for exp in exp["revs"]}
+    assert experiments == {kind: kind for kind in KINDS}
+
+
+def test_declared_deps_exist_and_name_no_other_kind():
+    """Every declared dep exists, and no stage names a kind's package other than `${kind}`'s."""
+    for stage in DVC_YAML["stages"]:
+        for kind in KINDS:
+            for dep in declared(stage, kind):
+                assert (ROOT / dep).exists() or dep.startswith(("data/prepared", "models/")), (stage, dep)
+                others = [f"slothline/kinds/{other}" for other in KINDS if other != kind]
+                assert not covered(dep, others) and not any(covered(other, [dep]) for other in others), (stage, dep)
 
 
 def test_every_param_is_a_dependency_of_some_stage():
     """A section no stage reads (a typo such as `evalute:`) must still rerun something that validates it."""
     assert {"params.yaml": None} in DVC_YAML["stages"]["check_params"]["params"]
-
-
-def declared_params() -> set[str]:
-    return {param for stage in DVC_YAML["stages"].values() for param in stage.get("params", []) if isinstance(param, str)}
-
-
-@pytest.mark.parametrize("params_file", ["params.yaml", *sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))])
-def test_every_params_file_has_each_param_a_stage_declares(params_file):
-    """DVC refuses a stage whose declared param is missing (`cp configs/vision.yaml params.yaml`, then
-    `dvc repro` must reach the last stage)."""
-    path = ROOT / params_file if params_file == "params.yaml" else ROOT / "configs" / params_file
-    params = yaml.safe_load(path.read_text())
-    missing = []
-    for dotted in declared_params():
-        node = params
-        for key in dotted.split("."):
-            if not isinstance(node, dict) or key not in node:
-                missing.append(dotted)
-                break
-            node = node[key]
-    assert not missing, f"{path.name} lacks {sorted(missing)}"
-
-
-def test_committed_lock_and_metrics_match_a_fresh_clone(tmp_path):
-    """On a fresh clone, `dvc status` finds every git-tracked dep, param and metric as dvc.lock records
-    them; only DVC-cached outputs (models, prepared data) are missing."""
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True).stdout.split())
-    done = subprocess.run(["dvc", "status", "--json"], cwd=clone, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    problems = []
-    for stage, changes in json.loads(done.stdout or "{}").items():
-        for change in changes:
-            if isinstance(change, str):  # e.g. "changed command"
-                problems.append(f"{stage}: {change}")
-                continue
-            for kind, paths in change.items():
-                if kind == "changed params":
-                    problems.append(f"{stage}: {kind} {paths}")
-                    continue
-                problems += [f"{stage}: {kind} {path}: {state}" for path, state in paths.items()
-                             if path in tracked or any(p.startswith(path.rstrip("/") + "/") for p in tracked)]
-    assert not problems, "commit a fresh `dvc repro`:\n" + "\n".join(problems)
 
 
 def test_data_outside_the_stage_deps_is_refused(tmp_path, monkeypatch):

@@ -4,15 +4,18 @@ import json
 
 import pytest
 
-from stages.lib.errors import SlothlineError
+from slothline.artifacts import (CONFUSION_FILE, EVAL_CHART, EVAL_METRICS, LOSS_PLOT, PREPARED_DIR, REPORT_FILE,
+                                 SAMPLES_FILE, TUNED_DIR, Manifest)
+from slothline.errors import SlothlineError
+from slothline.params import load_params
+from tests.conftest import write_params
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from stages.lib.models import resolve_model
+def tiny_model(tiny_qwen3):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
     model.eval()
     return model
 
@@ -22,7 +25,7 @@ PROMPTS = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_model, tokenizer):
-    from stages.lib.generate import generate
+    from slothline.kinds._generative.generation import generate
 
     batched = generate(tiny_model, tokenizer, PROMPTS, batch_size=4, max_new_tokens=12)
     single = [generate(tiny_model, tokenizer, [p], batch_size=1, max_new_tokens=12)[0] for p in PROMPTS]
@@ -30,7 +33,7 @@ def test_batched_generation_equals_one_at_a_time(tiny_model, tokenizer):
 
 
 def test_tokenizer_without_pad_token_pads_with_eos(tiny_model, tokenizer):
-    from stages.lib.generate import generate
+    from slothline.kinds._generative.generation import generate
 
     no_pad = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     no_pad.pad_token = None
@@ -38,13 +41,18 @@ def test_tokenizer_without_pad_token_pads_with_eos(tiny_model, tokenizer):
     assert no_pad.pad_token == no_pad.eos_token
 
 
-def write_prepared(workdir, test_rows: list[dict]):
+def write_prepared(workdir, test_rows: list[dict] | None = None, **sections):
+    """Prepared splits of five rows (two of them test, or `test_rows`), then params with `sections` too."""
     from stages import prepare
 
     rows = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky", "sea")]
-    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], test_fraction=0.4)
+    params = workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}],
+                                  test_fraction=0.4)
     prepare.main()
-    (workdir.path / "data/prepared/test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    if test_rows is not None:
+        (workdir.path / PREPARED_DIR / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    if sections:
+        write_params(workdir.path, data=params["data"], **sections)
 
 
 def test_empty_test_split_is_a_clear_error(workdir):
@@ -55,35 +63,45 @@ def test_empty_test_split_is_a_clear_error(workdir):
         evaluate.main()
 
 
-def test_missing_adapter_is_a_clear_error(workdir):
+def test_missing_tuned_model_is_a_clear_error(workdir):
     from stages import evaluate
 
     write_prepared(workdir, [{"prompt": "x", "reference": "y", "text": "z", "messages": []}])
-    with pytest.raises(SlothlineError, match="models/adapter: no trained adapter or model there; run `dvc repro train`"):
+    with pytest.raises(SlothlineError, match=f"^{TUNED_DIR}: no trained model there; run `dvc repro train` first"):
         evaluate.main()
 
 
 def test_zero_max_samples_is_refused(workdir):
-    from stages.lib.params import load_params
-
-    (workdir.path / "params.yaml").write_text(
-        "data: {sources: [{path: a.jsonl, format: alpaca}]}\nevaluate: {max_samples: 0}\n")
+    write_params(workdir.path, evaluate={"max_samples": 0})
     with pytest.raises(SlothlineError, match=r"evaluate.max_samples: Input should be greater than or equal to 1"):
         load_params()
 
 
 def test_report_lists_metrics_deltas_and_samples():
-    from stages.evaluate import report
+    from slothline.report import deltas, report
 
-    results = {"tuned": {"rougeL": 40.0}, "base": {"rougeL": 10.0}, "delta": {"rougeL": 30.0}, "samples": 1}
-    text = report(results, [{"prompt": "a|b", "reference": "r", "base": "x", "tuned": "y\nz"}], "builtin:tiny-qwen3 + adapter")
+    results = {"tuned": {"rougeL": 40.0, "loss_on": "answers"}, "base": {"rougeL": 10.0, "loss_on": "answers"},
+               "samples": 1}
+    results["delta"] = deltas(results["tuned"], results["base"])
+    assert results["delta"] == {"rougeL": 30.0}
+    text = report(results, [{"prompt": "a|b", "reference": "r", "base": "x", "tuned": "y\nz"}],
+                  "builtin:tiny-qwen3 + adapter", "## Per class\n")
     assert text.startswith("# Evaluation of builtin:tiny-qwen3 + adapter on 1 test samples")
     assert "| rougeL | 40 | 10 | +30 |" in text
+    assert "| loss_on | answers | answers | n/a |" in text
     assert "| a\\|b | r | x | y<br>z |" in text
+    assert text.endswith("|\n## Per class\n")  # what the kind adds comes last
+
+
+def test_deltas_skip_what_is_not_a_number_in_both():
+    from slothline.report import deltas
+
+    assert deltas({"loss": 1.5, "bleu": 3.0, "loss_on": "answers"}, {"loss": None, "bleu": 1.25, "loss_on": "answers"}) \
+        == {"bleu": 1.75}
 
 
 def test_sampling_repeats_with_the_same_seed(tiny_model, tokenizer):
-    from stages.lib.generate import generate
+    from slothline.kinds._generative.generation import generate
 
     chosen = {"do_sample": True, "temperature": 1.5, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
     sample = lambda seed: generate(tiny_model, tokenizer, PROMPTS, 4, 12, chosen, seed=seed)
@@ -92,27 +110,29 @@ def test_sampling_repeats_with_the_same_seed(tiny_model, tokenizer):
 
 
 def test_report_shows_both_charts():
-    from stages.evaluate import report
+    from slothline.report import report
 
-    text = report({"tuned": {"rougeL": 1.0}, "samples": 1}, [], "m")
-    assert "![Base vs tuned](eval.png)" in text and "![Training loss](loss.png)" in text
+    text = report({"tuned": {"rougeL": 1.0}, "samples": 1}, [], "m", "")
+    assert (REPORT_FILE.parent == EVAL_CHART.parent == LOSS_PLOT.parent)  # report.md links them beside it
+    assert f"![Base vs tuned]({EVAL_CHART.name})" in text and f"![Training loss]({LOSS_PLOT.name})" in text
 
 
 def test_metrics_chart_and_loss_curve_are_pngs(tmp_path):
     from PIL import Image
 
-    from stages.lib import plots
+    from slothline import plots
 
+    chart, loss = tmp_path / EVAL_CHART.name, tmp_path / LOSS_PLOT.name
     results = {"tuned": {"exact_match": 60.0, "rougeL": 80.0, "loss": 1.0}, "base": {"exact_match": 0.0, "rougeL": 2.0,
                                                                                       "loss": 6.0}}
-    plots.metrics_chart(results, tmp_path / "eval.png")
+    plots.metrics_chart(results, chart)
     history = [{"step": 5, "loss": 3.0}, {"step": 10, "loss": 2.0}, {"step": 10, "eval_loss": 2.5}]
-    plots.loss_curve(history, tmp_path / "loss.png")
-    for name in ("eval.png", "loss.png"):
-        assert Image.open(tmp_path / name).size == (640, 360)
-    first = (tmp_path / "eval.png").read_bytes()
-    plots.metrics_chart(results, tmp_path / "eval.png")
-    assert (tmp_path / "eval.png").read_bytes() == first  # same data, same bytes: DVC sees no change
+    plots.loss_curve(history, loss)
+    for path in (chart, loss):
+        assert Image.open(path).size == (640, 360)
+    first = chart.read_bytes()
+    plots.metrics_chart(results, chart)
+    assert chart.read_bytes() == first  # same data, same bytes: DVC sees no change
 
 
 GREEDY = {"do_sample": False, "repetition_penalty": 1.0}
@@ -125,7 +145,7 @@ def sampled(**knobs) -> dict:
 
 @pytest.mark.parametrize("knobs", [{"top_k": 1}, {"min_p": 0.999}, {"top_p": 1e-6}])
 def test_sampling_knobs_that_keep_only_the_likeliest_token_decode_greedily(tiny_model, tokenizer, knobs):
-    from stages.lib.generate import generate
+    from slothline.kinds._generative.generation import generate
 
     greedy = generate(tiny_model, tokenizer, PROMPTS, 4, 12, GREEDY)
     assert generate(tiny_model, tokenizer, PROMPTS, 4, 12, sampled(temperature=5.0, **knobs), seed=1) == greedy
@@ -133,7 +153,7 @@ def test_sampling_knobs_that_keep_only_the_likeliest_token_decode_greedily(tiny_
 
 
 def test_repetition_penalty_changes_greedy_answers(tiny_model, tokenizer):
-    from stages.lib.generate import generate
+    from slothline.kinds._generative.generation import generate
 
     plain = generate(tiny_model, tokenizer, PROMPTS, 4, 24, GREEDY)
     assert generate(tiny_model, tokenizer, PROMPTS, 4, 24, {**GREEDY, "repetition_penalty": 50.0}) != plain
@@ -142,8 +162,8 @@ def test_repetition_penalty_changes_greedy_answers(tiny_model, tokenizer):
 def test_decoding_comes_from_params_or_the_model_generation_config():
     from transformers import GenerationConfig
 
-    from stages.lib.generate import decoding, ignored_knobs
-    from stages.lib.params import EvaluateParams
+    from slothline.kinds._generative.generation import decoding, ignored_knobs
+    from slothline.kinds._generative.params import GenerationEvaluate as EvaluateParams
 
     qwen3 = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
     own = EvaluateParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.1, repetition_penalty=1.05)
@@ -161,9 +181,77 @@ def test_decoding_comes_from_params_or_the_model_generation_config():
     ("repetition_penalty", 0, "greater than 0"), ("sampling", "auto", "must be one of 'params' or 'model'"),
 ])
 def test_decoding_knobs_out_of_range_name_the_key(tmp_path, knob, value, message):
-    from stages.lib.params import load_params
-
-    path = tmp_path / "params.yaml"
-    path.write_text(f"data: {{sources: [{{path: a.jsonl, format: alpaca}}]}}\nevaluate: {{{knob}: {value}}}\n")
+    write_params(tmp_path, evaluate={knob: value})
     with pytest.raises(SlothlineError, match=f"evaluate.{knob}: .*{message}"):
-        load_params(path)
+        load_params(tmp_path / "params.yaml")
+
+
+def rendered_rows(tokenizer, pairs) -> list[dict]:
+    from slothline.kinds._generative.chat import render
+
+    rows = []
+    for i, (question, answer) in enumerate(pairs):
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        rows.append({"id": str(i), "source": "a", "messages": messages, **render(messages, tokenizer, "chat", False)})
+    return rows
+
+
+def test_the_kind_evaluates_tuned_and_base_into_one_evaluation(tiny_model, tokenizer, tmp_path):
+    from contextlib import contextmanager
+
+    from slothline import kinds
+    from slothline.kinds import Evaluation
+    from tests.conftest import load
+
+    task = kinds.get("causal_lm")
+    rows = rendered_rows(tokenizer, [("Repeat cat.", "cat cat"), ("What is 2 + 2?", "4")])
+    params = load(evaluate={"max_new_tokens": 6, "batch_size": 2})
+    entered = []
+
+    @contextmanager
+    def base():
+        entered.append(True)
+        yield tiny_model
+
+    evaluation = task.evaluate(tiny_model, tokenizer, rows, params, base, tmp_path)
+    assert isinstance(evaluation, Evaluation) and entered == [True]
+    assert set(evaluation.metrics) == {"tuned", "base"}
+    tuned = evaluation.metrics["tuned"]
+    assert {"bleu", "chrf", "rougeL", "exact_match", "loss", "perplexity"} <= set(tuned)
+    assert tuned["loss_on"] == "answers" and tuned["loss_tokens"] > 0
+    assert evaluation.metrics["base"] == tuned  # the same weights score the same
+    answers = task.predict(tiny_model, tokenizer, rows, params)
+    assert evaluation.samples == [{"id": row["id"], "prompt": row["messages"][0]["content"],
+                                   "reference": row["reference"], "tuned": answer, "base": answer}
+                                  for row, answer in zip(rows, answers)]
+    assert evaluation.confusion == {} and evaluation.report_sections == ""
+    assert evaluation.settings == {"max_new_tokens": 6, "seed": params.evaluate.seed, "sampling": "params",
+                                   "do_sample": False, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                                   "repetition_penalty": 1.0}
+    alone = task.evaluate(tiny_model, tokenizer, rows, params, None, tmp_path)
+    assert set(alone.metrics) == {"tuned"} and all("base" not in sample for sample in alone.samples)
+    assert alone.metrics["tuned"] == tuned
+
+
+def test_evaluate_writes_metrics_samples_and_report(workdir, tiny_qwen3):
+    """A fully fine-tuned model (here: the base itself) through the evaluate stage: every file it declares, with
+    tuned, base and delta groups."""
+    import shutil
+
+    from stages import evaluate
+
+    write_prepared(workdir, evaluate={"max_new_tokens": 4, "compare_base": True})
+    shutil.copytree(tiny_qwen3, workdir.path / TUNED_DIR)
+    Manifest(kind="causal_lm", method="full", base_model="builtin:tiny-qwen3", revision=None, backend="hf",
+             precision="float32", load_in_4bit=False, max_seq_length=512).write(workdir.path / TUNED_DIR)
+    evaluate.main()
+    results = json.loads((workdir.path / EVAL_METRICS).read_text())
+    assert results["samples"] == len(workdir.read_split("test")) == 2
+    assert results["tuned"] == results["base"] and set(results["delta"].values()) == {0}
+    assert results["settings"]["max_new_tokens"] == 4
+    samples = json.loads((workdir.path / SAMPLES_FILE).read_text())
+    assert [sample["reference"] for sample in samples] == [row["reference"] for row in workdir.read_split("test")]
+    assert json.loads((workdir.path / CONFUSION_FILE).read_text()) == []
+    report = (workdir.path / REPORT_FILE).read_text()
+    assert report.startswith("# Evaluation of the fine-tuned model on 2 test samples")
+    assert (workdir.path / EVAL_CHART).is_file()

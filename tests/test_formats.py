@@ -1,6 +1,7 @@
 import pytest
 
-from stages.lib.formats import RowError, to_messages
+from slothline.data.formats import to_messages
+from slothline.errors import RowError
 
 
 def test_alpaca_with_and_without_input():
@@ -45,9 +46,9 @@ def test_image_parts_are_refused_for_text_models_pointing_to_vision_models(part)
                         {"role": "assistant", "content": "A cat."}]}
     with pytest.raises(RowError) as caught:
         to_messages(row, "messages")
-    assert str(caught.value) == (f"messages[0].content[0]: {part['type']!r} parts need a vision model (model.kind: "
-                                 "vision, e.g. model.name: builtin:tiny-qwen3-vl); drop the image part or the row for "
-                                 "this text model")
+    assert str(caught.value) == (f"messages[0].content[0]: {part['type']!r} parts need a vision model (kind: vision, "
+                                 "e.g. model.name: builtin:tiny-qwen3-vl); drop the image part or the row for this "
+                                 "text model")
 
 
 @pytest.mark.parametrize(("part", "expected"), [

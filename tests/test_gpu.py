@@ -1,6 +1,6 @@
 """The Unsloth backend and the GPU-only options on a CUDA GPU (`pytest -m gpu`).
 
-Stages run as `python -m stages.<name>` subprocesses, as `dvc repro` runs them, so that Unsloth's
+Stages run as `python stages/<name>.py` subprocesses, as `dvc repro` runs them, so that Unsloth's
 patching of transformers in one stage never leaks into another; checks that compare models run in
 a fresh process too.
 """
@@ -14,7 +14,9 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from slothline.artifacts import (EVAL_METRICS, EXPORT_METRICS, MERGED_DIR, PARAMS_FILE, THUMBNAILS_DIR, TRAIN_METRICS,
+                                 TUNED_DIR)
+from tests.conftest import ROOT, kind_defaults, merged, write_params
 
 pytestmark = pytest.mark.gpu
 
@@ -36,12 +38,9 @@ def prepared(workdir):
 
 
 def configure(workdir, **sections) -> None:
-    """Update sections of the work directory's params.yaml."""
-    path = workdir.path / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for name, values in sections.items():
-        params.setdefault(name, {}).update(values)
-    path.write_text(yaml.safe_dump(params))
+    """Merge `sections` into the work directory's params.yaml."""
+    path = workdir.path / PARAMS_FILE
+    path.write_text(yaml.safe_dump(merged(yaml.safe_load(path.read_text()), sections), sort_keys=False))
 
 
 def python(workdir, *args: str) -> str:
@@ -52,23 +51,26 @@ def python(workdir, *args: str) -> str:
     return done.stdout
 
 
+METRICS = {"train": TRAIN_METRICS, "evaluate": EVAL_METRICS, "export": EXPORT_METRICS}
+
+
 def stage(workdir, name: str) -> dict:
     """Run one stage; return its metrics file (or {} when it writes none)."""
-    python(workdir, "-m", f"stages.{name}")
-    metrics = workdir.path / "metrics" / f"{ {'evaluate': 'eval'}.get(name, name) }.json"
-    return json.loads(metrics.read_text()) if metrics.is_file() else {}
+    python(workdir, str(ROOT / "stages" / f"{name}.py"))
+    metrics = workdir.path / METRICS[name] if name in METRICS else None
+    return json.loads(metrics.read_text()) if metrics and metrics.is_file() else {}
 
 
 COMPARE_LOGITS = """
 import json, sys, torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from stages.lib.models import resolve_model
-merged_dir, prompt = sys.argv[1], sys.argv[2]
+from slothline.models import resolve_model
+merged_dir, prompt, tuned_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 tokenizer = AutoTokenizer.from_pretrained(merged_dir)
 ids = tokenizer(prompt, return_tensors="pt").input_ids.cuda()
 base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), dtype=torch.float32, device_map={"": 0})
-tuned = PeftModel.from_pretrained(base, "models/adapter")
+tuned = PeftModel.from_pretrained(base, tuned_dir)
 merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, device_map={"": 0})
 with torch.no_grad():
     expected, got = tuned(ids).logits.float(), merged(ids).logits.float()
@@ -82,7 +84,7 @@ if quantized:  # the same adapter on the 4-bit base, unmerged: what a 4-bit merg
     base4 = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), quantization_config=bnb,
                                                  device_map={"": 0})
     with torch.no_grad():
-        expected = PeftModel.from_pretrained(base4, "models/adapter")(ids).logits.float()
+        expected = PeftModel.from_pretrained(base4, tuned_dir)(ids).logits.float()
 scale = expected.abs().max().item()
 print(json.dumps({
     "quantized": quantized,
@@ -96,27 +98,30 @@ print(json.dumps({
 def compare_merged(workdir) -> dict:
     """The merged model (plain transformers) against base + adapter (PEFT) on one prompt: the float32
     base for a 16-bit merge, the 4-bit base for a 4-bit one."""
-    result = json.loads(python(workdir, "-c", COMPARE_LOGITS, "models/merged", PROMPT).splitlines()[-1])
+    result = json.loads(python(workdir, "-c", COMPARE_LOGITS, str(MERGED_DIR), PROMPT, str(TUNED_DIR)).splitlines()[-1])
     print(result)
     return result
 
 
 def test_unsloth_labels_match_the_hf_backend_masks(prepared):
-    """Unsloth's train_on_responses_only and our assistant_masks train on exactly the same tokens."""
-    from stages.lib import backends, kinds
-    from stages.lib.params import load_params
-    from stages.lib.runtime import probe, resolve
-    from stages.lib.templates import tokenize_for_training, turn_markers
+    """Unsloth's train_on_responses_only and our answer mask (the hf backend's assistant_masks) train on exactly
+    the same tokens."""
+    from slothline import backends, kinds
+    from slothline.kinds._generative.chat import turn_markers
+    from slothline.kinds.causal_lm import tokenized
+    from slothline.params import load_params
+    from slothline.runtime import probe, resolve
 
     params = load_params()
     runtime = resolve(params, probe())
     assert runtime.backend == "unsloth"
-    task = kinds.for_params(params)
+    backend = backends.get(runtime)
+    task = kinds.get(params.kind)
     model, tokenizer = backends.load_for_training(task, runtime, params)
     rows = prepared.read_split("train")
     markers = turn_markers([r["text"] for r in rows])
-    trainer = task.build_trainer(runtime, params, model, tokenizer, rows, [], str(prepared.path / "out"), [])
-    ours = tokenize_for_training(rows, tokenizer, markers)
+    trainer = task.build_trainer(backend, runtime, params, model, tokenizer, rows, [], str(prepared.path / "out"), [])
+    ours = tokenized(rows, tokenizer, markers)
     mismatched = sum(
         [t if m else -100 for t, m in zip(mine["input_ids"], mine["assistant_masks"])] != theirs["labels"]
         for mine, theirs in zip(ours, trainer.train_dataset)
@@ -128,7 +133,7 @@ def test_unsloth_train_evaluate_merge_export(prepared):
     """The whole chain on unsloth; merged_16bit through Unsloth's save_pretrained_merged."""
     train = stage(prepared, "train")
     assert train["backend"] == "unsloth" and train["device"] != "cpu" and train["steps"] == 30
-    assert (prepared.path / "models/adapter/adapter_config.json").is_file()
+    assert (prepared.path / TUNED_DIR / "adapter_config.json").is_file()
     evaluation = stage(prepared, "evaluate")
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
     stage(prepared, "merge")
@@ -173,8 +178,8 @@ def test_full_finetuning_on_unsloth(prepared):
     configure(prepared, train={"full_finetuning": True, "max_steps": 10, "learning_rate": 1e-4})
     train = stage(prepared, "train")
     assert train["backend"] == "unsloth" and train["steps"] == 10
-    adapter_dir = prepared.path / "models/adapter"
-    assert (adapter_dir / "config.json").is_file() and not (adapter_dir / "adapter_config.json").exists()
+    tuned_dir = prepared.path / TUNED_DIR
+    assert (tuned_dir / "config.json").is_file() and not (tuned_dir / "adapter_config.json").exists()
     evaluation = stage(prepared, "evaluate")
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
 
@@ -182,13 +187,14 @@ def test_full_finetuning_on_unsloth(prepared):
 RELOAD_LOFTQ = """
 import json, torch
 from pathlib import Path
-from stages.lib import backends, kinds
-from stages.lib.artifacts import Manifest
-from stages.lib.params import load_params
-from stages.lib.runtime import for_inference, probe, resolve
+from slothline import backends, kinds
+from slothline.artifacts import Manifest
+from slothline.params import load_params
+from slothline.runtime import for_inference, probe, resolve
 params = load_params()
 runtime = resolve(params, probe())
-task = kinds.for_params(params)
+backends.get(runtime)
+task = kinds.get(params.kind)
 model, tokenizer = backends.load_for_training(task, runtime, params)
 ids = tokenizer(PROMPT, return_tensors="pt").input_ids.cuda()
 model.save_pretrained("fresh-adapter")
@@ -223,13 +229,15 @@ def test_loftq(prepared, backend):
 
 PACKED_LOSSES = """
 import dataclasses, json, sys
-from stages.lib import attention, backends, kinds
-from stages.lib.artifacts import read_split
-from stages.lib.params import load_params
-from stages.lib.runtime import probe, resolve
+from slothline import backends, kinds
+from slothline.artifacts import read_split
+from slothline.backends import attention
+from slothline.params import load_params
+from slothline.runtime import probe, resolve
 params = load_params()
 runtime = dataclasses.replace(resolve(params, probe()), attention=sys.argv[1])
-task = kinds.for_params(params)
+backend = backends.get(runtime)
+task = kinds.get(params.kind)
 model, tokenizer = backends.load_for_training(task, runtime, params)
 calls = []
 if runtime.backend == "unsloth" and runtime.attention == attention.VARLEN_FLASH:
@@ -241,7 +249,7 @@ elif runtime.attention == attention.VARLEN_FLASH:
     function = attention.varlen_sdpa_attention
     from transformers import AttentionInterface
     AttentionInterface.register(attention.VARLEN_ATTENTION, lambda *a, **k: calls.append(1) or function(*a, **k))
-trainer = task.build_trainer(runtime, params, model, tokenizer, read_split("train"), [], "out", [])
+trainer = task.build_trainer(backend, runtime, params, model, tokenizer, read_split("train"), [], "out", [])
 trainer.train()
 print(json.dumps({"losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
                   "varlen_calls": len(calls)}))
@@ -266,15 +274,12 @@ def test_packed_rows_through_varlen_attention_train_like_the_dense_mask_path(pre
 
 @pytest.fixture
 def prepared_vision(workdir):
-    """The vision default (configs/vision.yaml) with the bundled sources by absolute path, on unsloth."""
+    """The vision default (conf/kind/vision.yaml) with the bundled sources by absolute path, on unsloth."""
     from stages import prepare
 
-    params = yaml.safe_load((ROOT / "configs/vision.yaml").read_text())
-    for source in params["data"]["sources"]:
-        source["path"] = str(ROOT / source["path"])
-    params["train"].update(backend="unsloth", epochs=4)
-    params["evaluate"].update(max_samples=40)
-    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+    sources = [{**source, "path": str(ROOT / source["path"])} for source in kind_defaults("vision")["data"]["sources"]]
+    write_params(workdir.path, "vision", data={"sources": sources}, train={"backend": "unsloth", "epochs": 4},
+                 evaluate={"max_samples": 40})
     prepare.main()
     return workdir
 
@@ -282,21 +287,25 @@ def prepared_vision(workdir):
 def test_unsloth_vision_labels_match_the_hf_collator(prepared_vision):
     """UnslothVisionDataCollator(train_on_responses_only) and our AnswerCollator give the same input ids and
     train on exactly the same tokens."""
-    from stages.lib import backends, kinds
-    from stages.lib.kinds.vision import AnswerCollator, training_rows
-    from stages.lib.params import load_params
-    from stages.lib.runtime import probe, resolve
+    from slothline import backends, kinds
+    from slothline.kinds._generative import AnswerCollator
+    from slothline.kinds.vision import load_images, training_rows
+    from slothline.params import load_params
+    from slothline.runtime import probe, resolve
 
     params = load_params()
     runtime = resolve(params, probe())
     assert runtime.backend == "unsloth"
-    task = kinds.for_params(params)
+    backend = backends.get(runtime)
+    task = kinds.get(params.kind)
     model, processor = backends.load_for_training(task, runtime, params)
     rows = prepared_vision.read_split("train")[:32]
-    trainer = task.build_trainer(runtime, params, model, processor, rows, [], str(prepared_vision.path / "out"), [])
+    trainer = task.build_trainer(backend, runtime, params, model, processor, rows, [],
+                                 str(prepared_vision.path / "out"), [])
     dataset = training_rows(rows)
-    theirs = trainer.data_collator([dataset[i] for i in range(len(rows))])
-    ours = AnswerCollator(processor, ("<|im_start|>user\n", "<|im_start|>assistant\n"))([dataset[i] for i in range(len(rows))])
+    batch = [dataset[i] for i in range(len(rows))]
+    theirs = trainer.data_collator(batch)
+    ours = AnswerCollator(processor, ("<|im_start|>user\n", "<|im_start|>assistant\n"), load_images)(batch)
     assert theirs["input_ids"].tolist() == ours["input_ids"].tolist()
     assert theirs["labels"].tolist() == ours["labels"].tolist()
 
@@ -306,12 +315,13 @@ def test_unsloth_vision_lora_targets_match_the_hf_backend(prepared_vision):
     configure(prepared_vision, lora={"finetune_vision_layers": False})
     script = """
 import json
-from stages.lib import backends, kinds
-from stages.lib.params import load_params
-from stages.lib.runtime import probe, resolve
+from slothline import backends, kinds
+from slothline.params import load_params
+from slothline.runtime import probe, resolve
 params = load_params()
 runtime = resolve(params, probe())
-task = kinds.for_params(params)
+backends.get(runtime)
+task = kinds.get(params.kind)
 model, _ = backends.load_for_training(task, runtime, params)
 tower = lambda name: name[min(name.find(t) for t in ("language_model.", "visual.") if t in name):]
 print(json.dumps(sorted(tower(n) for n, m in model.named_modules() if hasattr(m, "lora_A"))))
@@ -332,17 +342,17 @@ def test_unsloth_vision_train_evaluate_merge(prepared_vision):
     print(evaluation)
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
     assert evaluation["tuned"]["exact_match"] > evaluation["base"]["exact_match"] + 20
-    assert (prepared_vision.path / "metrics/thumbnails").is_dir()
+    assert (prepared_vision.path / THUMBNAILS_DIR).is_dir()
     stage(prepared_vision, "merge")
     check = """
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from PIL import Image
-model = AutoModelForImageTextToText.from_pretrained("models/merged", device_map={"": 0})
-processor = AutoProcessor.from_pretrained("models/merged")
+model = AutoModelForImageTextToText.from_pretrained(MERGED_DIR, device_map={"": 0})
+processor = AutoProcessor.from_pretrained(MERGED_DIR)
 chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the shape?"}]}]
 inputs = processor(text=[processor.apply_chat_template(chat, add_generation_prompt=True)],
                    images=[Image.new("RGB", (64, 64), "white")], return_tensors="pt").to(0)
 print(processor.batch_decode(model.generate(**inputs, max_new_tokens=8)[:, inputs["input_ids"].shape[1]:]))
 """
-    print(python(prepared_vision, "-c", check))
-    assert stage(prepared_vision, "export") == {}  # export.formats: [] for vision
+    print(python(prepared_vision, "-c", f"MERGED_DIR = {str(MERGED_DIR)!r}\n" + check))
+    assert stage(prepared_vision, "export") == {}  # vision models offer no export format: models/merged is it

@@ -1,78 +1,80 @@
-"""merge (adapter folded into the weights) and export (GGUF written with the gguf package, read back)."""
+"""merge (adapter folded into the weights) and export (GGUF written with the gguf package, read back), and the
+GGUF refusals that check_params makes before anything trains."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from stages.lib.artifacts import Manifest
-from stages.lib.errors import SlothlineError
+from slothline import kinds
+from slothline.artifacts import EXPORT_DIR, EXPORT_METRICS, GGUF_FILE, MERGED_DIR, MODELFILE, TUNED_DIR, Manifest
+from slothline.errors import SlothlineError
+from tests.conftest import load, write_params
 
-PARAMS = "data: {sources: [{path: a.jsonl, format: alpaca}]}\n"
+DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @pytest.fixture
-def adapter(workdir, tokenizer):
+def adapter(workdir, tiny_qwen3, tokenizer):
     """A LoRA adapter with random (non-zero) B matrices, so merging really changes the weights."""
     from peft import LoraConfig, get_peft_model
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                            "up_proj", "down_proj"], init_lora_weights=False)
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=DECODER_PROJECTIONS, init_lora_weights=False)
     model = get_peft_model(base, config)
-    model.save_pretrained(workdir.path / "models/adapter")
-    tokenizer.save_pretrained(workdir.path / "models/adapter")
+    model.save_pretrained(workdir.path / TUNED_DIR)
+    tokenizer.save_pretrained(workdir.path / TUNED_DIR)
     Manifest(kind="causal_lm", method="lora", base_model="builtin:tiny-qwen3", revision=None, backend="hf",
-             precision="float32", load_in_4bit=False, max_seq_length=512).write(workdir.path / "models/adapter")
+             precision="float32", load_in_4bit=False, max_seq_length=512).write(workdir.path / TUNED_DIR)
     return workdir
 
 
-def merge(workdir, params: str = PARAMS):
+def merge(workdir, save_method: str = "merged_16bit", **sections):
     from stages import merge as merge_stage
 
-    (workdir.path / "params.yaml").write_text(params)
+    write_params(workdir.path, merge={"save_method": save_method}, **sections)
     merge_stage.main()
-    return workdir.path / "models/merged"
+    return workdir.path / MERGED_DIR
 
 
-def test_merged_model_matches_the_adapter_model(adapter, tokenizer):
+def test_merged_model_matches_the_adapter_model(adapter, tiny_qwen3, tokenizer):
     from peft import PeftModel
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
 
     merged_dir = merge(adapter)
     assert not (merged_dir / "adapter_config.json").exists()
     assert "<|im_start|>" in (merged_dir / "chat_template.jinja").read_text()
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)  # plain transformers, no PEFT
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3")),
-                                      adapter.path / "models/adapter")
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_qwen3), adapter.path / TUNED_DIR)
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
     ids = torch.tensor([tokenizer("<|im_start|>user\nReverse the word apple.<|im_end|>\n")["input_ids"]])
     with torch.no_grad():
         expected, got, untuned = (m(ids).logits for m in (tuned, merged, base))
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
     assert not torch.allclose(untuned, expected, atol=1e-2)  # the adapter does change the model
+    assert Manifest.read(merged_dir).method == "full"
 
 
 def test_lora_method_keeps_the_adapter(adapter):
-    merged_dir = merge(adapter, PARAMS + "merge: {save_method: lora}\n")
+    merged_dir = merge(adapter, "lora")
     assert (merged_dir / "adapter_config.json").is_file() and (merged_dir / "tokenizer.json").is_file()
 
 
 def test_merged_4bit_on_cpu_is_a_clear_error(adapter):
     with pytest.raises(SlothlineError, match="merge.save_method: merged_4bit needs a CUDA GPU"):
-        merge(adapter, PARAMS + "merge: {save_method: merged_4bit}\n")
+        merge(adapter, "merged_4bit")
 
 
 def export(workdir, quantizations: list[str]):
     from stages import export as export_stage
 
-    (workdir.path / "params.yaml").write_text(PARAMS + f"export: {{gguf_quantization: {json.dumps(quantizations)}}}\n")
+    write_params(workdir.path, export={"gguf_quantization": quantizations})
     export_stage.main()
-    return json.loads((workdir.path / "metrics/export.json").read_text())
+    return json.loads((workdir.path / EXPORT_METRICS).read_text())
 
 
 def test_gguf_files_are_written_and_read_back(adapter):
@@ -85,15 +87,15 @@ def test_gguf_files_are_written_and_read_back(adapter):
     assert sizes["q8_0"] < sizes["f16"] == sizes["bf16"]
     for quantization, result in report.items():
         assert result["architecture"] == "qwen3" and result["vocab_size"] == 512
-        folder = adapter.path / "models/export" / quantization
-        reader = gguf.GGUFReader(str(folder / "model.gguf"))
+        folder = adapter.path / EXPORT_DIR / quantization
+        reader = gguf.GGUFReader(str(folder / GGUF_FILE))
         assert len(reader.tensors) == result["tensors"] == 2 + 4 * 11  # embeddings, final norm, 11 per block
         template = reader.fields["tokenizer.chat_template"]
         assert "<|im_start|>" in bytes(template.parts[template.data[0]]).decode()
         assert len(reader.fields["tokenizer.ggml.merges"].data) > 0
-        modelfile = (folder / "Modelfile").read_text()
+        modelfile = (folder / MODELFILE).read_text()
         assert modelfile.startswith("FROM ./model.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
-    q8 = {t.name: t for t in gguf.GGUFReader(str(adapter.path / "models/export/q8_0/model.gguf")).tensors}
+    q8 = {t.name: t for t in gguf.GGUFReader(str(adapter.path / EXPORT_DIR / "q8_0" / GGUF_FILE)).tensors}
     assert q8["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
     assert q8["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
@@ -105,34 +107,36 @@ def test_q8_0_values_round_trip(adapter):
 
     merged = load_file(merge(adapter) / "model.safetensors")
     export(adapter, ["q8_0"])
-    tensors = {t.name: t for t in gguf.GGUFReader(str(adapter.path / "models/export/q8_0/model.gguf")).tensors}
+    tensors = {t.name: t for t in gguf.GGUFReader(str(adapter.path / EXPORT_DIR / "q8_0" / GGUF_FILE)).tensors}
     tensor = tensors["blk.1.ffn_down.weight"]
-    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(merged["model.layers.1.mlp.down_proj.weight"].shape)
     original = merged["model.layers.1.mlp.down_proj.weight"]
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(original.shape)
     assert abs(values - original).max() <= abs(original).max() / 127
 
 
-def test_k_quants_without_llama_quantize_name_what_to_install(adapter, monkeypatch):
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+def test_k_quants_without_llama_quantize_name_what_to_install(adapter, monkeypatch, tmp_path):
+    """check_params refuses them first; export, which may run where check_params did not, refuses them too,
+    before it writes anything."""
     merge(adapter)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(SlothlineError, match="q4_k_m need llama.cpp's quantizer: put `llama-quantize` on PATH"):
         export(adapter, ["q8_0", "q4_k_m"])
+    assert not (adapter.path / EXPORT_DIR).exists()
 
 
 def test_export_needs_merged_weights(adapter):
-    merge(adapter, PARAMS + "merge: {save_method: lora}\n")
+    merge(adapter, "lora")
     with pytest.raises(SlothlineError, match="GGUF export needs merge.save_method: merged_16bit"):
         export(adapter, ["f16"])
 
 
-def test_bf16_checkpoints_export(workdir, tokenizer):
+def test_bf16_checkpoints_export(workdir, tiny_qwen3, tokenizer):
     """GPU merges are saved in bfloat16, which numpy cannot hold: they still convert."""
-    from stages.lib.export import read_back, write_gguf
-    from stages.lib.models import resolve_model
+    from slothline.export.gguf import read_back, write_gguf
     from transformers import AutoModelForCausalLM
 
     model_dir = workdir.path / "bf16"
-    AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), dtype=torch.bfloat16).save_pretrained(model_dir)
+    AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.bfloat16).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     write_gguf(model_dir, workdir.path / "bf16.gguf", "q8_0")
     assert read_back(workdir.path / "bf16.gguf", model_dir)["tensors"] == 46
@@ -141,16 +145,17 @@ def test_bf16_checkpoints_export(workdir, tokenizer):
 def test_empty_formats_export_nothing(adapter):
     from stages import export as export_stage
 
-    merge(adapter, PARAMS + "merge: {save_method: lora}\nexport: {formats: []}\n")
+    merge(adapter, "lora", export={"formats": []})
     export_stage.main()
-    assert json.loads((adapter.path / "metrics/export.json").read_text()) == {}
-    assert list((adapter.path / "models/export").iterdir()) == []
+    assert json.loads((adapter.path / EXPORT_METRICS).read_text()) == {}
+    assert list((adapter.path / EXPORT_DIR).iterdir()) == []
 
 
 def test_llama_family_exports_with_rotary_permutation(workdir, tokenizer):
     """A tiny Llama checkpoint converts too; q/k rows are permuted to llama.cpp's rotary layout."""
     import gguf
-    from stages.lib.export import permute_rotary, write_gguf
+    from safetensors.numpy import load_file
+    from slothline.export.gguf import permute_rotary, write_gguf
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model_dir = workdir.path / "llama"
@@ -162,8 +167,6 @@ def test_llama_family_exports_with_rotary_permutation(workdir, tokenizer):
     reader = gguf.GGUFReader(str(workdir.path / "llama.gguf"))
     tensors = {t.name: t for t in reader.tensors}
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "llama"
-    from safetensors.numpy import load_file
-
     k_proj = load_file(model_dir / "model.safetensors")["model.layers.0.self_attn.k_proj.weight"]
     written = tensors["blk.0.attn_k.weight"].data.reshape(k_proj.shape)
     assert abs(written - permute_rotary(k_proj, 2).astype("float16")).max() == 0
@@ -185,7 +188,7 @@ def test_llama_cpp_generates_what_transformers_generates(adapter):
 def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
     """Without the rotary permutation llama.cpp would compute different attention and other tokens."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
-    from stages.lib.export import generation_check, write_gguf
+    from slothline.export.gguf import generation_check, write_gguf
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model_dir = workdir.path / "llama"
@@ -199,20 +202,72 @@ def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}, "quantized \\(bitsandbytes\\) weights"),
+    ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}},
+     "quantized \\(bitsandbytes\\) weights"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
-    ({"model_type": "gemma3"}, "GGUF export supports qwen3, qwen2, llama models, not 'gemma3'"),
+    ({"model_type": "gemma3"}, "the GGUF writer supports qwen3, qwen2, llama models, not 'gemma3'"),
 ])
-def test_export_refuses_what_it_would_write_wrongly(workdir, tokenizer, change, message):
-    from stages.lib.export import write_gguf
-    from stages.lib.models import resolve_model
+def test_export_refuses_what_it_would_write_wrongly(workdir, tiny_qwen3, tokenizer, change, message):
+    from slothline.export.gguf import write_gguf
     from transformers import AutoModelForCausalLM
 
     model_dir = workdir.path / "merged"
-    AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3")).save_pretrained(model_dir)
+    AutoModelForCausalLM.from_pretrained(tiny_qwen3).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(SlothlineError, match=message):
         write_gguf(model_dir, workdir.path / "out.gguf", "f16")
     assert not (workdir.path / "out.gguf").exists()
+
+
+# Refused at params time (check_params), before prepare and train run.
+
+def model_directory(path, tiny_qwen3, model_type: str) -> str:
+    """A local model directory: tiny-qwen3's config with `model_type` and its byte-level BPE tokenizer.json."""
+    path.mkdir()
+    config = json.loads((Path(tiny_qwen3) / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
+    shutil.copy(Path(tiny_qwen3) / "tokenizer.json", path / "tokenizer.json")
+    return str(path)
+
+
+def check(**sections) -> None:
+    kinds.check(kinds.get("causal_lm"), load(**sections))
+
+
+def test_a_family_without_a_gguf_record_is_refused_at_params_time(tmp_path, tiny_qwen3):
+    gemma = model_directory(tmp_path / "gemma", tiny_qwen3, "gemma3_text")
+    with pytest.raises(SlothlineError, match=r"export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama "
+                                             r"models, not 'gemma3_text'; set export.formats: \[\]"):
+        check(model={"name": gemma})
+    check(model={"name": gemma}, export={"formats": []})  # no GGUF asked for: nothing to refuse
+    check(model={"name": model_directory(tmp_path / "qwen3", tiny_qwen3, "qwen3")})  # the same files as qwen3
+
+
+def test_k_quants_without_llama_quantize_are_refused_at_params_time(tmp_path, monkeypatch):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    monkeypatch.setenv("PATH", str(tools))
+    quantizations = {"export": {"gguf_quantization": ["q8_0", "q4_k_m"]}}
+    with pytest.raises(SlothlineError, match=r"export.gguf_quantization: q4_k_m need llama.cpp's quantizer: put "
+                                             r"`llama-quantize` on PATH .*or use f16, bf16, q8_0"):
+        check(**quantizations)
+    check(export={"gguf_quantization": ["f16", "q8_0"]})  # written in Python: nothing else needed
+    (tools / "llama-quantize").write_text("#!/bin/sh\n")
+    (tools / "llama-quantize").chmod(0o755)
+    check(**quantizations)
+
+
+@pytest.mark.parametrize("quantizations, message", [
+    (["q8_0", "q3_x"], "export.gguf_quantization[1]: must be one of 'f16', 'bf16', 'q8_0', 'q4_k_m', 'q5_k_m', "
+                       "'q6_k', 'q4_0' or 'q5_0' (got 'q3_x')"),
+    (["q8_0", "q8_0"], "export.gguf_quantization: lists a quantization twice"),
+])
+def test_unknown_or_repeated_quantizations_are_refused_by_params_validation(tmp_path, quantizations, message):
+    from slothline.params import load_params
+
+    write_params(tmp_path, export={"gguf_quantization": quantizations})
+    with pytest.raises(SlothlineError) as caught:
+        load_params(tmp_path / "params.yaml")
+    assert message in str(caught.value)

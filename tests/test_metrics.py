@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stages.lib.metrics import loss_metrics, normalize, text_metrics, tokenize
+from slothline.kinds._generative.metrics import loss_metrics, normalize, text_metrics, tokenize
 
 
 def test_bleu_by_hand():
@@ -103,19 +103,20 @@ def test_exact_match_in_any_script_ignores_unicode_punctuation(prediction, refer
     assert text_metrics([prediction], [reference])["exact_match"] == 100.0
 
 
-def test_uniform_model_has_perplexity_equal_to_vocab_size(tokenizer):
+def test_uniform_model_has_perplexity_equal_to_vocab_size(tiny_qwen3, tokenizer):
     """A model whose logits are all zero predicts uniformly: loss ln(V), perplexity V."""
-    from stages.lib.generate import answer_loss
-    from stages.lib.models import resolve_model
-    from stages.lib.templates import tokenize_for_training, turn_markers
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    from slothline.kinds._generative import AnswerCollator
+    from slothline.kinds._generative.chat import turn_markers
+    from slothline.kinds._generative.generation import answer_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
     torch.nn.init.zeros_(model.lm_head.weight)  # tied: embeddings too, so every logit is 0
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                                            tokenize=False) for q, a in (("Hi", "Hello there"), ("2+2?", "4"))]
-    dataset = tokenize_for_training([{"text": t} for t in texts], tokenizer, turn_markers(texts))
-    total, count = answer_loss(model, dataset, tokenizer.pad_token_id, batch_size=2, max_length=512)
+    batch = AnswerCollator(tokenizer, turn_markers(texts))([{"text": t} for t in texts])
+    total, count = answer_loss(model, [batch], max_length=512)
     # labelled tokens: each answer after its empty think block (<think>, 2 newlines, </think>, 2 newlines),
     # plus its <|im_end|>, each predicted from the token before it
     assert count == sum(6 + len(tokenizer(a)["input_ids"]) + 1 for a in ("Hello there", "4"))

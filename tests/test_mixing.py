@@ -1,7 +1,7 @@
 import pytest
 
-from stages.lib.errors import SlothlineError
-from stages.lib.mixing import dedupe, mix, quotas, sample, split
+from slothline.data.mixing import dedupe, mix, quotas, sample, split
+from slothline.errors import SlothlineError
 
 
 def rows(name: str, n: int) -> list[dict]:

@@ -1,8 +1,9 @@
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from stages.lib.errors import SlothlineError
-from stages.lib.models import ensure_builtin, resolve_model
+from slothline.builtin import ensure_builtin
+from slothline.errors import SlothlineError
+from slothline.models import kind_of_config, model_config, resolve_model
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -18,8 +19,9 @@ def test_builtin_is_deterministic(tmp_path):
         assert (first / name).read_bytes() == (second / name).read_bytes()
 
 
-def test_builtin_loads_like_any_local_checkpoint():
-    path = resolve_model("builtin:tiny-qwen3")
+def test_builtin_loads_like_any_local_checkpoint(tiny_qwen3):
+    path = tiny_qwen3
+    assert resolve_model("builtin:tiny-qwen3") == path
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert model.config.model_type == "qwen3"
@@ -68,17 +70,35 @@ def test_a_model_name_that_is_neither_a_directory_nor_reachable(monkeypatch):
     """A mistyped local path reads like a hub id ("models/nope"): the message says it is no local directory."""
     import huggingface_hub.constants
 
-    from stages.lib.models import infer_kind
-
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(SlothlineError, match=r"model.name: 'models/nope' is no local directory, and its config could "
                                              r"not be fetched from the hub \(.*\); use a local model directory"):
-        infer_kind("models/nope")
+        model_config("models/nope")
 
 
 def test_a_model_directory_whose_config_is_not_json(tmp_path):
-    from stages.lib.models import infer_kind
-
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(SlothlineError, match=r"model.name: '.*''s config.json is not readable JSON \(JSONDecodeError"):
-        infer_kind(str(tmp_path))
+        model_config(str(tmp_path))
+
+
+def test_each_builtin_config_is_of_its_kind(tiny_qwen3, tiny_qwen3_vl, tiny_modernbert):
+    assert [kind_of_config(model_config(name)) for name in (tiny_qwen3, tiny_qwen3_vl, tiny_modernbert)] == [
+        "causal_lm", "vision", "classifier"]
+    assert kind_of_config(model_config("builtin:tiny-modernbert")) == "classifier"
+
+
+@pytest.mark.parametrize(("config", "kind"), [
+    ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "causal_lm"),
+    ({"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"]}, "vision"),
+    ({"model_type": "bert", "architectures": ["BertForMaskedLM"]}, "classifier"),
+    ({"model_type": "deberta-v2"}, "classifier"),  # the family says so, without architectures
+    # families without a record: the architecture or a vision tower tells
+    ({"model_type": "newencoder", "architectures": ["NewEncoderForSequenceClassification"]}, "classifier"),
+    ({"model_type": "newvlm", "architectures": ["NewVlmForConditionalGeneration"], "vision_config": {}}, "vision"),
+    ({"model_type": "newdecoder", "architectures": ["NewDecoderForCausalLM"]}, "causal_lm"),
+    ({"model_type": "newthing", "architectures": ["NewThingModel"]}, None),
+    ({}, None),
+])
+def test_kind_of_config(config, kind):
+    assert kind_of_config(config) == kind

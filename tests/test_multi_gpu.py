@@ -13,22 +13,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
+from slothline import runtime
+from slothline.artifacts import CHECKPOINTS_DIR, LIVE_DIR, TRAIN_METRICS, TUNED_DIR, Manifest
+from slothline.errors import SlothlineError
+from slothline.runtime import Capabilities, Runtime, processes_to_start
 from stages import train
-from stages.lib import runtime
-from stages.lib.errors import SlothlineError
-from stages.lib.params import Params
-from stages.lib.runtime import Capabilities, Runtime, processes_to_start
-from tests.conftest import ROOT
+from tests.conftest import load, write_params
 
 CPU = Capabilities(cuda=False)
+STAGE = [sys.executable, "-m", "stages.train"]  # as DVC runs it
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "stages.train"]
 
 
-def params(lora=None, **train_params) -> Params:
-    return Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]},
-                                  "lora": lora or {}, "train": train_params})
+def params(lora=None, **train_params):
+    return load(lora=lora or {}, train=train_params)
 
 
 def gpus(count: int) -> Capabilities:
@@ -68,7 +67,7 @@ def test_num_gpus_is_a_count_or_auto(value):
 
 
 def test_resume_needs_every_process_rng_state(tmp_path):
-    from stages.lib.outputs import resume_point
+    from slothline.checkpoints import resume_point
 
     (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "same"}))
     for step, files in ((4, ["trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"]),
@@ -94,23 +93,29 @@ def ddp_trainer(find_unused=None):
 def test_ddp_searches_for_unused_weights_only_where_a_step_may_skip_one(targets, searched):
     """LoRA on the decoder layers trains every adapter weight each step: DDP's search is skipped. The LM
     head may be read past its adapter by a fused loss: transformers' default (search) stays."""
-    from stages.lib import backends
-    from stages.lib.kinds import causal_lm
+    from slothline import backends
+    from slothline.backends import hf
+    from slothline.kinds import causal_lm
+    from slothline.training import skip_unused_weight_search
 
-    setting = params(lora={"target_modules": targets}, num_gpus=2)
+    setting = params(lora={"target_modules": targets}, num_gpus=2, gradient_checkpointing=True)
     model, _ = backends.load_for_training(causal_lm, runtime.resolve(setting, CPU), setting)
     trainer = ddp_trainer()
     ddp = Runtime("hf", "cpu", "cpu", "float32", "adamw_torch", "sdpa", world_size=2)
-    train.skip_unused_weight_search(trainer, model, ddp, setting)
+    skip_unused_weight_search(trainer, model, hf, ddp, setting)
     assert trainer.accelerator.ddp_handler.find_unused_parameters is searched
     assert trainer.args.ddp_find_unused_parameters is (None if searched else False)
 
-    unsloth = Runtime("unsloth", "cuda", "GPU", "bfloat16", "adamw_8bit", "sdpa", world_size=2)
+    # Unsloth's backend module (which imports unsloth, so needs CUDA), as far as this decision reads it
+    unsloth = SimpleNamespace(TRAINER_CHECKPOINTING=False)
+    on_unsloth = Runtime("unsloth", "cuda", "GPU", "bfloat16", "adamw_8bit", "sdpa", world_size=2)
     if searched:  # Unsloth's reentrant checkpointing breaks with the search: refused, with the ways out
         with pytest.raises(SlothlineError, match="set train.gradient_checkpointing: false, or train.backend: hf"):
-            train.skip_unused_weight_search(ddp_trainer(), model, unsloth, setting)
+            skip_unused_weight_search(ddp_trainer(), model, unsloth, on_unsloth, setting)
+        without_checkpointing = params(lora={"target_modules": targets}, num_gpus=2, gradient_checkpointing=False)
+        skip_unused_weight_search(ddp_trainer(), model, unsloth, on_unsloth, without_checkpointing)
     kept = ddp_trainer(find_unused=True)  # decided in the arguments already: left alone
-    train.skip_unused_weight_search(kept, model, ddp, setting)
+    skip_unused_weight_search(kept, model, hf, ddp, setting)
     assert kept.accelerator.ddp_handler.find_unused_parameters is True
 
 
@@ -139,38 +144,40 @@ def test_started_processes_keep_nvlink_multicast_off_and_report_a_failure(tmp_pa
     assert runtime.start_processes(2, "env_probe") == 2
 
 
+SOURCES = [{"path": "a.jsonl", "format": "alpaca"}]
+
+
 @pytest.fixture
-def prepared(workdir, monkeypatch):
-    """42 train and 6 val rows prepared in the work directory; subprocesses import this checkout."""
+def prepared(workdir):
+    """42 train and 6 val rows prepared in the work directory (processes started there import this checkout's
+    stages: the session's PYTHONPATH)."""
     from stages import prepare
 
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
     rows = [{"instruction": f"Repeat {a + b}.", "output": f"{a + b} {a + b}"} for a in "abcdefgh" for b in "xyzuvw"]
-    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.125)
+    workdir.write_jsonl("a.jsonl", rows)
+    workdir.write_params(SOURCES, val_fraction=0.125)
     prepare.main()
     return workdir
 
 
 def set_train(workdir, **values) -> None:
-    path = workdir.path / "params.yaml"
-    settings = yaml.safe_load(path.read_text())
-    settings["train"] = {"learning_rate": 0.005, "logging_steps": 1, **values}
-    path.write_text(yaml.safe_dump(settings))
+    """The prepared data's params with these `train` settings."""
+    write_params(workdir.path, data={"sources": SOURCES, "total": None, "val_fraction": 0.125, "test_fraction": 0.0},
+                 train={"learning_rate": 0.005, "logging_steps": 1, "warmup_steps": 5, **values})
 
 
 def read_outputs(workdir) -> tuple[dict, list[tuple[int, float]]]:
     """metrics/train.json and the (step, loss) rows that dvclive logged."""
-    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
-    rows = (workdir.path / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()[1:]
+    metrics = json.loads((workdir.path / TRAIN_METRICS).read_text())
+    rows = (workdir.path / LIVE_DIR / "plots/metrics/loss.tsv").read_text().splitlines()[1:]
     return metrics, [(int(step), float(loss)) for step, loss in (row.split("\t") for row in rows)]
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(prepared):
+def test_two_processes_train_like_one_with_the_same_global_batch(prepared, tiny_qwen3):
     """5 steps of 8 rows: one process of 8, then two of 4 (DDP over gloo). The two see the same rows at
     every step, so the tokens counted over both processes and each step's loss match the single run; the
     main process alone writes the outputs."""
     from peft import PeftModel
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
 
     common = dict(max_steps=5, save_steps=2, eval_steps=5)
@@ -189,12 +196,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(prepared):
     for (_, got), (_, expected) in zip(ddp_losses, single_losses, strict=True):
         assert got == pytest.approx(expected, rel=1e-3)
     assert ddp["val_loss"] is not None  # a mean of per-batch means: the batches differ, so the value does too
-    models = prepared.path / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["adapter", "checkpoints"]  # no staging left behind
-    assert not list((models / "checkpoints").glob("checkpoint-*"))
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
-    assert PeftModel.from_pretrained(base, models / "adapter").peft_config["default"].r == 16
-    assert json.loads((models / "adapter/manifest.json").read_text())["method"] == "lora"
+    models = prepared.path / TUNED_DIR.parent
+    assert sorted(p.name for p in models.iterdir()) == sorted([TUNED_DIR.name, CHECKPOINTS_DIR.name])  # no staging
+    assert not list((prepared.path / CHECKPOINTS_DIR).glob("checkpoint-*"))
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    assert PeftModel.from_pretrained(base, prepared.path / TUNED_DIR).peft_config["default"].r == 16
+    assert Manifest.read(prepared.path / TUNED_DIR).method == "lora"
 
 
 def child_pids(pid: int) -> list[int]:
@@ -206,7 +213,7 @@ def test_a_killed_ddp_run_resumes_from_its_last_checkpoint(prepared):
     both processes is complete: its processes (each in a session of its own) end with it, and the next run
     resumes."""
     set_train(prepared, max_steps=30, per_device_batch_size=2, save_steps=3, eval_steps=100, num_gpus="auto")
-    checkpoints = prepared.path / "models/checkpoints"
+    checkpoints = prepared.path / CHECKPOINTS_DIR
     files = ("trainer_state.json", "rng_state_0.pth", "rng_state_1.pth")
     saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")
                      if all((p / name).is_file() for name in files)]
@@ -223,11 +230,11 @@ def test_a_killed_ddp_run_resumes_from_its_last_checkpoint(prepared):
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a process outlived its torchrun"
-    assert not (prepared.path / "metrics/train.json").exists()
+    assert not (prepared.path / TRAIN_METRICS).exists()
 
     done = subprocess.run(TORCHRUN, cwd=prepared.path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("resuming from models/checkpoints/checkpoint-") == 1  # said by the main process
+    assert done.stdout.count(f"resuming from {CHECKPOINTS_DIR}/checkpoint-") == 1  # said by the main process
     metrics, _ = read_outputs(prepared)
     assert metrics["resumed_from_step"] >= 3 and metrics["steps"] == 30 and metrics["world_size"] == 2
 
@@ -241,7 +248,7 @@ def test_two_gpus_train_like_one(prepared, backend):
     results = []
     for batch, num_gpus in ((8, 1), (4, 2)):
         set_train(prepared, per_device_batch_size=batch, num_gpus=num_gpus, **common)
-        done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=prepared.path, capture_output=True, text=True)
+        done = subprocess.run(STAGE, cwd=prepared.path, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-5000:]
         results.append(read_outputs(prepared))
     (single, single_losses), (ddp, ddp_losses) = results

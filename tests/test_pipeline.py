@@ -9,6 +9,8 @@ import time
 import pytest
 import yaml
 
+from slothline.artifacts import CHECKPOINTS_DIR, DATA_METRICS, EVAL_METRICS, EXPORT_METRICS, LIVE_DIR, REPORT_FILE, TRAIN_METRICS
+from tests.conftest import merged
 from tests.hub_server import hub_env
 
 pytestmark = pytest.mark.e2e
@@ -22,12 +24,9 @@ def dvc(project, *args, check=True):
 
 
 def set_params(project, **sections):
-    """Update params.yaml sections (e.g. train={"max_steps": 20}) and commit, as a user would."""
+    """Change params.yaml (e.g. train={"max_steps": 20}) and commit, as a user would."""
     path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in sections.items():
-        params[section].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml.safe_dump(merged(yaml.safe_load(path.read_text()), sections), sort_keys=False))
     subprocess.run(["git", "commit", "-qam", "params"], cwd=project, check=True)
 
 
@@ -40,29 +39,31 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     started = time.monotonic()
     first = dvc(dvc_project, "repro").stdout
     assert ran_stages(first) == ["check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
-    assert "export.push_to_hub: not set; nothing pushed" in first
+    assert "push: not set; nothing pushed" in first
+    # a hand edit works for `dvc repro`, and check_params names it: the next `dvc exp run -S` recomposes params.yaml
+    assert "note: params.yaml differs from what conf/ composes for causal_lm at evaluate.max_samples" in first
     print(f"whole DAG: {time.monotonic() - started:.0f} s")
-    data = json.loads((dvc_project / "metrics/data.json").read_text())
+    data = json.loads((dvc_project / DATA_METRICS).read_text())
     assert data["train_rows"] + data["val_rows"] + data["test_rows"] == 1000
-    trained = json.loads((dvc_project / "metrics/train.json").read_text())
+    trained = json.loads((dvc_project / TRAIN_METRICS).read_text())
     assert trained["backend"] == "hf" and trained["steps"] > 0
-    assert (dvc_project / "models/adapter/adapter_model.safetensors").is_file()
-    scores = json.loads((dvc_project / "metrics/eval.json").read_text())
+    assert (dvc_project / "models/tuned/adapter_model.safetensors").is_file()
+    scores = json.loads((dvc_project / EVAL_METRICS).read_text())
     # the demo visibly learns: from nothing right to most answers exactly right
     assert scores["tuned"]["exact_match"] >= 50 and scores["tuned"]["rougeL"] >= 70, scores
     assert scores["base"]["exact_match"] <= 5 and scores["base"]["rougeL"] <= 10, scores
     assert scores["tuned"]["loss"] < scores["base"]["loss"]
-    report = (dvc_project / "metrics/report.md").read_text()
+    report = (dvc_project / REPORT_FILE).read_text()
     assert "| rougeL |" in report and "![Base vs tuned](eval.png)" in report and "![Training loss](loss.png)" in report
     assert all((dvc_project / "metrics" / image).is_file() for image in ("eval.png", "loss.png"))
-    exported = json.loads((dvc_project / "metrics/export.json").read_text())
+    exported = json.loads((dvc_project / EXPORT_METRICS).read_text())
     assert set(exported) == {"f16", "q8_0"} and all(r["tensors"] > 0 for r in exported.values())
     assert (dvc_project / "models/merged/model.safetensors").is_file()
 
     assert ran_stages(dvc(dvc_project, "repro").stdout) == []
 
     # a push target reruns push alone (export does not read export.push_to_hub): the real files reach the hub
-    set_params(dvc_project, export={"push_to_hub": {"repo_id": "me/tiny", "what": ["merged", "gguf"]}})
+    set_params(dvc_project, push={"repo_id": "me/tiny", "what": ["merged", "gguf"]})
     pushed = subprocess.run(["dvc", "repro"], cwd=dvc_project, env=hub_env(hub.endpoint, dvc_project.parent / "hf"),
                             capture_output=True, text=True)
     assert ran_stages(pushed.stdout) == ["check_params", "push"], pushed.stdout + pushed.stderr
@@ -70,34 +71,37 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     for local, remote in [("models/merged/model.safetensors", "model.safetensors"),
                           ("models/export/q8_0/model.gguf", "gguf/q8_0/model.gguf")]:
         assert commit["files"][remote] == (dvc_project / local).read_bytes()
-    set_params(dvc_project, export={"push_to_hub": None})
+    set_params(dvc_project, push=None)
     assert ran_stages(dvc(dvc_project, "repro").stdout) == ["check_params", "push"]
 
     params_file = dvc_project / "params.yaml"
     valid = params_file.read_text()
     params_file.write_text(valid + "evalute:\n  max_new_tokens: 128\n")  # a section no stage reads
     typo = dvc(dvc_project, "repro", check=False)
-    assert typo.returncode != 0 and "evalute: unknown parameter; did you mean evaluate?" in typo.stderr + typo.stdout
+    assert typo.returncode != 0 and "evalute: unknown parameter for causal_lm models; did you mean evaluate?" in (
+        typo.stderr + typo.stdout)
     params_file.write_text(valid)
 
     subprocess.run(["git", "add", "-A"], cwd=dvc_project, check=True)
     subprocess.run(["git", "commit", "-qm", "trained"], cwd=dvc_project, check=True)
-    # check_params reruns on any params change (it validates the whole file in about a second)
+    # check_params reruns on any params change (it validates the whole file in about a second); an experiment
+    # is conf/ plus its -S overrides, so the hand edit (evaluate.max_samples: 40) is gone from it
     assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "evaluate.max_new_tokens=64").stdout) == [
         "check_params", "evaluate"]
+    diff = dvc(dvc_project, "metrics", "diff", "--md").stdout
+    assert "settings.max_new_tokens" in diff and "samples" in diff  # the metrics say which settings made them
     experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32", "-S", "train.max_steps=10")
     assert ran_stages(experiment.stdout) == ["check_params", "train", "evaluate", "merge", "export", "push"]
-    assert json.loads((dvc_project / "metrics/train.json").read_text())["trainable_params"] == 2 * trained[
+    assert json.loads((dvc_project / TRAIN_METRICS).read_text())["trainable_params"] == 2 * trained[
         "trainable_params"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout
     assert "trainable_params" in diff and "tuned.rougeL" in diff and "q8_0.size_mb" not in diff  # same shapes
-    assert "settings.max_new_tokens" in diff  # 48 -> 64: the metrics say which settings produced them
 
 
 def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):
     set_params(dvc_project, train={"max_steps": 200, "save_steps": 5, "per_device_batch_size": 4})
     dvc(dvc_project, "repro", "prepare")
-    checkpoints = dvc_project / "models/checkpoints"
+    checkpoints = dvc_project / CHECKPOINTS_DIR
     saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     run = subprocess.Popen(["dvc", "repro", "train"], cwd=dvc_project, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,13 +110,13 @@ def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):
         time.sleep(0.1)
     os.killpg(run.pid, signal.SIGKILL)  # like a crash or a lost machine: no chance to clean up
     run.wait()
-    assert max(saved(), default=0) >= 10 and not (dvc_project / "metrics/train.json").exists()
+    assert max(saved(), default=0) >= 10 and not (dvc_project / TRAIN_METRICS).exists()
 
     result = dvc(dvc_project, "repro", "train")
     assert "resuming from models/checkpoints/checkpoint-" in result.stdout
-    metrics = json.loads((dvc_project / "metrics/train.json").read_text())
+    metrics = json.loads((dvc_project / TRAIN_METRICS).read_text())
     assert metrics["resumed_from_step"] >= 10 and metrics["steps"] == 200
-    assert len((dvc_project / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()) > 1
+    assert len((dvc_project / LIVE_DIR / "plots/metrics/loss.tsv").read_text().splitlines()) > 1
 
 
 def test_bad_params_fail_the_stage_with_a_clear_message(dvc_project):
@@ -120,5 +124,5 @@ def test_bad_params_fail_the_stage_with_a_clear_message(dvc_project):
     params.write_text(params.read_text().replace("  total: 1000", "  totl: 1000"))
     result = dvc(dvc_project, "repro", "prepare", check=False)
     assert result.returncode != 0
-    assert "data.totl: unknown parameter; did you mean data.total?" in result.stderr + result.stdout
+    assert "data.totl: unknown parameter for causal_lm models; did you mean data.total?" in result.stderr + result.stdout
     assert not (dvc_project / "data/prepared").exists()

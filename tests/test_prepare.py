@@ -7,14 +7,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from slothline.artifacts import DATA_METRICS, PREPARED_DIR, read_split
+from slothline.errors import SlothlineError
 from stages import prepare
-from stages.lib.errors import SlothlineError
-from stages.lib.artifacts import read_split
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_params
 
 ALPACA = [{"instruction": f"Repeat {w}.", "input": "", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
 CHAT = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
         for w in ("red", "blue", "green", "pink")]
+
+
+def data_metrics(workdir) -> dict:
+    return json.loads((workdir.path / DATA_METRICS).read_text())
+
+
+def write_params_cut_to(workdir, max_seq_length: int, sources: list[dict], **data) -> dict:
+    """workdir.write_params, with model.max_seq_length."""
+    data_section = workdir.write_params(sources, **data)["data"]
+    return write_params(workdir.path, model={"max_seq_length": max_seq_length}, data=data_section)
 
 
 def prepare_error(workdir, rows, fmt="messages", **source) -> str:
@@ -22,7 +32,7 @@ def prepare_error(workdir, rows, fmt="messages", **source) -> str:
     workdir.write_params([{"path": path, "format": fmt, **source}])
     with pytest.raises(SlothlineError) as caught:
         prepare.main()
-    assert not (workdir.path / "data/prepared").exists()
+    assert not (workdir.path / PREPARED_DIR).exists()
     return str(caught.value)
 
 
@@ -38,7 +48,7 @@ def test_writes_rendered_splits_and_metrics(workdir, tokenizer):
     )
     assert record["prompt"] == "<|im_start|>user\nRepeat cat.<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert record["reference"] == "cat cat"
-    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    metrics = data_metrics(workdir)
     assert metrics["train_rows"] == 4 and metrics["sources"]["a"]["rows_read"] == 4
     lengths = sorted(len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in train)
     assert metrics["tokens"]["train"]["max"] == lengths[-1]
@@ -76,7 +86,7 @@ def test_reads_json_csv_parquet_and_save_to_disk(workdir):
                for n, p in [("json", "a.json"), ("csv", "a.csv"), ("parquet", "a.parquet"), ("disk", "disk")]]
     workdir.write_params(sources, dedupe=False)
     prepare.main()
-    counts = json.loads((workdir.path / "metrics/data.json").read_text())["sources"]
+    counts = data_metrics(workdir)["sources"]
     assert {name: c["train_rows"] for name, c in counts.items()} == {"json": 4, "csv": 4, "parquet": 4, "disk": 4}
 
 
@@ -102,7 +112,7 @@ def test_dedupe_across_sources_is_reported(workdir):
          "format": "alpaca"},
     ])
     prepare.main()
-    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    metrics = data_metrics(workdir)
     assert metrics["duplicates_removed"] == 4 and metrics["sources"]["two"]["duplicates_removed"] == 4
 
 
@@ -112,25 +122,21 @@ def test_output_is_byte_identical_across_runs(workdir):
         {"path": workdir.write_jsonl("c.jsonl", CHAT), "format": "messages"},
     ], test_fraction=0.25)
     prepare.main()
-    first = {p.name: p.read_bytes() for p in (workdir.path / "data/prepared").iterdir()}
+    first = {p.name: p.read_bytes() for p in (workdir.path / PREPARED_DIR).iterdir()}
     prepare.main()
-    assert first == {p.name: p.read_bytes() for p in (workdir.path / "data/prepared").iterdir()}
+    assert first == {p.name: p.read_bytes() for p in (workdir.path / PREPARED_DIR).iterdir()}
 
 
 def test_truncated_rows_are_counted(workdir):
     rows = [{"instruction": "x" * 40, "output": "y"}, {"instruction": "short", "output": "y"}]
-    (workdir.path / "params.yaml").write_text(json.dumps({
-        "model": {"max_seq_length": 50},
-        "data": {"sources": [{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}],
-                 "val_fraction": 0, "test_fraction": 0},
-    }))
+    write_params_cut_to(workdir, 50, [{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}])
     prepare.main()
-    assert json.loads((workdir.path / "metrics/data.json").read_text())["tokens"]["train"]["truncated_rows"] == 1
+    assert data_metrics(workdir)["tokens"]["train"]["truncated_rows"] == 1
 
 
 @pytest.mark.parametrize("template", ["chat", "alpaca"])
 def test_token_lengths_find_the_first_answer_token(tokenizer, template):
-    from stages.lib.templates import render, token_lengths
+    from slothline.kinds._generative.chat import render, token_lengths
 
     messages = [{"role": "user", "content": "Repeat cat."}, {"role": "assistant", "content": "cat cat"}]
     row = render(messages, tokenizer, template, enable_thinking=False)
@@ -150,13 +156,10 @@ SHORT = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"}
 
 def test_rows_without_an_answer_token_within_max_seq_length_leave_train_and_val(workdir, capsys):
     # max 40 tokens: short rows (33 tokens) fit; long ones (61) start their answer at token 49
-    (workdir.path / "params.yaml").write_text(json.dumps({
-        "model": {"max_seq_length": 40},
-        "data": {"sources": [{"path": workdir.write_jsonl("a.jsonl", SHORT + LONG), "format": "alpaca"}],
-                 "val_fraction": 0.2, "test_fraction": 0.2},
-    }))
+    write_params_cut_to(workdir, 40, [{"path": workdir.write_jsonl("a.jsonl", SHORT + LONG), "format": "alpaca"}],
+                        val_fraction=0.2, test_fraction=0.2)
     prepare.main()
-    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    metrics = data_metrics(workdir)
     is_long = lambda row: row["messages"][0]["content"].startswith("Spell")
     for name in ("train", "val"):
         assert not any(is_long(r) for r in workdir.read_split(name))
@@ -174,19 +177,16 @@ def test_rows_without_an_answer_token_within_max_seq_length_leave_train_and_val(
 
 
 def test_no_train_row_with_an_answer_token_within_max_seq_length_fails_with_a_fix_that_works(workdir):
-    params = {"model": {"max_seq_length": 40},
-              "data": {"sources": [{"path": workdir.write_jsonl("a.jsonl", LONG), "format": "alpaca"}],
-                       "val_fraction": 0, "test_fraction": 0}}
-    (workdir.path / "params.yaml").write_text(json.dumps(params))
+    sources = [{"path": workdir.write_jsonl("a.jsonl", LONG), "format": "alpaca"}]
+    write_params_cut_to(workdir, 40, sources)
     with pytest.raises(SlothlineError) as caught:
         prepare.main()
     found = re.fullmatch(r"model.max_seq_length: 40 tokens leave no answer token in any of the 10 train rows \(their "
                          r"prompts take \d+ to (\d+) tokens, whole rows up to \d+\); raise model.max_seq_length "
                          r"to at least (\d+)", str(caught.value))
     assert found and int(found[2]) == int(found[1]) + 1
-    assert not (workdir.path / "data/prepared").exists()
-    params["model"]["max_seq_length"] = int(found[2])
-    (workdir.path / "params.yaml").write_text(json.dumps(params))
+    assert not (workdir.path / PREPARED_DIR).exists()
+    write_params_cut_to(workdir, int(found[2]), sources)
     prepare.main()
     assert len(workdir.read_split("train")) == 10
 
@@ -298,7 +298,7 @@ def test_three_rows_fail_in_prepare_when_a_test_split_is_asked_for(workdir):
     with pytest.raises(SlothlineError, match=r"^data.test_fraction: 0.1 of 3 rows gives 0 test rows; raise "
                                              r"data.test_fraction to at least 0.17, or add rows \(at least 6\)$"):
         prepare.main()
-    assert not (workdir.path / "data/prepared").exists()
+    assert not (workdir.path / PREPARED_DIR).exists()
 
 
 @pytest.mark.parametrize("total", [None, 100])
@@ -329,6 +329,16 @@ def test_a_source_whose_rows_are_all_skipped_or_duplicates_is_named(workdir):
         prepare.main()
 
 
+@pytest.mark.parametrize(("kind", "fmt", "formats"), [("causal_lm", "vqa", "alpaca, sharegpt, messages, reasoning"),
+                                                      ("classifier", "alpaca", "classification")])
+def test_a_format_of_another_kind_fails_before_any_row_is_read(workdir, kind, fmt, formats):
+    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", ALPACA), "format": fmt}], kind=kind)
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    assert str(caught.value) == f"data.sources[0].format: {fmt} is not a format of {kind} models; use one of {formats}"
+    assert not (workdir.path / PREPARED_DIR).exists()
+
+
 def test_missing_source_file(workdir):
     workdir.write_params([{"path": "data/raw/nope.jsonl", "format": "alpaca"}])
     with pytest.raises(SlothlineError, match=r"data/raw/nope.jsonl: no such file or directory.*generate_raw.py"):
@@ -349,26 +359,26 @@ def test_on_error_skip_counts_skipped_rows(workdir):
     rows = [json.dumps(CHAT[0]), "not json", json.dumps({"messages": []}), json.dumps(CHAT[1])]
     workdir.write_params([{"path": workdir.write_jsonl("c.jsonl", rows), "format": "messages", "on_error": "skip"}])
     prepare.main()
-    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    metrics = data_metrics(workdir)
     assert metrics["rows_skipped"] == 2 and metrics["train_rows"] == 2
 
 
 def test_failed_run_leaves_previous_outputs_alone(workdir):
     workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", ALPACA), "format": "alpaca"}])
     prepare.main()
-    before = (workdir.path / "data/prepared/train.jsonl").read_bytes()
+    before = (workdir.path / PREPARED_DIR / "train.jsonl").read_bytes()
     workdir.write_jsonl("a.jsonl", ALPACA + ["{broken"])
     with pytest.raises(SlothlineError):
         prepare.main()
-    assert (workdir.path / "data/prepared/train.jsonl").read_bytes() == before
-    assert sorted(p.name for p in (workdir.path / "data").iterdir()) == ["prepared"]
+    assert (workdir.path / PREPARED_DIR / "train.jsonl").read_bytes() == before
+    assert sorted(p.name for p in (workdir.path / PREPARED_DIR.parent).iterdir()) == [PREPARED_DIR.name]
 
 
 def test_stage_exits_nonzero_with_one_clear_line(workdir):
-    (workdir.path / "params.yaml").write_text("data: {sources: [{path: a.jsonl, format: alpaca}]}\nlora: {rnak: 3}\n")
+    write_params(workdir.path, lora={"rnak": 3})
     result = subprocess.run([sys.executable, "-m", "stages.prepare"], capture_output=True, text=True,
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
-    assert "lora.rnak: unknown parameter; did you mean lora.r?" in result.stderr
+    assert "lora.rnak: unknown parameter for causal_lm models; did you mean lora.r?" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (workdir.path / "data").exists() and not (workdir.path / "metrics").exists()
+    assert not (workdir.path / PREPARED_DIR.parent).exists() and not (workdir.path / DATA_METRICS.parent).exists()

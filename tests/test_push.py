@@ -1,4 +1,4 @@
-"""push: export.push_to_hub's params, and `python -m stages.push` uploading through huggingface_hub to a small
+"""push: the `push` params, and `python -m stages.push` uploading through huggingface_hub to a small
 local stand-in for the Hub (127.0.0.1 only) that stores what it receives."""
 
 import os
@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from stages.lib.artifacts import Manifest
-from stages.lib.errors import SlothlineError
-from stages.lib.params import load_params
-from tests.conftest import ROOT
+from slothline.artifacts import EXPORT_DIR, MERGED_DIR, TUNED_DIR, Manifest
+from slothline.errors import SlothlineError
+from slothline.params import load_params
+from tests.conftest import write_params
 from tests.hub_server import TOKEN, hub_env
 
 PUSH = {"repo_id": "me/my-model", "what": ["adapter", "merged", "gguf"]}
@@ -22,40 +21,33 @@ PUSH = {"repo_id": "me/my-model", "what": ["adapter", "merged", "gguf"]}
 def project(tmp_path):
     """A run's outputs (small stand-in files: the push is byte-for-byte, whatever the bytes are)."""
     files = {
-        "models/adapter/adapter_config.json": b'{"r": 16}',
-        "models/adapter/adapter_model.safetensors": os.urandom(3000),
-        "models/merged/config.json": b'{"model_type": "qwen3"}',
-        "models/merged/model.safetensors": os.urandom(5000),
-        "models/merged/tokenizer.json": "{\"added\": \"<|im_start|>\u00e9\"}".encode(),
-        "models/export/f16/model.gguf": b"GGUF" + os.urandom(4000),
-        "models/export/f16/Modelfile": b"FROM ./model.gguf\n",
-        "models/export/q8_0/model.gguf": b"GGUF" + os.urandom(2000),
-        "models/export/q8_0/Modelfile": b"FROM ./model.gguf\n",
+        f"{TUNED_DIR}/adapter_config.json": b'{"r": 16}',
+        f"{TUNED_DIR}/adapter_model.safetensors": os.urandom(3000),
+        f"{MERGED_DIR}/config.json": b'{"model_type": "qwen3"}',
+        f"{MERGED_DIR}/model.safetensors": os.urandom(5000),
+        f"{MERGED_DIR}/tokenizer.json": "{\"added\": \"<|im_start|>\u00e9\"}".encode(),
+        f"{EXPORT_DIR}/f16/model.gguf": b"GGUF" + os.urandom(4000),
+        f"{EXPORT_DIR}/f16/Modelfile": b"FROM ./model.gguf\n",
+        f"{EXPORT_DIR}/q8_0/model.gguf": b"GGUF" + os.urandom(2000),
+        f"{EXPORT_DIR}/q8_0/Modelfile": b"FROM ./model.gguf\n",
     }
     for name, data in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     Manifest(kind="causal_lm", method="lora", base_model="builtin:tiny-qwen3", revision=None, backend="hf",
-             precision="float32", load_in_4bit=False, max_seq_length=512).write(tmp_path / "models/adapter")
+             precision="float32", load_in_4bit=False, max_seq_length=512).write(tmp_path / TUNED_DIR)
     return tmp_path
-
-
-def write_params(directory, push: dict | None, **sections) -> None:
-    params = {"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]}, "export": {"push_to_hub": push}}
-    for section, values in sections.items():
-        params.setdefault(section, {}).update(values)
-    (directory / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def run_push(project, endpoint: str, token: str | None = TOKEN, **env) -> subprocess.CompletedProcess:
     """`python -m stages.push` as DVC runs it."""
-    env = {**hub_env(endpoint, project / "hf-home", token), "PYTHONPATH": str(ROOT), **env}
+    env = {**hub_env(endpoint, project / "hf-home", token), **env}
     return subprocess.run([sys.executable, "-m", "stages.push"], cwd=project, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
 def test_push_uploads_the_chosen_folders_in_one_commit_with_the_token(hub, project):
-    write_params(project, PUSH)
+    write_params(project, push=PUSH)
     git = lambda *args: subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, text=True)
     git("init", "-q")
     git("-c", "user.email=ci@example.com", "-c", "user.name=CI", "commit", "-q", "--allow-empty", "-m", "start")
@@ -73,7 +65,7 @@ def test_push_uploads_the_chosen_folders_in_one_commit_with_the_token(hub, proje
     [commit] = hub.commits
     assert commit["repo"] == "me/my-model" and commit["revision"] == "main"
     assert commit["summary"] == f"Upload adapter, merged, gguf from the DVC stage push (git {head})"
-    local = {"models/merged/": "", "models/adapter/": "adapter/", "models/export/": "gguf/"}
+    local = {MERGED_DIR: "", TUNED_DIR: "adapter/", EXPORT_DIR: "gguf/"}
     expected = {prefix + path.relative_to(project / folder).as_posix(): path.read_bytes()
                 for folder, prefix in local.items() for path in (project / folder).rglob("*") if path.is_file()}
     readme = commit["files"].pop("README.md").decode()
@@ -85,10 +77,10 @@ def test_push_uploads_the_chosen_folders_in_one_commit_with_the_token(hub, proje
 
 def test_onnx_goes_under_onnx_and_not_into_gguf(hub, project):
     """A classifier's export folder holds onnx/; pushing it puts it under onnx/, never also under gguf/."""
-    (project / "models/export/onnx").mkdir()
-    (project / "models/export/onnx/model.onnx").write_bytes(os.urandom(1000))
-    (project / "models/export/onnx/config.json").write_bytes(b'{"id2label": {}}')
-    write_params(project, {"repo_id": "me/cls", "what": ["merged", "onnx", "gguf"]},
+    (project / EXPORT_DIR / "onnx").mkdir()
+    (project / EXPORT_DIR / "onnx/model.onnx").write_bytes(os.urandom(1000))
+    (project / EXPORT_DIR / "onnx/config.json").write_bytes(b'{"id2label": {}}')
+    write_params(project, push={"repo_id": "me/cls", "what": ["merged", "onnx", "gguf"]},
                  export={"formats": ["onnx", "gguf"]})
 
     done = run_push(project, hub.endpoint)
@@ -101,11 +93,11 @@ def test_onnx_goes_under_onnx_and_not_into_gguf(hub, project):
 
 
 def test_model_card_links_a_hub_base_model(project, monkeypatch):
-    from stages.lib.hub import model_card
-    from stages.lib.params import PushParams
+    from slothline.hub import model_card
+    from slothline.params import PushParams
 
     Manifest(kind="causal_lm", method="full", base_model="unsloth/Qwen3-4B", revision=None, backend="unsloth",
-             precision="bfloat16", load_in_4bit=False, max_seq_length=2048).write(project / "models/adapter")
+             precision="bfloat16", load_in_4bit=False, max_seq_length=2048).write(project / TUNED_DIR)
     monkeypatch.chdir(project)
     card = model_card(PushParams(repo_id="me/my-model", what=["merged"]), git_commit=None)
     assert card.startswith("---\nbase_model: unsloth/Qwen3-4B\ntags:\n- slothline\n---\n# my-model\n")
@@ -114,7 +106,7 @@ def test_model_card_links_a_hub_base_model(project, monkeypatch):
 
 
 def test_revision_is_created_as_a_branch_and_committed_to(hub, project):
-    write_params(project, {"repo_id": "me/my-model", "what": ["merged"], "private": False, "revision": "dvc-exp"})
+    write_params(project, push={"repo_id": "me/my-model", "what": ["merged"], "private": False, "revision": "dvc-exp"})
 
     done = run_push(project, hub.endpoint)
 
@@ -127,40 +119,40 @@ def test_revision_is_created_as_a_branch_and_committed_to(hub, project):
 
 
 def test_nothing_is_sent_when_no_push_is_configured(hub, project):
-    write_params(project, None)
+    write_params(project)  # push: null, the default
 
     done = run_push(project, hub.endpoint)
 
-    assert (done.returncode, done.stdout, done.stderr) == (0, "export.push_to_hub: not set; nothing pushed\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "push: not set; nothing pushed\n", "")
     assert hub.requests == []
 
 
 def test_a_missing_token_fails_before_anything_is_sent(hub, project):
-    write_params(project, PUSH)
+    write_params(project, push=PUSH)
 
     done = run_push(project, hub.endpoint, token=None)
 
     assert done.returncode == 2
-    assert done.stderr == ("error: export.push_to_hub: no Hugging Face token; set HF_TOKEN (a write token) in the "
-                           "environment, or set export.push_to_hub: null\n")
+    assert done.stderr == ("error: push: no Hugging Face token; set HF_TOKEN (a write token) in the "
+                           "environment, or set push: null\n")
     assert hub.requests == []
 
 
 @pytest.mark.parametrize("status, headers, body, message", [
     (401, {"X-Error-Message": "Invalid credentials in Authorization header"}, {"error": "Invalid credentials"},
-     "export.push_to_hub: {endpoint} refused the token (401 Unauthorized); set HF_TOKEN to a valid write token "
+     "push: {endpoint} refused the token (401 Unauthorized); set HF_TOKEN to a valid write token "
      "(https://huggingface.co/settings/tokens)"),
     (403, {}, {"error": "You don't have the rights to create a model under the namespace \"me\""},
-     "export.push_to_hub: the token may not write to me/my-model (403 Forbidden); use a write token, or a "
+     "push: the token may not write to me/my-model (403 Forbidden); use a write token, or a "
      "fine-grained token with write access to me"),
     (404, {"X-Error-Code": "RepoNotFound"}, {"error": "Repository not found"},
-     "export.push_to_hub.repo_id: me/my-model not found on {endpoint}, or the token may not see it; check the "
+     "push.repo_id: me/my-model not found on {endpoint}, or the token may not see it; check the "
      "namespace (me) and that the token belongs to it"),
     (400, {}, {"error": f"bad request from Bearer {TOKEN}"},  # a server echoing the token: it is masked
-     "export.push_to_hub: {endpoint} answered 400: bad request from Bearer <token>"),
+     "push: {endpoint} answered 400: bad request from Bearer <token>"),
 ])
 def test_hub_errors_are_one_clear_message(hub, project, status, headers, body, message):
-    write_params(project, PUSH)
+    write_params(project, push=PUSH)
     hub.fail_with = (status, headers, body)
 
     done = run_push(project, hub.endpoint)
@@ -171,12 +163,12 @@ def test_hub_errors_are_one_clear_message(hub, project, status, headers, body, m
 
 
 def test_offline_mode_is_one_clear_message(hub, project):
-    write_params(project, PUSH)
+    write_params(project, push=PUSH)
 
     done = run_push(project, hub.endpoint, HF_HUB_OFFLINE="1")
 
-    assert (done.returncode, done.stderr) == (2, "error: export.push_to_hub: HF_HUB_OFFLINE is set; unset it to "
-                                                 "push, or set export.push_to_hub: null\n")
+    assert (done.returncode, done.stderr) == (2, "error: push: HF_HUB_OFFLINE is set; unset it to push, or set "
+                                                 "push: null\n")
     assert hub.requests == []
 
 
@@ -184,48 +176,47 @@ def test_an_unreachable_endpoint_is_one_clear_message(project):
     with socket.socket() as probe:  # a free port on 127.0.0.1 that nothing listens on once closed
         probe.bind(("127.0.0.1", 0))
         endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    write_params(project, PUSH)
+    write_params(project, push=PUSH)
 
     done = run_push(project, endpoint)
 
     assert done.returncode == 2
-    assert done.stderr.startswith(f"error: export.push_to_hub: cannot reach {endpoint} (ConnectError: ")
-    assert done.stderr.endswith("); check the network connection (and HF_ENDPOINT, if set), or set "
-                                "export.push_to_hub: null\n")
+    assert done.stderr.startswith(f"error: push: cannot reach {endpoint} (ConnectError: ")
+    assert done.stderr.endswith("); check the network connection (and HF_ENDPOINT, if set), or set push: null\n")
     assert "Traceback" not in done.stderr and TOKEN not in done.stderr
 
 
 @pytest.mark.parametrize("push, sections, message", [
-    ({"repo_id": "my-model"}, {}, "export.push_to_hub.repo_id: must be namespace/name: your user or organization, "
+    ({"repo_id": "my-model"}, {}, "push.repo_id: must be namespace/name: your user or organization, "
                                   "then the model (e.g. me/my-model)"),
-    ({"repo_id": "me/my model"}, {}, "export.push_to_hub.repo_id: Repo id must use alphanumeric chars"),
-    ({"repo_id": "me/m", "what": []}, {}, "export.push_to_hub.what: List should have at least 1 item"),
+    ({"repo_id": "me/my model"}, {}, "push.repo_id: Repo id must use alphanumeric chars"),
+    ({"repo_id": "me/m", "what": []}, {}, "push.what: List should have at least 1 item"),
     ({"repo_id": "me/m", "what": ["merged", "weights"]}, {},
-     "export.push_to_hub.what[1]: must be one of 'adapter', 'merged', 'gguf' or 'onnx' (got 'weights')"),
+     "push.what[1]: must be one of 'adapter', 'merged', 'gguf' or 'onnx' (got 'weights')"),
     ({"repo_id": "me/m", "what": ["merged", "merged"]}, {},
-     "export.push_to_hub.what: lists an item twice; list each once"),
+     "push.what: lists an item twice; list each once"),
     ({"repo_id": "me/m", "repo": "x"}, {},
-     "export.push_to_hub.repo: unknown parameter; did you mean export.push_to_hub.repo_id?"),
+     "push.repo: unknown parameter for causal_lm models; did you mean push.repo_id?"),
     ({"repo_id": "me/m", "what": ["gguf"]}, {"export": {"formats": []}},
-     "export.push_to_hub.what lists gguf, but export.formats has no gguf, so no GGUF file is written; add gguf to "
-     "export.formats, or remove gguf from export.push_to_hub.what"),
+     "push.what lists gguf, but export.formats has no gguf, so no GGUF file is written; add gguf to "
+     "export.formats, or remove gguf from push.what"),
     ({"repo_id": "me/m", "what": ["onnx"]}, {},
-     "export.push_to_hub.what lists onnx, but export.formats has no onnx, so no ONNX file is written; add onnx to "
-     "export.formats, or remove onnx from export.push_to_hub.what"),
+     "push.what lists onnx, but export.formats has no onnx, so no ONNX file is written; add onnx to "
+     "export.formats, or remove onnx from push.what"),
     ({"repo_id": "me/m", "what": ["merged"]}, {"merge": {"save_method": "lora"}},
-     "export.push_to_hub.what lists merged, but merge.save_method: lora writes no merged model; push adapter "
+     "push.what lists merged, but merge.save_method: lora writes no merged model; push adapter "
      "instead, or set merge.save_method: merged_16bit"),
     ({"repo_id": "me/m", "what": ["adapter"]}, {"train": {"full_finetuning": True}},
-     "export.push_to_hub.what lists adapter, but train.full_finetuning: true trains no adapter; push merged instead"),
+     "push.what lists adapter, but train.full_finetuning: true trains no adapter; push merged instead"),
 ])
 def test_push_params_are_checked(tmp_path, push, sections, message):
-    write_params(tmp_path, push, **sections)
+    write_params(tmp_path, push=push, **sections)
     with pytest.raises(SlothlineError) as caught:
         load_params(tmp_path / "params.yaml")
     assert message in str(caught.value)
 
 
 def test_push_params_defaults(tmp_path):
-    write_params(tmp_path, {"repo_id": "me/my-model"})
-    push = load_params(tmp_path / "params.yaml").export.push_to_hub
+    write_params(tmp_path, push={"repo_id": "me/my-model"})
+    push = load_params(tmp_path / "params.yaml").push
     assert (push.what, push.private, push.revision) == (["merged"], True, None)

@@ -1,18 +1,21 @@
 """Training: backend choice, response-only labels, packing isolation, and a short run on the hf backend."""
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from slothline import backends, kinds
+from slothline.artifacts import CHECKPOINTS_DIR, LIVE_DIR, LOSS_PLOT, TRAIN_METRICS, TUNED_DIR
+from slothline.errors import SlothlineError
+from slothline.kinds import causal_lm
+from slothline.kinds._generative.chat import turn_markers
+from slothline.runtime import Capabilities, resolve
 from stages import train
-from stages.lib import backends
-from stages.lib.errors import SlothlineError
-from stages.lib.kinds import causal_lm
-from stages.lib.params import Params
-from stages.lib.runtime import Capabilities, resolve
-from stages.lib.templates import tokenize_for_training, turn_markers
+from tests.conftest import load, write_params
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -21,24 +24,19 @@ CHAT = [
     {"role": "user", "content": "What is 2 + 2?"},
     {"role": "assistant", "content": "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4."},
 ]
-
+STAGE = [sys.executable, "-m", "stages.train"]  # as DVC runs it
 
 CPU = Capabilities(cuda=False)
 
 
-def params(**sections) -> Params:
-    return Params.model_validate({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]}, **sections})
-
-
-def labels_from_trl(tokenizer, texts):
+def labels_from_trl(tiny_qwen3, tokenizer, texts):
     """Labels as TRL's SFTTrainer builds them from our dataset (its `train_dataset` after preparation)."""
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    dataset = tokenize_for_training([{"text": t} for t in texts], tokenizer, turn_markers(texts))
+    dataset = causal_lm.tokenized([{"text": t} for t in texts], tokenizer, turn_markers(texts))
     trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3")),
+        model=AutoModelForCausalLM.from_pretrained(tiny_qwen3),
         args=SFTConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none", max_length=512),
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -46,9 +44,9 @@ def labels_from_trl(tokenizer, texts):
     return [(row["input_ids"], row["labels"]) for row in trainer.train_dataset]
 
 
-def test_labels_are_ignored_exactly_on_non_assistant_tokens(tokenizer):
+def test_labels_are_ignored_exactly_on_non_assistant_tokens(tiny_qwen3, tokenizer):
     text = tokenizer.apply_chat_template(CHAT, tokenize=False)
-    [(input_ids, labels)] = labels_from_trl(tokenizer, [text])
+    [(input_ids, labels)] = labels_from_trl(tiny_qwen3, tokenizer, [text])
     trained = [i for i, label in zip(input_ids, labels) if label != -100]
     assert all(label in (-100, token) for token, label in zip(input_ids, labels))
     # Both answers with their closing <|im_end|>, the thinking block included; nothing of system or user turns.
@@ -62,21 +60,20 @@ def test_labels_are_ignored_exactly_on_non_assistant_tokens(tokenizer):
     )
 
 
-def test_alpaca_prompt_labels_only_the_response(tokenizer):
-    from stages.lib.templates import ALPACA_PROMPT
+def test_alpaca_prompt_labels_only_the_response(tiny_qwen3, tokenizer):
+    from slothline.kinds._generative.chat import ALPACA_PROMPT
 
     text = ALPACA_PROMPT.format("Uppercase cat.", "CAT") + tokenizer.eos_token
-    [(input_ids, labels)] = labels_from_trl(tokenizer, [text])
+    [(input_ids, labels)] = labels_from_trl(tiny_qwen3, tokenizer, [text])
     assert tokenizer.decode([i for i, label in zip(input_ids, labels) if label != -100]) == "CAT<|im_end|>"
 
 
-def test_packed_examples_do_not_attend_to_each_other(tokenizer):
+def test_packed_examples_do_not_attend_to_each_other(tiny_qwen3, tokenizer):
     """Two examples packed into one padding-free row give the same logits as each alone."""
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"), attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, attn_implementation="sdpa")
     model.eval()
     first, second = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("Hello there!", "Reverse: abc"))
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
@@ -89,7 +86,7 @@ def test_packed_examples_do_not_attend_to_each_other(tokenizer):
 
 
 def test_resume_point_skips_incomplete_and_foreign_checkpoints(tmp_path):
-    from stages.lib.outputs import resume_point
+    from slothline.checkpoints import resume_point
 
     for step in (4, 12):
         (tmp_path / f"checkpoint-{step}").mkdir(parents=True)
@@ -102,98 +99,106 @@ def test_resume_point_skips_incomplete_and_foreign_checkpoints(tmp_path):
     assert not list(tmp_path.glob("checkpoint-*"))
 
 
+def repeat_rows(words) -> list[dict]:
+    return [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in words]
+
+
+PAIRS = [a + b for a in "abcdefgh" for b in "xyzuvw"]  # 48 words
+
+
+def set_up(workdir, rows: list[dict], val_fraction: float = 0.0, **train_settings) -> None:
+    """`rows` as the one alpaca source, read whole (a val split of `val_fraction`, no test split), and the
+    `train` settings."""
+    write_params(workdir.path, data={"sources": [{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}],
+                                     "total": None, "val_fraction": val_fraction, "test_fraction": 0.0},
+                 train=train_settings)
+
+
 @pytest.fixture
-def trained(workdir, tokenizer):
+def trained(workdir):
     """A 12-step hf run on 48 bundled-style rows."""
     from stages import prepare
 
-    rows = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in
-            [a + b for a in "abcdefgh" for b in "xyzuvw"]]
-    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.125)
-    text = (workdir.path / "params.yaml").read_text()
-    (workdir.path / "params.yaml").write_text(
-        text + "train: {max_steps: 12, per_device_batch_size: 4, learning_rate: 0.005, save_steps: 5, logging_steps: 2, "
-               "eval_steps: 5}\n"
-    )
+    set_up(workdir, repeat_rows(PAIRS), val_fraction=0.125, max_steps=12, per_device_batch_size=4,
+           learning_rate=0.005, warmup_steps=5, save_steps=5, logging_steps=2, eval_steps=5)
     prepare.main()
     train.main()
     return workdir
 
 
-def test_cpu_training_uses_the_model_loss_even_where_trl_kernel_imports(monkeypatch, tokenizer):
+def test_cpu_training_uses_the_model_loss_even_where_trl_kernel_imports(monkeypatch, tiny_qwen3, tokenizer):
     """A CUDA build of torch imports TRL's Triton loss kernel on a CPU machine too, where it fails at the
     first step: the loss follows the device, not what imports."""
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
     from trl.trainer import utils
 
     monkeypatch.setattr(utils, "_ChunkedLogProbFunction", object(), raising=False)
-    setting = params(train={"max_steps": 1})
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
+    setting = load(train={"max_steps": 1})
+    runtime = resolve(setting, CPU)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
     rows = [{"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>"}]
-    trainer = causal_lm.build_trainer(resolve(setting, CPU), setting, model, tokenizer, rows, [], "/tmp/unused", [])
+    trainer = causal_lm.build_trainer(backends.get(runtime), runtime, setting, model, tokenizer, rows, [],
+                                      "/tmp/unused", [])
     assert type(trainer).__name__ == "ModelLossSFTTrainer"
     assert trainer.train().training_loss > 0
 
 
-def test_hf_run_writes_adapter_and_metrics(trained):
+def test_hf_run_writes_adapter_and_metrics(trained, tiny_qwen3):
     from peft import PeftModel
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
 
-    metrics = json.loads((trained.path / "metrics/train.json").read_text())
+    metrics = json.loads((trained.path / TRAIN_METRICS).read_text())
     assert metrics["backend"] == "hf" and metrics["device"] == "cpu" and metrics["steps"] == 12
     assert metrics["optim"] == "adamw_torch" and metrics["precision"] == "float32"
+    assert metrics["kind"] == "causal_lm" and metrics["method"] == "lora"
     assert metrics["val_loss"] is not None and metrics["train_tokens_per_s"] > 0 and metrics["peak_mem_gib"] > 0
     losses = [float(line.split("\t")[-1]) for line in
-              (trained.path / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
+              (trained.path / LIVE_DIR / "plots/metrics/loss.tsv").read_text().splitlines()[1:]]
     assert len(losses) == 6 and losses[-1] < losses[0]
-    val_losses = (trained.path / "dvclive/train/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
+    val_losses = (trained.path / LIVE_DIR / "plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
     assert len(val_losses) >= 2  # every train.eval_steps, and once at the end
-    assert (trained.path / "metrics/loss.png").read_bytes().startswith(b"\x89PNG")
-    adapter = trained.path / "models/adapter"
-    assert (adapter / "adapter_config.json").is_file() and (adapter / "tokenizer.json").is_file()
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
-    tuned = PeftModel.from_pretrained(base, adapter)
+    assert (trained.path / LOSS_PLOT).read_bytes().startswith(b"\x89PNG")
+    tuned_dir = trained.path / TUNED_DIR
+    assert (tuned_dir / "adapter_config.json").is_file() and (tuned_dir / "tokenizer.json").is_file()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_qwen3), tuned_dir)
     assert tuned.peft_config["default"].r == 16
-    assert not list((trained.path / "models/checkpoints").glob("checkpoint-*"))
+    assert not list((trained.path / CHECKPOINTS_DIR).glob("checkpoint-*"))
 
 
 def test_lora_params_reach_the_peft_config():
     from peft import LoraConfig
+    from slothline.backends.lora import lora_settings
 
     qwen3 = SimpleNamespace(config=SimpleNamespace(model_type="qwen3"))
-    config = LoraConfig(**backends.lora_settings(params(lora={"r": 8, "alpha": 4, "dropout": 0.1, "use_rslora": True,
-                                                               "target_modules": ["q_proj"], "bias": "lora_only"}),
-                                                  qwen3))
+    config = LoraConfig(**lora_settings(load(lora={"r": 8, "alpha": 4, "dropout": 0.1, "use_rslora": True,
+                                                   "target_modules": ["q_proj"], "bias": "lora_only"}), qwen3))
     assert (config.r, config.lora_alpha, config.lora_dropout, config.use_rslora) == (8, 4, 0.1, True)
     assert config.target_modules == {"q_proj"} and config.bias == "lora_only" and config.init_lora_weights is True
-    default = LoraConfig(**backends.lora_settings(params(), qwen3))  # target_modules: null, the family's default
+    default = LoraConfig(**lora_settings(load(lora={"target_modules": None}), qwen3))  # null: the family's default
     assert default.target_modules == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def test_full_finetuning_writes_a_whole_model(workdir):
-    """train.full_finetuning trains every weight; models/adapter then holds a plain checkpoint."""
+    """train.full_finetuning trains every weight; models/tuned then holds a plain checkpoint."""
     from stages import prepare
     from transformers import AutoModelForCausalLM
 
-    rows = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
-    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}])
-    text = (workdir.path / "params.yaml").read_text()
-    (workdir.path / "params.yaml").write_text(
-        text + "train: {full_finetuning: true, max_steps: 3, per_device_batch_size: 2, learning_rate: 0.001}\n")
+    set_up(workdir, repeat_rows(["cat", "dog", "sun", "sky"]), full_finetuning=True, max_steps=3,
+           per_device_batch_size=2, learning_rate=0.001)
     prepare.main()
     train.main()
-    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
-    model = AutoModelForCausalLM.from_pretrained(workdir.path / "models/adapter")
-    assert metrics["trainable_params"] == sum(p.numel() for p in model.parameters())
-    assert not (workdir.path / "models/adapter/adapter_config.json").exists()
+    metrics = json.loads((workdir.path / TRAIN_METRICS).read_text())
+    model = AutoModelForCausalLM.from_pretrained(workdir.path / TUNED_DIR)
+    assert metrics["trainable_params"] == sum(p.numel() for p in model.parameters()) and metrics["method"] == "full"
+    assert not (workdir.path / TUNED_DIR / "adapter_config.json").exists()
 
 
 def test_unknown_scheduler_is_a_clear_error():
-    bad = params(train={"lr_scheduler": "cosine_warm"})
+    bad = load(train={"lr_scheduler": "cosine_warm"})
+    runtime = resolve(bad, CPU)
+    rows = [{"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>"}]
     with pytest.raises(SlothlineError, match="check train.lr_scheduler, train.optim.*cosine_warm"):
-        causal_lm.build_trainer(resolve(bad, CPU), bad, None, None, [{"text": "x"}], [], "/tmp/unused", [])
+        causal_lm.build_trainer(backends.get(runtime), runtime, bad, None, None, rows, [], "/tmp/unused", [])
 
 
 def test_identical_trainings_write_identical_adapters(trained):
@@ -201,15 +206,12 @@ def test_identical_trainings_write_identical_adapters(trained):
     directories, so DVC does not rerun evaluate, merge and export for nothing."""
     import hashlib
     import os
-    import subprocess
-    import sys
 
     def train_and_hash(hash_seed: str) -> dict:
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        subprocess.run([sys.executable, "-m", "stages.train"], cwd=trained.path, env=env, check=True,
-                       capture_output=True)
-        adapter = trained.path / "models/adapter"
-        return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(adapter.iterdir())}
+        subprocess.run(STAGE, cwd=trained.path, env=env, check=True, capture_output=True)
+        tuned_dir = trained.path / TUNED_DIR
+        return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(tuned_dir.iterdir())}
 
     assert train_and_hash("1") == train_and_hash("2")
 
@@ -217,7 +219,7 @@ def test_identical_trainings_write_identical_adapters(trained):
 @pytest.mark.parametrize("targets", [["q_proj", "foo"], ["q_proj", "dwon_proj"]])
 def test_a_target_module_that_matches_nothing_is_a_clear_error(targets):
     """PEFT only complains when no name matches: one typo among good names would silently train less."""
-    setting = params(lora={"target_modules": targets})
+    setting = load(lora={"target_modules": targets})
     with pytest.raises(SlothlineError, match=rf"lora.target_modules: {targets[1]} matched no layer of this model; "
                                              r"its linear layers are: down_proj, gate_proj, k_proj, o_proj, q_proj, "
                                              r"up_proj, v_proj"):
@@ -227,43 +229,37 @@ def test_a_target_module_that_matches_nothing_is_a_clear_error(targets):
 def test_one_step_reports_its_loss_and_warns_that_warmup_never_ends(workdir, capsys):
     from stages import prepare
 
-    rows = [{"instruction": f"Repeat {w}.", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
-    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}])
-    text = (workdir.path / "params.yaml").read_text()
-    (workdir.path / "params.yaml").write_text(text + "train: {max_steps: 1, warmup_steps: 10, logging_steps: 5}\n")
+    set_up(workdir, repeat_rows(["cat", "dog", "sun", "sky"]), max_steps=1, warmup_steps=10, logging_steps=5)
     prepare.main()
     train.main()
-    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
+    metrics = json.loads((workdir.path / TRAIN_METRICS).read_text())
     assert metrics["steps"] == 1 and metrics["train_loss"] > 0
     assert "warning: train.warmup_steps (10) >= the 1 training steps" in capsys.readouterr().out
 
 
-def test_early_stopping_keeps_the_best_model_and_says_why_training_stopped(workdir):
+DIVERGING = dict(max_steps=40, per_device_batch_size=4, learning_rate=5.0, lr_scheduler="constant", warmup_steps=0,
+                 eval_steps=2, save_steps=2, logging_steps=2, early_stopping_patience=2)  # the val loss climbs
+
+
+def test_early_stopping_keeps_the_best_model_and_says_why_training_stopped(workdir, tiny_qwen3):
     """A learning rate that makes the val loss climb: training stops after `early_stopping_patience`
     evaluations without improvement, and the saved model is the best evaluation's."""
     from peft import PeftModel
     from stages import prepare
-    from stages.lib.models import resolve_model
     from transformers import AutoModelForCausalLM
 
-    rows = [{"instruction": f"Repeat {a}{b}.", "output": f"{a}{b} {a}{b}"} for a in "abcdefgh" for b in "xyzuvw"]
-    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.25)
-    text = (workdir.path / "params.yaml").read_text()
-    (workdir.path / "params.yaml").write_text(text + (
-        "train: {max_steps: 40, per_device_batch_size: 4, learning_rate: 5.0, lr_scheduler: constant, warmup_steps: 0, "
-        "eval_steps: 2, "
-        "save_steps: 2, logging_steps: 2, load_best_model_at_end: true, early_stopping_patience: 2}\n"))
+    set_up(workdir, repeat_rows(PAIRS), val_fraction=0.25, load_best_model_at_end=True, **DIVERGING)
     prepare.main()
     train.main()
-    metrics = json.loads((workdir.path / "metrics/train.json").read_text())
+    metrics = json.loads((workdir.path / TRAIN_METRICS).read_text())
     val_losses = {int(line.split("\t")[0]): float(line.split("\t")[1]) for line in
-                  (workdir.path / "dvclive/train/plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]}
+                  (workdir.path / LIVE_DIR / "plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]}
     assert metrics["stopped_early"] and metrics["steps"] < 40 and metrics["metric_for_best_model"] == "loss"
     assert metrics["best_metric"] == pytest.approx(min(val_losses.values()), abs=1e-4)
     assert val_losses[metrics["best_step"]] == pytest.approx(metrics["best_metric"], abs=1e-4)
     assert metrics["val_loss"] == pytest.approx(metrics["best_metric"], abs=1e-3)  # the best model was kept
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("builtin:tiny-qwen3"))
-    assert PeftModel.from_pretrained(base, workdir.path / "models/adapter") is not None
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    assert PeftModel.from_pretrained(base, workdir.path / TUNED_DIR) is not None
 
 
 @pytest.mark.parametrize(("train_settings", "message"), [
@@ -272,65 +268,55 @@ def test_early_stopping_keeps_the_best_model_and_says_why_training_stopped(workd
     ({"early_stopping_patience": 0}, r"train.early_stopping_patience: Input should be greater than or equal to 1"),
 ])
 def test_best_model_settings_that_cannot_work_are_refused(tmp_path, train_settings, message):
-    from stages.lib.params import load_params
+    from slothline.params import load_params
 
-    (tmp_path / "params.yaml").write_text(yaml_text({"data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]},
-                                                     "train": train_settings}))
+    write_params(tmp_path, train=train_settings)
     with pytest.raises(SlothlineError, match=message):
         load_params(tmp_path / "params.yaml")
 
 
 def test_best_model_needs_a_val_split_and_a_metric_the_kind_measures():
-    from stages.train import check_best_model
-
-    with pytest.raises(SlothlineError, match="judge the model on the val split, which is empty; set data.val_fraction"):
-        check_best_model(params(train={"early_stopping_patience": 2}).train, causal_lm, [])
+    """Refused at params time (check_params), before prepare and train run."""
+    task = kinds.get("causal_lm")
+    with pytest.raises(SlothlineError, match=r"judge the model on the val split, which data.val_fraction: 0 leaves "
+                                             r"empty; set data.val_fraction > 0"):
+        kinds.check(task, load(data={"val_fraction": 0.0}, train={"early_stopping_patience": 2}))
+    kinds.check(task, load(data={"val_fraction": 0.1}, train={"early_stopping_patience": 2}))
     with pytest.raises(SlothlineError, match="causal_lm models are measured on the val split by loss, not accuracy"):
-        check_best_model(params(train={"load_best_model_at_end": True, "metric_for_best_model": "accuracy",
-                                       "save_steps": 50, "eval_steps": 50}).train, causal_lm, [{"text": "x"}])
-
-
-def yaml_text(data: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(data)
+        kinds.check(task, load(train={"load_best_model_at_end": True, "metric_for_best_model": "accuracy",
+                                      "save_steps": 50, "eval_steps": 50}))
 
 
 def test_a_resumed_run_keeps_its_best_model_bookkeeping(workdir):
-    """Killed after a checkpoint and resumed, a run with early stopping stops at the same step with the same
-    best step as a run that was never interrupted (the best metric and the patience count live in each
-    checkpoint)."""
+    """Killed after a checkpoint that follows its best evaluation and resumed, a run with early stopping stops
+    at the same step with the same best step as a run that was never interrupted (the best metric and the
+    patience count live in each checkpoint)."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     from stages import prepare
 
-    rows = [{"instruction": f"Repeat {a}{b}.", "output": f"{a}{b} {a}{b}"} for a in "abcdefgh" for b in "xyzuvw"]
-    workdir.write_params([{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}], val_fraction=0.25)
-    text = (workdir.path / "params.yaml").read_text()
-    (workdir.path / "params.yaml").write_text(text + (
-        "train: {max_steps: 40, per_device_batch_size: 4, learning_rate: 5.0, lr_scheduler: constant, warmup_steps: 0, "
-        "eval_steps: 2, save_steps: 2, logging_steps: 2, early_stopping_patience: 2}\n"))
+    set_up(workdir, repeat_rows(PAIRS), val_fraction=0.25, **DIVERGING)
     prepare.main()
-    stage = [sys.executable, "-m", "stages.train"]
-    subprocess.run(stage, cwd=workdir.path, check=True, capture_output=True)
-    whole = json.loads((workdir.path / "metrics/train.json").read_text())
-    (workdir.path / "metrics/train.json").unlink()
+    subprocess.run(STAGE, cwd=workdir.path, check=True, capture_output=True)
+    whole = json.loads((workdir.path / TRAIN_METRICS).read_text())
+    (workdir.path / TRAIN_METRICS).unlink()
+    kill_step = whole["steps"] - DIVERGING["save_steps"]  # the last checkpoint before the stop
+    assert whole["stopped_early"] and whole["best_step"] < kill_step
 
-    run = subprocess.Popen(stage, cwd=workdir.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = workdir.path / "models/checkpoints/checkpoint-20/trainer_state.json"
+    run = subprocess.Popen(STAGE, cwd=workdir.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = workdir.path / CHECKPOINTS_DIR / f"checkpoint-{kill_step}/trainer_state.json"
     deadline = time.monotonic() + 300
     while not checkpoint.is_file() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert run.poll() is None, "the run ended before it could be killed"
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
-    assert checkpoint.is_file() and not (workdir.path / "metrics/train.json").exists()
-    subprocess.run(stage, cwd=workdir.path, check=True, capture_output=True)
-    resumed = json.loads((workdir.path / "metrics/train.json").read_text())
-    assert resumed["resumed_from_step"] >= 20 and whole["stopped_early"]
+    assert checkpoint.is_file() and not (workdir.path / TRAIN_METRICS).exists()
+    subprocess.run(STAGE, cwd=workdir.path, check=True, capture_output=True)
+    resumed = json.loads((workdir.path / TRAIN_METRICS).read_text())
+    assert resumed["resumed_from_step"] >= kill_step
     assert {k: resumed[k] for k in ("steps", "best_step", "stopped_early")} == {
         k: whole[k] for k in ("steps", "best_step", "stopped_early")}
     assert resumed["best_metric"] == pytest.approx(whole["best_metric"], rel=1e-4)

@@ -1,35 +1,39 @@
-"""The vision kind: its three data formats, image checks, answer-only labels, the builtin Qwen3-VL, LoRA
-scoping, merge and export, and `dvc repro` of the vision default (configs/vision.yaml)."""
+"""The vision kind: its three data formats, image checks and normalisation, answer-only labels, the builtin
+Qwen3-VL, LoRA scoping, merge and export, and the vision default (`dvc exp run -S kind=vision`)."""
 
 import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
+from slothline.artifacts import (DATA_METRICS, EVAL_METRICS, EXPORT_METRICS, IMAGES_SUBDIR, MERGED_DIR, PREPARED_DIR,
+                                 REPORT_FILE, TRAIN_METRICS, TUNED_DIR, Manifest)
+from slothline.data.formats import to_messages
+from slothline.errors import RowError, SlothlineError
+from slothline.kinds import vision
+from slothline.kinds._generative import AnswerCollator
+from slothline.kinds._generative.chat import AnswerMask
+from slothline.kinds.vision.formats import CONVERTERS
+from slothline.kinds.vision.images import open_rgb, store_image
+from slothline.params import load_params
 from stages import prepare
-from stages.lib.errors import SlothlineError
-from stages.lib.formats import RowError, to_messages
-from stages.lib.kinds import vision
-from stages.lib.params import LoraParams
-from stages.lib.vision_formats import CONVERTERS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load, write_params
 
 QUESTION = [{"type": "image", "image": "red.png"}, {"type": "text", "text": "What colour is it?"}]
+ORIENTATION = 0x0112  # EXIF tag
 
 
 @pytest.fixture(scope="module")
-def processor(builtin_cache):
-    from stages.lib.models import resolve_model
-
-    return vision.load_processor(resolve_model("builtin:tiny-qwen3-vl"), None)
+def processor(tiny_qwen3_vl):
+    return vision.load_processor(tiny_qwen3_vl, None)
 
 
 def convert(row, fmt):
@@ -117,16 +121,16 @@ def test_bundled_samples_are_what_the_generator_writes(tmp_path, monkeypatch):
     bundled = ROOT / "data/raw/vision"
     for name in ("messages.jsonl", "vqa.csv", "sharegpt_vision.json"):
         assert (tmp_path / name).read_bytes() == (bundled / name).read_bytes(), name
-    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(p.name for p in (bundled / "images").iterdir())
+    names = lambda folder: sorted(p.name for p in (folder / "images").iterdir())
+    assert names(tmp_path) == names(bundled)
 
 
 # --- prepare: images ------------------------------------------------------------------------------------
 
 def write_project(workdir, sources, dvc_deps=None, **data):
-    """params.yaml for the builtin vision model (and a dvc.yaml whose prepare stage depends on `dvc_deps`)."""
-    params = {"model": {"name": "builtin:tiny-qwen3-vl", "max_seq_length": 256},
-              "data": {"sources": sources, "total": None, "val_fraction": 0.0, "test_fraction": 0.0, **data}}
-    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+    """params.yaml of the vision default reading `sources` (and a dvc.yaml whose prepare stage depends on
+    `dvc_deps`)."""
+    workdir.write_params(sources, kind="vision", **data)
     if dvc_deps is not None:
         (workdir.path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"prepare": {"cmd": "x", "deps": dvc_deps}}}))
 
@@ -139,6 +143,15 @@ def write_image(workdir, name, data: bytes) -> None:
     path = workdir.path / "raw" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def data_metrics(workdir) -> dict:
+    return json.loads((workdir.path / DATA_METRICS).read_text())
+
+
+def stored_images(train: list[dict]) -> list[str]:
+    return [part["image"] for row in train for message in row["messages"] if isinstance(message["content"], list)
+            for part in message["content"] if part["type"] == "image"]
 
 
 def test_prepare_stores_images_by_content_and_reports_their_sizes(workdir):
@@ -154,23 +167,23 @@ def test_prepare_stores_images_by_content_and_reports_their_sizes(workdir):
     prepare.main()
     train = workdir.read_split("train")
     assert len(train) == 3  # the copy of red.png is a duplicate
-    stored = sorted(part["image"] for row in train for part in row["messages"][0]["content"] if part["type"] == "image")
-    assert all(path.startswith("data/prepared/images/") for path in stored)
+    stored = sorted(stored_images(train))
+    assert all(path.startswith(f"{PREPARED_DIR / IMAGES_SUBDIR}/") for path in stored)
     sizes = sorted(Image.open(workdir.path / path).size for path in stored)
     assert sizes == [(32, 48), (64, 64), (100, 50)]  # 200x100 scaled down to at most 5000 pixels
     assert "<|vision_start|><|image_pad|><|vision_end|>Colour?" in train[0]["text"]
     assert "image_sources" not in train[0]
-    metrics = json.loads((workdir.path / "metrics/data.json").read_text())
+    metrics = data_metrics(workdir)
     assert metrics["duplicates_removed"] == 1
     assert metrics["images"]["train"] == {"images": 3, "width_min": 32, "width_mean": 65.3, "width_max": 100,
                                           "height_min": 48, "height_mean": 54.0, "height_max": 64}
     assert metrics["tokens"]["train"]["max"] > 4  # image tokens counted
 
 
-def prepare_error(workdir, rows, **source) -> str:
+def prepare_error(workdir) -> str:
     with pytest.raises(SlothlineError) as caught:
         prepare.main()
-    assert not (workdir.path / "data/prepared").exists()
+    assert not (workdir.path / PREPARED_DIR).exists()
     return str(caught.value)
 
 
@@ -190,7 +203,7 @@ def test_bad_images_fail_with_file_row_and_image(workdir, name, data, problem):
         write_image(workdir, name, data)
     rows = [{"image": "pic.png", "question": "Colour?", "answer": "red"}]
     write_project(workdir, [vqa_source(workdir, rows)], image_min_pixels=1024)
-    message = prepare_error(workdir, rows)
+    message = prepare_error(workdir)
     assert message.startswith(f"raw/vqa.jsonl:1: {problem}") and "on_error: skip" in message
 
 
@@ -200,7 +213,7 @@ def test_bad_images_are_skipped_and_counted_with_on_error_skip(workdir):
             {"image": "missing.png", "question": "Colour?", "answer": "blue"}]
     write_project(workdir, [vqa_source(workdir, rows, on_error="skip")])
     prepare.main()
-    assert json.loads((workdir.path / "metrics/data.json").read_text())["rows_skipped"] == 1
+    assert data_metrics(workdir)["rows_skipped"] == 1
 
 
 def test_images_outside_prepare_deps_fail_even_with_on_error_skip(workdir):
@@ -210,7 +223,7 @@ def test_images_outside_prepare_deps_fail_even_with_on_error_skip(workdir):
     rows = [{"image": "red.png", "question": "Colour?", "answer": "red"},
             {"image": "../elsewhere/blue.png", "question": "Colour?", "answer": "blue"}]
     write_project(workdir, [vqa_source(workdir, rows, on_error="skip")], dvc_deps=["raw"])
-    message = prepare_error(workdir, rows)
+    message = prepare_error(workdir)
     assert message.startswith("raw/vqa.jsonl:2: image '../elsewhere/blue.png': raw/../elsewhere/blue.png is not under "
                               "a dependency of the prepare stage in dvc.yaml (raw)")
 
@@ -220,13 +233,135 @@ def test_rows_longer_than_max_seq_length_leave_train(workdir):
     write_image(workdir, "small.png", png("red"))  # 4
     rows = [{"image": "big.png", "question": "Colour?", "answer": "red"},
             {"image": "small.png", "question": "Colour?", "answer": "red"}]
-    write_project(workdir, [vqa_source(workdir, rows)])
-    params = yaml.safe_load((workdir.path / "params.yaml").read_text())
-    params["model"]["max_seq_length"] = 40
-    (workdir.path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(workdir.path, "vision", model={"max_seq_length": 40},
+                 data={"sources": [vqa_source(workdir, rows)], "total": None, "val_fraction": 0.0,
+                       "test_fraction": 0.0})
     prepare.main()
     assert len(workdir.read_split("train")) == 1
-    assert json.loads((workdir.path / "metrics/data.json").read_text())["tokens"]["train"]["rows_dropped_too_long"] == 1
+    assert data_metrics(workdir)["tokens"]["train"]["rows_dropped_too_long"] == 1
+
+
+# --- images as a viewer shows them, on every path of store_image -------------------------------------------
+
+def saved(path, picture: Image.Image, **options) -> str:
+    picture.save(path, **options)
+    return str(path)
+
+
+def stored_picture(stored) -> Image.Image:
+    picture = Image.open(io.BytesIO(stored.data))
+    picture.load()
+    return picture
+
+
+def test_a_large_16_bit_grayscale_png_is_scaled_to_8_bits_not_white(workdir):
+    gradient = np.linspace(0, 65535, 600 * 600).reshape(600, 600).astype(np.uint16)
+    path = saved(workdir.path / "gray16.png", Image.fromarray(gradient))
+    assert Image.open(path).mode.startswith("I")
+    stored = store_image(path, None, 300 * 300)
+    picture = stored_picture(stored)
+    assert (stored.width, stored.height) == picture.size == (300, 300)  # the resize path
+    pixels = np.asarray(picture.convert("RGB"), dtype=np.float64)
+    assert abs(pixels.mean() - gradient.mean() / 257) < 2  # ~127.5; clipped to white it would be ~255
+    assert pixels.min() < 10 and pixels.max() > 245  # the gradient survives, dark to light
+
+
+def test_a_large_jpeg_is_turned_upright_by_its_exif_orientation_before_scaling(workdir):
+    raw = Image.new("RGB", (800, 400), "red")
+    raw.paste(Image.new("RGB", (400, 400), "blue"), (400, 0))  # as stored: red left, blue right
+    exif = raw.getexif()
+    exif[ORIENTATION] = 6  # rotate 90 degrees clockwise to view: red on top, blue below
+    path = saved(workdir.path / "rotated.jpg", raw, exif=exif)
+    stored = store_image(path, None, 80_000)
+    picture = stored_picture(stored)
+    assert (stored.width, stored.height) == picture.size  # the recorded size is the stored file's
+    assert picture.width < picture.height and picture.size == (200, 400)  # 400x800 upright, scaled by 1/2
+    assert picture.getexif().get(ORIENTATION) in (None, 1)  # not turned a second time by a viewer
+    top, bottom = picture.convert("RGB").getpixel((100, 50)), picture.convert("RGB").getpixel((100, 350))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+
+
+def test_prepare_records_the_upright_size_of_a_rotated_jpeg(workdir):
+    raw = Image.new("RGB", (800, 400), "red")
+    exif = raw.getexif()
+    exif[ORIENTATION] = 6
+    (workdir.path / "raw").mkdir()
+    saved(workdir.path / "raw/rotated.jpg", raw, exif=exif)
+    rows = [{"image": "rotated.jpg", "question": "Colour?", "answer": "red"}]
+    write_project(workdir, [vqa_source(workdir, rows)], image_max_pixels=80_000)
+    prepare.main()
+    [path] = stored_images(workdir.read_split("train"))
+    width, height = Image.open(workdir.path / path).size
+    assert (width, height) == (200, 400)
+    images = data_metrics(workdir)["images"]["train"]
+    assert (images["width_max"], images["height_max"]) == (width, height)
+
+
+@pytest.mark.parametrize("max_pixels", [None, 300 * 300], ids=["as-is", "scaled"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB", "L"])
+def test_transparent_pixels_are_composited_on_white(workdir, mode, max_pixels):
+    options = {}
+    if mode == "P":  # a palette whose colour 0 (black) is transparent, as GIFs and small PNGs have
+        picture = Image.new("P", (600, 600), 0)
+        picture.putpalette([0, 0, 0, 0, 0, 255])
+        picture.paste(1, (300, 0, 600, 600))  # right half opaque blue
+        options["transparency"] = 0
+    elif mode in ("RGB", "L"):  # no alpha band: a PNG colour key (tRNS) makes black transparent
+        picture = Image.new(mode, (600, 600), 0)
+        picture.paste((0, 0, 255) if mode == "RGB" else 100, (300, 0, 600, 600))
+        options["transparency"] = (0, 0, 0) if mode == "RGB" else 0
+    else:
+        picture = Image.new("RGBA", (600, 600), (0, 0, 0, 0))
+        picture.paste(Image.new("RGBA", (300, 600), (0, 0, 255, 255)), (300, 0))  # right half opaque blue
+        picture = picture.convert(mode)
+    path = saved(workdir.path / "transparent.png", picture, **options)
+    assert Image.open(path).mode == mode
+    stored = store_image(path, None, max_pixels)
+    result = stored_picture(stored).convert("RGB")
+    assert result.size == (stored.width, stored.height) == ((600, 600) if max_pixels is None else (300, 300))
+    assert result.getpixel((10, 10)) == (255, 255, 255)  # transparent: white, not black
+    assert result.getpixel((result.width - 10, 10)) != (255, 255, 255)  # the opaque half is kept
+
+
+@pytest.mark.parametrize("max_pixels", [None, 150 * 100], ids=["as-is", "scaled"])
+def test_a_phone_style_mpo_jpeg_is_accepted_as_its_first_picture(workdir, max_pixels):
+    first, second = Image.new("RGB", (300, 200), "red"), Image.new("RGB", (300, 200), "blue")
+    path = saved(workdir.path / "phone.jpg", first, format="MPO", save_all=True, append_images=[second])
+    assert Image.open(path).format == "MPO"
+    stored = store_image(path, None, max_pixels)
+    picture = stored_picture(stored)
+    assert picture.size == (stored.width, stored.height) == ((300, 200) if max_pixels is None else (150, 100))
+    red, green, blue = picture.convert("RGB").getpixel((10, 10))
+    assert red > 200 > blue
+    if max_pixels is None:  # already as a viewer shows it: the file is kept as it is
+        assert stored.data == (workdir.path / "phone.jpg").read_bytes() and stored.name.endswith(".jpg")
+
+
+def test_a_small_rgb_jpeg_keeps_its_own_bytes(workdir):
+    import hashlib
+
+    path = saved(workdir.path / "photo.jpg", Image.new("RGB", (120, 80), "orange"), quality=90)
+    original = (workdir.path / "photo.jpg").read_bytes()
+    for max_pixels in (None, 120 * 80, 262_144):
+        stored = store_image(path, None, max_pixels)
+        assert stored.data == original
+        assert stored.name == hashlib.sha256(original).hexdigest()[:20] + ".jpg"
+        assert (stored.width, stored.height) == (120, 80)
+
+
+def test_images_load_as_a_viewer_shows_them(tmp_path):
+    """16-bit grayscale (scientific and medical PNGs) is scaled to 8 bits, not clipped to white; a JPEG's
+    EXIF orientation is applied."""
+    gradient = np.linspace(13364, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    pixels = np.asarray(open_rgb(tmp_path / "gray16.png"))
+    assert pixels.shape == (32, 32, 3) and pixels.min() == 13364 // 257 and pixels.max() == 255
+    picture = Image.new("RGB", (120, 60), "red")
+    exif = picture.getexif()
+    exif[ORIENTATION] = 6  # orientation: rotate 90 degrees clockwise to view
+    picture.save(tmp_path / "rotated.jpg", exif=exif)
+    assert open_rgb(tmp_path / "rotated.jpg").size == (60, 120)
 
 
 # --- labels --------------------------------------------------------------------------------------------
@@ -244,7 +379,7 @@ def test_labels_are_the_answers_only(processor, tmp_path):
          {"role": "assistant", "content": "RED"}],
     ]
     rows = [{"messages": chat, "text": processor.apply_chat_template(chat)} for chat in chats]
-    batch = vision.AnswerCollator(processor, ("<|im_start|>user\n", "<|im_start|>assistant\n"))(rows)
+    batch = AnswerCollator(processor, ("<|im_start|>user\n", "<|im_start|>assistant\n"), vision.load_images)(rows)
     tokenizer = processor.tokenizer
     trained = [tokenizer.decode([t for t, label in zip(ids, labels) if label != -100])
                for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist())]
@@ -252,22 +387,35 @@ def test_labels_are_the_answers_only(processor, tmp_path):
     assert all(label in (-100, token) for token, label in zip(batch["input_ids"].flatten(), batch["labels"].flatten()))
     assert (batch["input_ids"] == processor.image_token_id).sum() == 8  # two 64x64 images, 4 tokens each
     assert batch["pixel_values"].shape[0] == 2 * 16  # 16 patches each
-    everything = vision.AnswerCollator(processor, None)(rows)["labels"]
+    everything = AnswerCollator(processor, None, vision.load_images)(rows)["labels"]
     assert (everything[batch["attention_mask"] == 1] == -100).sum() == 8  # only the image tokens
 
 
+class MarkerTokens:
+    """A tokenizer that knows only the two turn markers: user = [1, 2], assistant = [1, 3]; end of turn 9."""
+
+    eos_token = "<eot>"
+    MARKERS = {"<user>": [1, 2], "<assistant>": [1, 3]}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": self.MARKERS[text]}
+
+    def convert_tokens_to_ids(self, token):
+        return 9
+
+
 def test_answer_labels_stop_at_the_end_of_turn_or_the_next_marker():
-    user, assistant, eos = [1, 2], [1, 3], 9
+    mask = AnswerMask(MarkerTokens(), ("<user>", "<assistant>"))
     ids = [1, 2, 5, 9, 1, 3, 6, 7, 9, 4, 1, 3, 8]  # user 5 <eos> assistant 6 7 <eos> 4 assistant 8 (cut off)
-    assert vision.answer_labels(ids, user, assistant, eos) == [-100] * 6 + [6, 7, 9, -100, -100, -100, 8]
+    assert mask.labels(ids) == [-100] * 6 + [6, 7, 9, -100, -100, -100, 8]
 
 
-# --- model, LoRA, trainer -------------------------------------------------------------------------------
+# --- model, LoRA, params -----------------------------------------------------------------------------------
 
 def test_tiny_qwen3_vl_builds_deterministically(tmp_path):
     from transformers import AutoConfig
 
-    from stages.lib.models import ensure_builtin
+    from slothline.builtin import ensure_builtin
 
     first = ensure_builtin("tiny-qwen3-vl", tmp_path / "one")
     second = ensure_builtin("tiny-qwen3-vl", tmp_path / "two")
@@ -284,19 +432,23 @@ def test_tiny_qwen3_vl_builds_deterministically(tmp_path):
         sight.patch_size, sight.spatial_merge_size, sight.temporal_patch_size)
 
 
-def adapted_modules(flags: dict) -> set[str]:
+@pytest.fixture(scope="module")
+def adapted_modules(tiny_qwen3_vl):
+    """The modules LoRA adapts in the tiny Qwen3-VL under the given lora.finetune_* flags."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from stages.lib.models import resolve_model
+    def adapted(flags: dict) -> set[str]:
+        params = load("vision", lora={"target_modules": ["q_proj", "down_proj", "qkv", "linear_fc1"], **flags})
+        model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl)
+        model = get_peft_model(model, LoraConfig(r=4, **vision.lora_extras(params, model)))
+        return {name.removeprefix("base_model.model.model.") for name, module in model.named_modules()
+                if hasattr(module, "lora_A")}
 
-    lora = LoraParams(target_modules=["q_proj", "down_proj", "qkv", "linear_fc1"], **flags)
-    model = AutoModelForImageTextToText.from_pretrained(resolve_model("builtin:tiny-qwen3-vl"))
-    model = get_peft_model(model, LoraConfig(r=4, target_modules=vision.lora_target_regex(lora)))
-    return {name.removeprefix("base_model.model.model.") for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    return adapted
 
 
-def test_finetune_flags_choose_towers_and_blocks_as_unsloth_does(builtin_cache):
+def test_finetune_flags_choose_towers_and_blocks_as_unsloth_does(adapted_modules):
     everything = adapted_modules({})
     assert {"visual.blocks.1.attn.qkv", "visual.blocks.0.mlp.linear_fc1", "language_model.layers.3.self_attn.q_proj",
             "language_model.layers.0.mlp.down_proj"} <= everything
@@ -306,57 +458,57 @@ def test_finetune_flags_choose_towers_and_blocks_as_unsloth_does(builtin_cache):
     assert language == {name for name in everything if name.startswith("language_model.")}
     attention = adapted_modules({"finetune_mlp_modules": False})
     assert attention == {name for name in everything if "attn" in name}
-    with pytest.raises(SlothlineError, match="nothing left to train"):
-        vision.lora_target_regex(LoraParams(finetune_attention_modules=False, finetune_mlp_modules=False))
 
 
-def test_packing_is_refused_for_vision(builtin_cache):
-    from stages.lib.params import Params
-
-    params = Params.model_validate({"model": {"name": "builtin:tiny-qwen3-vl"}, "train": {"packing": True},
-                                    "data": {"sources": [{"path": "a.jsonl", "format": "vqa"}]}})
-    with pytest.raises(SlothlineError, match="train.packing: packing is not supported for vision models"):
-        vision.build_trainer(None, params, None, None, [], [], "unused", [])
+def params_error(directory, kind, **sections) -> str:
+    write_params(directory, kind, **sections)
+    with pytest.raises(SlothlineError) as caught:
+        load_params(directory / "params.yaml")
+    return str(caught.value)
 
 
-def test_finetune_flags_are_refused_for_text_models():
-    from stages.lib.kinds import causal_lm
-    from stages.lib.params import Params
+def test_finetune_flags_that_leave_nothing_to_train_are_refused(tmp_path):
+    message = params_error(tmp_path, "vision", lora={"finetune_attention_modules": False, "finetune_mlp_modules": False})
+    assert "lora: finetune_*: nothing left to train" in message
 
-    params = Params.model_validate({"lora": {"finetune_vision_layers": False},
-                                    "data": {"sources": [{"path": "a.jsonl", "format": "alpaca"}]}})
-    with pytest.raises(SlothlineError, match="lora.finetune_vision_layers: false only means something for vision"):
-        causal_lm.lora_kwargs(params, None, "hf")
+
+def test_packing_is_refused_for_vision(tmp_path):
+    message = params_error(tmp_path, "vision", train={"packing": True})
+    assert "train.packing: unknown parameter for vision models" in message
+
+
+def test_finetune_flags_are_refused_for_text_models(tmp_path):
+    message = params_error(tmp_path, "causal_lm", lora={"finetune_vision_layers": False})
+    assert "lora.finetune_vision_layers: unknown parameter for causal_lm models" in message
 
 
 # --- merge and export -----------------------------------------------------------------------------------
 
-def test_merged_vision_model_loads_with_plain_transformers_and_matches_the_adapter(workdir, processor):
+def test_merged_vision_model_loads_with_plain_transformers_and_matches_the_adapter(workdir, processor,
+                                                                                   tiny_qwen3_vl):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from stages import export, merge
-    from stages.lib.artifacts import Manifest
-    from stages.lib.models import resolve_model
+    from stages import check_params, export, merge
 
-    source = resolve_model("builtin:tiny-qwen3-vl")
+    params = load("vision", lora={"target_modules": ["q_proj", "v_proj", "qkv", "linear_fc1"]})
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(source),
-                           LoraConfig(r=8, target_modules=vision.lora_target_regex(LoraParams(target_modules=[
-                               "q_proj", "v_proj", "qkv", "linear_fc1"])), init_lora_weights=False))
-    model.save_pretrained(workdir.path / "models/adapter")
-    processor.save_pretrained(workdir.path / "models/adapter")
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl)
+    model = get_peft_model(model, LoraConfig(r=8, init_lora_weights=False, **vision.lora_extras(params, model)))
+    tuned_dir = workdir.path / TUNED_DIR
+    model.save_pretrained(tuned_dir)
+    processor.save_pretrained(tuned_dir)
     Manifest(kind="vision", method="lora", base_model="builtin:tiny-qwen3-vl", revision=None, backend="hf",
-             precision="float32", load_in_4bit=False, max_seq_length=256).write(workdir.path / "models/adapter")
-    (workdir.path / "params.yaml").write_text("data: {sources: [{path: a.jsonl, format: vqa}]}\nexport: {formats: []}\n")
+             precision="float32", load_in_4bit=False, max_seq_length=256).write(tuned_dir)
+    write_params(workdir.path, "vision", export={"formats": []})
     merge.main()
-    merged_dir = workdir.path / "models/merged"
+    merged_dir = workdir.path / MERGED_DIR
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir)  # no PEFT
     loaded = AutoProcessor.from_pretrained(merged_dir)
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
     inputs = loaded(text=[loaded.apply_chat_template(chat, add_generation_prompt=True)],
                     images=[Image.new("RGB", (64, 64), "red")], return_tensors="pt")
-    tuned = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(source), workdir.path / "models/adapter")
+    tuned = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl), tuned_dir)
     with torch.no_grad():
         expected, got = tuned(**inputs).logits, merged(**inputs).logits
         with tuned.disable_adapter():
@@ -365,12 +517,13 @@ def test_merged_vision_model_loads_with_plain_transformers_and_matches_the_adapt
     assert not torch.allclose(untuned, expected, atol=1e-2)
 
     export.main()  # formats: [] writes nothing and succeeds
-    (workdir.path / "params.yaml").write_text("data: {sources: [{path: a.jsonl, format: vqa}]}\nexport: {formats: [gguf]}\n")
+    assert json.loads((workdir.path / EXPORT_METRICS).read_text()) == {}
+    write_params(workdir.path, "vision", export={"formats": ["gguf"]})
     with pytest.raises(SlothlineError) as caught:
-        export.main()
+        check_params.main()  # refused before anything runs
     assert str(caught.value) == (
-        "export.formats: gguf is not offered for vision models; their export is models/merged/, a Hugging Face "
-        "directory that transformers' AutoModelForImageTextToText and AutoProcessor load; set export.formats: []")
+        "export.formats: gguf is not offered for vision models; their export is models/merged/, which transformers' "
+        "AutoModelForImageTextToText loads; set export.formats: []")
 
 
 # --- the vision default, end to end ---------------------------------------------------------------------
@@ -385,45 +538,29 @@ def dvc(project, *args):
     return result
 
 
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
 @pytest.mark.e2e
 def test_vision_default_learns_the_bundled_pictures(dvc_project):
-    """`cp configs/vision.yaml params.yaml && dvc repro`, as README says."""
-    shutil.copy(dvc_project / "configs/vision.yaml", dvc_project / "params.yaml")
-    subprocess.run(["git", "commit", "-qam", "vision default"], cwd=dvc_project, check=True)
+    """`dvc exp run -S kind=vision`, as README says."""
     started = time.monotonic()
-    output = dvc(dvc_project, "repro").stdout
+    output = dvc(dvc_project, "exp", "run", "-S", "kind=vision").stdout
     print(f"vision DAG: {time.monotonic() - started:.0f} s (load average {os.getloadavg()[0]:.1f})")
-    assert [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")] == [
-        "check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
-    data = json.loads((dvc_project / "metrics/data.json").read_text())
+    assert ran_stages(output) == ["check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
+    assert yaml.safe_load((dvc_project / "params.yaml").read_text())["kind"] == "vision"
+    data = json.loads((dvc_project / DATA_METRICS).read_text())
     assert data["images"]["train"]["images"] == data["train_rows"] > 300
-    assert json.loads((dvc_project / "metrics/train.json").read_text())["kind"] == "vision"
-    scores = json.loads((dvc_project / "metrics/eval.json").read_text())
+    assert json.loads((dvc_project / TRAIN_METRICS).read_text())["kind"] == "vision"
+    scores = json.loads((dvc_project / EVAL_METRICS).read_text())
     print(scores)
     assert scores["tuned"]["exact_match"] >= 50 and scores["base"]["exact_match"] <= 5
     assert scores["tuned"]["loss"] < scores["base"]["loss"]
-    report = (dvc_project / "metrics/report.md").read_text()
+    report = (dvc_project / REPORT_FILE).read_text()
     thumbnails = [line.split('src="')[1].split('"')[0] for line in report.splitlines() if "<img" in line]
-    assert len(thumbnails) == 5 and all((dvc_project / "metrics" / path).is_file() for path in thumbnails)
-    assert json.loads((dvc_project / "metrics/export.json").read_text()) == {}
-    assert (dvc_project / "models/merged/model.safetensors").is_file()
+    assert len(thumbnails) == 5 and all((dvc_project / REPORT_FILE.parent / path).is_file() for path in thumbnails)
+    assert json.loads((dvc_project / EXPORT_METRICS).read_text()) == {}
+    assert (dvc_project / MERGED_DIR / "model.safetensors").is_file()
+    assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "kind=vision").stdout) == []
     assert dvc(dvc_project, "status").stdout.strip() == "Data and pipelines are up to date."
-
-
-def test_images_load_as_a_viewer_shows_them(tmp_path):
-    """16-bit grayscale (scientific and medical PNGs) is scaled to 8 bits, not clipped to white; a JPEG's
-    EXIF orientation is applied."""
-    import numpy as np
-
-    from stages.lib.images import open_rgb
-
-    gradient = np.linspace(13364, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
-    Image.fromarray(gradient).save(tmp_path / "gray16.png")
-    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
-    pixels = np.asarray(open_rgb(tmp_path / "gray16.png"))
-    assert pixels.shape == (32, 32, 3) and pixels.min() == 13364 // 257 and pixels.max() == 255
-    picture = Image.new("RGB", (120, 60), "red")
-    exif = picture.getexif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
-    picture.save(tmp_path / "rotated.jpg", exif=exif)
-    assert open_rgb(tmp_path / "rotated.jpg").size == (60, 120)

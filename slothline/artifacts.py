@@ -1,0 +1,108 @@
+"""The artifact contract: every path a stage writes or reads (models, metrics, reports, the export layout),
+the manifest train writes beside the tuned model so that evaluate, merge and export know what they load
+without probing files, and the atomic writes every stage uses (an output appears whole or not at all)."""
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from slothline.errors import SlothlineError
+
+PARAMS_FILE = Path("params.yaml")
+PREPARED_DIR = Path("data/prepared")
+SPLITS = ("train", "val", "test")
+IMAGES_SUBDIR = "images"  # under the prepared data: a vision model's pictures, content-addressed
+TUNED_DIR = Path("models/tuned")  # a PEFT adapter, or the whole model after full fine-tuning
+CHECKPOINTS_DIR = Path("models/checkpoints")
+MERGED_DIR = Path("models/merged")
+EXPORT_DIR = Path("models/export")
+ONNX_DIR = EXPORT_DIR / "onnx"
+GGUF_FILE, MODELFILE = "model.gguf", "Modelfile"  # in EXPORT_DIR/<quantization>/
+MANIFEST_FILE = "manifest.json"
+
+METRICS_DIR = Path("metrics")
+DATA_METRICS = METRICS_DIR / "data.json"
+TRAIN_METRICS = METRICS_DIR / "train.json"
+LOSS_PLOT = METRICS_DIR / "loss.png"
+LIVE_DIR = Path("dvclive/train")
+EVAL_METRICS = METRICS_DIR / "eval.json"
+SAMPLES_FILE = METRICS_DIR / "samples.json"
+CONFUSION_FILE = METRICS_DIR / "confusion.json"
+EVAL_CHART = METRICS_DIR / "eval.png"
+REPORT_FILE = METRICS_DIR / "report.md"
+THUMBNAILS_DIR = METRICS_DIR / "thumbnails"  # images of the evaluated samples, beside report.md
+EXPORT_METRICS = METRICS_DIR / "export.json"
+
+
+def gguf_dir(quantization: str) -> Path:
+    return EXPORT_DIR / quantization
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What train produced: `method` lora (an adapter over `base_model`) or full (a whole model)."""
+
+    kind: str
+    method: str
+    base_model: str  # model.name as the user wrote it (hub id, local path or builtin:*)
+    revision: str | None
+    backend: str
+    precision: str
+    load_in_4bit: bool
+    max_seq_length: int
+    labels: list[str] | None = None  # classifiers: the classes, in the order of the head's outputs
+
+    def write(self, directory: Path) -> None:
+        write_json(Path(directory) / MANIFEST_FILE, asdict(self))
+
+    @classmethod
+    def read(cls, directory: Path = TUNED_DIR) -> "Manifest":
+        path = Path(directory) / MANIFEST_FILE
+        if not path.is_file():
+            raise SlothlineError(f"{directory}: no trained model there; run `dvc repro train` first "
+                                 f"(it writes {MANIFEST_FILE} beside it)")
+        return cls(**json.loads(path.read_text()))
+
+
+def read_split(name: str) -> list[dict]:
+    """The rows prepare wrote for one split; a clear error when prepare has not run."""
+    path = PREPARED_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        raise SlothlineError(f"{path}: missing; run `dvc repro prepare` first")
+    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 is legal inside a string
+    return [json.loads(line) for line in lines if line]
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh staging directory that replaces `target` only when the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json(path: Path, data) -> None:
+    """Write `data` as indented JSON via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with Path(path).open("w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -1,0 +1,136 @@
+"""Which attention kernel training uses, chosen from the device, and the hf backend's varlen attention.
+
+On CUDA, torch (2.11) picks cuDNN for causal GQA SDPA and builds a new cuDNN plan for every new
+sequence length, so batches of varying length never go through it. Packed (padding-free) rows go
+through torch's own varlen FlashAttention, `torch.nn.attention.varlen.varlen_attn`: on the hf backend
+through the attention implementation registered here, on unsloth through Unsloth's own varlen branch
+(which the unsloth backend turns on). Full-length batches and generation keep torch's default SDPA.
+Nothing here imports transformers or Unsloth at module level.
+"""
+
+import inspect
+import weakref
+
+import torch
+
+from slothline.errors import SlothlineError
+
+SDPA = "sdpa"  # torch's default SDPA kernel choice (cuDNN included)
+SDPA_NO_CUDNN = "sdpa (cuDNN off)"  # SDPA with cuDNN disabled: flash / memory-efficient kernels
+VARLEN_FLASH = "varlen-flash (cuDNN off)"  # packed rows through torch's varlen kernel; other SDPA without cuDNN
+VARLEN_ATTENTION = "varlen_sdpa"  # the transformers attention implementation registered below
+
+
+def attention_path(device: str, packing: bool, fixed_length: bool | None) -> str:
+    """The attention path to train with, as recorded in metrics/train.json.
+
+    `device` is the runtime's device: "cpu" or a CUDA device name. `fixed_length` is None when the
+    batch lengths are not known in advance; they are then treated as varying.
+    """
+    if device == "cpu":
+        return SDPA
+    if packing:
+        return VARLEN_FLASH
+    return SDPA if fixed_length else SDPA_NO_CUDNN
+
+
+def set_sdpa_backends(path: str) -> None:
+    """Turn cuDNN SDPA off for the paths that train on varying lengths (process-wide); `SDPA` keeps torch's default."""
+    if path != SDPA:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def register_varlen_attention() -> str:
+    """Register the `varlen_sdpa` attention implementation with transformers and return its name.
+
+    Load the model with `attn_implementation=register_varlen_attention()`. Its mask function is
+    transformers' `flash_attention_mask`, so the attention receives the 2D padding mask, or None for
+    unpadded rows, instead of a dense (T, T) mask.
+    """
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import flash_attention_mask
+
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa_attention)
+    AttentionMaskInterface.register(VARLEN_ATTENTION, flash_attention_mask)
+    return VARLEN_ATTENTION
+
+
+def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                          sliding_window=None, softcap=None, position_ids=None, **kwargs):
+    """transformers attention function: packed rows attend within their documents only; other calls are SDPA.
+
+    Query (B, H, T, D), key / value (B, H_kv, T, D); returns (B, T, H, D) and no weights. A row is
+    packed when its `position_ids` restart at 0 after its first token, as TRL's padding-free collator
+    writes them; each restart begins a document. Such calls run `varlen_attn` on CUDA half precision
+    and per-document causal SDPA elsewhere (the CPU, and the reference). Calls with a KV cache
+    (queries shorter than keys) are refused: generate with `model.set_attn_implementation("sdpa")`.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
+    if sliding_window is not None or softcap is not None or not is_causal:
+        raise SlothlineError(f"attention {VARLEN_ATTENTION!r} supports full causal attention only; "
+                             f"{type(module).__name__} needs sdpa")
+    batch, heads, length, head_dim = query.shape
+    if key.shape[2] != length:
+        raise SlothlineError(f"attention {VARLEN_ATTENTION!r} is for training; switch the model to sdpa "
+                             f"before generating with a KV cache: model.set_attn_implementation('sdpa')")
+    if attention_mask is not None:  # a padded batch: the causal mask that sdpa would get
+        causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+        attention_mask = causal & attention_mask[:, None, None, :]
+    documents = None if position_ids is None or attention_mask is not None else document_bounds(position_ids, batch)
+    if documents is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    cu_seqlens, bounds, longest = documents
+    q, k, v = (x.transpose(1, 2).flatten(0, 1).contiguous() for x in (query, key, value))  # (B*T, heads, D)
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not dropout:
+        out = _varlen_flash(q, k, v, cu_seqlens, longest, scaling)
+    else:
+        out = _per_document_sdpa(q, k, v, bounds, scaling, dropout)
+    return out.view(batch, length, heads, head_dim), None
+
+
+_last_bounds = (None, None)  # (a weak reference to a position_ids tensor, its document_bounds)
+
+
+def document_bounds(position_ids, batch: int):
+    """(cu_seqlens as int32, the same as a list, the longest document) of the flattened rows, or None when
+    no row is packed. Finding them waits for the GPU, and every layer of a forward (and its recomputation
+    under gradient checkpointing) gets the same position_ids tensor, so the answer for the last tensor
+    seen is kept while that tensor lives."""
+    global _last_bounds
+    seen, bounds = _last_bounds
+    if seen is not None and seen() is position_ids:
+        return bounds
+    starts = position_ids.expand(batch, -1) == 0
+    if not starts[:, 1:].any():
+        bounds = None
+    else:
+        starts[:, 0] = True  # every row starts a document
+        starts = starts.flatten()
+        edges = torch.cat([starts.nonzero().flatten(), torch.tensor([starts.numel()], device=starts.device)])
+        bounds = (edges.to(torch.int32), edges.tolist(), int(edges.diff().max()))
+    _last_bounds = (weakref.ref(position_ids), bounds)
+    return bounds
+
+
+def _varlen_flash(q, k, v, cu_seqlens, max_len: int, scale):
+    """torch's varlen FlashAttention, causal; K/V keep their fewer heads (torch 2.11 takes them as they are)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    takes_gqa = "enable_gqa" in inspect.signature(varlen_attn).parameters
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] and takes_gqa else {}
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=scale, window_size=(-1, 0), **gqa)
+
+
+def _per_document_sdpa(q, k, v, bounds, scale, dropout):
+    """Causal SDPA over each document alone; (B*T, heads, D) in and out."""
+    gqa = k.shape[1] != q.shape[1]
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        doc = (x[start:end].transpose(0, 1) for x in (q, k, v))  # (heads, L, D)
+        out = torch.nn.functional.scaled_dot_product_attention(*doc, dropout_p=dropout, is_causal=True, scale=scale,
+                                                               enable_gqa=gqa)
+        outs.append(out.transpose(0, 1))
+    return torch.cat(outs)

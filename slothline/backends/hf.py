@@ -1,0 +1,78 @@
+"""The hf backend: transformers + PEFT, on any device (the CPU path, and a GPU without Unsloth)."""
+
+from dataclasses import replace
+
+import torch
+
+from slothline.backends import NEW_WEIGHTS_SEED, attention
+from slothline.backends.lora import lora_settings
+from slothline.errors import SlothlineError
+
+RESPONSE_MASKS_IN_DATA = True  # TRL's collator masks the labels by the dataset's `assistant_masks`
+TRAINER_CHECKPOINTING = True  # gradient checkpointing is transformers', asked for through TrainingArguments
+
+
+def load(task, spec, runtime, full_finetuning: bool = False):
+    """The model of `spec` through the kind's auto class, and its processor. 4-bit (QLoRA) through
+    bitsandbytes; packed training rows through the registered varlen attention."""
+    import transformers
+    from transformers import BitsAndBytesConfig
+
+    dtype = getattr(torch, runtime.precision)
+    quantization = (
+        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                           bnb_4bit_use_double_quant=True)
+        if spec.load_in_4bit else None
+    )
+    attention.set_sdpa_backends(runtime.attention)
+    implementation = attention.register_varlen_attention() if runtime.attention == attention.VARLEN_FLASH else "sdpa"
+    torch.manual_seed(NEW_WEIGHTS_SEED)
+    try:
+        processor = task.load_processor(spec.source, spec.revision)
+        model = getattr(transformers, task.AUTO_CLASS).from_pretrained(
+            spec.source, revision=spec.revision, dtype=dtype, quantization_config=quantization,
+            attn_implementation=implementation, device_map={"": runtime.local_rank} if runtime.device == "cuda" else None,
+            **spec.model_kwargs,
+        )
+    except OSError as err:
+        raise SlothlineError(f"model.name: cannot load {spec.source!r}: {err}") from None
+    return model, processor
+
+
+def attach_lora(model, task, params):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(**{**lora_settings(params, model), **task.lora_extras(params, model)},
+                        task_type=task.PEFT_TASK_TYPE)
+    torch.manual_seed(params.train.seed)  # LoRA A matrices start from the seed, as Unsloth's random_state
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. no target modules, for a family without a default
+        raise SlothlineError(f"lora.target_modules: {err}") from None
+
+
+def response_only(trainer, markers: tuple[str, str]):
+    """Nothing to add: the dataset's `assistant_masks` already say which tokens are answers."""
+    return trainer
+
+
+def vision_collator(model, processor, markers):
+    """None: the kind's own answer-masking collator serves."""
+    return None
+
+
+def for_inference(model, task) -> None:
+    """Generation with a KV cache runs on sdpa, whatever attention training used."""
+    model.set_attn_implementation("sdpa")
+    model.eval()
+
+
+def merge(task, spec, runtime, adapter_dir, out_dir, save_method: str) -> None:
+    """PEFT's merge_and_unload: into a 16-bit base for merged_16bit (also after QLoRA), into a 4-bit one
+    for merged_4bit."""
+    from peft import PeftModel
+
+    base, processor = load(task, replace(spec, load_in_4bit=save_method == "merged_4bit"), runtime)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)

@@ -1,0 +1,65 @@
+"""LoRA settings both backends share: the `lora.*` params as keyword arguments, the family's default targets,
+and the checks around them."""
+
+from slothline.errors import SlothlineError
+from slothline.families import family
+
+# Parts of a model that a training step may leave out (a vision or audio tower on a text batch, experts
+# the router skips) or that a fused loss reads by weight, past LoRA (the LM head, the embeddings);
+# Unsloth's own DDP default excludes the same.
+OPTIONAL_PARTS = ("vision", "visual", "audio", "expert", "lm_head", "embed")
+
+
+def lora_targets(requested: list[str] | None, config) -> list[str] | None:
+    """`lora.target_modules`, or for null the default of the model's family (None where there is none)."""
+    default = family(config.model_type).lora_targets
+    return requested or (list(default) if default else None)
+
+
+def lora_settings(params, model) -> dict:
+    """The `lora.*` params as keyword arguments of both Unsloth's get_peft_model and PEFT's LoraConfig;
+    `target_modules: null` is the model family's default."""
+    lora = params.lora
+    loftq = {}
+    if lora.loftq:
+        from peft import LoftQConfig
+
+        loftq = LoftQConfig(loftq_bits=4)
+    return {
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "bias": lora.bias,
+        "target_modules": lora_targets(lora.target_modules, model.config),
+        "use_rslora": lora.use_rslora,
+        "init_lora_weights": "loftq" if lora.loftq else True,
+        "loftq_config": loftq,
+    }
+
+
+def check_lora_targets(model, requested: list[str] | None) -> None:
+    """Fail, before LoRA is attached, when a `lora.target_modules` name matches no linear layer: PEFT
+    only complains when none match, so a typo would silently train fewer weights."""
+    import torch
+
+    layers = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    unmatched = [target for target in requested or []
+                 if not any(name == target or name.endswith("." + target) for name in layers)]
+    if unmatched:
+        raise SlothlineError(f"lora.target_modules: {', '.join(unmatched)} matched no layer of this model; "
+                             f"its linear layers are: {', '.join(linear_layer_names(model))}")
+
+
+def linear_layer_names(model) -> list[str]:
+    """The distinct last name parts of the model's linear layers (what `lora.target_modules` names)."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    return sorted(names - {"lm_head"})
+
+
+def every_trainable_weight_trains(model) -> bool:
+    """Whether every training step gives each trainable weight a gradient: none lies in one of the
+    OPTIONAL_PARTS. DDP then need not search each step's graph for unused weights."""
+    return not any(part in name.lower() for name, weight in model.named_parameters() if weight.requires_grad
+                   for part in OPTIONAL_PARTS)

@@ -1,0 +1,56 @@
+"""Checkpoints of an interrupted train: which one to resume from, and which belong to another run."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from slothline.artifacts import PREPARED_DIR, write_json
+
+
+def run_fingerprint(params, world_size: int) -> str:
+    """What a checkpoint must share with this run to be resumed: training params, the number of processes
+    (`train.num_gpus` resolved) and data."""
+    knobs = {**params.model_dump(include={"kind", "model", "lora", "train"}, exclude={"train": {"num_gpus"}}),
+             "world_size": world_size}
+    digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode())
+    digest.update((PREPARED_DIR / "train.jsonl").read_bytes())
+    return digest.hexdigest()
+
+
+def resume_point(checkpoints: Path, fingerprint: str, processes: int = 1) -> str | None:
+    """The last complete checkpoint under `checkpoints` of a run with this `fingerprint`, or None.
+
+    A checkpoint is complete once the Trainer has written its trainer_state.json (its last file, from the
+    main process) and, in a job of `processes` > 1, every process's RNG state; incomplete ones (the run died
+    while saving) and those of a run with other params or data are deleted. The main process alone calls it.
+    """
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    marker = checkpoints / "run.json"
+    if not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+        clear_checkpoints(checkpoints)
+        write_json(marker, {"fingerprint": fingerprint})
+        return None
+    last_files = ["trainer_state.json", *(f"rng_state_{rank}.pth" for rank in range(processes) if processes > 1)]
+    complete = []
+    for path in checkpoints.glob("checkpoint-*"):
+        if all((path / name).is_file() for name in last_files):
+            complete.append(path)
+        else:
+            shutil.rmtree(path)
+    return str(max(complete, key=lambda path: int(path.name.split("-")[1]))) if complete else None
+
+
+def clear_checkpoints(checkpoints: Path) -> None:
+    for path in checkpoints.glob("checkpoint-*"):
+        shutil.rmtree(path)
+
+
+def step_of(checkpoint: str | None) -> int:
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def tokens_seen_at(checkpoint: str | None) -> int:
+    if not checkpoint:
+        return 0
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)

@@ -1,0 +1,65 @@
+"""Every data source's rows as the kind's records (prepare): read (`sources`), converted by the kind, counted,
+deduplicated across sources. The chat formats are in `formats`, mixing and splits in `mixing`."""
+
+import hashlib
+import json
+
+from slothline.data.mixing import dedupe
+from slothline.data.sources import read_rows
+from slothline.errors import RowError, SlothlineError
+
+
+def read_sources(task, params, processor) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Each source's records (deduplicated across sources with data.dedupe) and its counts: rows read, skipped
+    and duplicates removed."""
+    for i, source in enumerate(params.data.sources):
+        if source.format not in task.FORMATS:
+            raise SlothlineError(f"data.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
+                                 f"use one of {', '.join(task.FORMATS)}")
+    by_source, report = {}, {}
+    for source in params.data.sources:
+        records, skipped = read_source(task, source, params, processor)
+        by_source[source.label] = records
+        report[source.label] = {"rows_read": len(records) + skipped, "rows_skipped": skipped}
+    if params.data.dedupe:
+        kept_ids = {id(r) for r in dedupe([r for records in by_source.values() for r in records])[0]}
+        for label, records in by_source.items():
+            kept = [r for r in records if id(r) in kept_ids]
+            report[label]["duplicates_removed"] = len(records) - len(kept)
+            by_source[label] = kept
+    for source in params.data.sources:
+        if not by_source[source.label]:
+            raise SlothlineError(no_usable_rows(source, report[source.label]))
+    return by_source, report
+
+
+def read_source(task, source, params, processor) -> tuple[list[dict], int]:
+    """The kind's records of one source (capped at max_samples) and the count of skipped rows."""
+    records, skipped = [], 0
+    for where, row in read_rows(source):
+        try:
+            if isinstance(row, RowError):
+                raise row
+            canonical, rendered = task.to_record(row, source, params, processor)
+        except RowError as err:
+            if source.on_error == "skip" and err.skippable:
+                skipped += 1
+                continue
+            raise SlothlineError(
+                f"{where}: {err} ({source.format} format). Fix the row, or set `on_error: skip` on this source"
+            ) from None
+        content_id = hashlib.sha1(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()[:16]
+        records.append({"id": content_id, "source": source.label, **canonical, **rendered})
+        if len(records) == source.max_samples:
+            break
+    return records, skipped
+
+
+def no_usable_rows(source, counts: dict) -> str:
+    found = f"{counts['rows_read']} read, {counts['rows_skipped']} skipped"
+    if counts.get("duplicates_removed"):
+        found += f", {counts['duplicates_removed']} duplicates of rows in other sources"
+    fix = "remove the source from data.sources or fill it"
+    if counts["rows_skipped"]:
+        fix += "; set `on_error: fail` on it to see why its rows are skipped"
+    return f"{source.path}: no usable rows ({found}); {fix}"

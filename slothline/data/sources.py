@@ -1,0 +1,153 @@
+"""Read the rows of a data source: JSONL, JSON array, CSV, Parquet, a `save_to_disk` directory or a hub id.
+
+`read_rows` yields `(where, row)` pairs, `where` being "file:line" (or "file: row N") so that every
+error can point at the exact row; a JSONL line that does not parse comes as a RowError in place of the row.
+Text files must be UTF-8 (a byte order mark, as Excel writes, is fine); JSONL splits on "\n" only.
+"""
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from slothline.errors import RowError, SlothlineError
+from slothline.params import Source
+
+FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+BUNDLED_DIR = Path("data/raw")  # the sample data the project ships
+DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")  # what save_to_disk writes
+
+
+def read_rows(source: Source) -> Iterator[tuple[str, object]]:
+    path = Path(source.path)
+    if path.is_dir():
+        yield from _dataset_rows(source.path, _load_from_disk(path, source.split))
+    elif path.is_file():
+        readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+        if path.suffix not in readers:
+            raise SlothlineError(
+                f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(sorted(FILE_SUFFIXES))}"
+            )
+        yield from readers[path.suffix](path)
+    elif _looks_like_hub_id(source.path):
+        yield from _dataset_rows(source.path, _load_hub(source.path, source.split))
+    else:
+        regenerate = ("; to regenerate the bundled samples run `python data/generate_raw.py` (chat formats) or "
+                      "`python data/generate_classification.py` (reviews.jsonl)") if path.parent == BUNDLED_DIR else ""
+        raise SlothlineError(f"{path}: no such file or directory (data.sources path); fix the path in params.yaml"
+                             + regenerate)
+
+
+def _jsonl_rows(path: Path):
+    with path.open("rb") as lines:  # bytes split on "\n" only: U+2028 or U+0085 inside a string is legal JSON
+        for number, line in enumerate(lines, start=1):
+            line = _decode(path, line, number).rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                yield f"{path}:{number}", RowError(f"malformed JSON ({_json_problem(err)})")
+
+
+def _json_rows(path: Path):
+    text = _decode(path, path.read_bytes())
+    if not text.strip():
+        return
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        fix = "fix the file"
+        if err.msg == "Extra data" and _is_json(text.split("\n", 1)[0]):
+            fix = "this looks like JSON Lines (one JSON object per line): rename the file to .jsonl"
+        raise SlothlineError(f"{path}:{err.lineno}: malformed JSON ({_json_problem(err)}); {fix}") from None
+    if not isinstance(rows, list):
+        raise SlothlineError(f"{path}: expected a JSON array of rows; for one object per line use .jsonl")
+    for number, row in enumerate(rows, start=1):
+        yield f"{path}: row {number}", row
+
+
+def _csv_rows(path: Path):
+    reader = csv.DictReader(io.StringIO(_decode(path, path.read_bytes()), newline=""))
+    for row in reader:
+        yield f"{path}:{reader.line_num}", row
+
+
+def _parquet_rows(path: Path):
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pyarrow.ArrowException, OSError) as err:
+        raise SlothlineError(f"{path}: not a readable Parquet file ({err}); the file is damaged or not Parquet: "
+                             "write it again (e.g. pandas' DataFrame.to_parquet)") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path}: row {number}", row
+
+
+def _decode(path: Path, data: bytes, line: int = 1) -> str:
+    """`data` (starting at `line` of `path`) as UTF-8 text, without a byte order mark; a clear error
+    naming the line when it is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line += data.count(b"\n", 0, err.start)
+        raise SlothlineError(
+            f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#x}; Windows-1252 or Latin-1?); re-save the file "
+            "as UTF-8 (Excel: Save As CSV UTF-8; or `iconv -f cp1252 -t utf-8`)"
+        ) from None
+
+
+def _json_problem(err: json.JSONDecodeError) -> str:
+    return f"{err.msg.removesuffix(' at')} at column {err.colno}"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _dataset_rows(name: str, dataset):
+    for number, row in enumerate(dataset, start=1):
+        yield f"{name}: row {number}", row
+
+
+def _load_from_disk(path: Path, split: str):
+    import datasets
+
+    if not any((path / name).is_file() for name in DATASET_FILES):
+        files = sorted(str(file) for file in path.iterdir() if file.suffix in FILE_SUFFIXES)[:5]
+        where = f"a data file in it ({', '.join(files)})" if files else "a data file or a save_to_disk directory"
+        raise SlothlineError(f"{path}: a directory, but not a dataset written by datasets' save_to_disk; "
+                             f"point the source's path at {where}")
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as err:  # a damaged directory raises many types (JSON, Arrow, missing files)
+        raise SlothlineError(f"{path}: a save_to_disk directory that cannot be loaded ({err.__class__.__name__}: "
+                             f"{err}); write it again with save_to_disk") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise SlothlineError(f"{path}: no split {split!r}; set the source's split to one of {list(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def _load_hub(name: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as err:  # the hub client raises many types; all mean "cannot get it"
+        raise SlothlineError(
+            f"data.sources path {name!r}: not a local file, and loading it as a hub dataset failed "
+            f"({err.__class__.__name__}: {err}); check the path, or the network and the dataset id"
+        ) from None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/")) and Path(name).suffix not in FILE_SUFFIXES

@@ -1,0 +1,74 @@
+"""Export of merged models to GGUF, for llama.cpp and Ollama (the writer in `gguf`, the Modelfile in `ollama`).
+This module holds what check_params needs before anything trains: the export params, the quantizations on
+offer and whether a model's family and tokenizer can be written."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from slothline.errors import SlothlineError
+from slothline.families import FAMILIES, family
+from slothline.params import ExportParams
+
+PYTHON_QUANTIZATIONS = ("f16", "bf16", "q8_0")  # written in Python by the gguf package
+LLAMA_CPP_QUANTIZATIONS = ("q4_k_m", "q5_k_m", "q6_k", "q4_0", "q5_0")  # an f16 file through llama-quantize
+
+
+class GGUFExport(ExportParams):
+    formats: list[str] = ["gguf"]
+    gguf_quantization: list[Literal[PYTHON_QUANTIZATIONS + LLAMA_CPP_QUANTIZATIONS]] = Field(["q8_0"], min_length=1)
+
+    @field_validator("gguf_quantization")
+    @classmethod
+    def _each_once(cls, quantizations: list[str]) -> list[str]:
+        if len(set(quantizations)) != len(quantizations):
+            raise ValueError(f"lists a quantization twice ({quantizations}); list each once")
+        return quantizations
+
+
+def gguf_refusal(config: dict, tokenizer: dict | None) -> str | None:
+    """Why the GGUF writer cannot write a model of this config and tokenizer.json (None: it can)."""
+    model_type = config.get("model_type")
+    if not family(model_type).gguf_arch:
+        written = ", ".join(name for name, record in FAMILIES.items() if record.gguf_arch)
+        return f"the GGUF writer supports {written} models, not {model_type!r}"
+    if (config.get("rope_parameters") or {}).get("rope_type", "default") != "default" or config.get("rope_scaling"):
+        return ("RoPE scaling (e.g. Llama 3.1's) is not written by this converter; convert with llama.cpp's "
+                "convert_hf_to_gguf.py instead")
+    model = (tokenizer or {}).get("model", {})
+    if model.get("type") != "BPE" or "Ġ" not in model.get("vocab", {}):
+        return ("the GGUF writer supports byte-level BPE tokenizers (Qwen, Llama 3), not SentencePiece ones "
+                "(Llama 2); convert with llama.cpp's convert_hf_to_gguf.py instead")
+    return None
+
+
+def check_gguf(params) -> None:
+    """Refuse `export.formats: [gguf]` for a model the writer cannot write, and k-quants without llama-quantize."""
+    from slothline.models import model_config, model_file
+
+    if "gguf" not in params.export.formats:
+        return
+    config = model_config(params.model.name, params.model.revision)  # a clear error when it cannot be read
+    tokenizer_file = model_file(params.model.name, "tokenizer.json", params.model.revision)
+    tokenizer = json.loads(Path(tokenizer_file).read_text()) if tokenizer_file else None
+    problem = gguf_refusal(config, tokenizer)
+    if problem:
+        raise SlothlineError(f"export.formats: gguf: {problem}; set export.formats: [] (models/merged/ is a "
+                             "Hugging Face directory that transformers loads)")
+    problem = k_quant_refusal(params.export.gguf_quantization)
+    if problem:
+        raise SlothlineError(problem)
+
+
+def k_quant_refusal(quantizations: list[str]) -> str | None:
+    """Why `quantizations` cannot be written here: k-quants without llama.cpp's quantizer on PATH (None: they can).
+    Export asks again: it may run where check_params did not (`dvc repro export` in another environment)."""
+    k_quants = [q for q in quantizations if q in LLAMA_CPP_QUANTIZATIONS]
+    if k_quants and not shutil.which("llama-quantize"):
+        return (f"export.gguf_quantization: {', '.join(k_quants)} need llama.cpp's quantizer: put `llama-quantize` on "
+                f"PATH (build llama.cpp, or install its release), or use {', '.join(PYTHON_QUANTIZATIONS)}, which need "
+                "nothing else")
+    return None

@@ -1,0 +1,255 @@
+"""Write GGUF files of merged causal LMs with the `gguf` package, and check them.
+
+GGUF writing follows llama.cpp's convert_hf_to_gguf for the families whose record in families.py names a
+GGUF architecture: hyperparameters, tensors renamed through gguf's TensorNameMap (q/k rows permuted where
+the family's rotary layout differs), and the BPE tokenizer (vocab, merges, special tokens, chat template).
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from slothline.artifacts import GGUF_FILE, MODELFILE
+from slothline.errors import SlothlineError
+from slothline.export import PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal
+from slothline.export.ollama import modelfile
+from slothline.families import family
+
+
+def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str]) -> dict:
+    """`out_dir`/<quantization>/model.gguf and its Ollama Modelfile for each quantization, each read back and
+    generated from; returns each file's checks."""
+    problem = k_quant_refusal(quantizations)
+    if problem:
+        raise SlothlineError(problem)
+    report = {}
+    for quantization in quantizations:
+        folder = out_dir / quantization
+        folder.mkdir()
+        gguf_file = folder / GGUF_FILE
+        if quantization in PYTHON_QUANTIZATIONS:
+            write_gguf(model_dir, gguf_file, quantization)
+        else:  # k-quants: an f16 file through llama.cpp's quantizer
+            write_gguf(model_dir, folder / "f16.gguf", "f16")
+            done = subprocess.run([shutil.which("llama-quantize"), str(folder / "f16.gguf"),
+                                   str(gguf_file), quantization.upper()], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SlothlineError(f"llama-quantize failed for {quantization}:\n{done.stderr[-2000:]}")
+            (folder / "f16.gguf").unlink()
+        (folder / MODELFILE).write_text(modelfile(model_dir))
+        report[quantization] = {
+            "size_mb": round(gguf_file.stat().st_size / 2**20, 3),
+            **read_back(gguf_file, model_dir),
+            "generation_check": generation_check(gguf_file, model_dir),
+        }
+    return report
+
+
+def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
+    """Convert the Hugging Face checkpoint in `model_dir` to one GGUF file."""
+    import gguf
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    config = json.loads((model_dir / "config.json").read_text())
+    check_exportable(model_dir, config)
+    record = family(config["model_type"])
+    arch = record.gguf_arch
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    writer = gguf.GGUFWriter(str(out_file), arch)
+    write_hyperparameters(writer, config, quantization)
+    write_tokenizer(writer, tokenizer, model_dir, config["vocab_size"], record.gguf_pre_tokenizer)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config["num_hidden_layers"])
+    tensors = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    for hf_name, tensor in tensors.items():
+        if config.get("tie_word_embeddings") and hf_name == "lm_head.weight":
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise SlothlineError(f"export: no GGUF name for tensor {hf_name!r} of {model_dir}")
+        data = tensor.float().numpy()
+        if record.gguf_permute_rotary and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
+            data = permute_rotary(data, heads)
+        quantized, dtype = quantize(data, quantization)
+        writer.add_tensor(name, quantized, raw_dtype=dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def check_exportable(model_dir: Path, config: dict) -> None:
+    """Refuse, with the reason, what this converter would write wrongly (check_params refused the rest before
+    training, from the base model)."""
+    if config.get("quantization_config"):
+        raise SlothlineError(f"{model_dir}: quantized (bitsandbytes) weights; GGUF export needs merge.save_method: merged_16bit")
+    tokenizer_file = model_dir / "tokenizer.json"
+    problem = gguf_refusal(config, json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else None)
+    if problem:
+        raise SlothlineError(f"export.formats: gguf: {problem}")
+
+
+def write_hyperparameters(writer, config: dict, quantization: str) -> None:
+    import gguf
+
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    rope = config.get("rope_parameters") or {}
+    writer.add_rope_freq_base(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization])
+
+
+def write_tokenizer(writer, tokenizer, model_dir: Path, vocab_size: int, pre_tokenizer: str) -> None:
+    """BPE vocabulary padded to the embedding size, merges, special token ids and the chat template."""
+    import gguf
+
+    by_id = {i: token for token, i in tokenizer.get_vocab().items()}
+    added = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif i in added:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.NORMAL)
+    merges = json.loads((model_dir / "tokenizer.json").read_text())["model"].get("merges", [])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre_tokenizer)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    if tokenizer.bos_token_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_add_bos_token(False)  # chat templates write their own BOS where the family has one
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def quantize(data: np.ndarray, quantization: str):
+    """Norms and other 1-D tensors stay float32, as llama.cpp's converter keeps them."""
+    import gguf
+
+    if data.ndim == 1:
+        return data, gguf.GGMLQuantizationType.F32
+    if quantization == "f16":
+        return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+    kind = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[quantization]
+    if kind == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32:
+        return data.astype(np.float16), gguf.GGMLQuantizationType.F16
+    return gguf.quants.quantize(data, kind), kind
+
+
+def permute_rotary(weights: np.ndarray, heads: int) -> np.ndarray:
+    """Llama's q/k projection rows, reordered from Hugging Face's rotary layout to llama.cpp's."""
+    return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def read_back(gguf_file: Path, model_dir: Path) -> dict:
+    """Check a written file with gguf's reader: architecture, tensor count and shapes, tokenizer metadata."""
+    import gguf
+    from safetensors import safe_open
+
+    reader = gguf.GGUFReader(str(gguf_file))
+    fields = reader.fields
+    field_text = lambda key: bytes(fields[key].parts[fields[key].data[0]]).decode()
+    config = json.loads((model_dir / "config.json").read_text())
+    expected = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            expected.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+    if config.get("tie_word_embeddings"):
+        expected.pop("lm_head.weight", None)
+    problems = []
+    if field_text("general.architecture") != family(config["model_type"]).gguf_arch:
+        problems.append("architecture")
+    if len(reader.tensors) != len(expected):
+        problems.append(f"{len(reader.tensors)} tensors, expected {len(expected)}")
+    written = sorted(tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors)
+    if written != sorted(expected.values()):
+        problems.append("tensor shapes differ from the checkpoint's")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
+        if key not in fields:
+            problems.append(f"missing {key}")
+    if len(fields["tokenizer.ggml.tokens"].data) != config["vocab_size"]:
+        problems.append("vocabulary size")
+    if problems:
+        raise SlothlineError(f"{gguf_file}: failed verification: {'; '.join(problems)}")
+    return {"tensors": len(reader.tensors), "architecture": field_text("general.architecture"),
+            "vocab_size": len(fields["tokenizer.ggml.tokens"].data)}
+
+
+def generation_check(gguf_file: Path, model_dir: Path, tokens: int = 8) -> str:
+    """Greedy tokens of the GGUF under llama.cpp (llama-cpp-python) against transformers on the merged
+    model, for the same chat prompt; "skipped" where llama-cpp-python is not installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return "skipped: llama-cpp-python not installed"
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello to Anna."}], tokenize=False,
+                                           add_generation_prompt=True, enable_thinking=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.inference_mode():
+        expected = model.generate(torch.tensor([prompt_ids]), max_new_tokens=tokens, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)[0, len(prompt_ids):].tolist()
+    llm = load_without_weight_repacking(llama_cpp, gguf_file)
+    if llm.tokenize(prompt.encode(), add_bos=False, special=True) != prompt_ids:
+        raise SlothlineError(f"{gguf_file}: llama.cpp tokenizes the chat prompt differently from the tokenizer")
+    produced = []
+    for token in llm.generate(prompt_ids, top_k=1, temp=0.0, reset=True):
+        if token == llm.token_eos() or len(produced) == len(expected):
+            break
+        produced.append(token)
+    matching = next((i for i, (a, b) in enumerate(zip(produced, expected)) if a != b), min(len(produced), len(expected)))
+    return f"{matching} of {len(expected)} greedy tokens match transformers"
+
+
+def load_without_weight_repacking(llama_cpp, gguf_file: Path):
+    """A llama.cpp model whose weights stay as the file stores them.
+
+    By default llama.cpp repacks quantized weights into extra buffer types for the CPU's matrix units;
+    on a Xeon with AMX that segfaults in the first decode of a q8_0 file of the tiny model. The check
+    needs no speed, and llama-cpp-python exposes the model parameter (`use_extra_bufts`) only through
+    its defaults, so those are switched off while the model loads.
+    """
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def plain_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama_cpp.llama_model_default_params = plain_buffers
+    try:
+        return llama_cpp.Llama(model_path=str(gguf_file), n_ctx=512, verbose=False)
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = defaults

@@ -1,0 +1,136 @@
+"""Model kinds: one package each under kinds/ (causal_lm, vision, classifier), behind the Task protocol
+below. Stage scripts call only the protocol; `get(name)` imports the kind that params.yaml's `kind` names,
+and nothing else, so a stage runs (and DVC tracks) only its own kind's code. A new kind is a new package
+here that implements the protocol, plus its defaults in conf/kind/<name>.yaml.
+"""
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from slothline.errors import SlothlineError
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What evaluate writes: metrics per model (`tuned`, and `base` when compared), the samples table, each
+    model's actual/predicted class pairs ({} without classes), markdown the kind adds to the report, and the
+    settings that decided the predictions ({} when only the model does)."""
+
+    metrics: dict[str, dict]
+    samples: list[dict]
+    confusion: dict[str, list[dict]]
+    report_sections: str
+    settings: dict
+
+
+class Task(Protocol):
+    """What a kind package provides (module-level names)."""
+
+    NAME: str  # the value of `kind`
+    Params: type  # its params models: the shared sections extended with its own settings
+    AUTO_CLASS: str  # the transformers auto class that loads its models
+    PEFT_TASK_TYPE: str  # PEFT's task type for its LoRA
+    FORMATS: tuple[str, ...]  # data.sources[].format values it reads
+    EXPORT_FORMATS: tuple[str, ...]  # export.formats values it writes
+    VAL_METRICS: tuple[str, ...]  # what the trainer measures on the val split; the first is `auto`
+    STRATIFY_BY: str | None  # the record field whose classes every split keeps (prepare), or None
+
+    def check(self, params) -> None:
+        """Refuse what a later stage of this kind would refuse, before anything runs (check_params)."""
+
+    def load_processor(self, source: str, revision: str | None): ...
+
+    def to_record(self, row, source, params, processor) -> tuple[dict, dict]:
+        """(canonical fields, rendered fields) of one input row (prepare; the id hashes the canonical ones);
+        raises RowError."""
+
+    def finish_splits(self, splits: dict, processor, params, out_dir) -> dict:
+        """Check and adjust the split records in place and write the files they refer to into `out_dir`
+        (prepare's staging directory); returns the kind's statistics for metrics/data.json."""
+
+    def labels(self, rows: list[dict]) -> list[str] | None:
+        """The classes of the prepared train rows, in the order of the model's outputs; None without classes."""
+
+    def lora_extras(self, params, model) -> dict:
+        """LoRA settings beyond the shared `lora.*` ones."""
+
+    def build_trainer(self, backend, runtime, params, model, processor, train_rows, val_rows, output_dir, callbacks):
+        """The configured trainer (train); backend differences are hooks of `backend`."""
+
+    def predict(self, model, processor, rows: list[dict], params) -> list: ...
+
+    def evaluate(self, model, processor, rows: list[dict], params, base, media_dir) -> Evaluation:
+        """Predict and score the test rows with the tuned model and, where `base` (a context manager of the
+        base model) is given, with the base model; files the samples link go into `media_dir`."""
+
+    def export(self, formats: list[str], model_dir, out_dir, params) -> dict:
+        """Write the merged model in each of `formats` into `out_dir`, verified; returns metrics/export.json."""
+
+
+def names() -> list[str]:
+    """Every kind package under kinds/ (those starting with _ hold shared code)."""
+    return sorted(module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_"))
+
+
+def get(name: str) -> Task:
+    """The kind package called `name`, imported now."""
+    if name not in names():
+        raise SlothlineError(f"kind: {name!r} is not a model kind; use one of {', '.join(names())}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def check(task: Task, params) -> None:
+    """Every refusal that params alone decide, before prepare runs: the model is of this kind, the data
+    formats and export formats are the kind's, the best-model metric is one the kind measures, the splits
+    exist that later stages need; then the kind's own `check`."""
+    from slothline.models import kind_of_config, model_config
+
+    inferred = kind_of_config(model_config(params.model.name, params.model.revision))
+    if inferred and inferred != task.NAME:
+        raise SlothlineError(f"kind: {task.NAME}, but {params.model.name}'s config is that of a {inferred} model; "
+                             f"switch with `dvc exp run -S kind={inferred}` (or set kind: {inferred})")
+    for i, source in enumerate(params.data.sources):
+        if source.format not in task.FORMATS:
+            raise SlothlineError(f"data.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
+                                 f"use one of {', '.join(task.FORMATS)}")
+    check_export_formats(task, params.export.formats)
+    if params.merge.save_method == "lora" and params.export.formats:
+        raise SlothlineError(f"merge.save_method: lora writes the adapter alone, which export.formats "
+                             f"({', '.join(params.export.formats)}) cannot convert; set merge.save_method: "
+                             "merged_16bit, or export.formats: []")
+    if params.data.test_fraction == 0:
+        raise SlothlineError("data.test_fraction: 0 leaves no test split, but evaluate scores the tuned model on it; "
+                             "set it above 0 (e.g. 0.1)")
+    train = params.train
+    if train.tracks_best_model and params.data.val_fraction == 0:
+        raise SlothlineError("train.load_best_model_at_end and train.early_stopping_patience judge the model on the "
+                             "val split, which data.val_fraction: 0 leaves empty; set data.val_fraction > 0, or turn "
+                             "them off")
+    if train.metric_for_best_model not in ("auto", *task.VAL_METRICS):
+        raise SlothlineError(f"train.metric_for_best_model: {task.NAME} models are measured on the val split by "
+                             f"{', '.join(task.VAL_METRICS)}, not {train.metric_for_best_model}; use one of those, "
+                             "or auto")
+    task.check(params)
+
+
+def check_export_formats(task: Task, formats: list[str]) -> None:
+    """Refuse `export.formats` the kind does not write (check_params, and export itself)."""
+    unsupported = [f for f in formats if f not in task.EXPORT_FORMATS]
+    if unsupported:
+        offered = f"use {', '.join(task.EXPORT_FORMATS)}" if task.EXPORT_FORMATS else (
+            f"their export is models/merged/, which transformers' {task.AUTO_CLASS} loads; set export.formats: []")
+        raise SlothlineError(f"export.formats: {', '.join(unsupported)} is not offered for {task.NAME} models; {offered}")
+
+
+def with_base(model, base: Callable[[], AbstractContextManager] | None, run: Callable) -> dict:
+    """`run(model)` for the tuned model and, when `base` is given, inside `base()` for the base model:
+    {"tuned": ..., "base": ...}."""
+    results = {"tuned": run(model)}
+    if base is not None:
+        with base() as base_model:
+            results["base"] = run(base_model)
+    return results

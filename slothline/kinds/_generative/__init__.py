@@ -1,0 +1,107 @@
+"""What the two generating kinds (causal LM, vision) share: the answer-masking collator, the token length
+statistics prepare writes, and evaluate's flow (generate, score text metrics and the loss on the reference
+answers, samples). Chat rendering and the answer mask are in `chat`, generation in `generation`, text
+metrics in `metrics`, and the params these kinds add in `params`."""
+
+from collections.abc import Callable
+
+import numpy as np
+
+from slothline.errors import SlothlineError
+from slothline.kinds import Evaluation, with_base
+from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, tokenizer_of, turn_markers
+from slothline.kinds._generative.generation import answer_loss, generation_settings
+from slothline.kinds._generative.metrics import loss_metrics, text_metrics
+
+
+class AnswerCollator:
+    """A batch of rendered rows through the processor (right padding), with labels: the answer mask of the
+    turn `markers` (None: every real token but image tokens). `images(row)` gives a row's pictures, for
+    multimodal processors."""
+
+    def __init__(self, processor, markers: tuple[str, str] | None, images: Callable | None = None):
+        self.processor, self.images = processor, images
+        self.mask = markers and AnswerMask(processor, markers)
+        self.image_id = getattr(processor, "image_token_id", None)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        texts = [row["text"] for row in rows]
+        options = {"return_tensors": "pt", "padding": True, "padding_side": "right", "add_special_tokens": False}
+        if self.images:
+            pictures = [picture for row in rows for picture in self.images(row)]
+            batch = self.processor(text=texts, images=pictures or None, **options)
+        else:
+            batch = tokenizer_of(self.processor)(texts, **options)
+        import torch
+
+        if self.mask:
+            labels = torch.tensor([self.mask.labels(ids) for ids in batch["input_ids"].tolist()])
+        else:
+            labels = batch["input_ids"].clone()
+            if self.image_id is not None:
+                labels[labels == self.image_id] = -100
+        labels[batch["attention_mask"] == 0] = -100
+        batch["labels"] = labels
+        return dict(batch)
+
+
+def finish_lengths(splits: dict[str, list[dict]], lengths: dict[str, list[tuple[int, int | None]]],
+                   max_length: int, keep: Callable[[int, int | None], bool], none_kept: str) -> dict:
+    """Token statistics per split from each row's (length, answer start), taken before the train and val rows
+    that `keep(length, answer start)` refuses leave (test keeps them: evaluate scores generations). Fails
+    with `none_kept` when no train row is kept."""
+    dropped = {}
+    for name in ("train", "val"):
+        kept = [row for row, (length, start) in zip(splits[name], lengths[name]) if keep(length, start)]
+        dropped[name], splits[name] = len(splits[name]) - len(kept), kept
+    if lengths["train"] and not splits["train"]:
+        raise SlothlineError(none_kept)
+    tokens = {}
+    for name, split_lengths in lengths.items():
+        if split_lengths:
+            counts = np.array([length for length, _ in split_lengths])
+            tokens[name] = {
+                "mean": round(float(counts.mean()), 1), "p50": int(np.percentile(counts, 50)),
+                "p95": int(np.percentile(counts, 95)), "max": int(counts.max()),
+                "truncated_rows": int((counts > max_length).sum()),
+                "no_answer_rows": sum(answer_cut_off(start, max_length) for _, start in split_lengths),
+                "rows_dropped_too_long": dropped.get(name, 0),
+            }
+    return tokens
+
+
+def evaluate(predict: Callable, model, processor, rows: list[dict], params, base, sample: Callable,
+             images: Callable | None = None) -> Evaluation:
+    """Generated answers of the tuned (and base) model with text metrics against the references, and the
+    loss on the reference answers' tokens (the whole text where no known turn markers tell where answers
+    are), each row whole up to the model's context: a metric that means the same whatever training's
+    max_seq_length. `sample(row, answers)` is one row of the samples table."""
+    settings = params.evaluate
+    try:
+        markers = turn_markers([row["text"] for row in rows])
+    except SlothlineError:
+        markers = None
+    collate = AnswerCollator(processor, markers, images)
+    context = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
+    references = [row["reference"] for row in rows]
+
+    def run(scored_model):
+        answers = predict(scored_model, processor, rows, params)
+        batches = (collate(rows[i : i + settings.batch_size]) for i in range(0, len(rows), settings.batch_size))
+        total, count = answer_loss(scored_model, batches, context)
+        return answers, {**text_metrics(answers, references), **loss_metrics(total, count), "loss_tokens": count,
+                         "loss_on": "answers" if markers else "whole text"}
+
+    results = with_base(model, base, run)
+    answers = {name: answered for name, (answered, _) in results.items()}
+    samples = [sample(row, {name: answers[name][i] for name in answers}) for i, row in enumerate(rows)]
+    return Evaluation(metrics={name: scores for name, (_, scores) in results.items()}, samples=samples, confusion={},
+                      report_sections="", settings=generation_settings(model, settings))
+
+
+def question(row: dict) -> str:
+    """The text of the row's last user turn (its text parts, for multimodal content)."""
+    content = next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
+    if isinstance(content, list):
+        return "\n".join(part["text"] for part in content if part["type"] == "text")
+    return content

@@ -1,0 +1,122 @@
+"""Causal language models (Qwen3, Llama, Gemma): chat records rendered with the model's chat template, TRL's
+SFTTrainer with response-only loss, batched generation, text metrics and the loss on the reference answers,
+and GGUF export."""
+
+from slothline.data.formats import CONVERTERS, to_messages
+from slothline.export import check_gguf
+from slothline.kinds import _generative
+from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, render, token_lengths, turn_markers
+from slothline.kinds.causal_lm.params import Params  # noqa: F401 (the protocol's name)
+
+NAME = "causal_lm"
+AUTO_CLASS = "AutoModelForCausalLM"
+PEFT_TASK_TYPE = "CAUSAL_LM"
+FORMATS = tuple(CONVERTERS)
+EXPORT_FORMATS = ("gguf",)
+VAL_METRICS = ("loss",)
+STRATIFY_BY = None
+
+
+def check(params) -> None:
+    check_gguf(params)
+
+
+def load_processor(source: str, revision: str | None):
+    from slothline.models import load_tokenizer
+
+    return load_tokenizer(source, revision)
+
+
+def to_record(row: dict, source, params, tokenizer) -> tuple[dict, dict]:
+    """Canonical `messages`, and the rendered `text`, `prompt` and `reference`."""
+    messages = to_messages(row, source.format, params.data.system_prompt)
+    return {"messages": messages}, render(messages, tokenizer, source.template, params.data.enable_thinking)
+
+
+def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> dict:
+    """Rows whose first answer token lies beyond model.max_seq_length would train on nothing once cut to that
+    length: they leave train and val. Returns token statistics per split, taken before that drop."""
+    max_length = params.model.max_seq_length
+    lengths = {name: token_lengths(rows, tokenizer) for name, rows in splits.items()}
+    keep = lambda length, start: not answer_cut_off(start, max_length)
+    starts = [start or 0 for _, start in lengths["train"]]
+    none_kept = (f"model.max_seq_length: {max_length} tokens leave no answer token in any of the {len(starts)} train "
+                 f"rows (their prompts take {min(starts, default=0)} to {max(starts, default=0)} tokens, whole rows up "
+                 f"to {max((length for length, _ in lengths['train']), default=0)}); raise model.max_seq_length to at "
+                 f"least {max(starts, default=0) + 1}")
+    tokens = _generative.finish_lengths(splits, lengths, max_length, keep, none_kept)
+    if any(split["truncated_rows"] for split in tokens.values()):
+        print(length_note(tokens, max_length))
+    return {"tokens": tokens}
+
+
+def length_note(tokens: dict, max_length: int) -> str:
+    """One line on the rows model.max_seq_length cuts: truncated, and without an answer token (dropped or kept)."""
+    count = lambda key: sum(split[key] for split in tokens.values())
+    of = lambda key, names: ", ".join(f"{name} {tokens[name][key] if name in tokens else 0}" for name in names)
+    return (f"model.max_seq_length {max_length}: {count('truncated_rows')} rows are longer and get truncated "
+            f"({of('truncated_rows', ('train', 'val', 'test'))}); {count('no_answer_rows')} have no answer token "
+            f"within it (dropped: {of('rows_dropped_too_long', ('train', 'val'))}; "
+            f"kept for evaluate: {of('no_answer_rows', ('test',))})")
+
+
+def labels(rows: list[dict]) -> None:
+    """No classes: generated text."""
+    return None
+
+
+def lora_extras(params, model) -> dict:
+    return {}
+
+
+def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[dict], val_rows: list[dict],
+                  output_dir: str, callbacks: list):
+    """TRL's SFTTrainer configured from `train.*`, on the rendered `text` of the prepared rows, with the val loss
+    every `train.eval_steps`; response-only loss (`train.train_on_responses_only`) as the backend applies it."""
+    from slothline.training import sft_config, sft_trainer_class
+
+    markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
+    data_markers = markers if backend.RESPONSE_MASKS_IN_DATA else None
+    trainer = sft_trainer_class(runtime)(
+        model=model,
+        args=sft_config(backend, runtime, params, output_dir, bool(val_rows), VAL_METRICS[0], params.train.packing),
+        train_dataset=tokenized(train_rows, tokenizer, data_markers),
+        eval_dataset=tokenized(val_rows, tokenizer, data_markers) if val_rows else None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    return backend.response_only(trainer, markers) if markers else trainer
+
+
+def tokenized(rows: list[dict], tokenizer, markers: tuple[str, str] | None):
+    """A `datasets.Dataset` of `input_ids`, plus TRL's `assistant_masks` (the answer mask) when `markers` are
+    given. The rendered text already holds its special tokens and EOS."""
+    from datasets import Dataset
+
+    ids = tokenizer([row["text"] for row in rows], add_special_tokens=False)["input_ids"]
+    columns = {"input_ids": ids}
+    if markers:
+        mask = AnswerMask(tokenizer, markers)
+        columns["assistant_masks"] = [[int(label != -100) for label in mask.labels(row)] for row in ids]
+    return Dataset.from_dict(columns)
+
+
+def predict(model, tokenizer, rows: list[dict], params) -> list[str]:
+    """Generated answers to the rows' prompts (batched, left-padded, decoded as `evaluate.*` ask)."""
+    from slothline.kinds._generative.generation import decoding, generate
+
+    settings = params.evaluate
+    return generate(model, tokenizer, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
+                    decoding(settings, model.generation_config), settings.seed, desc="answers")
+
+
+def evaluate(model, tokenizer, rows: list[dict], params, base, media_dir):
+    sample = lambda row, answers: {"id": row["id"], "prompt": _generative.question(row), "reference": row["reference"],
+                                   **answers}
+    return _generative.evaluate(predict, model, tokenizer, rows, params, base, sample)
+
+
+def export(formats: list[str], model_dir, out_dir, params) -> dict:
+    from slothline.export.gguf import export_gguf
+
+    return export_gguf(model_dir, out_dir, params.export.gguf_quantization)

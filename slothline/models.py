@@ -1,0 +1,79 @@
+"""`model.name` (a hub id, a local model directory or `builtin:*`): what `from_pretrained` takes for it, its
+config (read without transformers, which Unsloth must be imported before), the kind of model it is, and its
+tokenizer."""
+
+import json
+from pathlib import Path
+
+from slothline import builtin
+from slothline.errors import SlothlineError
+from slothline.families import family
+
+ENCODER_HEADS = ("ForSequenceClassification", "ForMaskedLM", "ForTokenClassification")
+
+
+def resolve_model(name: str) -> str:
+    """What `from_pretrained` takes for `name`: a built local directory, a path or a hub id."""
+    if name.startswith("builtin:"):
+        return str(builtin.directory(name))
+    if Path(name).exists() or name.startswith((".", "/")):
+        if not (Path(name) / "config.json").is_file():
+            raise SlothlineError(f"model.name: {name} is not a model directory (no config.json there)")
+    return name
+
+
+def model_file(name: str, filename: str, revision: str | None = None) -> str | None:
+    """The local path of one file of `model.name` (fetched from the hub for a hub id), or None where the model
+    has no such file."""
+    source = resolve_model(name)
+    if Path(source).is_dir():
+        return str(Path(source) / filename) if (Path(source) / filename).is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(source, filename, revision=revision)
+    except EntryNotFoundError:
+        return None
+
+
+def model_config(name: str, revision: str | None = None) -> dict:
+    """The config.json of `model.name`, as a dict."""
+    source = resolve_model(name)
+    try:
+        return json.loads(Path(model_file(name, "config.json", revision)).read_text())
+    except Exception as err:  # the hub client raises many types; all mean "cannot get it"
+        problem = ("'s config.json is not readable JSON" if Path(source).is_dir() else
+                   " is no local directory, and its config could not be fetched from the hub")
+        raise SlothlineError(f"model.name: {name!r}{problem} ({err.__class__.__name__}: {err}); use a local model "
+                             "directory (relative to the repository root), a hub id reachable from here, or a builtin "
+                             "model") from None
+
+
+def kind_of_config(config: dict) -> str | None:
+    """classifier for a sequence-classification (or encoder) head, else the kind its family record names, else
+    vision for models with a vision tower and causal_lm for decoders; None when the config does not tell."""
+    architectures = config.get("architectures") or []
+    if any(a.endswith(ENCODER_HEADS) for a in architectures):  # a decoder family with a classification head too
+        return "classifier"
+    if family(config.get("model_type")).kind:
+        return family(config.get("model_type")).kind
+    if "vision_config" in config:
+        return "vision"
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return "causal_lm"
+    return None
+
+
+def load_tokenizer(name: str, revision: str | None = None):
+    """The tokenizer of `model.name`, with a clear error when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as err:
+        raise SlothlineError(
+            f"model.name: cannot load the tokenizer of {name!r} ({err.__class__.__name__}: {err}); "
+            "use a local model directory, a hub id reachable from here, or a builtin model"
+        ) from None

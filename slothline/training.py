@@ -1,0 +1,208 @@
+"""Training: the transformers TrainingArguments every kind's trainer takes from the `train.*` params, TRL's
+SFTTrainer as the generating kinds configure it, the callbacks every run gets (warm-up warning, early
+stopping, the dvclive loss curve), DDP's unused-weight search, and what metrics/train.json records."""
+
+import resource
+
+from slothline.errors import SlothlineError
+
+
+def training_config(config_class, backend, runtime, params, output_dir: str, evaluate: bool, default_metric: str,
+                    **extra):
+    """`config_class` (TrainingArguments, or TRL's SFTConfig or Unsloth's patched one) from `train.*` and the
+    resolved runtime, plus the kind's `extra` arguments; with `evaluate`, the val loss every `train.eval_steps`;
+    `default_metric` is what `train.metric_for_best_model: auto` means for the kind."""
+    train = params.train
+    try:
+        return config_class(
+            output_dir=output_dir,
+            num_train_epochs=train.epochs,
+            max_steps=train.max_steps,
+            per_device_train_batch_size=train.per_device_batch_size,
+            per_device_eval_batch_size=train.per_device_batch_size,
+            gradient_accumulation_steps=train.gradient_accumulation_steps,
+            learning_rate=train.learning_rate,
+            warmup_steps=train.warmup_steps,
+            weight_decay=train.weight_decay,
+            lr_scheduler_type=train.lr_scheduler,
+            optim=runtime.optim,
+            seed=train.seed,
+            data_seed=train.seed,
+            logging_steps=train.logging_steps,
+            save_strategy="steps",
+            save_steps=train.save_steps,
+            save_total_limit=train.save_total_limit,
+            **best_model_settings(train, default_metric),
+            restore_callback_states_from_checkpoint=True,  # a resumed run goes on counting early stopping's patience
+            eval_strategy="steps" if evaluate else "no",
+            eval_steps=train.eval_steps,
+            bf16=runtime.precision == "bfloat16",
+            fp16=runtime.precision == "float16",
+            use_cpu=runtime.device == "cpu",
+            gradient_checkpointing=train.gradient_checkpointing and backend.TRAINER_CHECKPOINTING,
+            include_num_input_tokens_seen="non_padding",
+            report_to="none",
+            disable_tqdm=False,
+            dataloader_num_workers=0,
+            **extra,
+        )
+    except ValueError as err:  # e.g. an lr_scheduler name transformers does not know
+        raise SlothlineError(f"params.yaml: train settings rejected by transformers (check train.lr_scheduler, "
+                             f"train.optim): {err}") from None
+
+
+def best_model_settings(train, default_metric: str) -> dict:
+    """TrainingArguments for `train.load_best_model_at_end` and the metric it (and early stopping) follow:
+    `auto` is the kind's `default_metric`; loss is better lower, every other metric higher."""
+    if not train.tracks_best_model:
+        return {"load_best_model_at_end": False}
+    metric = default_metric if train.metric_for_best_model == "auto" else train.metric_for_best_model
+    return {"load_best_model_at_end": train.load_best_model_at_end, "metric_for_best_model": metric,
+            "greater_is_better": not metric.endswith("loss")}
+
+
+def sft_config(backend, runtime, params, output_dir: str, evaluate: bool, default_metric: str, packing: bool,
+               **settings):
+    """TRL's SFTConfig (Unsloth's patched one once unsloth is imported) from the `train.*` params, packed
+    (padding-free) or not, plus the kind's `settings`."""
+    from trl import SFTConfig
+
+    return training_config(SFTConfig, backend, runtime, params, output_dir, evaluate, default_metric, **{
+        "max_length": params.model.max_seq_length, "packing": packing, "packing_strategy": "bfd",
+        "padding_free": packing, **settings})
+
+
+def sft_trainer_class(runtime):
+    """TRL's SFTTrainer on a GPU; on the CPU, the same trainer with the model's own loss."""
+    from trl import SFTTrainer
+
+    return SFTTrainer if runtime.device == "cuda" else model_loss_trainer_class()
+
+
+def model_loss_trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class ModelLossSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss is the model's own cross-entropy.
+
+        TRL 1.15 computes its loss through a Triton kernel, which needs a CUDA device (a CUDA build
+        of torch imports Triton on a CPU machine too, then fails at the first step); on the CPU the
+        model's own cross-entropy over the same labels is the same loss.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+
+    return ModelLossSFTTrainer
+
+
+def callbacks(train, runtime, live_dir, resumed: bool) -> list:
+    """The callbacks of every run: a warning when warm-up lasts the whole run, early stopping when asked for,
+    and (on the main process, its one writer) the loss curve in dvclive."""
+    from dvclive import Live
+
+    chosen = [warmup_warning()]
+    if train.early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback  # its count is saved in each checkpoint and restored on resume
+
+        chosen.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
+    if runtime.is_main_process:  # dvclive writes (and on a fresh run clears) its directory
+        chosen.append(loss_curve(Live(str(live_dir), resume=resumed, dvcyaml=False, save_dvc_exp=False)))
+    return chosen
+
+
+def loss_curve(live):
+    """transformers' DVCLive callback, plotting each point at the trainer's global step (so a resumed run
+    continues its curve)."""
+    from transformers.integrations import DVCLiveCallback
+
+    class StepDVCLiveCallback(DVCLiveCallback):
+        def on_log(self, args, state, control, **kwargs):
+            live.step = state.global_step
+            super().on_log(args, state, control, **kwargs)
+
+    return StepDVCLiveCallback(live=live)
+
+
+def warmup_warning():
+    """Says so when warm-up lasts the whole run: the learning rate then never reaches train.learning_rate
+    (with one step, it stays 0 and nothing is learned)."""
+    from transformers import TrainerCallback
+
+    class WarmupWarning(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and args.warmup_steps >= state.max_steps:
+                print(f"warning: train.warmup_steps ({args.warmup_steps}) >= the {state.max_steps} training steps, "
+                      "so the learning rate never leaves warm-up; lower train.warmup_steps or train longer")
+
+    return WarmupWarning()
+
+
+def skip_unused_weight_search(trainer, model, backend, runtime, params) -> None:
+    """Under DDP, where every trainable weight trains in every step, tell DDP not to search each step's graph
+    for unused weights (find_unused_parameters=False; transformers asks for the search for every PEFT model).
+    Unsloth's gradient checkpointing is reentrant and breaks with that search, so where the search stays on,
+    it is refused."""
+    from slothline.backends.lora import OPTIONAL_PARTS, every_trainable_weight_trains
+
+    if runtime.world_size == 1 or trainer.args.ddp_find_unused_parameters is not None:  # alone, or decided
+        return
+    if every_trainable_weight_trains(model):
+        trainer.args.ddp_find_unused_parameters = False
+        trainer.accelerator.ddp_handler.find_unused_parameters = False
+    elif not backend.TRAINER_CHECKPOINTING and params.train.gradient_checkpointing and not params.train.full_finetuning:
+        raise SlothlineError(
+            "train.num_gpus: under DDP, Unsloth's gradient checkpointing needs every trainable weight to train in "
+            f"every step, which LoRA on a model part a step may skip ({', '.join(OPTIONAL_PARTS)}) does not "
+            "promise; set train.gradient_checkpointing: false, or train.backend: hf")
+
+
+def train_metrics(trainer, result, runtime, model, tokens_before: int, resumed_from_step: int, val_loss,
+                  peak_mem_gib: float) -> dict:
+    """What metrics/train.json records of a finished run."""
+    state, args = trainer.state, trainer.args
+    tokens = state.num_input_tokens_seen - tokens_before  # counted on every process (the Trainer gathers)
+    runtime_s = result.metrics["train_runtime"]
+    logged_loss = next((log["loss"] for log in reversed(state.log_history) if "loss" in log), result.training_loss)
+    return {
+        "backend": runtime.backend,
+        "device": runtime.device_name,
+        "precision": runtime.precision,
+        "optim": runtime.optim,
+        "attention": runtime.attention,
+        "world_size": args.world_size,
+        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "steps": state.global_step,
+        "epochs": round(state.epoch, 3),
+        "resumed_from_step": resumed_from_step,
+        "train_loss": round(logged_loss, 4),
+        "train_loss_avg": round(result.training_loss, 4),
+        "val_loss": round(val_loss, 4) if val_loss is not None else None,
+        "metric_for_best_model": args.metric_for_best_model,
+        "best_metric": state.best_metric,
+        "best_step": state.best_global_step,
+        "stopped_early": state.global_step < state.max_steps,
+        "runtime_s": round(runtime_s, 2),
+        "train_tokens": tokens,
+        "train_tokens_per_s": round(tokens / runtime_s, 1),
+        "peak_mem_gib": round(peak_mem_gib, 3),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def reset_peak_memory(runtime) -> None:
+    if runtime.device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib(runtime) -> float:
+    """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
+    if runtime.device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
