@@ -5,7 +5,8 @@ import json
 import shutil
 from pathlib import Path
 
-from slothline.artifacts import PREPARED_DIR, write_json
+from slothline.artifacts import PARAMS_FILE, PREPARED_DIR, write_json
+from slothline.errors import SlothlineError
 
 
 def run_fingerprint(params, world_size: int) -> str:
@@ -16,6 +17,24 @@ def run_fingerprint(params, world_size: int) -> str:
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode())
     digest.update((PREPARED_DIR / "train.jsonl").read_bytes())
     return digest.hexdigest()
+
+
+def check_inputs_unchanged(started, fingerprint: str, world_size: int) -> None:
+    """Fail when params.yaml's training settings or the train split changed while the run trained (another
+    command rewrote them): DVC would record the new ones beside outputs that the old ones made."""
+    from slothline.conf import flat
+    from slothline.params import load_params
+
+    now = load_params()
+    if run_fingerprint(now, world_size) == fingerprint:
+        return
+    sections = {"kind", "model", "lora", "train"}
+    before, after = flat(started.model_dump(include=sections)), flat(now.model_dump(include=sections))
+    changed = [f"{key}: {before.get(key)} -> {after.get(key)}" for key in sorted(set(before) | set(after))
+               if before.get(key) != after.get(key)] or [f"{PREPARED_DIR}/train.jsonl"]
+    raise SlothlineError(f"{PARAMS_FILE}: changed while train ran ({'; '.join(changed)}), so its outputs would be "
+                         "recorded with settings they were not trained with; nothing was written: run `dvc repro` "
+                         "again (another `dvc exp run` or edit must wait for this one)")
 
 
 def resume_point(checkpoints: Path, fingerprint: str, processes: int = 1) -> str | None:

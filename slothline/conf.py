@@ -1,6 +1,6 @@
 """params.yaml and conf/: `dvc exp run` composes params.yaml from conf/config.yaml and the kind's defaults in
 conf/kind/<kind>.yaml with Hydra (DVC's `hydra.enabled`), applying its `-S` overrides. A setting written into
-params.yaml by hand lasts until the next `dvc exp run -S` recomposes the file, so check_params names every
+params.yaml by hand lasts until the next `dvc exp run` (with or without `-S`) recomposes the file, so check_params names every
 such setting (`drift`), with where to keep it."""
 
 from pathlib import Path

@@ -116,6 +116,16 @@ def resolve(params: Params, caps: Capabilities) -> Runtime:
                    caps.world_size, caps.rank, caps.local_rank)
 
 
+def check_machine(params: Params, caps: Capabilities) -> None:
+    """Refuse, before anything runs, what this machine cannot do for these params: what `resolve` and
+    `processes_to_start` refuse, and a 4-bit merge without a GPU (train and merge check again: the machine
+    may change between runs)."""
+    resolve(params, caps)
+    processes_to_start(params, caps)
+    if params.merge.save_method == "merged_4bit" and not caps.cuda:
+        raise SlothlineError("merge.save_method: merged_4bit needs a CUDA GPU (bitsandbytes); use merged_16bit here")
+
+
 def processes_to_start(params: Params, caps: Capabilities) -> int:
     """How many training processes the train stage starts: `train.num_gpus` on this machine (`auto`: every
     visible GPU, or 1 without a GPU). 1 trains in this process, as does a process that a launcher started
@@ -220,7 +230,7 @@ def resolve_optim(optim: str, caps: Capabilities) -> str:
     return optim
 
 
-def for_inference(manifest, caps: Capabilities) -> Runtime:
+def inference_runtime(manifest, caps: Capabilities) -> Runtime:
     """evaluate and merge: the backend and precision that train used, where this machine has them
     (else the hf backend in float32 on the CPU); generation keeps the default attention."""
     if manifest.load_in_4bit and not caps.cuda:

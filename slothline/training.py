@@ -51,6 +51,21 @@ def training_config(config_class, backend, runtime, params, output_dir: str, eva
                              f"train.optim): {err}") from None
 
 
+def check_names(train) -> None:
+    """Refuse a `train.lr_scheduler` or `train.optim` transformers does not know, with the closest name."""
+    import difflib
+
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for key, value, known in (("lr_scheduler", train.lr_scheduler, [s.value for s in SchedulerType]),
+                              ("optim", train.optim, ["auto", *(o.value for o in OptimizerNames)])):
+        if value not in known:
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"transformers knows {', '.join(known)}"
+            raise SlothlineError(f"train.{key}: {value!r} is not a name transformers knows; {hint}")
+
+
 def best_model_settings(train, default_metric: str) -> dict:
     """TrainingArguments for `train.load_best_model_at_end` and the metric it (and early stopping) follow:
     `auto` is the kind's `default_metric`; loss is better lower, every other metric higher."""
@@ -108,11 +123,11 @@ def callbacks(train, runtime, live_dir, resumed: bool) -> list:
 
         chosen.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
     if runtime.is_main_process:  # dvclive writes (and on a fresh run clears) its directory
-        chosen.append(loss_curve(Live(str(live_dir), resume=resumed, dvcyaml=False, save_dvc_exp=False)))
+        chosen.append(dvclive_callback(Live(str(live_dir), resume=resumed, dvcyaml=False, save_dvc_exp=False)))
     return chosen
 
 
-def loss_curve(live):
+def dvclive_callback(live):
     """transformers' DVCLive callback, plotting each point at the trainer's global step (so a resumed run
     continues its curve)."""
     from transformers.integrations import DVCLiveCallback

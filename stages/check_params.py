@@ -1,7 +1,7 @@
 """check_params: validate the whole params.yaml against its kind, and refuse before anything trains what a
 later stage would. It depends on every param and writes nothing, so a misspelled section (`evalute:`),
 which no other stage reads, still fails `dvc repro` loudly. It also names the settings params.yaml holds
-beyond what conf/ composes, which the next `dvc exp run -S` would drop."""
+beyond what conf/ composes, which the next `dvc exp run` would drop."""
 
 import os
 
@@ -19,7 +19,7 @@ def main() -> None:
     hand_edits = [] if "DVC_EXP_NAME" in os.environ else conf.drift(yaml.safe_load(PARAMS_FILE.read_text()))
     if hand_edits:
         print(f"note: {PARAMS_FILE} differs from what {conf.CONF_DIR}/ composes for {params.kind} at "
-              f"{', '.join(hand_edits)}; the next `dvc exp run -S ...` recomposes {PARAMS_FILE} from "
+              f"{', '.join(hand_edits)}; the next `dvc exp run` recomposes {PARAMS_FILE} from "
               f"{conf.CONF_DIR}/ and drops them: keep them in {conf.CONF_DIR}/config.yaml or "
               f"{conf.CONF_DIR}/kind/{params.kind}.yaml, or pass them as -S overrides")
     print(f"{PARAMS_FILE}: valid for {params.kind} models")

@@ -14,7 +14,7 @@ from slothline.artifacts import (CONFUSION_FILE, EVAL_CHART, EVAL_METRICS, PREPA
 from slothline.errors import SlothlineError, run_stage
 from slothline.params import load_params
 from slothline.report import deltas, report
-from slothline.runtime import for_inference, probe
+from slothline.runtime import inference_runtime, probe
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
         raise SlothlineError(f"{PREPARED_DIR}/test.jsonl: the test split is empty; set data.test_fraction > 0 "
                              "and rerun prepare")
     manifest = Manifest.read(TUNED_DIR)
-    runtime = for_inference(manifest, probe())
+    runtime = inference_runtime(manifest, probe())
     backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT before they load
     task = kinds.get(manifest.kind)
     model, processor = backends.load_trained(task, manifest, runtime, TUNED_DIR)

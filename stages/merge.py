@@ -8,13 +8,13 @@ from slothline import backends, kinds
 from slothline.artifacts import MERGED_DIR, TUNED_DIR, Manifest, atomic_dir
 from slothline.errors import run_stage
 from slothline.params import load_params
-from slothline.runtime import for_inference, probe
+from slothline.runtime import inference_runtime, probe
 
 
 def main() -> None:
     save_method = load_params().merge.save_method
     manifest = Manifest.read(TUNED_DIR)
-    runtime = for_inference(manifest, probe())
+    runtime = inference_runtime(manifest, probe())
     backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT before they load
     with atomic_dir(MERGED_DIR) as staging:
         backends.merge(kinds.get(manifest.kind), manifest, runtime, TUNED_DIR, staging, save_method)

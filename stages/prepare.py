@@ -2,7 +2,8 @@
 
 Outs: data/prepared/{train,val,test}.jsonl (canonical records plus what the kind renders from them), the files
 the records refer to (a vision model's images) and metrics/data.json (counts per split and source, skipped
-rows, duplicates, and the kind's statistics such as token lengths and image sizes).
+rows, duplicates, test rows whose text (normalised as dedupe compares it) is also in train, and the kind's
+statistics such as token lengths and image sizes).
 """
 
 from pathlib import Path
@@ -24,7 +25,7 @@ def main() -> None:
     require_declared("prepare", {f"data.sources[{i}].path": Path(source.path)
                                  for i, source in enumerate(data.sources) if Path(source.path).exists()})
     processor = task.load_processor(resolve_model(params.model.name), params.model.revision)
-    by_source, report = read_sources(task, params, processor)
+    by_source, report, keys = read_sources(task, params, processor)
     splits = mix(by_source, {s.label: s.weight for s in data.sources}, data.total, data.val_fraction,
                  data.test_fraction, data.seed, task.STRATIFY_BY)
 
@@ -33,10 +34,12 @@ def main() -> None:
         for name, records in splits.items():
             write_jsonl(staging / f"{name}.jsonl", records)
     counts = {f"{name}_rows": len(rows) for name, rows in splits.items()}
+    in_train = {keys[r["id"]] for r in splits["train"]}
     for label, source_counts in report.items():
         source_counts.update({f"{name}_rows": sum(r["source"] == label for r in rows) for name, rows in splits.items()})
     write_json(DATA_METRICS, {**counts, "rows_skipped": sum(r["rows_skipped"] for r in report.values()),
                               "duplicates_removed": sum(r.get("duplicates_removed", 0) for r in report.values()),
+                              "test_rows_in_train": sum(keys[r["id"]] in in_train for r in splits["test"]),
                               "sources": report, **kind_metrics})
     print(", ".join(f"{name}: {len(splits[name])} rows" for name in SPLITS), f"-> {PREPARED_DIR}/")
 

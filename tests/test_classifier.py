@@ -84,6 +84,7 @@ def test_rows_become_text_and_label_records(row, labels, expected):
     ({"text": "a", "label": "meh"}, ["bad", "good"], "label 'meh' is neither one of data.labels (bad, good) nor a "
                                                      "class id 0..1"),
     ({"text": "a", "label": 2}, ["bad", "good"], "label 2 is neither one of data.labels"),
+    ({"text": "a", "label": "²"}, ["bad", "good"], "label '²' is neither one of data.labels"),  # a digit, not a number
 ])
 def test_bad_rows_are_refused_with_the_field_and_the_fix(row, labels, message):
     with pytest.raises(RowError) as error:
@@ -146,6 +147,75 @@ def test_data_labels_fix_the_order_and_name_ids(workdir):
 def test_without_data_labels_numeric_classes_sort_as_numbers(workdir):
     rows = [{"text": f"row {i} {'x' * (i % 11)}", "label": i % 11} for i in range(55)]
     assert prepare(workdir, rows)["labels"] == [str(i) for i in range(11)]
+
+
+def star_reviews() -> list[dict]:
+    """Five classes of star ratings labelled 0..4 (0-based ids), 8 rows each, with a word that shows the class."""
+    words = ["awful", "poor", "fine", "good", "superb"]
+    return [{"text": f"the {thing} is {words[stars]} really, review {i}", "label": stars}
+            for stars in range(5) for i, thing in enumerate(["lamp", "mug", "chair", "desk"] * 2)]
+
+
+def test_numeric_data_labels_that_are_also_ids_of_other_classes_are_refused(workdir, tmp_path):
+    """data.labels 1..5 with 0-based labels in the data: 0 is the id of "1" and 1 the name "1", so two classes
+    would merge. The ambiguity is refused before anything runs; the message's fixes each give five classes."""
+    labels = ["1", "2", "3", "4", "5"]
+    message = params_error(tmp_path, "classifier", data={"labels": labels})
+    assert ("data.labels: class names and class ids collide: '1' names a class and is also the id of '2' (ids count "
+            "from 0), so a label 1 in the data could mean either and two classes would merge. If the data's labels "
+            "are these names, remove data.labels (numeric classes are then ordered by value); if they are ids 0..4, "
+            "give data.labels non-numeric names (like 'class_1', 'class_2', ...)") in message
+    with pytest.raises(SlothlineError, match="data.labels: class names and class ids collide"):
+        prepare(workdir, star_reviews(), data={"labels": labels})
+    named = prepare(workdir, star_reviews(), data={"labels": [f"class_{label}" for label in labels]})
+    assert named["labels"] == [f"class_{label}" for label in labels]
+    totals = {label: sum(counts[label] for counts in named["classes"].values()) for label in named["labels"]}
+    assert totals == {f"class_{label}": 8 for label in labels}  # none merged
+    as_values = prepare(workdir, star_reviews())  # without data.labels: the values are the names
+    assert as_values["labels"] == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("labels", [["a", "0"], ["x", "y", "1"], ["2", "1", "0"]])
+def test_any_class_name_that_is_the_id_of_another_class_is_refused(tmp_path, labels):
+    assert "class names and class ids collide" in params_error(tmp_path, "classifier", data={"labels": labels})
+
+
+@pytest.mark.parametrize("labels", [["0", "1", "2"], ["10", "20"], ["neg", "pos"]])
+def test_numeric_names_that_read_the_same_as_ids_are_accepted(tmp_path, labels):
+    write_params(tmp_path, "classifier", data={"labels": labels})
+    assert load_params(tmp_path / PARAMS_FILE).data.labels == labels
+
+
+def test_data_labels_with_spaces_around_them_are_refused(tmp_path):
+    message = params_error(tmp_path, "classifier", data={"labels": ["bug", " feature"]})
+    assert "data.labels: ' feature' has spaces around it, which every label read from the data loses; write " \
+           "'feature'" in message
+    message = params_error(tmp_path, "classifier", data={"labels": ["bug", ""]})
+    assert "data.labels: lists an empty class name; every class needs a name" in message
+
+
+def test_classes_that_differ_only_in_case_or_format_are_warned_about(workdir, capsys):
+    rows = [{"text": f"report {label!r} number {i}", "label": label} for label, count in
+            (("Bug", 6), ("bug", 3), (" bug ", 2), ("01", 4), ("1", 5), ("not_spam", 5), ("Not spam", 5), ("other", 5))
+            for i in range(count)]
+    metrics = prepare(workdir, rows, data={"val_fraction": 0.0, "test_fraction": 0.0})
+    assert metrics["labels"] == ["01", "1", "Bug", "Not spam", "bug", "not_spam", "other"]  # " bug " is "bug"
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "differ only in case" in line]
+    assert sorted(warnings) == sorted([
+        "data: the classes '01' and '1' differ only in case or formatting, and are trained as 2 separate classes "
+        "(4 and 5 rows); if they are one class, write its label one way in every row",
+        "data: the classes 'Bug' and 'bug' differ only in case or formatting, and are trained as 2 separate classes "
+        "(6 and 5 rows); if they are one class, write its label one way in every row",
+        "data: the classes 'Not spam' and 'not_spam' differ only in case or formatting, and are trained as 2 separate "
+        "classes (5 and 5 rows); if they are one class, write its label one way in every row",
+    ])
+    prepare(workdir, reviews(5))
+    assert "differ only in case" not in capsys.readouterr().out
+
+
+def test_only_ascii_digits_sort_as_numbers():
+    rows = [{"label": label} for label in ("10", "b", "²", "2")]  # "²" is a digit to Python, not a number
+    assert classifier.class_order(rows, None) == ["2", "10", "b", "²"]
 
 
 def test_a_data_label_without_train_rows_is_refused(workdir):
@@ -416,6 +486,35 @@ def test_onnx_export_matches_transformers_on_the_test_split(trained):
     assert [config.id2label[int(k)] for k in logits.argmax(-1)] == [config.id2label[k] for k in expected]
 
 
+def test_onnx_export_is_the_same_bytes_from_every_process(trained, tmp_path):
+    """ModernBERT's forward iterates `set(config.layer_types)`, whose order follows the process's string hashing:
+    exports from two processes that order it differently must still write the same model.onnx (else `push`
+    reruns), with no debug records, and pass the onnxruntime check."""
+    import os
+    import subprocess
+    import sys
+
+    import onnx
+
+    from slothline.kinds.classifier.onnx import check_onnx, write_onnx
+
+    layer_types = "['full_attention', 'sliding_attention']"
+    here = repr(list(set(eval(layer_types))))
+    other_seed = next(seed for seed in range(1, 50) if subprocess.run(
+        [sys.executable, "-c", f"print(list(set({layer_types})))"], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        capture_output=True, text=True, check=True).stdout.strip() != here)
+    merged_dir = trained.path / MERGED_DIR
+    write_onnx(merged_dir, tmp_path / "here")
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from slothline.kinds.classifier.onnx "
+                    "import write_onnx; write_onnx(Path(sys.argv[1]), Path(sys.argv[2]))", str(merged_dir),
+                    str(tmp_path / "there")], env={**os.environ, "PYTHONHASHSEED": str(other_seed)}, check=True)
+    for name in ("model.onnx", "config.json", "tokenizer.json"):
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes(), name
+    model = onnx.load(str(tmp_path / "here" / "model.onnx"))
+    assert not any(node.metadata_props for node in model.graph.node) and not model.graph.metadata_props
+    assert check_onnx(tmp_path / "here" / "model.onnx", merged_dir, trained.read_split("test"))["max_abs_logit_diff"] <= 1e-4
+
+
 def test_the_onnx_check_fails_on_a_model_that_differs(trained, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
@@ -540,3 +639,16 @@ def test_classifier_default_on_unsloth(workdir, method):
     assert merged["labels"] == ["negative", "neutral", "positive"] and merged["agreement"] >= 0.9, merged
     export = stage(workdir, "export")
     assert export["onnx"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_unquoted_numeric_labels_are_class_names_and_meet_the_id_check():
+    """`data.labels: [1, 2, 3, 4, 5]` (YAML ints) reads as the names "1".."5", so the collision with the ids
+    0..4 is refused with its fix, not a type error."""
+    from pydantic import ValidationError
+
+    from slothline.kinds.classifier.params import ClassifierData
+
+    source = [{"path": "a.jsonl", "format": "classification"}]
+    with pytest.raises(ValidationError, match="class names and class ids collide: '1' names a class"):
+        ClassifierData.model_validate({"sources": source, "labels": [1, 2, 3, 4, 5]})
+    assert ClassifierData.model_validate({"sources": source, "labels": [0, 1, 2]}).labels == ["0", "1", "2"]

@@ -254,4 +254,37 @@ def test_evaluate_writes_metrics_samples_and_report(workdir, tiny_qwen3):
     assert json.loads((workdir.path / CONFUSION_FILE).read_text()) == []
     report = (workdir.path / REPORT_FILE).read_text()
     assert report.startswith("# Evaluation of the fine-tuned model on 2 test samples")
+    longer = results["tuned"]["references_longer_than_max_new_tokens"]
+    assert f"| references_longer_than_max_new_tokens | {longer} | {longer} | +0 |" in report
     assert (workdir.path / EVAL_CHART).is_file()
+
+
+def test_references_longer_than_max_new_tokens_are_counted_with_the_setting_they_need(tiny_model, tokenizer, tmp_path,
+                                                                                    capsys):
+    """Generation stops at evaluate.max_new_tokens: a longer reference cannot be matched, so each model's metrics
+    count them and a note names the setting that lets every answer finish."""
+    from slothline import kinds
+    from tests.conftest import load
+
+    task = kinds.get("causal_lm")
+    long_answer = "one two three four five six seven eight nine ten"
+    rows = rendered_rows(tokenizer, [("Repeat cat.", "cat"), ("Count to ten.", long_answer),
+                                     ("Count to five.", "one two three four five")])
+    needed = len(tokenizer(long_answer, add_special_tokens=False)["input_ids"])
+    short = len(tokenizer("one two three four five", add_special_tokens=False)["input_ids"])
+    params = load(evaluate={"max_new_tokens": short, "batch_size": 3})
+    evaluation = task.evaluate(tiny_model, tokenizer, rows, params, lambda: _same(tiny_model), tmp_path)
+    assert {name: m["references_longer_than_max_new_tokens"] for name, m in evaluation.metrics.items()} \
+        == {"tuned": 1, "base": 1}
+    note = capsys.readouterr().out
+    assert (f"note: 1 of 3 test references are longer than evaluate.max_new_tokens ({short} tokens; the longest "
+            f"takes {needed})") in note and f"set evaluate.max_new_tokens: {needed} " in note
+    enough = task.evaluate(tiny_model, tokenizer, rows, load(evaluate={"max_new_tokens": needed}), None, tmp_path)
+    assert enough.metrics["tuned"]["references_longer_than_max_new_tokens"] == 0
+    assert "evaluate.max_new_tokens" not in capsys.readouterr().out
+
+
+def _same(model):
+    from contextlib import nullcontext
+
+    return nullcontext(model)

@@ -190,7 +190,7 @@ from pathlib import Path
 from slothline import backends, kinds
 from slothline.artifacts import Manifest
 from slothline.params import load_params
-from slothline.runtime import for_inference, probe, resolve
+from slothline.runtime import inference_runtime, probe, resolve
 params = load_params()
 runtime = resolve(params, probe())
 backends.get(runtime)
@@ -204,7 +204,7 @@ with torch.no_grad():
     initial = model(ids).logits.float()
     with model.disable_adapter():
         quantized_base = model(ids).logits.float()
-reloaded, _ = backends.load_trained(task, manifest, for_inference(manifest, probe()), Path("fresh-adapter"))
+reloaded, _ = backends.load_trained(task, manifest, inference_runtime(manifest, probe()), Path("fresh-adapter"))
 with torch.no_grad():
     again = reloaded(ids).logits.float()
 scale = initial.abs().max().item()

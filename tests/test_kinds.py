@@ -151,6 +151,29 @@ def check_params_error(directory: Path, kind: str = "causal_lm", **sections) -> 
      r"kind=causal_lm`"),
     ("vision", {"data": {"sources": [{"path": "data/raw/alpaca.jsonl", "format": "alpaca"}]}},
      "data.sources\\[0\\].format: alpaca is not a format of vision models; use one of messages, vqa, sharegpt_vision"),
+    ("causal_lm", {"model": {"max_seq_length": 100000}},
+     "model.max_seq_length: 100000 is above the 2048 positions builtin:tiny-qwen3 has .*set it to at most 2048"),
+    ("classifier", {"model": {"max_seq_length": 4096}}, "above the 512 positions builtin:tiny-modernbert has"),
+    ("causal_lm", {"train": {"lr_scheduler": "cosine_warm"}},
+     "train.lr_scheduler: 'cosine_warm' is not a name transformers knows; did you mean cosine?"),
+    ("causal_lm", {"train": {"optim": "adamw_torhc"}}, "train.optim: 'adamw_torhc' is not a name transformers knows; "
+                                                       "did you mean adamw_torch?"),
+    ("causal_lm", {"lora": {"target_modules": ["q_proj", "dwon_proj"]}},
+     "lora.target_modules: dwon_proj matched no layer of this model; its linear layers are: down_proj, gate_proj"),
+    ("classifier", {"lora": {"target_modules": ["q_proj"]}}, "lora.target_modules: q_proj matched no layer"),
+    ("causal_lm", {"model": {"load_in_4bit": True}}, "model.load_in_4bit: 4-bit QLoRA needs a CUDA GPU"),
+    ("causal_lm", {"train": {"backend": "unsloth"}}, "train.backend: unsloth needs a CUDA GPU"),
+    ("causal_lm", {"train": {"optim": "adamw_8bit"}}, "train.optim: adamw_8bit runs through bitsandbytes and needs a "
+                                                      "CUDA GPU"),
+    ("causal_lm", {"train": {"num_gpus": 2}}, "train.num_gpus: 2, but this machine has no CUDA GPU"),
+    ("vision", {"merge": {"save_method": "merged_4bit"}}, "merge.save_method: merged_4bit needs a CUDA GPU"),
+    ("causal_lm", {"export": {"gguf_quantization": ["q8_0", "Q8_0"]}}, "lists a quantization twice"),
+    ("causal_lm", {"data": {"sources": [{"path": "data/raw/alpaca.jsonl", "format": "alpaca", "template": "alpaca"},
+                                        {"path": "data/raw/sharegpt.json", "format": "sharegpt"}]}},
+     "data.sources: chat and alpaca templates mixed, but train.train_on_responses_only masks every row"),
+    ("causal_lm", {"data": {"system_prompt": "Be brief.",
+                            "sources": [{"path": "data/raw/alpaca.jsonl", "format": "alpaca", "template": "alpaca"}]}},
+     r"data.system_prompt: the alpaca template has no place for a system prompt \(data.sources\[0\] use"),
 ])
 def test_check_params_refuses_before_prepare_what_a_later_stage_would(workdir, kind, sections, message):
     import re
@@ -188,6 +211,11 @@ def test_check_params_names_hand_edits_that_the_next_experiment_would_drop(workd
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1")  # inside `dvc exp run`, the differences are its -S overrides
     check_params.main()
     assert "note:" not in capsys.readouterr().out
+
+
+def test_quantization_names_are_read_in_either_case(workdir):
+    """llama.cpp spells them upper case (Q8_0, Q4_K_M): both are the same quantization."""
+    assert load(export={"gguf_quantization": ["Q8_0", "F16"]}).export.gguf_quantization == ["q8_0", "f16"]
 
 
 def test_valid_params_of_every_kind_pass_check_params(workdir):

@@ -121,3 +121,23 @@ def test_uniform_model_has_perplexity_equal_to_vocab_size(tiny_qwen3, tokenizer)
     # plus its <|im_end|>, each predicted from the token before it
     assert count == sum(6 + len(tokenizer(a)["input_ids"]) + 1 for a in ("Hello there", "4"))
     assert loss_metrics(total, count)["perplexity"] == pytest.approx(model.config.vocab_size, rel=1e-4)
+
+
+def test_tokens_an_answer_needs_count_what_the_model_generates(tokenizer):
+    """references_longer_than_max_new_tokens compares max_new_tokens with the tokens after the prompt up to the
+    end of the turn: a thinking block the prompt leaves open to the model counts, one it closes does not."""
+    from slothline.kinds._generative import answer_tokens
+    from slothline.kinds._generative.chat import render
+
+    answer = "<think>\nweigh it\n</think>\n\nIt is 4."
+    messages = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": answer}]
+    length = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    stops = [tokenizer.eos_token_id]
+    thinking = render(messages, tokenizer, "chat", enable_thinking=True)
+    assert answer_tokens(tokenizer, thinking, stops) == length(answer) == length("<think>\nweigh it\n</think>\n\n") + 5
+    plain = render([messages[0], {"role": "assistant", "content": "It is 4."}], tokenizer, "chat", enable_thinking=False)
+    assert plain["text"].startswith(plain["prompt"]) and plain["prompt"].endswith("</think>\n\n")
+    assert answer_tokens(tokenizer, plain, stops) == length("It is 4.")  # the prompt holds the (empty) block
+    elsewhere = render(messages, tokenizer, "chat", enable_thinking=False)  # the text's block is not the prompt's
+    assert not elsewhere["text"].startswith(elsewhere["prompt"])
+    assert answer_tokens(tokenizer, elsewhere, stops) == length("It is 4.")  # the reference's own tokens

@@ -1,6 +1,6 @@
 import pytest
 
-from slothline.data.mixing import dedupe, mix, quotas, sample, split
+from slothline.data.mixing import content_key, dedupe, mix, normalised, quotas, sample, split
 from slothline.errors import SlothlineError
 
 
@@ -56,6 +56,33 @@ def test_mix_keeps_the_ratio_in_every_split_and_is_deterministic():
 def test_dedupe_keeps_first():
     kept, removed = dedupe([{"id": "x", "n": 1}, {"id": "y"}, {"id": "x", "n": 2}])
     assert removed == 1 and kept == [{"id": "x", "n": 1}, {"id": "y"}]
+
+
+def test_dedupe_by_a_key_keeps_the_first_of_each():
+    kept, removed = dedupe([{"id": "x", "k": 1}, {"id": "y", "k": 2}, {"id": "z", "k": 1}], key=lambda r: r["k"])
+    assert removed == 1 and [r["id"] for r in kept] == ["x", "y"]
+
+
+def test_normalised_text_ignores_whitespace_unicode_form_and_invisible_characters_but_keeps_case():
+    assert normalised("  What is\t2+2? \n") == "What is 2+2?"
+    assert normalised("caf\u00e9\u00a0au\u200b lait") == normalised("cafe\u0301 au lait") == "caf\u00e9 au lait"
+    assert normalised("\uff21\uff22\uff23") == "ABC"  # full-width letters
+    assert normalised("Paris") != normalised("paris")
+
+
+def test_content_key_covers_every_text_of_a_record():
+    chat = lambda question, answer: {"messages": [{"role": "user", "content": question},
+                                                  {"role": "assistant", "content": answer}]}
+    assert content_key(chat("Capital of France?", "Paris.")) == content_key(chat("Capital of France? ", " Paris.\n"))
+    assert content_key(chat("Capital of France?", "Paris.")) != content_key(chat("Capital of France?", "Lyon."))
+    parts = lambda text: {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"},
+                                                                     {"type": "text", "text": text}]},
+                                       {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}
+    assert content_key(parts("Colour?")) == content_key(parts("Colour?  ")) != content_key(parts("Shape?"))
+    review = lambda text, label, **pair: {"text": text, **pair, "label": label}
+    assert content_key(review("Great  product", "good")) == content_key(review("Great product", "good"))
+    assert content_key(review("Great product", "good")) != content_key(review("Great product", "bad"))
+    assert content_key(review("A", "same", text_pair="B")) != content_key(review("A", "same", text_pair="C"))
 
 
 def test_a_split_asked_for_that_rounds_to_nothing_is_an_error_with_a_fix_that_works():

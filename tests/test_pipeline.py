@@ -40,7 +40,7 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     first = dvc(dvc_project, "repro").stdout
     assert ran_stages(first) == ["check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
     assert "push: not set; nothing pushed" in first
-    # a hand edit works for `dvc repro`, and check_params names it: the next `dvc exp run -S` recomposes params.yaml
+    # a hand edit works for `dvc repro`, and check_params names it: the next `dvc exp run` recomposes params.yaml
     assert "note: params.yaml differs from what conf/ composes for causal_lm at evaluate.max_samples" in first
     print(f"whole DAG: {time.monotonic() - started:.0f} s")
     data = json.loads((dvc_project / DATA_METRICS).read_text())

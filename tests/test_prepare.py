@@ -339,14 +339,58 @@ def test_a_format_of_another_kind_fails_before_any_row_is_read(workdir, kind, fm
     assert not (workdir.path / PREPARED_DIR).exists()
 
 
-def test_missing_source_file(workdir):
+def test_missing_source_file(workdir, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    tracked = ("a queued or --temp experiment (`dvc exp run --queue`, `--temp`) gets only the files git or DVC tracks: "
+               "`git add {0}` (or, for a large file, `dvc add {0}` and `git add {0}.dvc`) and run the experiment again")
     workdir.write_params([{"path": "data/raw/nope.jsonl", "format": "alpaca"}])
-    with pytest.raises(SlothlineError, match=r"data/raw/nope.jsonl: no such file or directory.*generate_raw.py"):
+    with pytest.raises(SlothlineError) as caught:
         prepare.main()
+    assert str(caught.value) == (
+        "data/raw/nope.jsonl: no such file or directory (data.sources path); fix the path in params.yaml; to "
+        "regenerate the bundled samples run `python data/generate_raw.py` (chat formats) or `python "
+        "data/generate_classification.py` (reviews.jsonl); if the file is in your project, "
+        + tracked.format("data/raw/nope.jsonl"))
     workdir.write_params([{"path": "data/mine/nope.jsonl", "format": "alpaca"}])  # the user's own: no sample hint
-    with pytest.raises(SlothlineError, match=r"data/mine/nope.jsonl: no such file or directory \(data.sources "
-                                             r"path\); fix the path in params.yaml$"):
+    with pytest.raises(SlothlineError) as caught:
         prepare.main()
+    assert str(caught.value) == ("data/mine/nope.jsonl: no such file or directory (data.sources path); fix the path "
+                                 "in params.yaml; if the file is in your project, " + tracked.format("data/mine/nope.jsonl"))
+    outside = workdir.path.parent / "elsewhere.jsonl"  # not a file of the project: git cannot help
+    workdir.write_params([{"path": str(outside), "format": "alpaca"}])
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    assert str(caught.value) == f"{outside}: no such file or directory (data.sources path); fix the path in params.yaml"
+
+
+def test_a_file_git_does_not_track_is_missing_from_an_experiments_copy(workdir, tmp_path_factory, monkeypatch):
+    # dvc runs a queued experiment's stages in a copy of the project holding what git and DVC track, with
+    # DVC_ROOT naming the project itself, where the untracked file is
+    project = tmp_path_factory.mktemp("project")
+    (project / "data/raw").mkdir(parents=True)
+    (project / "data/raw/mine.jsonl").write_text(json.dumps(ALPACA[0]) + "\n")
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    workdir.write_params([{"path": "data/raw/mine.jsonl", "format": "alpaca"}])
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    assert str(caught.value) == (
+        f"data/raw/mine.jsonl: in the project ({project}) but not in this experiment's copy of it; a queued or "
+        "--temp experiment (`dvc exp run --queue`, `--temp`) gets only the files git or DVC tracks: `git add "
+        "data/raw/mine.jsonl` (or, for a large file, `dvc add data/raw/mine.jsonl` and `git add "
+        "data/raw/mine.jsonl.dvc`) and run the experiment again")
+
+
+@pytest.mark.e2e
+def test_a_temp_experiment_on_an_untracked_data_file_says_to_git_add_it(dvc_project):
+    workdir_rows = "".join(json.dumps(row) + "\n" for row in ALPACA * 5)
+    (dvc_project / "data/raw/mine.jsonl").write_text(workdir_rows)  # not added to git
+    done = subprocess.run(["dvc", "exp", "run", "--temp", "prepare", "-S",
+                           "data.sources=[{path:'data/raw/mine.jsonl',format:alpaca}]"],
+                          cwd=dvc_project, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert (f"data/raw/mine.jsonl: in the project ({dvc_project}) but not in this experiment's copy of it; a queued "
+            "or --temp experiment") in done.stdout + done.stderr
+    assert "`git add data/raw/mine.jsonl`" in done.stdout + done.stderr
 
 
 def test_too_few_rows_for_the_total(workdir):
@@ -382,3 +426,123 @@ def test_stage_exits_nonzero_with_one_clear_line(workdir):
     assert "lora.rnak: unknown parameter for causal_lm models; did you mean lora.r?" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (workdir.path / PREPARED_DIR.parent).exists() and not (workdir.path / DATA_METRICS.parent).exists()
+
+
+CSV_HEADER = "instruction,input,output\n"
+
+
+def csv_rows(n: int) -> list[str]:
+    return [f"What is {i}+{i}?,,{2 * i}\n" for i in range(n)]
+
+
+@pytest.mark.parametrize(("bad", "expected"), [
+    ("What is 2+2?,,Four, obviously\n",  # the unquoted comma would train on "Four"
+     "a.csv:4: 4 cells where the header has 3 (instruction, input, output): the cells after 'output' (' obviously') "
+     'belong to no column; quote a field that contains a comma ("Four, obviously"), or remove the stray comma '
+     "(alpaca format). Fix the row, or set `on_error: skip` on this source"),
+    ("What is 2+2?,Four\n",  # DictReader would give output None: "missing field 'output'" hides the cause
+     "a.csv:4: 2 cells where the header has 3 (instruction, input, output): no cell for 'output'; add the missing "
+     "comma(s), or quote a field that spans several lines (alpaca format)"),
+    ('"What is 2+2?" she asked,,Four\n',  # a quote closed before the field ends: read as 'What is 2+2? she asked'
+     "a.csv:4: malformed CSV (',' expected after '\"'); a field that starts with a quote must end with one before "
+     'the next comma: quote the whole field and write each quote inside it as two ("") (alpaca format)'),
+])
+def test_a_csv_row_whose_cells_do_not_fit_the_header_names_file_line_and_fix(workdir, bad, expected):
+    (workdir.path / "a.csv").write_text(CSV_HEADER + "".join(csv_rows(2)) + bad + "".join(csv_rows(5)))
+    workdir.write_params([{"path": "a.csv", "format": "alpaca"}])
+    with pytest.raises(SlothlineError) as caught:
+        prepare.main()
+    assert str(caught.value).startswith(expected)
+    workdir.write_params([{"path": "a.csv", "format": "alpaca", "on_error": "skip"}], dedupe=False)
+    prepare.main()
+    metrics = data_metrics(workdir)
+    assert (metrics["rows_skipped"], metrics["train_rows"]) == (1, 7)
+    assert sorted(r["reference"] for r in workdir.read_split("train")) == sorted(str(2 * i) for i in [0, 1, *range(5)])
+
+
+def test_a_classification_csv_with_an_unquoted_comma_makes_no_classes_of_its_fragments(workdir):
+    rows = "".join(f"review {i},{('bad', 'good')[i % 2]}\n" for i in range(10))
+    (workdir.path / "r.csv").write_text("text,label\n" + rows + "Great product, works well,good\n")
+    workdir.write_params([{"path": "r.csv", "format": "classification"}], kind="classifier")
+    with pytest.raises(SlothlineError, match=r"^r.csv:12: 3 cells where the header has 2 \(text, label\): the cells "
+                                             r"after 'label' \('good'\) belong to no column; quote a field"):
+        prepare.main()
+
+
+def test_an_unclosed_quote_fails_where_it_opens_instead_of_swallowing_the_rest_of_the_file(workdir):
+    rows = csv_rows(300)
+    rows[99] = '"What is 99+99?,,198\n'  # line 101: its quote runs to the end of the file
+    (workdir.path / "a.csv").write_text(CSV_HEADER + "".join(rows))
+    expected = (r'^a.csv:101: a quote in the row starting on this line is never closed, so lines 101-301 \(the rest '
+                r'of the file\) would read as one field; close the quote, or write a quote inside a field as two '
+                r'\(""\) and quote the whole field$')
+    for on_error in ("fail", "skip"):  # skipping it would lose 200 rows unnoticed
+        workdir.write_params([{"path": "a.csv", "format": "alpaca", "on_error": on_error}])
+        with pytest.raises(SlothlineError, match=expected):
+            prepare.main()
+        assert not (workdir.path / PREPARED_DIR).exists()
+
+
+def test_a_quote_closed_rows_later_fails_on_the_row_where_it_opened(workdir):
+    rows = csv_rows(20)
+    rows[4] = '"What is 4+4?,,8\n'  # swallows lines up to the next quote, which a field then follows
+    rows[8] = 'What is 8+8?,"Add",16\n'
+    (workdir.path / "a.csv").write_text(CSV_HEADER + "".join(rows))
+    workdir.write_params([{"path": "a.csv", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.csv:6: malformed CSV \(',' expected after '\"' on line 10\)"):
+        prepare.main()
+
+
+def test_csv_quoted_fields_and_trailing_commas_are_data(workdir):
+    text = (CSV_HEADER + '"Say ""hi"", then a comma, then a\nline break.",,"Hi, there.\nBye."\n'
+            + "Trailing comma.,,Fine,\n")
+    (workdir.path / "a.csv").write_text(text)
+    workdir.write_params([{"path": "a.csv", "format": "alpaca"}])
+    prepare.main()
+    train = workdir.read_split("train")
+    assert sorted(r["reference"] for r in train) == ["Fine", "Hi, there.\nBye."]
+    first = next(r for r in train if r["reference"] == "Hi, there.\nBye.")
+    assert first["messages"][0]["content"] == 'Say "hi", then a comma, then a\nline break.'
+
+
+def test_a_csv_cell_beyond_the_csv_modules_field_limit_is_read(workdir):
+    from slothline.data.sources import read_rows
+    from slothline.params import Source
+
+    long = "word " * 40_000  # 200,000 characters; the csv module's default limit is 131,072
+    (workdir.path / "a.csv").write_text(f"{CSV_HEADER}Summarise.,{long},Words.\n")
+    assert list(read_rows(Source(path="a.csv", format="alpaca"))) == [
+        ("a.csv:2", {"instruction": "Summarise.", "input": long, "output": "Words."})]
+
+
+def test_a_csv_row_error_names_the_line_the_row_starts_on(workdir):
+    text = CSV_HEADER + "Fine,,Yes\n" + '"A question\nover two lines",,\n' + "Fine too,,Yes\n"
+    (workdir.path / "a.csv").write_text(text)
+    workdir.write_params([{"path": "a.csv", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.csv:3: missing or empty field 'output'"):
+        prepare.main()
+
+
+QUESTIONS = [{"instruction": f"What is the capital of country number {i}?", "output": f"City {i}."} for i in range(30)]
+TWINS = [{**row, "instruction": row["instruction"] + " "} for row in QUESTIONS]  # each again with a trailing space
+
+
+def test_dedupe_catches_rows_that_differ_only_in_whitespace(workdir):
+    workdir.write_jsonl("a.jsonl", [row for pair in zip(QUESTIONS, TWINS) for row in pair])
+    workdir.write_params([{"path": "a.jsonl", "format": "alpaca"}], test_fraction=0.3)
+    prepare.main()
+    metrics = data_metrics(workdir)
+    assert metrics["duplicates_removed"] == 30 and metrics["test_rows_in_train"] == 0
+    kept = [r["messages"][0]["content"] for name in ("train", "test") for r in workdir.read_split(name)]
+    assert sorted(kept) == sorted(row["instruction"] for row in QUESTIONS)  # the first of each pair, as written
+
+
+def test_data_metrics_count_test_rows_whose_text_is_also_in_train(workdir):
+    workdir.write_jsonl("a.jsonl", QUESTIONS + TWINS)
+    workdir.write_params([{"path": "a.jsonl", "format": "alpaca"}], test_fraction=0.3, dedupe=False)
+    prepare.main()
+    question = lambda record: record["messages"][0]["content"].strip()
+    train, test = workdir.read_split("train"), workdir.read_split("test")
+    leaked = sum(question(r) in {question(t) for t in train} for r in test)
+    assert leaked > 0 and data_metrics(workdir)["test_rows_in_train"] == leaked
+    assert data_metrics(workdir)["duplicates_removed"] == 0

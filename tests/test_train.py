@@ -126,13 +126,11 @@ def trained(workdir):
     return workdir
 
 
-def test_cpu_training_uses_the_model_loss_even_where_trl_kernel_imports(monkeypatch, tiny_qwen3, tokenizer):
-    """A CUDA build of torch imports TRL's Triton loss kernel on a CPU machine too, where it fails at the
-    first step: the loss follows the device, not what imports."""
+def test_cpu_training_uses_the_model_loss_even_where_trl_kernel_imports(tiny_qwen3, tokenizer):
+    """A CUDA build of torch (PyPI's default, as here) imports TRL's Triton loss kernel on a CPU machine too,
+    where it fails at the first step: the loss follows the device, not what imports."""
     from transformers import AutoModelForCausalLM
-    from trl.trainer import utils
 
-    monkeypatch.setattr(utils, "_ChunkedLogProbFunction", object(), raising=False)
     setting = load(train={"max_steps": 1})
     runtime = resolve(setting, CPU)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
@@ -199,6 +197,26 @@ def test_unknown_scheduler_is_a_clear_error():
     rows = [{"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>"}]
     with pytest.raises(SlothlineError, match="check train.lr_scheduler, train.optim.*cosine_warm"):
         causal_lm.build_trainer(backends.get(runtime), runtime, bad, None, None, rows, [], "/tmp/unused", [])
+
+
+def test_params_changed_while_training_fail_the_stage_and_write_nothing(workdir, monkeypatch):
+    """Another `dvc exp run -S lora.r=8` may rewrite params.yaml while this train (r=16) runs: recording r=8
+    beside an r=16 adapter would be a lie that `dvc status` cannot see, so the stage fails instead."""
+    from slothline import training
+    from stages import prepare
+
+    set_up(workdir, repeat_rows(["cat", "dog", "sun", "sky"]), max_steps=2, per_device_batch_size=2)
+    prepare.main()
+    params_file = workdir.path / "params.yaml"
+
+    def rewrite_params_then_reset(runtime):  # called just before the trainer trains
+        params_file.write_text(params_file.read_text().replace("  r: 16\n", "  r: 8\n"))
+
+    monkeypatch.setattr(training, "reset_peak_memory", rewrite_params_then_reset)
+    with pytest.raises(SlothlineError, match=r"params.yaml: changed while train ran \(lora.r: 16 -> 8\).*nothing was "
+                                             r"written: run `dvc repro` again"):
+        train.main()
+    assert not (workdir.path / TUNED_DIR).exists() and not (workdir.path / TRAIN_METRICS).exists()
 
 
 def test_identical_trainings_write_identical_adapters(trained):

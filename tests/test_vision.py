@@ -228,6 +228,72 @@ def test_images_outside_prepare_deps_fail_even_with_on_error_skip(workdir):
                               "a dependency of the prepare stage in dvc.yaml (raw)")
 
 
+@pytest.mark.parametrize(("name", "size", "ratio"), [("wide.png", (2020, 10), "202"), ("tall.png", (10, 2010), "201")])
+def test_an_image_beyond_the_processors_aspect_ratio_is_a_row_error_naming_it(workdir, name, size, ratio):
+    """Qwen's image processor refuses images longer than 200:1 with a traceback naming no file; prepare refuses
+    the row first, naming it and the image, and `on_error: skip` skips it. 200:1 itself is taken."""
+    write_image(workdir, "red.png", png("red"))
+    write_image(workdir, "exactly-200.png", png("red", (2000, 10)))  # exactly 200:1
+    write_image(workdir, name, png("blue", size))
+    rows = [{"image": "red.png", "question": "Colour?", "answer": "red"},
+            {"image": name, "question": "Colour?", "answer": "blue"},
+            {"image": "exactly-200.png", "question": "Colour?", "answer": "red"}]
+    write_project(workdir, [vqa_source(workdir, rows)])
+    message = prepare_error(workdir)
+    assert message.startswith(f"raw/vqa.jsonl:2: image {name!r}: {size[0]}x{size[1]} has an aspect ratio of {ratio}:1, "
+                              "above the 200:1 the model's image processor accepts; crop it, pad it towards a square "
+                              "or cut it into tiles (vqa format). Fix the row, or set `on_error: skip`")
+    write_project(workdir, [vqa_source(workdir, rows, on_error="skip")])
+    prepare.main()
+    assert len(workdir.read_split("train")) == 2 and data_metrics(workdir)["rows_skipped"] == 1
+
+
+def test_the_aspect_ratio_is_checked_as_stored_after_scaling(workdir):
+    path = saved(workdir.path / "strip.png", Image.new("RGB", (3980, 20), "red"))  # 199:1
+    assert store_image(path, None, None).width == 3980
+    with pytest.raises(RowError) as caught:
+        store_image(path, None, 4000, "strip.png")  # scaled to 892x4: 223:1
+    assert str(caught.value).startswith("image 'strip.png': 3980x20 (scaled to 892x4 by data.image_max_pixels) has "
+                                        "an aspect ratio of 223:1, above the 200:1")
+
+
+def test_the_aspect_ratio_limit_is_the_processors_own_where_it_has_one(processor, monkeypatch):
+    import sys
+    import types
+
+    from slothline.kinds.vision.images import MAX_RATIO, aspect_ratio_limit
+
+    assert aspect_ratio_limit(processor) == MAX_RATIO == 200  # Qwen's: a literal in transformers' smart_resize
+    assert aspect_ratio_limit(types.SimpleNamespace(image_processor=types.SimpleNamespace(max_ratio=4))) == 4
+    module = types.ModuleType("some_image_processing")
+    module.MAX_RATIO = 50
+    image_processor = type("SomeImageProcessor", (), {"__module__": module.__name__})()
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert aspect_ratio_limit(types.SimpleNamespace(image_processor=image_processor)) == 50
+    not_a_number = types.SimpleNamespace(image_processor=types.SimpleNamespace(max_ratio=True))
+    assert aspect_ratio_limit(not_a_number) == 200
+
+
+@pytest.mark.parametrize("path", ["family rule", "processor run"])
+def test_a_processor_refusal_when_counting_image_tokens_names_the_image(workdir, monkeypatch, path):
+    """Whatever the processor still refuses (here the aspect ratio, with the check before it lifted) fails
+    prepare with the image, its size and the row's source named, not a library traceback."""
+    from slothline.families import Family
+
+    monkeypatch.setattr(vision, "aspect_ratio_limit", lambda processor: 1000, raising=False)
+    if path == "processor run":  # a family without an image-token rule: the processor runs on blank images
+        monkeypatch.setattr(vision, "family", lambda model_type: Family("vision"))
+    write_image(workdir, "red.png", png("red"))
+    write_image(workdir, "wide.png", png("blue", (2020, 10)))
+    rows = [{"image": "red.png", "question": "Colour?", "answer": "red"},
+            {"image": "wide.png", "question": "Colour?", "answer": "blue"}]
+    write_project(workdir, [vqa_source(workdir, rows, on_error="skip")])
+    message = prepare_error(workdir)
+    assert message.startswith("image 'raw/wide.png' (2020x10) in a row of source 'vqa': the model's image processor "
+                              "refuses it (ValueError: absolute aspect ratio must be smaller than 200, got 202.0); "
+                              "crop, pad or resize the image to a shape the model takes, or drop the row"), message
+
+
 def test_rows_longer_than_max_seq_length_leave_train(workdir):
     write_image(workdir, "big.png", png("red", (256, 256)))  # 64 image tokens
     write_image(workdir, "small.png", png("red"))  # 4

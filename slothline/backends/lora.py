@@ -50,6 +50,25 @@ def check_lora_targets(model, requested: list[str] | None) -> None:
                              f"its linear layers are: {', '.join(linear_layer_names(model))}")
 
 
+def check_target_names(task, params) -> None:
+    """`check_lora_targets` before anything loads: on the model built from its config on the meta device (no
+    weights read, no memory taken). Train checks again on the loaded model."""
+    import torch
+    import transformers
+
+    from slothline.models import resolve_model
+
+    if not params.lora.target_modules or params.train.full_finetuning:
+        return
+    try:
+        config = transformers.AutoConfig.from_pretrained(resolve_model(params.model.name), revision=params.model.revision)
+        with torch.device("meta"):
+            model = getattr(transformers, task.AUTO_CLASS).from_config(config)
+    except Exception:  # a config transformers cannot build from: train reports it when it loads the model
+        return
+    check_lora_targets(model, params.lora.target_modules)
+
+
 def linear_layer_names(model) -> list[str]:
     """The distinct last name parts of the model's linear layers (what `lora.target_modules` names)."""
     import torch

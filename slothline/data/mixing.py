@@ -4,21 +4,57 @@ Every random choice draws from a generator seeded by `data.seed` and the source'
 final shuffle, the split's) name, so the same inputs and params give the same rows in the same order.
 """
 
+import functools
+import hashlib
+import json
 import math
 import random
+import sys
+import unicodedata
 
 from slothline.artifacts import SPLITS
 from slothline.errors import SlothlineError
 
 
-def dedupe(records: list[dict]) -> tuple[list[dict], int]:
-    """Drop records whose id (a hash of their content) was seen before; keep the first."""
+def dedupe(records: list[dict], key=lambda record: record["id"]) -> tuple[list[dict], int]:
+    """Drop records whose `key` (by default their id, a hash of their content) was seen before; keep the first."""
     seen, kept = set(), []
     for record in records:
-        if record["id"] not in seen:
-            seen.add(record["id"])
+        if key(record) not in seen:
+            seen.add(key(record))
             kept.append(record)
     return kept, len(records) - len(kept)
+
+
+def content_key(canonical) -> str:
+    """A hash of a canonical record (messages, or a classifier's text, text_pair and label) with every string in
+    it normalised by `normalised`: records that differ only in whitespace or Unicode form share it."""
+    def walk(value):
+        if isinstance(value, str):
+            return normalised(value)
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    return hashlib.sha1(json.dumps(walk(canonical), ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def normalised(text: str) -> str:
+    """`text` as dedupe compares it: Unicode NFKC (a no-break space is a space, full-width letters are letters),
+    invisible format characters (zero-width space, soft hyphen, byte order mark) dropped, every run of whitespace
+    (line breaks included) one space, none at either end. Case is kept: rows that differ in case may teach it
+    (an answer in capitals, `print` vs `Print`, labels like `US`/`us`), while stray whitespace never does."""
+    if not text.isascii():  # ASCII is its own NFKC form and has no format characters
+        text = unicodedata.normalize("NFKC", text).translate(_format_characters())
+    return " ".join(text.split())
+
+
+@functools.cache
+def _format_characters() -> dict[int, None]:
+    """A str.translate table deleting every Unicode format character (category Cf)."""
+    return {code: None for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)) == "Cf"}
 
 
 def quotas(available: dict[str, int], weights: dict[str, float], total: int | None) -> dict[str, int]:

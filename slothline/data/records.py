@@ -4,25 +4,27 @@ deduplicated across sources. The chat formats are in `formats`, mixing and split
 import hashlib
 import json
 
-from slothline.data.mixing import dedupe
+from slothline.data.mixing import content_key, dedupe
 from slothline.data.sources import read_rows
 from slothline.errors import RowError, SlothlineError
 
 
-def read_sources(task, params, processor) -> tuple[dict[str, list[dict]], dict[str, dict]]:
-    """Each source's records (deduplicated across sources with data.dedupe) and its counts: rows read, skipped
-    and duplicates removed."""
+def read_sources(task, params, processor) -> tuple[dict[str, list[dict]], dict[str, dict], dict[str, str]]:
+    """Each source's records (deduplicated across sources with data.dedupe: a record whose text, normalised
+    (mixing.normalised), is that of an earlier one is dropped), its counts (rows read, skipped and duplicates
+    removed) and every record's dedupe key by record id."""
     for i, source in enumerate(params.data.sources):
         if source.format not in task.FORMATS:
             raise SlothlineError(f"data.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
                                  f"use one of {', '.join(task.FORMATS)}")
-    by_source, report = {}, {}
+    by_source, report, keys = {}, {}, {}
     for source in params.data.sources:
-        records, skipped = read_source(task, source, params, processor)
+        records, skipped = read_source(task, source, params, processor, keys)
         by_source[source.label] = records
         report[source.label] = {"rows_read": len(records) + skipped, "rows_skipped": skipped}
     if params.data.dedupe:
-        kept_ids = {id(r) for r in dedupe([r for records in by_source.values() for r in records])[0]}
+        everything = [r for records in by_source.values() for r in records]
+        kept_ids = {id(r) for r in dedupe(everything, key=lambda record: keys[record["id"]])[0]}
         for label, records in by_source.items():
             kept = [r for r in records if id(r) in kept_ids]
             report[label]["duplicates_removed"] = len(records) - len(kept)
@@ -30,11 +32,12 @@ def read_sources(task, params, processor) -> tuple[dict[str, list[dict]], dict[s
     for source in params.data.sources:
         if not by_source[source.label]:
             raise SlothlineError(no_usable_rows(source, report[source.label]))
-    return by_source, report
+    return by_source, report, keys
 
 
-def read_source(task, source, params, processor) -> tuple[list[dict], int]:
-    """The kind's records of one source (capped at max_samples) and the count of skipped rows."""
+def read_source(task, source, params, processor, keys: dict[str, str]) -> tuple[list[dict], int]:
+    """The kind's records of one source (capped at max_samples) and the count of skipped rows; each record's
+    dedupe key (mixing.content_key of its canonical part) goes into `keys` by record id."""
     records, skipped = [], 0
     for where, row in read_rows(source):
         try:
@@ -49,6 +52,7 @@ def read_source(task, source, params, processor) -> tuple[list[dict], int]:
                 f"{where}: {err} ({source.format} format). Fix the row, or set `on_error: skip` on this source"
             ) from None
         content_id = hashlib.sha1(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()[:16]
+        keys[content_id] = content_key(canonical)
         records.append({"id": content_id, "source": source.label, **canonical, **rendered})
         if len(records) == source.max_samples:
             break

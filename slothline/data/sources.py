@@ -1,13 +1,16 @@
 """Read the rows of a data source: JSONL, JSON array, CSV, Parquet, a `save_to_disk` directory or a hub id.
 
 `read_rows` yields `(where, row)` pairs, `where` being "file:line" (or "file: row N") so that every
-error can point at the exact row; a JSONL line that does not parse comes as a RowError in place of the row.
-Text files must be UTF-8 (a byte order mark, as Excel writes, is fine); JSONL splits on "\n" only.
+error can point at the exact row; a JSONL line that does not parse, or a CSV row whose cells do not match its
+header, comes as a RowError in place of the row. Text files must be UTF-8 (a byte order mark, as Excel writes,
+is fine); JSONL splits on "\n" only.
 """
 
 import csv
 import io
 import json
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +36,25 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
     elif _looks_like_hub_id(source.path):
         yield from _dataset_rows(source.path, _load_hub(source.path, source.split))
     else:
-        regenerate = ("; to regenerate the bundled samples run `python data/generate_raw.py` (chat formats) or "
-                      "`python data/generate_classification.py` (reviews.jsonl)") if path.parent == BUNDLED_DIR else ""
-        raise SlothlineError(f"{path}: no such file or directory (data.sources path); fix the path in params.yaml"
-                             + regenerate)
+        raise SlothlineError(_missing(path))
+
+
+def _missing(path: Path) -> str:
+    """Why a source path does not exist, and the fix: a path inside the project may be a file that a queued or
+    --temp experiment does not have, since its copy of the project holds only what git or DVC tracks."""
+    message = f"{path}: no such file or directory (data.sources path); fix the path in params.yaml"
+    if path.is_absolute() or ".." in path.parts:
+        return message
+    tracked = ("a queued or --temp experiment (`dvc exp run --queue`, `--temp`) gets only the files git or DVC "
+               f"tracks: `git add {path}` (or, for a large file, `dvc add {path}` and `git add {path}.dvc`) and run "
+               "the experiment again")
+    project = os.environ.get("DVC_ROOT")  # dvc sets it to the project's root, also in an experiment's copy
+    if project and Path(project).resolve() != Path.cwd().resolve() and (Path(project) / path).exists():
+        return f"{path}: in the project ({project}) but not in this experiment's copy of it; {tracked}"
+    if path.parent == BUNDLED_DIR:
+        message += ("; to regenerate the bundled samples run `python data/generate_raw.py` (chat formats) or "
+                    "`python data/generate_classification.py` (reviews.jsonl)")
+    return f"{message}; if the file is in your project, {tracked}"
 
 
 def _jsonl_rows(path: Path):
@@ -69,9 +87,56 @@ def _json_rows(path: Path):
 
 
 def _csv_rows(path: Path):
-    reader = csv.DictReader(io.StringIO(_decode(path, path.read_bytes()), newline=""))
-    for row in reader:
-        yield f"{path}:{reader.line_num}", row
+    """Rows under the file's header, each where its first line is. A row with more cells than the header (an
+    unquoted comma in a field) or fewer (a missing comma, a line break in an unquoted field) comes as a RowError,
+    as does a row the csv module cannot parse; a quote that is never closed, which would read the rest of the
+    file as one field, fails."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long document in one cell is data, not an error
+    reader = csv.reader(io.StringIO(_decode(path, path.read_bytes()), newline=""), strict=True)
+    header = None
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            if str(err) == "unexpected end of data":  # strict: the end of the file inside a quoted field
+                raise SlothlineError(
+                    f"{path}:{start}: a quote in the row starting on this line is never closed, so lines {start}-"
+                    f"{reader.line_num} (the rest of the file) would read as one field; close the quote, or write a "
+                    'quote inside a field as two ("") and quote the whole field'
+                ) from None
+            if header is None:
+                raise SlothlineError(f"{path}:{start}: malformed CSV header ({err}); fix the file") from None
+            on_line = f" on line {reader.line_num}" if reader.line_num != start else ""
+            yield f"{path}:{start}", RowError(
+                f"malformed CSV ({err}{on_line}); a field that starts with a quote must end with one before the next "
+                'comma: quote the whole field and write each quote inside it as two ("")')
+            continue
+        if not cells:  # a blank line
+            continue
+        if header is None:
+            header = cells
+            continue
+        yield f"{path}:{start}", _cells_row(cells, header)
+
+
+def _cells_row(cells: list[str], header: list[str]):
+    """The row of `cells` under `header`, or a RowError when cells would be lost or missing (blank extra cells,
+    as a trailing comma leaves, are ignored)."""
+    columns = f"{len(cells)} cell{'s' * (len(cells) != 1)} where the header has {len(header)} ({', '.join(header)})"
+    if len(cells) > len(header) and any(cell.strip() for cell in cells[len(header):]):
+        extra = ", ".join(repr(cell[:40]) for cell in cells[len(header):][:3])
+        return RowError(
+            f"{columns}: the cells after {header[-1]!r} ({extra}) belong to no column; "
+            'quote a field that contains a comma ("Four, obviously"), or remove the stray comma')
+    if len(cells) < len(header):
+        missing = ", ".join(map(repr, header[len(cells):]))
+        return RowError(
+            f"{columns}: no cell for {missing}; add the missing comma(s), or quote a field "
+            "that spans several lines")
+    return dict(zip(header, cells))
 
 
 def _parquet_rows(path: Path):

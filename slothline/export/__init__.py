@@ -21,6 +21,12 @@ class GGUFExport(ExportParams):
     formats: list[str] = ["gguf"]
     gguf_quantization: list[Literal[PYTHON_QUANTIZATIONS + LLAMA_CPP_QUANTIZATIONS]] = Field(["q8_0"], min_length=1)
 
+    @field_validator("gguf_quantization", mode="before")
+    @classmethod
+    def _lower_case(cls, quantizations):
+        """llama.cpp writes them upper case (Q8_0, Q4_K_M): either case is the same quantization."""
+        return [q.lower() if isinstance(q, str) else q for q in quantizations] if isinstance(quantizations, list) else quantizations
+
     @field_validator("gguf_quantization")
     @classmethod
     def _each_once(cls, quantizations: list[str]) -> list[str]:

@@ -84,15 +84,24 @@ def get(name: str) -> Task:
 
 
 def check(task: Task, params) -> None:
-    """Every refusal that params alone decide, before prepare runs: the model is of this kind, the data
-    formats and export formats are the kind's, the best-model metric is one the kind measures, the splits
-    exist that later stages need; then the kind's own `check`."""
+    """Every refusal known before prepare runs: the model is of this kind and has the context asked for, the
+    data and export formats are the kind's, the best-model metric is one the kind measures, the splits exist
+    that later stages need, transformers knows the scheduler and optimizer, this machine can run what is
+    asked (GPU-only settings, GPU counts), `lora.target_modules` name layers the model has; then the kind's
+    own `check`."""
+    from slothline import runtime, training
+    from slothline.backends.lora import check_target_names
     from slothline.models import kind_of_config, model_config
 
-    inferred = kind_of_config(model_config(params.model.name, params.model.revision))
+    config = model_config(params.model.name, params.model.revision)
+    inferred = kind_of_config(config)
     if inferred and inferred != task.NAME:
         raise SlothlineError(f"kind: {task.NAME}, but {params.model.name}'s config is that of a {inferred} model; "
                              f"switch with `dvc exp run -S kind={inferred}` (or set kind: {inferred})")
+    context = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    if context and params.model.max_seq_length > context:
+        raise SlothlineError(f"model.max_seq_length: {params.model.max_seq_length} is above the {context} positions "
+                             f"{params.model.name} has (max_position_embeddings); set it to at most {context}")
     for i, source in enumerate(params.data.sources):
         if source.format not in task.FORMATS:
             raise SlothlineError(f"data.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
@@ -114,7 +123,10 @@ def check(task: Task, params) -> None:
         raise SlothlineError(f"train.metric_for_best_model: {task.NAME} models are measured on the val split by "
                              f"{', '.join(task.VAL_METRICS)}, not {train.metric_for_best_model}; use one of those, "
                              "or auto")
+    training.check_names(train)
+    runtime.check_machine(params, runtime.probe())
     task.check(params)
+    check_target_names(task, params)
 
 
 def check_export_formats(task: Task, formats: list[str]) -> None:

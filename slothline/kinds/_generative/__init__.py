@@ -9,29 +9,29 @@ import numpy as np
 
 from slothline.errors import SlothlineError
 from slothline.kinds import Evaluation, with_base
-from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, tokenizer_of, turn_markers
+from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
+from slothline.kinds._generative.stops import stop_ids
+from slothline.kinds._generative.tokens import encode, encode_batch, literal_spans, tokenizer_of
 from slothline.kinds._generative.generation import answer_loss, generation_settings
 from slothline.kinds._generative.metrics import loss_metrics, text_metrics
 
 
 class AnswerCollator:
     """A batch of rendered rows through the processor (right padding), with labels: the answer mask of the
-    turn `markers` (None: every real token but image tokens). `images(row)` gives a row's pictures, for
-    multimodal processors."""
+    turn `markers` (None: every real token but image tokens), each answer ending at the first of `stop_ids`
+    (the model's stop tokens; the tokenizer's EOS when None). `images(row)` gives a row's pictures, for
+    multimodal processors. Message text that spells special tokens (the rows' `literals`) is tokenized as text."""
 
-    def __init__(self, processor, markers: tuple[str, str] | None, images: Callable | None = None):
+    def __init__(self, processor, markers: tuple[str, str] | None, images: Callable | None = None,
+                 stop_ids: list[int] | None = None):
         self.processor, self.images = processor, images
-        self.mask = markers and AnswerMask(processor, markers)
+        self.mask = markers and AnswerMask(processor, markers, stop_ids)
         self.image_id = getattr(processor, "image_token_id", None)
 
     def __call__(self, rows: list[dict]) -> dict:
-        texts = [row["text"] for row in rows]
-        options = {"return_tensors": "pt", "padding": True, "padding_side": "right", "add_special_tokens": False}
-        if self.images:
-            pictures = [picture for row in rows for picture in self.images(row)]
-            batch = self.processor(text=texts, images=pictures or None, **options)
-        else:
-            batch = tokenizer_of(self.processor)(texts, **options)
+        pictures = [picture for row in rows for picture in self.images(row)] if self.images else None
+        batch = encode_batch(self.processor, [row["text"] for row in rows],
+                             [literal_spans(row, "text") for row in rows], pictures, padding_side="right")
         import torch
 
         if self.mask:
@@ -75,28 +75,56 @@ def evaluate(predict: Callable, model, processor, rows: list[dict], params, base
     """Generated answers of the tuned (and base) model with text metrics against the references, and the
     loss on the reference answers' tokens (the whole text where no known turn markers tell where answers
     are), each row whole up to the model's context: a metric that means the same whatever training's
-    max_seq_length. `sample(row, answers)` is one row of the samples table."""
+    max_seq_length. `sample(row, answers)` is one row of the samples table. Each model's metrics count the
+    references longer than evaluate.max_new_tokens (generation stops there, so they cannot score as right),
+    with a note suggesting the setting that fits them all."""
     settings = params.evaluate
     try:
         markers = turn_markers([row["text"] for row in rows])
     except SlothlineError:
         markers = None
-    collate = AnswerCollator(processor, markers, images)
+    stops = stop_ids(processor, model.generation_config)
+    collate = AnswerCollator(processor, markers, images, stops)
     context = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
     references = [row["reference"] for row in rows]
+    needed = [answer_tokens(processor, row, stops) for row in rows]
+    too_long = sum(count > settings.max_new_tokens for count in needed)
+    if too_long:
+        print(long_answers_note(too_long, len(rows), settings.max_new_tokens, max(needed)))
 
     def run(scored_model):
         answers = predict(scored_model, processor, rows, params)
         batches = (collate(rows[i : i + settings.batch_size]) for i in range(0, len(rows), settings.batch_size))
         total, count = answer_loss(scored_model, batches, context)
         return answers, {**text_metrics(answers, references), **loss_metrics(total, count), "loss_tokens": count,
-                         "loss_on": "answers" if markers else "whole text"}
+                         "loss_on": "answers" if markers else "whole text",
+                         "references_longer_than_max_new_tokens": too_long}
 
     results = with_base(model, base, run)
     answers = {name: answered for name, (answered, _) in results.items()}
     samples = [sample(row, {name: answers[name][i] for name in answers}) for i, row in enumerate(rows)]
     return Evaluation(metrics={name: scores for name, (_, scores) in results.items()}, samples=samples, confusion={},
                       report_sections="", settings=generation_settings(model, settings))
+
+
+def answer_tokens(processor, row: dict, stops: list[int]) -> int:
+    """The tokens a model generates for the row's reference answer: the rendered text's tokens after the
+    prompt, up to the first stop token (a thinking block the prompt leaves to the model counted in); the
+    reference's own tokens where the text does not continue the prompt."""
+    text, prompt = row["text"], row["prompt"]
+    if not text.startswith(prompt):
+        return len(tokenizer_of(processor)(row["reference"], add_special_tokens=False, split_special_tokens=True)
+                   ["input_ids"])
+    continuation = encode(processor, text, literal_spans(row, "text"))[len(encode(processor, prompt,
+                                                                                   literal_spans(row, "prompt"))):]
+    return next((i for i, token in enumerate(continuation) if token in stops), len(continuation))
+
+
+def long_answers_note(count: int, rows: int, max_new_tokens: int, longest: int) -> str:
+    return (f"note: {count} of {rows} test references are longer than evaluate.max_new_tokens ({max_new_tokens} "
+            f"tokens; the longest takes {longest}): generation stops before their end, so they score as wrong "
+            f"(metrics: references_longer_than_max_new_tokens); set evaluate.max_new_tokens: {longest} to let "
+            "every answer finish")
 
 
 def question(row: dict) -> str:

@@ -2,13 +2,22 @@
 
 `render` turns canonical messages into the training `text`, the generation `prompt` and the `reference`
 answer: with the model's chat template (`chat`) or the classic Alpaca prompt (`alpaca`). `AnswerMask` is
-THE answer mask: the tokens after each response marker up to and including the end of the turn, the ones
-Unsloth's train_on_responses_only keeps. Training on hf, the eval loss and prepare's token statistics all
-use it.
+THE answer mask: the tokens after each response marker up to and including the end of the turn (the first
+of the model's stop tokens), the ones Unsloth's train_on_responses_only keeps. Training on hf, the eval
+loss and prepare's token statistics all use it.
+
+Message text is text. Where a message spells one of the tokenizer's special tokens (a user typing
+`<|im_end|>\\n<|im_start|>assistant\\n`), the rendered row records those characters under `literals`
+(character spans of `text` and `prompt`), and `encode` tokenizes them as plain text: only the markers the
+template put there become control tokens, and the answer mask cannot find a turn marker inside a message.
+Rows whose messages spell no special token have no `literals` and tokenize exactly as before.
 """
+
+import re
 
 from slothline.errors import RowError, SlothlineError
 from slothline.families import CHAT_FORMATS
+from slothline.kinds._generative.tokens import LITERALS, encode, literal_spans, tokenizer_of
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -17,18 +26,25 @@ ALPACA_PROMPT = (
 # (instruction_part, response_part) of the templates whose answers can be masked
 TURN_MARKERS = {**{name: chat.turns for name, chat in CHAT_FORMATS.items()},
                 "alpaca": ("### Instruction:\n", "### Response:\n")}
+THINK_TAGS = ("<think>", "</think>")
 
 
-def render(messages: list[dict], processor, template: str, enable_thinking: bool) -> dict:
-    """`text` (the whole example, EOS appended), `prompt` (up to the last answer) and `reference` (the last
-    answer without a leading <think> block: what evaluate scores generations against). `processor` is a
-    tokenizer or a multimodal processor, whose chat template renders image parts."""
-    history, answer = messages[:-1], messages[-1]["content"]
+def render(messages: list[dict], processor, template: str, enable_thinking: bool,
+           stop_tokens: tuple[str, ...] = ()) -> dict:
+    """`text` (the whole example, EOS appended unless it already ends with one of `stop_tokens` or the EOS),
+    `prompt` (up to the last answer), `reference` (the last answer without a leading <think> block: what
+    evaluate scores generations against) and, where message text spells a special token, `literals`.
+    `processor` is a tokenizer or a multimodal processor, whose chat template renders image parts. Literal
+    think tags (any but an answer's leading block) reach the template as text it cannot split on."""
+    tokenizer = tokenizer_of(processor)
+    guard = Guard(messages, special_tokens(tokenizer))
+    guarded = guard.messages
+    history, answer = guarded[:-1], guarded[-1]["content"]
     if template == "alpaca":
         if len(messages) != 2 or messages[0]["role"] != "user":
             raise RowError("the alpaca template takes single-turn examples without a system prompt; use template: chat")
-        text = ALPACA_PROMPT.format(messages[0]["content"], answer)
-        prompt = ALPACA_PROMPT.format(messages[0]["content"], "")
+        text = ALPACA_PROMPT.format(guarded[0]["content"], answer)
+        prompt = ALPACA_PROMPT.format(guarded[0]["content"], "")
     else:
         if not processor.chat_template:
             raise SlothlineError(
@@ -40,27 +56,105 @@ def render(messages: list[dict], processor, template: str, enable_thinking: bool
         options = ({"enable_thinking": enable_thinking}
                    if not multimodal or "enable_thinking" in processor.chat_template else {})
         try:
-            text = processor.apply_chat_template(messages, tokenize=False, **options)
+            text = processor.apply_chat_template(guarded, tokenize=False, **options)
             prompt = processor.apply_chat_template(history, tokenize=False, add_generation_prompt=True, **options)
         except (TypeError, ValueError) as err:  # a template that cannot render this conversation
             raise RowError(f"the model's chat template cannot render this conversation ({err})") from None
-    eos_token = tokenizer_of(processor).eos_token
-    return {"text": with_eos(text, eos_token), "prompt": prompt, "reference": strip_thinking(answer)}
+    text, text_spans = guard.restore(with_eos(text, tokenizer.eos_token, stop_tokens))
+    prompt, prompt_spans = guard.restore(prompt)
+    rendered = {"text": text, "prompt": prompt, "reference": strip_thinking(messages[-1]["content"])}
+    if text_spans or prompt_spans:
+        rendered[LITERALS] = {"text": text_spans, "prompt": prompt_spans}
+    return rendered
 
 
-def tokenizer_of(processor):
-    """The text tokenizer of a tokenizer or a multimodal processor."""
-    return getattr(processor, "tokenizer", processor)
+def special_tokens(tokenizer) -> list[str]:
+    """The strings of the tokenizer's special (control) tokens, longest first."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return sorted({token.content for token in added.values() if token.special}, key=len, reverse=True)
 
 
 def strip_thinking(answer: str) -> str:
-    """The answer after a leading <think>...</think> block (the whole answer when there is none)."""
-    return answer.split("</think>", 1)[-1].strip() if "</think>" in answer else answer.strip()
+    """The answer after a leading <think>...</think> block (the whole answer, stripped, when it does not start
+    with one: a </think> further on is part of the answer)."""
+    answer = answer.strip()
+    opening, closing = THINK_TAGS
+    if answer.startswith(opening) and closing in answer:
+        return answer.split(closing, 1)[1].strip()
+    return answer
 
 
-def with_eos(text: str, eos_token: str) -> str:
-    """Append EOS unless the text already ends with it (chat templates often close turns with it)."""
-    return text if text.rstrip().endswith(eos_token) else text + eos_token
+def with_eos(text: str, eos_token: str, stop_tokens: tuple[str, ...] = ()) -> str:
+    """Append EOS unless the text already ends with it or with another of the model's stop tokens (chat
+    templates close turns with theirs: Qwen's <|im_end|>, Gemma's <end_of_turn>)."""
+    ending = text.rstrip()
+    if not eos_token or any(ending.endswith(token) for token in (eos_token, *stop_tokens) if token):
+        return text
+    return text + eos_token
+
+
+class Guard:
+    """Messages whose text has each special-token string, and each think tag but an answer's leading block,
+    replaced by a placeholder the chat template passes through untouched; `restore` puts the strings back
+    into a rendered text and returns the spans of the special tokens among them."""
+
+    def __init__(self, messages: list[dict], specials: list[str]):
+        texts = [text for message in messages for text in _texts(message["content"])]
+        free = next(chr(c) for c in range(0xE000, 0xF900) if not any(chr(c) in text for text in texts))
+        self.originals: list[str] = []
+        self.placeholder = re.compile(f"{free}(\\d+){free}")
+        self.specials = set(specials)
+        pattern = re.compile("|".join(re.escape(s) for s in [*specials, *THINK_TAGS]))
+
+        def hide(text: str, keep_from: int = 0) -> str:
+            def one(match):
+                if match.group() in THINK_TAGS and match.start() < keep_from:  # the answer's own thinking block
+                    return match.group()
+                self.originals.append(match.group())
+                return f"{free}{len(self.originals) - 1}{free}"
+
+            return pattern.sub(one, text)
+
+        def guarded(message: dict) -> dict:
+            leading = _leading_think_end(message["content"]) if message["role"] == "assistant" else 0
+            content = message["content"]
+            if isinstance(content, str):
+                content = hide(content, leading)
+            else:
+                content = [{**part, "text": hide(part["text"])} if part.get("type") == "text" else part
+                           for part in content]
+            return {**message, "content": content}
+
+        self.messages = [guarded(message) for message in messages]
+
+    def restore(self, rendered: str) -> tuple[str, list[list[int]]]:
+        out, spans, cursor, length = [], [], 0, 0
+        for match in self.placeholder.finditer(rendered):
+            original = self.originals[int(match.group(1))]
+            out.append(rendered[cursor : match.start()])
+            length += match.start() - cursor
+            if original in self.specials:
+                spans.append([length, length + len(original)])
+            out.append(original)
+            length += len(original)
+            cursor = match.end()
+        out.append(rendered[cursor:])
+        return "".join(out), spans
+
+
+def _texts(content) -> list[str]:
+    return [content] if isinstance(content, str) else [p["text"] for p in content if p.get("type") == "text"]
+
+
+def _leading_think_end(content) -> int:
+    """Where an answer's leading <think>...</think> block ends (0 without one): its tags are the template's to read."""
+    if not isinstance(content, str):
+        return 0
+    opening, closing = THINK_TAGS
+    start = len(content) - len(content.lstrip())
+    if not content.startswith(opening, start) or closing not in content[start:]:
+        return 0
+    return content.index(closing, start) + len(closing)
 
 
 def turn_markers(texts: list[str]) -> tuple[str, str]:
@@ -81,14 +175,15 @@ def markers_of(text: str) -> tuple[str, str] | None:
 
 
 class AnswerMask:
-    """`labels(ids)`: the ids on the answers (after each response marker, up to and including the end-of-turn
-    token, or up to the next marker) and -100 elsewhere, for one tokenizer and pair of turn markers."""
+    """`labels(ids)`: the ids on the answers (after each response marker, up to and including the end of the
+    turn: the first of `stop_ids`, the tokenizer's EOS when not given; or up to the next marker) and -100
+    elsewhere, for one tokenizer and pair of turn markers."""
 
-    def __init__(self, processor, markers: tuple[str, str]):
+    def __init__(self, processor, markers: tuple[str, str], stop_ids=None):
         tokenizer = tokenizer_of(processor)
         encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
         self.instruction, self.response = encode(markers[0]), encode(markers[1])
-        self.eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        self.stop_ids = set(stop_ids or [tokenizer.convert_tokens_to_ids(tokenizer.eos_token)])
 
     def labels(self, ids: list[int]) -> list[int]:
         at = lambda i, marker: ids[i : i + len(marker)] == marker
@@ -101,7 +196,7 @@ class AnswerMask:
             while i < len(ids) and not at(i, self.response) and not at(i, self.instruction):
                 targets[i] = ids[i]
                 i += 1
-                if ids[i - 1] == self.eos_id:
+                if ids[i - 1] in self.stop_ids:
                     break
         return targets
 
@@ -110,11 +205,10 @@ def token_lengths(rows: list[dict], processor, extra_tokens=lambda row: 0) -> li
     """(length, answer start) of each row's rendered text in tokens, `extra_tokens(row)` added (the tokens an
     image placeholder expands into): the index of the first answer token (None where no known turn marker
     is found). Training cut to max_seq_length tokens keeps an answer token only when answer start is below it."""
-    tokenizer = tokenizer_of(processor)
     masks = {}
     lengths = []
     for row in rows:
-        ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+        ids = encode(processor, row["text"], literal_spans(row, "text"))
         markers = markers_of(row["text"])
         start = None
         if markers:

@@ -3,7 +3,9 @@
 import torch
 from tqdm.auto import tqdm
 
-from slothline.kinds._generative.chat import strip_thinking, tokenizer_of
+from slothline.kinds._generative.chat import THINK_TAGS, strip_thinking
+from slothline.kinds._generative.stops import stop_ids
+from slothline.kinds._generative.tokens import encode_batch, tokenizer_of
 
 KNOBS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -45,11 +47,14 @@ def generate_kwargs(chosen: dict) -> dict:
 
 
 def generate(model, processor, prompts: list[str], batch_size: int, max_new_tokens: int, chosen: dict | None = None,
-             seed: int = 0, desc: str = "generate", images: list[list] | None = None) -> list[str]:
+             seed: int = 0, desc: str = "generate", images: list[list] | None = None,
+             literals: list | None = None) -> list[str]:
     """Answers to `prompts` (rendered, generation prompt included), decoded as `chosen` (see `decoding`;
-    greedy when None), sampling from `seed`. `processor` is a tokenizer, or a multimodal processor given
-    each prompt's `images`. Prompts are batched longest first to waste little padding; answers come back
-    in prompt order, without special tokens and without a leading <think> block."""
+    greedy when None), sampling from `seed`, stopping at any of the model's stop tokens (`stops.stop_ids`).
+    `processor` is a tokenizer, or a multimodal processor given each prompt's `images`; `literals` are each
+    prompt's spans of message text spelling special tokens (tokenized as text, see `tokens.encode`). Prompts
+    are batched longest first to waste little padding; answers come back in prompt order, without special
+    tokens and without a leading <think> block (one the prompt opens included)."""
     from transformers import set_seed
 
     set_seed(seed)
@@ -59,24 +64,31 @@ def generate(model, processor, prompts: list[str], batch_size: int, max_new_toke
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers = [""] * len(prompts)
     options = generate_kwargs(chosen or {"do_sample": False, "repetition_penalty": 1.0})
+    stops = stop_ids(processor, model.generation_config)
     for start in tqdm(range(0, len(order), batch_size), desc=desc):
         batch = order[start : start + batch_size]
-        texts = [prompts[i] for i in batch]
-        if images is None:
-            encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        else:
-            pictures = [picture for i in batch for picture in images[i]]  # in the order of the texts' image tokens
-            encoded = processor(text=texts, images=pictures or None, return_tensors="pt", padding=True,
-                                add_special_tokens=False)
-        encoded = encoded.to(model.device)
+        pictures = None if images is None else [picture for i in batch for picture in images[i]]
+        encoded = encode_batch(processor, [prompts[i] for i in batch], literals and [literals[i] for i in batch],
+                               pictures, padding_side="left")
+        encoded = {name: value.to(model.device) if torch.is_tensor(value) else value for name, value in encoded.items()}
         with torch.inference_mode():
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, use_cache=True,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                    **options)
-        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, **options)
+        new_tokens = [until_stop(row, stops) for row in output[:, encoded["input_ids"].shape[1] :].tolist()]
         for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            answers[i] = strip_thinking(text)
+            answers[i] = strip_thinking(THINK_TAGS[0] + text if opens_thinking(prompts[i], text) else text)
     return answers
+
+
+def until_stop(ids: list[int], stops: list[int]) -> list[int]:
+    """The generated ids before the first stop token (and the padding after it)."""
+    return next((ids[:i] for i, token in enumerate(ids) if token in stops), ids)
+
+
+def opens_thinking(prompt: str, answer: str) -> bool:
+    """Whether the generation prompt ends inside an opened <think> block that `answer` closes (templates of
+    reasoning models that start the answer's thinking themselves)."""
+    return prompt.rstrip().endswith(THINK_TAGS[0]) and THINK_TAGS[1] in answer
 
 
 def answer_loss(model, batches, max_length: int | None = None) -> tuple[float, int]:

@@ -3,9 +3,12 @@ SFTTrainer with response-only loss, batched generation, text metrics and the los
 and GGUF export."""
 
 from slothline.data.formats import CONVERTERS, to_messages
+from slothline.errors import SlothlineError
 from slothline.export import check_gguf
 from slothline.kinds import _generative
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, render, token_lengths, turn_markers
+from slothline.kinds._generative.stops import check_turn_end, model_stop_tokens, stop_ids
+from slothline.kinds._generative.tokens import encode, literal_spans
 from slothline.kinds.causal_lm.params import Params  # noqa: F401 (the protocol's name)
 
 NAME = "causal_lm"
@@ -18,6 +21,17 @@ STRATIFY_BY = None
 
 
 def check(params) -> None:
+    """What the sources' templates allow, and what GGUF export can write."""
+    templates = {source.template for source in params.data.sources}
+    if len(templates) > 1 and params.train.train_on_responses_only:
+        raise SlothlineError("data.sources: chat and alpaca templates mixed, but train.train_on_responses_only masks "
+                             "every row by one pair of turn markers; give every source the same template, or set "
+                             "train.train_on_responses_only: false")
+    alpaca = [f"data.sources[{i}]" for i, source in enumerate(params.data.sources) if source.template == "alpaca"]
+    if alpaca and params.data.system_prompt:
+        raise SlothlineError(f"data.system_prompt: the alpaca template has no place for a system prompt "
+                             f"({', '.join(alpaca)} use template: alpaca); remove data.system_prompt, or use "
+                             "template: chat")
     check_gguf(params)
 
 
@@ -28,14 +42,19 @@ def load_processor(source: str, revision: str | None):
 
 
 def to_record(row: dict, source, params, tokenizer) -> tuple[dict, dict]:
-    """Canonical `messages`, and the rendered `text`, `prompt` and `reference`."""
+    """Canonical `messages`, and the rendered `text`, `prompt` and `reference` (and `literals`, where message
+    text spells special tokens); no EOS is appended to a turn that ends with one of the model's stop tokens."""
     messages = to_messages(row, source.format, params.data.system_prompt)
-    return {"messages": messages}, render(messages, tokenizer, source.template, params.data.enable_thinking)
+    stops = model_stop_tokens(tokenizer, params.model.name, params.model.revision)
+    return {"messages": messages}, render(messages, tokenizer, source.template, params.data.enable_thinking, stops)
 
 
 def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> dict:
     """Rows whose first answer token lies beyond model.max_seq_length would train on nothing once cut to that
-    length: they leave train and val. Returns token statistics per split, taken before that drop."""
+    length: they leave train and val. Returns token statistics per split, taken before that drop. A chat
+    template whose turn end the tokenizer has no token for is refused."""
+    if any(source.template == "chat" for source in params.data.sources):
+        check_turn_end(tokenizer)
     max_length = params.model.max_seq_length
     lengths = {name: token_lengths(rows, tokenizer) for name, rows in splits.items()}
     keep = lambda length, start: not answer_cut_off(start, max_length)
@@ -77,26 +96,32 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[d
 
     markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
     data_markers = markers if backend.RESPONSE_MASKS_IN_DATA else None
+    args = sft_config(backend, runtime, params, output_dir, bool(val_rows), VAL_METRICS[0], params.train.packing)
+    stops = stop_ids(tokenizer, model.generation_config)
     trainer = sft_trainer_class(runtime)(
         model=model,
-        args=sft_config(backend, runtime, params, output_dir, bool(val_rows), VAL_METRICS[0], params.train.packing),
-        train_dataset=tokenized(train_rows, tokenizer, data_markers),
-        eval_dataset=tokenized(val_rows, tokenizer, data_markers) if val_rows else None,
+        args=args,
+        train_dataset=tokenized(train_rows, tokenizer, data_markers, stops),
+        eval_dataset=tokenized(val_rows, tokenizer, data_markers, stops) if val_rows else None,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
     return backend.response_only(trainer, markers) if markers else trainer
 
 
-def tokenized(rows: list[dict], tokenizer, markers: tuple[str, str] | None):
-    """A `datasets.Dataset` of `input_ids`, plus TRL's `assistant_masks` (the answer mask) when `markers` are
-    given. The rendered text already holds its special tokens and EOS."""
+def tokenized(rows: list[dict], tokenizer, markers: tuple[str, str] | None, stop_ids: list[int] | None = None):
+    """A `datasets.Dataset` of `input_ids`, plus TRL's `assistant_masks` (the answer mask, each answer ending at
+    the first of `stop_ids`) when `markers` are given. The rendered text already holds its special tokens and
+    EOS; message text that spells special tokens (the rows' `literals`) is tokenized as text. Both backends
+    train on these ids (Unsloth's train_on_responses_only masks them, it tokenizes nothing again)."""
     from datasets import Dataset
 
     ids = tokenizer([row["text"] for row in rows], add_special_tokens=False)["input_ids"]
+    ids = [encode(tokenizer, row["text"], literal_spans(row, "text")) if literal_spans(row, "text") else row_ids
+           for row, row_ids in zip(rows, ids)]
     columns = {"input_ids": ids}
     if markers:
-        mask = AnswerMask(tokenizer, markers)
+        mask = AnswerMask(tokenizer, markers, stop_ids)
         columns["assistant_masks"] = [[int(label != -100) for label in mask.labels(row)] for row in ids]
     return Dataset.from_dict(columns)
 
@@ -107,7 +132,8 @@ def predict(model, tokenizer, rows: list[dict], params) -> list[str]:
 
     settings = params.evaluate
     return generate(model, tokenizer, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
-                    decoding(settings, model.generation_config), settings.seed, desc="answers")
+                    decoding(settings, model.generation_config), settings.seed, desc="answers",
+                    literals=[literal_spans(r, "prompt") for r in rows])
 
 
 def evaluate(model, tokenizer, rows: list[dict], params, base, media_dir):

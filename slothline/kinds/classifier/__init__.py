@@ -2,10 +2,12 @@
 label, a sequence-classification head trained with transformers' Trainer (LoRA with the head in
 `modules_to_save`, or full fine-tuning), batched prediction, and accuracy, F1 and a confusion matrix."""
 
+import re
+
 from slothline.errors import RowError, SlothlineError
 from slothline.kinds import Evaluation, with_base
 from slothline.kinds.classifier.metrics import classification_metrics
-from slothline.kinds.classifier.params import Params  # noqa: F401 (the protocol's name)
+from slothline.kinds.classifier.params import Params, is_number  # noqa: F401 (Params: the protocol's name)
 
 NAME = "classifier"
 AUTO_CLASS = "AutoModelForSequenceClassification"
@@ -46,7 +48,8 @@ def to_record(row: dict, source, params, tokenizer) -> tuple[dict, dict]:
 
 def label_name(value, labels: list[str] | None) -> str:
     """The class a row's label names: a name, or an id (an integer, or digits in CSV) into `data.labels`;
-    without data.labels every value is a name of its own (the id 1 is the class "1")."""
+    without data.labels every value is a name of its own (the id 1 is the class "1"). data.labels whose names
+    are also ids of other classes are refused by the params models, so no value is read both ways."""
     if value is None:
         raise RowError("missing field 'label'; every row needs a class name or id there")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -57,7 +60,7 @@ def label_name(value, labels: list[str] | None) -> str:
         raise RowError("field 'label' is empty; every row needs a class name or id there")
     if labels is None or name in labels:
         return name
-    if name.isdigit() and int(name) < len(labels):
+    if is_number(name) and int(name) < len(labels):
         return labels[int(name)]
     raise RowError(f"label {value!r} is neither one of data.labels ({', '.join(labels)}) nor a class id "
                    f"0..{len(labels) - 1}; fix the row, or add the class to data.labels")
@@ -67,6 +70,8 @@ def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> 
     """Fix the classes (data.labels, else the train split's, sorted), refuse a val or test row whose class
     train lacks, add each row's `label_id`, and return the classes, their counts per split and token lengths."""
     labels = class_order(splits["train"], params.data.labels)
+    for warning in look_alike_classes(splits, labels):
+        print(warning)
     ids = {label: i for i, label in enumerate(labels)}
     for name, rows in splits.items():
         for row in rows:
@@ -102,7 +107,30 @@ def class_order(train_rows: list[dict], fixed: list[str] | None) -> list[str]:
     if len(seen) < 2:
         raise SlothlineError(f"data: the train split has {len(seen)} class ({', '.join(seen)}); a classifier needs "
                              "at least two: check the sources' `label` fields")
-    return sorted(seen, key=lambda label: (not label.isdigit(), int(label) if label.isdigit() else 0, label))
+    return sorted(seen, key=lambda label: (not is_number(label), int(label) if is_number(label) else 0, label))
+
+
+def look_alike_classes(splits: dict[str, list[dict]], labels: list[str]) -> list[str]:
+    """A warning for each group of classes whose names differ only in case or formatting (`Bug`/`bug`,
+    `01`/`1`, `not_spam`/`not spam`): each is a class of its own, which is rarely what the data meant."""
+    counts = {label: 0 for label in labels}
+    for rows in splits.values():
+        for row in rows:
+            counts[row["label"]] = counts.get(row["label"], 0) + 1
+    groups = {}
+    for label in counts:
+        groups.setdefault(look(label), []).append(label)
+    return [f"data: the classes {' and '.join(repr(name) for name in names)} differ only in case or formatting, and "
+            f"are trained as {len(names)} separate classes ({' and '.join(str(counts[name]) for name in names)} "
+            "rows); if they are one class, write its label one way in every row"
+            for names in groups.values() if len(names) > 1]
+
+
+def look(label: str) -> str:
+    """A class name as a reader sees it: case, surrounding spaces, runs of spaces, `_` and `-`, and leading
+    zeros of a number ignored."""
+    key = re.sub(r"[\s_-]+", " ", label).strip().casefold()
+    return str(int(key)) if is_number(key) else key
 
 
 def unseen_label(row: dict, split_name: str, splits: dict, data) -> str:

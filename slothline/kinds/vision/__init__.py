@@ -11,9 +11,13 @@ from slothline.errors import SlothlineError
 from slothline.families import family
 from slothline.kinds import _generative
 from slothline.kinds._generative.chat import render, token_lengths, turn_markers
+from slothline.kinds._generative.stops import check_turn_end, model_stop_tokens, stop_ids
+from slothline.kinds._generative.tokens import literal_spans
 from slothline.data.formats import to_messages
 from slothline.kinds.vision.formats import CONVERTERS, image_parts
-from slothline.kinds.vision.images import locate, open_rgb, size_statistics, store_image, thumbnail
+from slothline.errors import RowError
+from slothline.kinds.vision.images import (aspect_ratio_limit, locate, open_rgb, quoted, size_statistics, store_image,
+                                           thumbnail)
 from slothline.kinds.vision.params import Params  # noqa: F401 (the protocol's name)
 
 NAME = "vision"
@@ -58,23 +62,28 @@ def to_record(row: dict, source, params, processor) -> tuple[dict, dict]:
     data = params.data
     messages = to_messages(row, source.format, data.system_prompt, CONVERTERS)
     sources = {}
+    max_ratio = aspect_ratio_limit(processor)
     for part in image_parts(messages):
         reference = locate(part["image"], Path(source.path).parent)
-        stored = store_image(reference, data.image_min_pixels, data.image_max_pixels, part["image"])
+        stored = store_image(reference, data.image_min_pixels, data.image_max_pixels, part["image"], max_ratio)
         part["image"] = str(PREPARED_DIR / IMAGES_SUBDIR / stored.name)
         sources[part["image"]] = reference
-    return {"messages": messages}, {**render(messages, processor, "chat", data.enable_thinking), IMAGE_SOURCES: sources}
+    stops = model_stop_tokens(processor, params.model.name, params.model.revision)
+    return {"messages": messages}, {**render(messages, processor, "chat", data.enable_thinking, stops),
+                                    IMAGE_SOURCES: sources}
 
 
 def finish_splits(splits: dict[str, list[dict]], processor, params, out_dir: Path) -> dict:
     """Write the rows' images into `out_dir`; drop train and val rows longer than model.max_seq_length (their
     image tokens included: cutting a row would cut its image or answer). Returns image and token statistics
-    per split, taken before that drop."""
+    per split, taken before that drop. An image that fails here (changed since it was read, or refused by the
+    processor) is a SlothlineError naming the image and its row's source."""
     from slothline.models import model_config
 
-    sizes = write_images(splits, out_dir / IMAGES_SUBDIR, params.data)
+    check_turn_end(processor)
+    sizes, references = write_images(splits, out_dir / IMAGES_SUBDIR, params.data, aspect_ratio_limit(processor))
     rule = family(model_config(params.model.name, params.model.revision).get("model_type")).image_tokens
-    image_tokens = partial(expanded_tokens, processor, rule, sizes)
+    image_tokens = partial(expanded_tokens, processor, rule, sizes, references)
     lengths = {name: token_lengths(rows, processor, image_tokens) for name, rows in splits.items()}
     max_length = params.model.max_seq_length
     keep = lambda length, start: length <= max_length
@@ -88,30 +97,52 @@ def finish_splits(splits: dict[str, list[dict]], processor, params, out_dir: Pat
     return {"tokens": tokens, "images": images}
 
 
-def write_images(splits: dict[str, list[dict]], images_dir: Path, data) -> dict[str, tuple[int, int]]:
-    """Store every image the rows use (once each) and drop the rows' IMAGE_SOURCES; returns (width, height) by path."""
+def write_images(splits: dict[str, list[dict]], images_dir: Path, data, max_ratio: float | None
+                 ) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """Store every image the rows use (once each) and drop the rows' IMAGE_SOURCES; returns (width, height) and
+    where the image was read from, by stored path."""
     images_dir.mkdir(parents=True, exist_ok=True)
-    sizes = {}
+    sizes, references = {}, {}
     for rows in splits.values():
         for row in rows:
             for path, reference in row.pop(IMAGE_SOURCES).items():
                 if path not in sizes:
-                    stored = store_image(reference, data.image_min_pixels, data.image_max_pixels)
+                    try:
+                        stored = store_image(reference, data.image_min_pixels, data.image_max_pixels, None, max_ratio)
+                    except RowError as err:
+                        raise SlothlineError(f"{err} (in a row of source {row['source']!r}; the file changed after "
+                                             "prepare first read it: run prepare again)") from None
                     (images_dir / stored.name).write_bytes(stored.data)
-                    sizes[path] = (stored.width, stored.height)
-    return sizes
+                    sizes[path], references[path] = (stored.width, stored.height), quoted(reference)
+    return sizes, references
 
 
-def expanded_tokens(processor, rule, sizes: dict[str, tuple[int, int]], row: dict) -> int:
+def expanded_tokens(processor, rule, sizes: dict[str, tuple[int, int]], references: dict[str, str], row: dict) -> int:
     """The tokens the processor adds to the row's rendered text by expanding each image's one placeholder:
     the family's image-token `rule`, else the processor itself run on blank images of the same sizes."""
+    refused = partial(processed, sizes=sizes, references=references, row=row)
     if rule:
-        return sum(rule(processor, *sizes[path]) - 1 for path in image_paths(row))
+        return sum(refused(lambda: rule(processor, *sizes[path]), [path]) - 1 for path in image_paths(row))
     from PIL import Image
 
-    pictures = [Image.new("RGB", sizes[path]) for path in image_paths(row)]
-    expanded = processor(text=[row["text"]], images=pictures or None, add_special_tokens=False)["input_ids"][0]
+    paths = image_paths(row)
+    pictures = [Image.new("RGB", sizes[path]) for path in paths]
+    expanded = refused(lambda: processor(text=[row["text"]], images=pictures or None,
+                                         add_special_tokens=False)["input_ids"][0], paths)
     return len(expanded) - len(processor.tokenizer(row["text"], add_special_tokens=False)["input_ids"])
+
+
+def processed(call, paths: list[str], sizes: dict[str, tuple[int, int]], references: dict[str, str], row: dict):
+    """call(), which runs the processor on the images at `paths`; its refusal, whatever the exception, is a
+    SlothlineError naming the images, their sizes and the row's source."""
+    try:
+        return call()
+    except Exception as err:
+        images = ", ".join(f"{references[path]!r} ({sizes[path][0]}x{sizes[path][1]})" for path in paths)
+        raise SlothlineError(
+            f"image{'s' if len(paths) > 1 else ''} {images} in a row of source {row['source']!r}: the model's image "
+            f"processor refuses it ({err.__class__.__name__}: {err}); crop, pad or resize the image to a shape the "
+            "model takes, or drop the row") from err
 
 
 def labels(rows: list[dict]) -> None:
@@ -138,7 +169,7 @@ def build_trainer(backend, runtime, params, model, processor, train_rows: list[d
 
     markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
     collator = (backend.vision_collator(model, processor, markers)
-                or _generative.AnswerCollator(processor, markers, load_images))
+                or _generative.AnswerCollator(processor, markers, load_images, stop_ids(processor, model.generation_config)))
     config = sft_config(backend, runtime, params, output_dir, bool(val_rows), VAL_METRICS[0], packing=False,
                         remove_unused_columns=False, dataset_text_field="",
                         dataset_kwargs={"skip_prepare_dataset": True})
@@ -165,6 +196,7 @@ def training_rows(rows: list[dict]):
         "text": row["text"],
         "messages": [{"role": m["role"], "content": [part(p) for p in as_parts(m["content"])]} for m in row["messages"]],
         "images": image_paths(row),
+        "literals": row.get("literals"),
     } for row in rows])
 
 
@@ -183,7 +215,7 @@ def predict(model, processor, rows: list[dict], params) -> list[str]:
     settings = params.evaluate
     return generate(model, processor, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
                     decoding(settings, model.generation_config), settings.seed, desc="answers",
-                    images=[load_images(row) for row in rows])
+                    images=[load_images(row) for row in rows], literals=[literal_spans(r, "prompt") for r in rows])
 
 
 def evaluate(model, processor, rows: list[dict], params, base, media_dir: Path):

@@ -9,12 +9,17 @@ import base64
 import binascii
 import hashlib
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from slothline.errors import RowError
 
 FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}  # PIL name: suffix
+# The longest side over the shortest that Qwen2-VL, Qwen2.5-VL and Qwen3-VL accept: transformers' smart_resize
+# (models/qwen2_vl/image_processing_qwen2_vl.py) raises "absolute aspect ratio must be smaller than 200" above it,
+# with the literal 200 in the function; qwen_vl_utils names it MAX_RATIO.
+MAX_RATIO = 200
 
 
 @dataclass(frozen=True)
@@ -34,20 +39,33 @@ def locate(reference: str, base_dir: Path) -> str:
     return str(base_dir / reference.removeprefix("file://"))
 
 
-def store_image(location: str, min_pixels: int | None, max_pixels: int | None, reference: str | None = None) -> StoredImage:
+def aspect_ratio_limit(processor) -> float:
+    """The longest side over the shortest that `processor`'s image processor accepts: its own `max_ratio` or
+    `MAX_RATIO` (on the image processor or its module) where it has one, else MAX_RATIO."""
+    image_processor = getattr(processor, "image_processor", None) or processor
+    for owner in (image_processor, sys.modules.get(type(image_processor).__module__)):
+        for name in ("max_ratio", "MAX_RATIO"):
+            value = getattr(owner, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
+                return value
+    return MAX_RATIO
+
+
+def store_image(location: str, min_pixels: int | None, max_pixels: int | None, reference: str | None = None,
+                max_ratio: float | None = MAX_RATIO) -> StoredImage:
     """The image at `location` (see `locate`; errors name it as the row's `reference`) as a viewer shows it
     (`as_viewed`), checked, and scaled down (keeping its aspect ratio) to at most `max_pixels` pixels; fewer
-    than `min_pixels` pixels is an error. The file's own bytes are kept where they already show as stored
-    (8-bit RGB, upright, within the limit); otherwise the normalised picture is stored as PNG."""
+    than `min_pixels` pixels, or a longer side more than `max_ratio` times the shorter one (as stored: the
+    model's image processor refuses it, see `aspect_ratio_limit`), is an error. The file's own bytes are kept
+    where they already show as stored (8-bit RGB, upright, within the limit); otherwise the normalised picture
+    is stored as PNG."""
     from PIL import Image
 
-    reference = reference or location
-    if reference.startswith("data:") and len(reference) > 40:  # errors quote the start of a data URI
-        reference = reference[:40] + "..."
+    reference = quoted(reference or location)
     data = read_image(location, reference)
     decoded = decode(data, reference)
     picture = as_viewed(decoded)
-    width, height = picture.size
+    viewed = width, height = picture.size
     if min_pixels and width * height < min_pixels:
         raise RowError(f"image {reference!r}: {width}x{height} = {width * height} pixels, fewer than "
                        f"data.image_min_pixels ({min_pixels}); use a larger image, or lower the limit")
@@ -56,12 +74,24 @@ def store_image(location: str, min_pixels: int | None, max_pixels: int | None, r
         scale = (max_pixels / (width * height)) ** 0.5
         width, height = max(1, int(width * scale)), max(1, int(height * scale))
         picture = picture.resize((width, height), Image.Resampling.BICUBIC)
+    if max_ratio and max(width, height) / min(width, height) > max_ratio:
+        size = f"{width}x{height}"
+        if (width, height) != viewed:
+            size = f"{viewed[0]}x{viewed[1]} (scaled to {size} by data.image_max_pixels)"
+        raise RowError(f"image {reference!r}: {size} has an aspect ratio of "
+                       f"{max(width, height) / min(width, height):.4g}:1, above the {max_ratio:g}:1 the model's image "
+                       "processor accepts; crop it, pad it towards a square or cut it into tiles")
     if (picture.size != decoded.size or decoded.mode != "RGB" or "transparency" in decoded.info
             or orientation(decoded) not in (None, 1)):
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")
         data, suffix = buffer.getvalue(), ".png"
     return StoredImage(data, hashlib.sha256(data).hexdigest()[:20] + suffix, width, height)
+
+
+def quoted(reference: str) -> str:
+    """An image reference as errors quote it: the start of a data URI, any other reference whole."""
+    return reference[:40] + "..." if reference.startswith("data:") and len(reference) > 40 else reference
 
 
 def orientation(picture) -> int | None:
