@@ -39,10 +39,6 @@ THUMBNAILS_DIR = METRICS_DIR / "thumbnails"  # images of the evaluated samples, 
 EXPORT_METRICS = METRICS_DIR / "export.json"
 
 
-def gguf_dir(quantization: str) -> Path:
-    return EXPORT_DIR / quantization
-
-
 @dataclass(frozen=True)
 class Manifest:
     """What train produced: `method` lora (an adapter over `base_model`) or full (a whole model)."""

@@ -286,9 +286,9 @@ def report_sections(rows: list[dict], predicted: dict[str, list[str]], results: 
 
 def export(formats: list[str], model_dir, out_dir, params) -> dict:
     """models/export/onnx/: model.onnx with its tokenizer and config, checked with onnxruntime on the test split."""
-    from slothline.artifacts import read_split
+    from slothline.artifacts import ONNX_DIR, read_split
     from slothline.kinds.classifier.onnx import check_onnx, write_onnx
 
-    folder = out_dir / "onnx"
+    folder = out_dir / ONNX_DIR.name
     write_onnx(model_dir, folder)
     return {"onnx": check_onnx(folder / "model.onnx", model_dir, read_split("test"))}
