@@ -80,14 +80,15 @@ def chat_rows(tokenizer, fixed_length: bool) -> list[dict]:
     return rows
 
 
-MODES = {  # name: (packing, fixed_length)
-    "padded": (False, False),
-    "packed": (True, False),
-    "fixed-length": (False, True),
+MODES = {  # name: (packing, fixed_length, train.padding_free for Slothline's runs)
+    "padded": (False, False, False),  # varying lengths, padded batches (the default before padding-free)
+    "unpacked": (False, False, "auto"),  # varying lengths, the default: padding-free on a GPU
+    "packed": (True, False, "auto"),
+    "fixed-length": (False, True, False),  # every row as long: no padding to waste
 }
 
 
-def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoint: str):
+def slothline_trainer(backend: str, packing: bool, fixed_length: bool, padding_free, checkpoint: str):
     """The train stage's own code (runtime.resolve, backends.load_for_training, the causal_lm kind's
     build_trainer); the one place that calls Slothline. Returns (trainer, loss name).
 
@@ -107,7 +108,7 @@ def slothline_trainer(backend: str, packing: bool, fixed_length: bool, checkpoin
         "data": {"sources": [{"path": "unused.jsonl", "format": "messages"}]},
         "train": {"backend": backend.split("-")[0], "max_steps": STEPS, "per_device_batch_size": BATCH,
                   "learning_rate": 2e-4, "gradient_checkpointing": True, "save_steps": 10_000,
-                  "logging_steps": LOGGING_STEPS, "packing": packing},
+                  "logging_steps": LOGGING_STEPS, "packing": packing, "padding_free": padding_free},
     })
     runtime = resolve(params, probe())
     if backend == "hf-dense":
@@ -195,13 +196,13 @@ def trl_peft_trainer(packing: bool, fixed_length: bool, checkpoint: str):
 
 def run_one(backend: str, mode: str, checkpoint: str) -> dict:
     """Train STEPS steps in this process; time the steps after warm-up."""
-    packing, fixed_length = MODES[mode]
+    packing, fixed_length, padding_free = MODES[mode]
     if backend == "unsloth-notebook":
         trainer, loss = unsloth_notebook_trainer(packing, fixed_length, checkpoint)
     elif backend == "trl-peft":
         trainer, loss = trl_peft_trainer(packing, fixed_length, checkpoint)
     else:
-        trainer, loss = slothline_trainer(backend, packing, fixed_length, checkpoint)
+        trainer, loss = slothline_trainer(backend, packing, fixed_length, padding_free, checkpoint)
     import torch
 
     tokens, seconds = train_timed(trainer, WARMUP_STEPS)
@@ -214,6 +215,7 @@ def run_one(backend: str, mode: str, checkpoint: str) -> dict:
         "precision": "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32",
         "optim": getattr(args.optim, "value", args.optim),
         "attn_implementation": trainer.model.config._attn_implementation,
+        "padding_free": bool(trainer.args.padding_free),
         "cudnn_sdpa": torch.backends.cuda.cudnn_sdp_enabled(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "timed_steps": STEPS - WARMUP_STEPS,
@@ -269,7 +271,8 @@ def main() -> None:
 def markdown(report: dict) -> str:
     rows = "\n".join(
         f"| {mode} | {run['device']} | {b} | {run['tokens_per_s']:,.0f} | {run['peak_mem_gib']} | "
-        f"{run.get('attn_implementation', '')}{'' if run.get('cudnn_sdpa', True) else ', cuDNN off'} |"
+        f"{run.get('attn_implementation', '')}{'' if run.get('cudnn_sdpa', True) else ', cuDNN off'}"
+        f"{', padding-free' if run.get('padding_free') else ''} |"
         for mode, r in report["modes"].items() for b, run in r["runs"].items()
     )
     summary = "\n".join(
@@ -280,8 +283,10 @@ def markdown(report: dict) -> str:
     )
     return (
         f"# Training backends\n\n{report['model']}; {report['data']}; {STEPS - WARMUP_STEPS} timed steps after "
-        f"{WARMUP_STEPS} warm-up steps. padded: chats of 64..{MAX_LEN} tokens in padded batches; packed: the same "
-        f"with `train.packing: true`; fixed-length: every chat about {MAX_LEN} tokens. hf: the hf backend as "
+        f"{WARMUP_STEPS} warm-up steps. padded: chats of 64..{MAX_LEN} tokens in padded batches "
+        f"(`train.padding_free: false`); unpacked: the same chats, the default (`train.padding_free: auto`: each "
+        f"batch's rows concatenated on a GPU); packed: the same with `train.packing: true`; fixed-length: every "
+        f"chat about {MAX_LEN} tokens, padded batches (no padding to waste). hf: the hf backend as "
         f"it trains (TRL's chunked loss kernel); hf-dense: the same on torch's default SDPA (a dense document "
         f"mask for packed rows, cuDNN on); hf-model-loss: the same with the model's own cross-entropy "
         f"over full logits, as a plain transformers loop computes it; unsloth-notebook: Unsloth's Qwen3 notebook "

@@ -78,6 +78,7 @@ class Runtime:
     precision: str  # float32 | bfloat16 | float16
     optim: str
     attention: str  # see slothline.attention
+    padding_free: bool = False  # each batch's rows concatenated, without padding (packed or not)
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
@@ -110,10 +111,17 @@ def resolve(params: Params, caps: Capabilities) -> Runtime:
     else:
         precision = ("bfloat16" if caps.bf16 else "float16") if cuda else "float32"
     device = "cuda" if cuda else "cpu"
-    packing = getattr(params.train, "packing", False)  # a causal LM setting: other kinds train unpacked rows
+    padding_free = rows_concatenated(params.train, device)
     return Runtime(backend, device, caps.device_name, precision, resolve_optim(params.train.optim, caps),
-                   attention_path(device, packing, None),
+                   attention_path(device, padding_free, None), padding_free,
                    caps.world_size, caps.rank, caps.local_rank)
+
+
+def rows_concatenated(train, device: str) -> bool:
+    """Whether training batches concatenate their rows (causal LMs: `train.packing`, or `train.padding_free`,
+    whose auto means on a GPU, where varlen attention makes that the fast path; other kinds pad)."""
+    setting = getattr(train, "padding_free", False)
+    return getattr(train, "packing", False) or (device == "cuda" if setting == "auto" else setting)
 
 
 def check_machine(params: Params, caps: Capabilities) -> None:

@@ -78,13 +78,14 @@ def best_model_settings(train, default_metric: str) -> dict:
 
 def sft_config(backend, runtime, params, output_dir: str, evaluate: bool, default_metric: str, packing: bool,
                **settings):
-    """TRL's SFTConfig (Unsloth's patched one once unsloth is imported) from the `train.*` params, packed
-    (padding-free) or not, plus the kind's `settings`."""
+    """TRL's SFTConfig (Unsloth's patched one once unsloth is imported) from the `train.*` params, packed or
+    not, padding-free as the runtime resolved it (packing always is), plus the kind's `settings`."""
     from trl import SFTConfig
 
+    unpacked_padding_free = runtime.padding_free and not packing  # TRL: rows come truncated (the kind cuts them)
     return training_config(SFTConfig, backend, runtime, params, output_dir, evaluate, default_metric, **{
-        "max_length": params.model.max_seq_length, "packing": packing, "packing_strategy": "bfd",
-        "padding_free": packing, **settings})
+        "max_length": None if unpacked_padding_free else params.model.max_seq_length, "packing": packing,
+        "packing_strategy": "bfd", "padding_free": packing or runtime.padding_free, **settings})
 
 
 def sft_trainer_class(runtime):

@@ -58,7 +58,8 @@ def train(params, runtime) -> None:
                  max_seq_length=params.model.max_seq_length, labels=labels).write(staging)
     metrics = training.train_metrics(trainer, result, runtime, model, tokens_before, checkpoints.step_of(resume_from),
                                      val_loss, peak_mem_gib)
-    write_json(TRAIN_METRICS, {"kind": task.NAME, "method": method, **metrics})
+    coverage = task.loss_coverage(model, processor, params, train_rows, val_rows)
+    write_json(TRAIN_METRICS, {"kind": task.NAME, "method": method, **metrics, **coverage})
     plots.loss_curve(trainer.state.log_history, LOSS_PLOT)
     checkpoints.clear_checkpoints(CHECKPOINTS_DIR)
     print(f"{task.NAME} ({runtime.backend}) -> {TUNED_DIR}/, metrics -> {TRAIN_METRICS}")

@@ -493,6 +493,32 @@ def test_a_quote_closed_rows_later_fails_on_the_row_where_it_opened(workdir):
         prepare.main()
 
 
+def test_a_stray_quote_closed_by_another_rows_later_fails_instead_of_merging_the_rows(workdir):
+    lines = ["text,label", *(f"review {i},{('pos', 'neg')[i % 2]}" for i in range(150)), '"great,pos', "bad,neg",
+             'meh",neg', *(f"review {i},pos" for i in range(150, 160))]
+    (workdir.path / "r.csv").write_text("\n".join(lines) + "\n")
+    expected = (r"^r.csv:152: lines 152-154 read as one row, because a quote opened on line 152 closes only on line "
+                r"154, yet each of those lines has the header's 2 cells as a row of its own would; remove the stray "
+                r"quote")
+    for on_error in ("fail", "skip"):  # skipping would lose the rows inside unnoticed
+        workdir.write_params([{"path": "r.csv", "format": "classification", "on_error": on_error}], kind="classifier")
+        with pytest.raises(SlothlineError, match=expected):
+            prepare.main()
+        assert not (workdir.path / PREPARED_DIR).exists()
+
+
+def test_a_two_line_field_that_could_be_two_rows_is_read_with_a_note(workdir, capsys):
+    from slothline.data.sources import read_rows
+    from slothline.params import Source
+
+    (workdir.path / "r.csv").write_text('text,label\ngood,pos\n"great,pos\nmeh",neg\n"A review\nover\nthree lines",pos\n')
+    rows = [row for _, row in read_rows(Source(path="r.csv", format="classification"))]
+    assert rows == [{"text": "good", "label": "pos"}, {"text": "great,pos\nmeh", "label": "neg"},
+                    {"text": "A review\nover\nthree lines", "label": "pos"}]
+    assert capsys.readouterr().out.startswith("note: r.csv: 1 row(s) span two lines that could each be a row of 2 "
+                                              "cells (lines 3-4)")
+
+
 def test_csv_quoted_fields_and_trailing_commas_are_data(workdir):
     text = (CSV_HEADER + '"Say ""hi"", then a comma, then a\nline break.",,"Hi, there.\nBye."\n'
             + "Trailing comma.,,Fine,\n")

@@ -64,8 +64,21 @@ def test_bitsandbytes_optimizers_on_cpu_are_a_clear_error(optim):
 
 def test_packing_on_a_gpu_trains_through_varlen_attention_and_never_cudnn():
     packed = resolve(load(train={"packing": True}), gpu(unsloth=True))
-    padded = resolve(load(), gpu(unsloth=True))
+    padded = resolve(load(train={"padding_free": False}), gpu(unsloth=True))
     assert packed.attention == "varlen-flash (cuDNN off)" and padded.attention == "sdpa (cuDNN off)"
+    assert packed.padding_free and not padded.padding_free
+
+
+@pytest.mark.parametrize("backend", [True, False])
+def test_unpacked_rows_are_padding_free_on_a_gpu_and_padded_on_the_cpu(backend):
+    """train.padding_free: auto concatenates each batch's rows where varlen attention runs them (a GPU), on
+    both backends; on the CPU a dense mask over the concatenated batch would cost more than the padding."""
+    on_gpu = resolve(load(), gpu(unsloth=backend))
+    assert on_gpu.padding_free and on_gpu.attention == "varlen-flash (cuDNN off)"
+    on_cpu = resolve(load(), CPU)
+    assert not on_cpu.padding_free and on_cpu.attention == "sdpa"
+    assert resolve(load(train={"padding_free": True}), CPU).padding_free
+    assert resolve(load(train={"packing": True, "padding_free": False}), CPU).padding_free  # packing implies it
 
 
 @pytest.mark.parametrize("kind", ["vision", "classifier"])
@@ -73,3 +86,4 @@ def test_kinds_without_packing_resolve_to_unpacked_attention(kind):
     """train.packing is a causal LM setting: the other kinds' rows are never packed."""
     assert resolve(load(kind), CPU).attention == "sdpa"
     assert resolve(load(kind), gpu(unsloth=True)).attention == "sdpa (cuDNN off)"
+    assert not resolve(load(kind), gpu(unsloth=True)).padding_free

@@ -141,6 +141,32 @@ def test_cpu_training_uses_the_model_loss_even_where_trl_kernel_imports(tiny_qwe
     assert trainer.train().training_loss > 0
 
 
+def test_padding_free_batches_train_as_the_padded_ones(workdir, tiny_qwen3, tokenizer):
+    """The same rows per step, concatenated instead of padded: the same losses and (to float noise that Adam
+    scales to its step size) the same weights after a few steps (here through the per-document attention the CPU runs; a GPU test checks varlen)."""
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"text": f"<|im_start|>user\nRepeat {w}.<|im_end|>\n<|im_start|>assistant\n{' '.join([w] * (i % 7 + 1))}"
+                     "<|im_end|>\n"} for i, w in enumerate(PAIRS[:16])]
+    results = {}
+    for padding_free in (False, True):
+        setting = load(train={"max_steps": 3, "per_device_batch_size": 8, "padding_free": padding_free,
+                              "learning_rate": 0.01, "warmup_steps": 0, "logging_steps": 1})
+        runtime = resolve(setting, CPU)
+        backend = backends.get(runtime)
+        model, _ = backends.load_for_training(causal_lm, runtime, setting, None)
+        trainer = causal_lm.build_trainer(backend, runtime, setting, model, tokenizer, rows, [],
+                                          str(workdir.path / f"out{padding_free}"), [])
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert ("position_ids" in batch and batch["input_ids"].shape[0] == 1) == padding_free
+        trainer.train()
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        results[padding_free] = losses, [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    (padded, padded_weights), (joined, joined_weights) = results[False], results[True]
+    assert joined == pytest.approx(padded, rel=1e-4)
+    assert all(torch.allclose(a, b, atol=5e-4) for a, b in zip(padded_weights, joined_weights))  # Adam: lr-sized steps
+
+
 def test_hf_run_writes_adapter_and_metrics(trained, tiny_qwen3):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -150,6 +176,7 @@ def test_hf_run_writes_adapter_and_metrics(trained, tiny_qwen3):
     assert metrics["optim"] == "adamw_torch" and metrics["precision"] == "float32"
     assert metrics["kind"] == "causal_lm" and metrics["method"] == "lora"
     assert metrics["val_loss"] is not None and metrics["train_tokens_per_s"] > 0 and metrics["peak_mem_gib"] > 0
+    assert metrics["loss_on"] == "answers" and metrics["val_loss_tokens"] > 0 and metrics["val_loss_tokens_cut"] == 0
     losses = [float(line.split("\t")[-1]) for line in
               (trained.path / LIVE_DIR / "plots/metrics/loss.tsv").read_text().splitlines()[1:]]
     assert len(losses) == 6 and losses[-1] < losses[0]
@@ -161,6 +188,44 @@ def test_hf_run_writes_adapter_and_metrics(trained, tiny_qwen3):
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_qwen3), tuned_dir)
     assert tuned.peft_config["default"].r == 16
     assert not list((trained.path / CHECKPOINTS_DIR).glob("checkpoint-*"))
+
+
+def test_train_json_says_which_answer_tokens_a_shorter_max_seq_length_leaves_out_of_its_losses(tokenizer):
+    """A shorter model.max_seq_length lowers val_loss by cutting the long answers' hard tokens off: the metrics
+    beside the loss say how many answer tokens it covers, and how many the cut left out."""
+    from transformers import GenerationConfig
+
+    model = SimpleNamespace(generation_config=GenerationConfig())
+    prompt = "<|im_start|>user\nCount.<|im_end|>\n<|im_start|>assistant\n"
+    answers = ["one two", " ".join(["word"] * 60)]
+    rows = [{"text": prompt + answer + "<|im_end|>\n"} for answer in answers]
+    answer_ids = [len(tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]) for answer in answers]
+    prompt_ids = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    whole = causal_lm.loss_coverage(model, tokenizer, load(model={"max_seq_length": 2048}), rows, rows[:1])
+    assert whole == {"loss_on": "answers", "train_loss_tokens": sum(answer_ids), "train_loss_tokens_cut": 0,
+                     "val_loss_tokens": answer_ids[0], "val_loss_tokens_cut": 0}
+    cut_at = prompt_ids + 10  # the short answer fits, the long one keeps its first 10 tokens
+    short = causal_lm.loss_coverage(model, tokenizer, load(model={"max_seq_length": cut_at}), rows, rows[:1])
+    assert (short["train_loss_tokens"], short["train_loss_tokens_cut"]) == (answer_ids[0] + 10, answer_ids[1] - 10)
+    whole_text = causal_lm.loss_coverage(model, tokenizer, load(train={"train_on_responses_only": False}), rows, [])
+    assert whole_text["loss_on"] == "whole text" and whole_text["val_loss_tokens"] == 0
+    assert whole_text["train_loss_tokens"] == 2 * (prompt_ids - 1) + sum(answer_ids) + 2  # the final newlines too
+
+
+def test_a_run_whose_max_seq_length_cuts_answers_says_so(workdir, capsys):
+    from stages import prepare
+
+    rows = [{"instruction": f"Repeat {w}.", "output": " ".join([w] * 40)} for w in PAIRS]
+    write_params(workdir.path, model={"max_seq_length": 40},
+                 data={"sources": [{"path": workdir.write_jsonl("a.jsonl", rows), "format": "alpaca"}],
+                       "total": None, "val_fraction": 0.125, "test_fraction": 0.0},
+                 train={"max_steps": 1, "per_device_batch_size": 4})
+    prepare.main()
+    train.main()
+    metrics = json.loads((workdir.path / TRAIN_METRICS).read_text())
+    assert metrics["train_loss_tokens"] > 0 and metrics["train_loss_tokens_cut"] > metrics["train_loss_tokens"]
+    assert metrics["val_loss_tokens_cut"] > 0
+    assert "note: model.max_seq_length 40 cuts rows: train_loss covers" in capsys.readouterr().out
 
 
 def test_lora_params_reach_the_peft_config():

@@ -1,7 +1,7 @@
 """Which attention kernel training uses, chosen from the device, and the hf backend's varlen attention.
 
 On CUDA, torch (2.11) picks cuDNN for causal GQA SDPA and builds a new cuDNN plan for every new
-sequence length, so batches of varying length never go through it. Packed (padding-free) rows go
+sequence length, so batches of varying length never go through it. Concatenated (padding-free) rows, packed or not, go
 through torch's own varlen FlashAttention, `torch.nn.attention.varlen.varlen_attn`: on the hf backend
 through the attention implementation registered here, on unsloth through Unsloth's own varlen branch
 (which the unsloth backend turns on). Full-length batches and generation keep torch's default SDPA.
@@ -21,15 +21,16 @@ VARLEN_FLASH = "varlen-flash (cuDNN off)"  # packed rows through torch's varlen 
 VARLEN_ATTENTION = "varlen_sdpa"  # the transformers attention implementation registered below
 
 
-def attention_path(device: str, packing: bool, fixed_length: bool | None) -> str:
+def attention_path(device: str, padding_free: bool, fixed_length: bool | None) -> str:
     """The attention path to train with, as recorded in metrics/train.json.
 
-    `device` is the runtime's device: "cpu" or a CUDA device name. `fixed_length` is None when the
-    batch lengths are not known in advance; they are then treated as varying.
+    `device` is the runtime's device: "cpu" or a CUDA device name. `padding_free`: batches concatenate their
+    rows (packed or not). `fixed_length` is None when the batch lengths are not known in advance; they are
+    then treated as varying.
     """
     if device == "cpu":
         return SDPA
-    if packing:
+    if padding_free:
         return VARLEN_FLASH
     return SDPA if fixed_length else SDPA_NO_CUDNN
 

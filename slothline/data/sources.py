@@ -89,16 +89,22 @@ def _json_rows(path: Path):
 def _csv_rows(path: Path):
     """Rows under the file's header, each where its first line is. A row with more cells than the header (an
     unquoted comma in a field) or fewer (a missing comma, a line break in an unquoted field) comes as a RowError,
-    as does a row the csv module cannot parse; a quote that is never closed, which would read the rest of the
-    file as one field, fails."""
+    as does a row the csv module cannot parse. A quote that is never closed, which would read the rest of the
+    file as one field, fails, as does one closed rows later where every line it spans looks like a row (two
+    lines so: a note)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long document in one cell is data, not an error
-    reader = csv.reader(io.StringIO(_decode(path, path.read_bytes()), newline=""), strict=True)
+    text = _decode(path, path.read_bytes())
+    lines = io.StringIO(text, newline="").readlines()  # the physical lines, as the reader numbers them
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header = None
+    look_like_rows = []  # (first, last) lines of two-line rows whose lines would each be a row of their own
     while True:
         start = reader.line_num + 1
         try:
             cells = next(reader)
         except StopIteration:
+            if look_like_rows:
+                print(_stray_quote_note(path, look_like_rows, len(header)))
             return
         except csv.Error as err:
             if str(err) == "unexpected end of data":  # strict: the end of the file inside a quoted field
@@ -119,7 +125,30 @@ def _csv_rows(path: Path):
         if header is None:
             header = cells
             continue
+        end = reader.line_num
+        if end > start and _each_a_row(lines[start - 1 : end], len(header)):
+            if end - start >= 2:
+                raise SlothlineError(
+                    f"{path}:{start}: lines {start}-{end} read as one row, because a quote opened on line {start} "
+                    f"closes only on line {end}, yet each of those lines has the header's {len(header)} cells as a "
+                    "row of its own would; remove the stray quote, or write a quote inside a field as two (\"\") "
+                    "and quote the whole field (a field that really spans these lines reads as it is from JSONL)")
+            look_like_rows.append((start, end))
         yield f"{path}:{start}", _cells_row(cells, header)
+
+
+def _each_a_row(lines: list[str], width: int) -> bool:
+    """Whether each of `lines`, its quotes read as plain characters, has `width` cells (width 2 or more): the
+    mark of rows swallowed by a stray quote rather than of one field spanning lines."""
+    return width > 1 and all(len(next(csv.reader([line.rstrip("\r\n")], quoting=csv.QUOTE_NONE))) == width
+                             for line in lines)
+
+
+def _stray_quote_note(path: Path, spans: list[tuple[int, int]], width: int) -> str:
+    shown = ", ".join(f"{first}-{last}" for first, last in spans[:5]) + (", ..." if len(spans) > 5 else "")
+    return (f"note: {path}: {len(spans)} row(s) span two lines that could each be a row of {width} cells (lines "
+            f"{shown}): a quoted field holds a line break there; if a quote is stray instead, the row below it is "
+            "lost into that field: remove the quote, or write it as two (\"\") inside a quoted field")
 
 
 def _cells_row(cells: list[str], header: list[str]):

@@ -61,6 +61,10 @@ class Task(Protocol):
     def build_trainer(self, backend, runtime, params, model, processor, train_rows, val_rows, output_dir, callbacks):
         """The configured trainer (train); backend differences are hooks of `backend`."""
 
+    def loss_coverage(self, model, processor, params, train_rows: list[dict], val_rows: list[dict]) -> dict:
+        """What the train and val losses are computed on, for metrics/train.json (`loss_on`, and the kind's
+        token counts), so that a diff shows when a loss covers other tokens than before."""
+
     def predict(self, model, processor, rows: list[dict], params) -> list: ...
 
     def evaluate(self, model, processor, rows: list[dict], params, base, media_dir) -> Evaluation:

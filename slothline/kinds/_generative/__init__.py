@@ -11,7 +11,7 @@ from slothline.errors import SlothlineError
 from slothline.kinds import Evaluation, with_base
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
 from slothline.kinds._generative.stops import stop_ids
-from slothline.kinds._generative.tokens import encode, encode_batch, literal_spans, tokenizer_of
+from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
 from slothline.kinds._generative.generation import answer_loss, generation_settings
 from slothline.kinds._generative.metrics import loss_metrics, text_metrics
 
@@ -68,6 +68,37 @@ def finish_lengths(splits: dict[str, list[dict]], lengths: dict[str, list[tuple[
                 "rows_dropped_too_long": dropped.get(name, 0),
             }
     return tokens
+
+
+def loss_coverage(processor, model, params, splits: dict[str, list[dict]], max_length: int | None) -> dict:
+    """What train.json's losses are computed on: `loss_on` (the answers, or the whole text), and per split the
+    tokens the loss covers within `max_length` (`<split>_loss_tokens`) and those the cut to it leaves out
+    (`<split>_loss_tokens_cut`; max_length None: rows are never cut). A loss over fewer of the answers' tokens
+    is not the same metric: `dvc metrics diff` shows the change beside the loss."""
+    markers = turn_markers([row["text"] for row in splits["train"]]) if params.train.train_on_responses_only else None
+    mask = markers and AnswerMask(processor, markers, stop_ids(processor, model.generation_config))
+    image_id = getattr(processor, "image_token_id", None)
+    coverage = {"loss_on": "answers" if mask else "whole text"}
+    for name, rows in splits.items():
+        covered = cut = 0
+        for ids in encode_rows(processor, rows):
+            targets = (mask.labels(ids) if mask else [-100, *ids[1:]])  # the first token is never predicted
+            positions = [i for i, target in enumerate(targets) if target != -100 and target != image_id]
+            kept = sum(max_length is None or i < max_length for i in positions)
+            covered, cut = covered + kept, cut + len(positions) - kept
+        coverage |= {f"{name}_loss_tokens": covered, f"{name}_loss_tokens_cut": cut}
+    return coverage
+
+
+def coverage_note(coverage: dict, max_length: int) -> str | None:
+    """A line when model.max_seq_length cuts tokens the losses would cover, else None."""
+    if not any(coverage.get(f"{name}_loss_tokens_cut") for name in ("train", "val")):
+        return None
+    of = lambda name: (f"{name}_loss covers {coverage[f'{name}_loss_tokens']:,} of "
+                       f"{coverage[f'{name}_loss_tokens'] + coverage[f'{name}_loss_tokens_cut']:,} tokens")
+    splits = [of(name) for name in ("train", "val") if coverage.get(f"{name}_loss_tokens")]
+    return (f"note: model.max_seq_length {max_length} cuts rows: {'; '.join(splits)} ({coverage['loss_on']}). Compare "
+            "these losses only between runs whose *_loss_tokens match; metrics/eval.json's loss covers whole answers")
 
 
 def evaluate(predict: Callable, model, processor, rows: list[dict], params, base, sample: Callable,

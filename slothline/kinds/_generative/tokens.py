@@ -43,6 +43,15 @@ def encode(processor, text: str, spans=()) -> list[int]:
     return out
 
 
+def encode_rows(processor, rows: list[dict], field: str = "text") -> list[list[int]]:
+    """`encode`'s ids of each rendered row's `field`, the rows without literals tokenized in one batch."""
+    if not rows:
+        return []
+    ids = tokenizer_of(processor)([row[field] for row in rows], add_special_tokens=False)["input_ids"]
+    return [encode(processor, row[field], spans) if (spans := literal_spans(row, field)) else row_ids
+            for row, row_ids in zip(rows, ids)]
+
+
 def encode_batch(processor, texts: list[str], literals: list | None = None, images: list | None = None,
                  padding_side: str = "right") -> dict:
     """Model inputs (tensors, padded on `padding_side`) of rendered texts, through the tokenizer, or the

@@ -8,7 +8,7 @@ from slothline.export import check_gguf
 from slothline.kinds import _generative
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, render, token_lengths, turn_markers
 from slothline.kinds._generative.stops import check_turn_end, model_stop_tokens, stop_ids
-from slothline.kinds._generative.tokens import encode, literal_spans
+from slothline.kinds._generative.tokens import encode_rows, literal_spans
 from slothline.kinds.causal_lm.params import Params  # noqa: F401 (the protocol's name)
 
 NAME = "causal_lm"
@@ -101,28 +101,36 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[d
     trainer = sft_trainer_class(runtime)(
         model=model,
         args=args,
-        train_dataset=tokenized(train_rows, tokenizer, data_markers, stops),
-        eval_dataset=tokenized(val_rows, tokenizer, data_markers, stops) if val_rows else None,
+        train_dataset=tokenized(train_rows, tokenizer, data_markers, stops, params.model.max_seq_length),
+        eval_dataset=tokenized(val_rows, tokenizer, data_markers, stops, params.model.max_seq_length) if val_rows else None,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
     return backend.response_only(trainer, markers) if markers else trainer
 
 
-def tokenized(rows: list[dict], tokenizer, markers: tuple[str, str] | None, stop_ids: list[int] | None = None):
-    """A `datasets.Dataset` of `input_ids`, plus TRL's `assistant_masks` (the answer mask, each answer ending at
-    the first of `stop_ids`) when `markers` are given. The rendered text already holds its special tokens and
+def loss_coverage(model, tokenizer, params, train_rows: list[dict], val_rows: list[dict]) -> dict:
+    """The tokens the losses cover, and those model.max_seq_length cuts off (rows are truncated to it)."""
+    max_length = params.model.max_seq_length
+    coverage = _generative.loss_coverage(tokenizer, model, params, {"train": train_rows, "val": val_rows}, max_length)
+    if note := _generative.coverage_note(coverage, max_length):
+        print(note)
+    return coverage
+
+
+def tokenized(rows: list[dict], tokenizer, markers: tuple[str, str] | None, stop_ids: list[int] | None = None,
+              max_length: int | None = None):
+    """A `datasets.Dataset` of `input_ids` cut to `max_length`, plus TRL's `assistant_masks` (the answer mask,
+    each answer ending at the first of `stop_ids`) when `markers` are given. The rendered text already holds its special tokens and
     EOS; message text that spells special tokens (the rows' `literals`) is tokenized as text. Both backends
     train on these ids (Unsloth's train_on_responses_only masks them, it tokenizes nothing again)."""
     from datasets import Dataset
 
-    ids = tokenizer([row["text"] for row in rows], add_special_tokens=False)["input_ids"]
-    ids = [encode(tokenizer, row["text"], literal_spans(row, "text")) if literal_spans(row, "text") else row_ids
-           for row, row_ids in zip(rows, ids)]
-    columns = {"input_ids": ids}
+    ids = encode_rows(tokenizer, rows)
+    columns = {"input_ids": [row[:max_length] for row in ids]}
     if markers:
         mask = AnswerMask(tokenizer, markers, stop_ids)
-        columns["assistant_masks"] = [[int(label != -100) for label in mask.labels(row)] for row in ids]
+        columns["assistant_masks"] = [[int(label != -100) for label in mask.labels(row)][:max_length] for row in ids]
     return Dataset.from_dict(columns)
 
 

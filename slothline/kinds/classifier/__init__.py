@@ -196,6 +196,11 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[d
     )
 
 
+def loss_coverage(model, tokenizer, params, train_rows: list[dict], val_rows: list[dict]) -> dict:
+    """The loss is on each row's class: truncation shortens the text, never what is scored."""
+    return {"loss_on": "labels"}
+
+
 def val_metrics(model):
     """The Trainer's compute_metrics: accuracy and F1 on the val split, beside its loss (what
     train.metric_for_best_model may name)."""

@@ -184,6 +184,11 @@ def build_trainer(backend, runtime, params, model, processor, train_rows: list[d
     )
 
 
+def loss_coverage(model, processor, params, train_rows: list[dict], val_rows: list[dict]) -> dict:
+    """The tokens the losses cover (rows are whole: prepare drops those longer than model.max_seq_length)."""
+    return _generative.loss_coverage(processor, model, params, {"train": train_rows, "val": val_rows}, None)
+
+
 def training_rows(rows: list[dict]):
     """What the collators read, as a `datasets.Dataset`: the rendered `text`, the `messages` (Unsloth's
     collator) and the image paths. Every content becomes a list of parts with the same keys, as Arrow needs
