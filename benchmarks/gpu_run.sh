@@ -44,7 +44,7 @@ for part in "${parts[@]}"; do
     tests) python3 -m pytest -m gpu tests/test_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests.log" ;;
     train)
       rm -f "$results/train_backends.json"
-      for mode in padded packed fixed-length; do
+      for mode in padded unpacked packed fixed-length; do
         python3 benchmarks/train_backends.py --modes $mode 2>&1 | tee "$results/train_backends_$mode.log"
       done ;;
     vision) python3 benchmarks/vision_backends.py 2>&1 | tee "$results/vision_backends.log" ;;

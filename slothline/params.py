@@ -86,6 +86,7 @@ class TrainParams(Section):
     warmup_steps: int = Field(5, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     lr_scheduler: str = "linear"
+    lr_scheduler_kwargs: dict = Field({}, description="the scheduler's own arguments (cosine_with_min_lr: min_lr_rate)")
     optim: str = "auto"
     gradient_checkpointing: bool = True
     seed: int = 3407

@@ -25,6 +25,7 @@ def training_config(config_class, backend, runtime, params, output_dir: str, eva
             warmup_steps=train.warmup_steps,
             weight_decay=train.weight_decay,
             lr_scheduler_type=train.lr_scheduler,
+            lr_scheduler_kwargs=train.lr_scheduler_kwargs,
             optim=runtime.optim,
             seed=train.seed,
             data_seed=train.seed,
@@ -52,7 +53,8 @@ def training_config(config_class, backend, runtime, params, output_dir: str, eva
 
 
 def check_names(train) -> None:
-    """Refuse a `train.lr_scheduler` or `train.optim` transformers does not know, with the closest name."""
+    """Refuse a `train.lr_scheduler` or `train.optim` transformers does not know, with the closest name, and a
+    scheduler that cannot be built from `train.lr_scheduler_kwargs` (some need arguments of their own)."""
     import difflib
 
     from transformers.trainer_utils import SchedulerType
@@ -64,6 +66,23 @@ def check_names(train) -> None:
             close = difflib.get_close_matches(value, known, n=1)
             hint = f"did you mean {close[0]}?" if close else f"transformers knows {', '.join(known)}"
             raise SlothlineError(f"train.{key}: {value!r} is not a name transformers knows; {hint}")
+    check_scheduler(train.lr_scheduler, train.lr_scheduler_kwargs)
+
+
+def check_scheduler(name: str, kwargs: dict) -> None:
+    """Build the scheduler once on a stand-in optimizer: what transformers would refuse at the first step."""
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=10,
+                      scheduler_specific_kwargs=dict(kwargs))
+    except (TypeError, ValueError) as err:
+        raise SlothlineError(f"train.lr_scheduler: {name} cannot be built from train.lr_scheduler_kwargs "
+                             f"{dict(kwargs)} ({err}); set the arguments it names in train.lr_scheduler_kwargs "
+                             "(e.g. cosine_with_min_lr: {min_lr_rate: 0.1}; warmup_stable_decay: "
+                             "{num_decay_steps: 100}), or use another scheduler") from None
 
 
 def best_model_settings(train, default_metric: str) -> dict:

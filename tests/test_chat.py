@@ -45,6 +45,18 @@ def test_a_think_tag_inside_an_answer_is_text(tokenizer):
     assert "literals" not in row  # </think> is no special token: it tokenizes as it always did
 
 
+def test_an_earlier_turns_thinking_is_dropped_from_the_prompt_as_from_the_training_text(tokenizer):
+    """Qwen3's template keeps <think> blocks only after the last user message, in the training text and in the
+    evaluation prompt alike (the prompt ends with that user message)."""
+    messages = [{"role": "user", "content": "First?"},
+                {"role": "assistant", "content": "<think>hidden plan</think>Visible one."},
+                {"role": "user", "content": "Second?"}, {"role": "assistant", "content": "Visible two."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    assert "hidden plan" not in text and "hidden plan" not in prompt
+    assert text.startswith(prompt.removesuffix("<|im_start|>assistant\n"))
+
+
 def test_a_leading_thinking_block_still_renders_as_one(tokenizer):
     answer = "<think>\nadd them\n</think>\n\nIt is 4, not </think>."
     row = render(chat("2 + 2?", answer), tokenizer, "chat", False)

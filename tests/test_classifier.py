@@ -196,14 +196,15 @@ def test_data_labels_with_spaces_around_them_are_refused(tmp_path):
 
 def test_classes_that_differ_only_in_case_or_format_are_warned_about(workdir, capsys):
     rows = [{"text": f"report {label!r} number {i}", "label": label} for label, count in
-            (("Bug", 6), ("bug", 3), (" bug ", 2), ("01", 4), ("1", 5), ("not_spam", 5), ("Not spam", 5), ("other", 5))
+            (("Bug", 6), ("bug", 3), (" bug ", 2), ("01", 4), ("1", 5), ("1.0", 3), ("not_spam", 5), ("Not spam", 5),
+             ("other", 5))
             for i in range(count)]
     metrics = prepare(workdir, rows, data={"val_fraction": 0.0, "test_fraction": 0.0})
-    assert metrics["labels"] == ["01", "1", "Bug", "Not spam", "bug", "not_spam", "other"]  # " bug " is "bug"
+    assert metrics["labels"] == ["01", "1", "1.0", "Bug", "Not spam", "bug", "not_spam", "other"]  # " bug " is "bug"
     warnings = [line for line in capsys.readouterr().out.splitlines() if "differ only in case" in line]
     assert sorted(warnings) == sorted([
-        "data: the classes '01' and '1' differ only in case or formatting, and are trained as 2 separate classes "
-        "(4 and 5 rows); if they are one class, write its label one way in every row",
+        "data: the classes '01' and '1' and '1.0' differ only in case or formatting, and are trained as 3 separate "
+        "classes (4 and 5 and 3 rows); if they are one class, write its label one way in every row",
         "data: the classes 'Bug' and 'bug' differ only in case or formatting, and are trained as 2 separate classes "
         "(6 and 5 rows); if they are one class, write its label one way in every row",
         "data: the classes 'Not spam' and 'not_spam' differ only in case or formatting, and are trained as 2 separate "

@@ -235,7 +235,7 @@ from slothline.backends import attention
 from slothline.params import load_params
 from slothline.runtime import probe, resolve
 params = load_params()
-runtime = dataclasses.replace(resolve(params, probe()), attention=sys.argv[1])
+runtime = dataclasses.replace(resolve(params, probe()), attention=sys.argv[1], padding_free=sys.argv[2] == "padding-free")
 backend = backends.get(runtime)
 task = kinds.get(params.kind)
 model, tokenizer = backends.load_for_training(task, runtime, params)
@@ -252,7 +252,7 @@ elif runtime.attention == attention.VARLEN_FLASH:
 trainer = task.build_trainer(backend, runtime, params, model, tokenizer, read_split("train"), [], "out", [])
 trainer.train()
 print(json.dumps({"losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
-                  "varlen_calls": len(calls)}))
+                  "varlen_calls": len(calls), "padding_free": trainer.args.padding_free}))
 """
 
 
@@ -261,13 +261,28 @@ def test_packed_rows_through_varlen_attention_train_like_the_dense_mask_path(pre
     """Packed batches through torch's varlen FlashAttention (Unsloth's own branch, or the registered
     attention on hf) give the losses of the dense-mask SDPA path, step for step."""
     configure(prepared, train={"backend": backend, "packing": True, "max_steps": 10, "logging_steps": 1})
-    varlen, dense = (json.loads(python(prepared, "-c", PACKED_LOSSES, path).splitlines()[-1])
+    varlen, dense = (json.loads(python(prepared, "-c", PACKED_LOSSES, path, "padding-free").splitlines()[-1])
                      for path in ("varlen-flash (cuDNN off)", "sdpa"))
     print({"varlen": varlen, "dense": dense})
     assert varlen["varlen_calls"] > 0 and dense["varlen_calls"] == 0
     assert len(varlen["losses"]) == len(dense["losses"]) == 10
     for a, b in zip(varlen["losses"], dense["losses"]):
         assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), (varlen["losses"], dense["losses"])
+
+
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_padding_free_unpacked_rows_train_like_padded_batches(prepared, backend):
+    """The default on a GPU: each batch's rows concatenated (not packed: the same rows per step) through
+    varlen attention, against the same batches padded: the same loss at each of 10 steps."""
+    configure(prepared, train={"backend": backend, "max_steps": 10, "logging_steps": 1})
+    joined, padded = (json.loads(python(prepared, "-c", PACKED_LOSSES, *how).splitlines()[-1])
+                      for how in (("varlen-flash (cuDNN off)", "padding-free"), ("sdpa (cuDNN off)", "padded")))
+    print({"padding_free": joined, "padded": padded})
+    assert joined["padding_free"] and not padded["padding_free"]
+    assert joined["varlen_calls"] > 0 and padded["varlen_calls"] == 0
+    assert len(joined["losses"]) == len(padded["losses"]) == 10
+    for a, b in zip(joined["losses"], padded["losses"]):
+        assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), (joined["losses"], padded["losses"])
 
 
 # --- vision (builtin:tiny-qwen3-vl on the bundled pictures) ---------------------------------------------

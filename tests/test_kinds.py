@@ -156,6 +156,11 @@ def check_params_error(directory: Path, kind: str = "causal_lm", **sections) -> 
     ("classifier", {"model": {"max_seq_length": 4096}}, "above the 512 positions builtin:tiny-modernbert has"),
     ("causal_lm", {"train": {"lr_scheduler": "cosine_warm"}},
      "train.lr_scheduler: 'cosine_warm' is not a name transformers knows; did you mean cosine?"),
+    ("causal_lm", {"train": {"lr_scheduler": "cosine_with_min_lr"}},
+     "train.lr_scheduler: cosine_with_min_lr cannot be built from train.lr_scheduler_kwargs {} \\(One of min_lr or "
+     "min_lr_rate should be set"),
+    ("vision", {"train": {"lr_scheduler": "warmup_stable_decay", "lr_scheduler_kwargs": {"num_stable_steps": 3}}},
+     "warmup_stable_decay cannot be built from train.lr_scheduler_kwargs {'num_stable_steps': 3} .*num_decay_steps"),
     ("causal_lm", {"train": {"optim": "adamw_torhc"}}, "train.optim: 'adamw_torhc' is not a name transformers knows; "
                                                        "did you mean adamw_torch?"),
     ("causal_lm", {"lora": {"target_modules": ["q_proj", "dwon_proj"]}},

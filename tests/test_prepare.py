@@ -488,9 +488,11 @@ def test_a_quote_closed_rows_later_fails_on_the_row_where_it_opened(workdir):
     rows[4] = '"What is 4+4?,,8\n'  # swallows lines up to the next quote, which a field then follows
     rows[8] = 'What is 8+8?,"Add",16\n'
     (workdir.path / "a.csv").write_text(CSV_HEADER + "".join(rows))
-    workdir.write_params([{"path": "a.csv", "format": "alpaca"}])
-    with pytest.raises(SlothlineError, match=r"^a.csv:6: malformed CSV \(',' expected after '\"' on line 10\)"):
-        prepare.main()
+    for on_error in ("fail", "skip"):  # skipping it would lose the rows on lines 7-9 with it
+        workdir.write_params([{"path": "a.csv", "format": "alpaca", "on_error": on_error}])
+        with pytest.raises(SlothlineError, match=r"^a.csv:6: malformed CSV \(',' expected after '\"' on line 10\); "
+                                                 r".* Lines 6-10 read as one field, so this cannot be skipped"):
+            prepare.main()
 
 
 def test_a_stray_quote_closed_by_another_rows_later_fails_instead_of_merging_the_rows(workdir):

@@ -264,6 +264,20 @@ def test_unknown_scheduler_is_a_clear_error():
         causal_lm.build_trainer(backends.get(runtime), runtime, bad, None, None, rows, [], "/tmp/unused", [])
 
 
+def test_scheduler_arguments_reach_the_trainer(tiny_qwen3, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    setting = load(train={"max_steps": 2, "lr_scheduler": "cosine_with_min_lr",
+                          "lr_scheduler_kwargs": {"min_lr_rate": 0.5}, "warmup_steps": 0})
+    runtime = resolve(setting, CPU)
+    rows = [{"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>"}]
+    trainer = causal_lm.build_trainer(backends.get(runtime), runtime, setting,
+                                      AutoModelForCausalLM.from_pretrained(tiny_qwen3), tokenizer, rows, [], "/tmp/unused", [])
+    trainer.train()
+    assert trainer.args.lr_scheduler_kwargs == {"min_lr_rate": 0.5}
+    assert trainer.lr_scheduler.get_last_lr()[0] >= 0.5 * setting.train.learning_rate
+
+
 def test_params_changed_while_training_fail_the_stage_and_write_nothing(workdir, monkeypatch):
     """Another `dvc exp run -S lora.r=8` may rewrite params.yaml while this train (r=16) runs: recording r=8
     beside an r=16 adapter would be a lie that `dvc status` cannot see, so the stage fails instead."""

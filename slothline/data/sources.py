@@ -115,10 +115,13 @@ def _csv_rows(path: Path):
                 ) from None
             if header is None:
                 raise SlothlineError(f"{path}:{start}: malformed CSV header ({err}); fix the file") from None
-            on_line = f" on line {reader.line_num}" if reader.line_num != start else ""
-            yield f"{path}:{start}", RowError(
-                f"malformed CSV ({err}{on_line}); a field that starts with a quote must end with one before the next "
-                'comma: quote the whole field and write each quote inside it as two ("")')
+            problem = ('a field that starts with a quote must end with one before the next comma: quote the whole '
+                       'field and write each quote inside it as two ("")')
+            if reader.line_num != start:  # a quote opened here ran over other rows: skipping would lose them too
+                raise SlothlineError(f"{path}:{start}: malformed CSV ({err} on line {reader.line_num}); {problem}. "
+                                     f"Lines {start}-{reader.line_num} read as one field, so this cannot be skipped: "
+                                     f"a stray quote on line {start} is the likely cause") from None
+            yield f"{path}:{start}", RowError(f"malformed CSV ({err}); {problem}")
             continue
         if not cells:  # a blank line
             continue

@@ -127,10 +127,10 @@ def look_alike_classes(splits: dict[str, list[dict]], labels: list[str]) -> list
 
 
 def look(label: str) -> str:
-    """A class name as a reader sees it: case, surrounding spaces, runs of spaces, `_` and `-`, and leading
-    zeros of a number ignored."""
+    """A class name as a reader sees it: case, surrounding spaces, runs of spaces, `_` and `-` ignored, and a
+    number as its value (`01`, `1` and `1.0` look alike)."""
     key = re.sub(r"[\s_-]+", " ", label).strip().casefold()
-    return str(int(key)) if is_number(key) else key
+    return format(float(key), "g") if re.fullmatch(r"\d+(\.\d*)?|\.\d+", key) else key
 
 
 def unseen_label(row: dict, split_name: str, splits: dict, data) -> str:
