@@ -1,97 +1,230 @@
-"""Batched generation (evaluate's way) vs one prompt at a time (the common notebook loop).
+"""Generation speed of evaluate's paths on one GPU, against today's and the memory-bandwidth floor.
 
-Same model, same prompts (the test split's), greedy, same max_new_tokens; reports samples/s of each
-and their ratio in benchmarks/results/generate_speed_<device>.json.
+A randomly initialised checkpoint of Qwen3-4B's shape (bf16) with a random LoRA adapter (r=16 on all 7
+projections, B not zero, so the adapter changes every weight it touches) answers 128 chat prompts of 100-400
+tokens with 128 new tokens each, greedily (random weights almost never produce a stop token, so every row
+runs to the end). Every path generates through evaluate's own `generate()` in one process, one after the
+other; `unsloth` runs in a child process (Unsloth patches transformers' Qwen3 classes for the whole process):
 
-    python benchmarks/generate_speed.py                       # tiny default model on this machine
-    python benchmarks/generate_speed.py --qwen3-4b-shape      # random Qwen3-4B-shape checkpoint (GPU)
+- `before`: what evaluate did before: the PEFT adapter unmerged, a dynamic cache, 16 rows per batch, sdpa;
+- `merged`: the adapter merged in place, a dynamic cache, evaluate's rows per batch (its token budget);
+- `static-sdpa`: merged, transformers' static cache with compiled decode steps (CUDA graphs), every batch one
+  shape, transformers' sdpa (which copies keys and values for each query head whenever a mask is given);
+- `evaluate`: what evaluate does now (`generation.plan`): `static-sdpa` with the decode steps through the
+  grouped attention (backends.attention), the base pass (adapter disabled) first as in evaluate;
+- `unsloth`: the unsloth backend's path before (FastLanguageModel, the adapter, for_inference, 16 rows).
+
+Tokens/s counts every row's NEW_TOKENS (a batch runs until its last row ends, and random weights
+practically never stop early). A compiled path is timed twice: the first call includes compiling (what one evaluate run pays once per
+model), the second is the steady speed. Each path reports generated tokens/s and the fraction of the
+memory-bandwidth floor at its batch (each decode step must read every weight once: weight bytes / the
+GPU's bandwidth). `--vision` runs the same on a Qwen3-VL-2B-shape checkpoint with one 448x448 picture per
+prompt (images keep a dynamic cache: `before` vs `evaluate`). Writes benchmarks/results/generate_speed.{json,md}.
+
+    python benchmarks/generate_speed.py                 # text, every path
+    python benchmarks/generate_speed.py --vision        # adds the vision model to the same report
+    python benchmarks/generate_speed.py --path evaluate # one path here (used internally)
 """
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
-import torch
+from harness import RESULTS, measure_in_child, print_result
 
-from slothline.artifacts import PREPARED_DIR, read_split
-from slothline.kinds._generative.generation import generate
-from slothline.models import resolve_model
-
-RESULTS = Path("benchmarks/results")
-FALLBACK_QUESTIONS = ["Say hello to Anna.", "Reverse the word 'stone'.", "What is 12 + 7?", "What colour is a lemon?"]
-
-
-def test_prompts(tokenizer, count: int) -> list[str]:
-    if (PREPARED_DIR / "test.jsonl").is_file():
-        prompts = [row["prompt"] for row in read_split("test")]
-    else:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                 add_generation_prompt=True, enable_thinking=False)
-                   for q in FALLBACK_QUESTIONS]
-    return [prompts[i % len(prompts)] for i in range(count)]
+PROMPTS, NEW_TOKENS, SHORTEST, LONGEST = 128, 128, 100, 400
+BANDWIDTH_TB_S = {"H100": 3.35, "H200": 4.8}  # HBM3 (SXM) and HBM3e
+TEXT_PATHS = ("before", "merged", "static-sdpa", "evaluate", "unsloth")
+VISION_PATHS = ("before", "evaluate")
+WORDS = "the of and a to in is you that it he was for on are as with his they at be this from have or by".split()
 
 
-def one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    answers = []
-    for prompt in prompts:
-        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
-        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-    return answers
+def build_adapter(model):
+    """A random LoRA adapter on all 7 projections whose B matrices are not zero."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=targets))
+    for name, weight in peft_model.named_parameters():
+        if "lora_B" in name:
+            weight.data.normal_(0, 0.02)
+    return peft_model.eval()
 
 
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def text_prompts(tokenizer) -> list[str]:
+    """PROMPTS chat prompts of SHORTEST..LONGEST tokens."""
+    rng = random.Random(0)
+    prompts = []
+    for _ in range(PROMPTS):
+        target, words = rng.randint(SHORTEST, LONGEST), []
+        while len(tokenizer(" ".join(words))["input_ids"]) < target - 12:
+            words += rng.choices(WORDS, k=8)
+        messages = [{"role": "user", "content": " ".join(words)}]
+        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                     enable_thinking=False))
+    return prompts
+
+
+def settings(rows):
+    from slothline.kinds._generative.params import GenerationEvaluate
+
+    return GenerationEvaluate(batch_size=rows, max_new_tokens=NEW_TOKENS, seed=0)
+
+
+def timed_generate(model, processor, prompts, how, images=None) -> tuple[list[str], float]:
+    import torch
+
+    from slothline.kinds._generative.generation import generate
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    sync()
     start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    answers = generate(model, processor, prompts, settings(how.rows), images=images, how=how)
+    sync()
+    return answers, time.perf_counter() - start
+
+
+def floor_tokens_per_s(model, rows: int) -> float:
+    """rows / (weight bytes / bandwidth): every decode step reads every weight once."""
+    import torch
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    bandwidth = next((tb for chip, tb in BANDWIDTH_TB_S.items() if chip in name), None)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return rows / (weight_bytes / (bandwidth * 1e12)) if bandwidth else float("nan")
+
+
+def run_path(path: str, checkpoint: str, vision: bool) -> dict:
+    """Generate with one path in this process; time it (twice where it compiles)."""
+    import torch
+
+    from slothline.backends import attention
+    from slothline.kinds._generative.generation import Plan, plan
+    from slothline.kinds._generative.tokens import encode
+
+    if path == "unsloth":
+        from unsloth import FastLanguageModel  # first: it patches transformers
+
+        model, processor = FastLanguageModel.from_pretrained(checkpoint, max_seq_length=1024, load_in_4bit=False)
+    else:
+        import transformers
+
+        auto = transformers.AutoModelForImageTextToText if vision else transformers.AutoModelForCausalLM
+        on_gpu = torch.cuda.is_available()  # the CPU: a smoke test of the script with a tiny model
+        model = auto.from_pretrained(checkpoint, dtype=torch.bfloat16 if on_gpu else torch.float32,
+                                     device_map={"": 0} if on_gpu else None)
+        processor = (transformers.AutoProcessor if vision else transformers.AutoTokenizer).from_pretrained(checkpoint)
+    model = build_adapter(model)
+    if path == "unsloth":
+        FastLanguageModel.for_inference(model)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    prompts, images = (vision_prompts(processor) if vision else (text_prompts(tokenizer), None))
+    prompts = prompts if path not in ("before", "unsloth") or vision else prompts[:32]  # the slow paths: 2 batches
+    images = images and images[: len(prompts)]
+    lengths = [len(encode(processor, p)) for p in prompts]
+    evaluate_plan = plan(model, lengths, settings("auto"), images is not None)
+    longest = max(lengths) + NEW_TOKENS
+    how = {"before": Plan(16, "dynamic", longest, merged=False), "unsloth": Plan(16, "dynamic", longest, merged=False),
+           "merged": Plan(evaluate_plan.rows, "dynamic", longest, merged=True),
+           "static-sdpa": Plan(evaluate_plan.rows, "static", longest, merged=True),
+           "evaluate": evaluate_plan}[path]
+    if path == "evaluate":
+        model.set_attn_implementation(attention.register_grouped_attention())
+        with model.disable_adapter():  # evaluate's base pass comes first: its own compiled graph
+            timed_generate(model, processor, prompts, Plan(how.rows, how.cache, longest, merged=False), images)
+    elif path != "unsloth":
+        model.set_attn_implementation("sdpa")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    answers, first = timed_generate(model, processor, prompts, how, images)
+    seconds = timed_generate(model, processor, prompts, how, images)[1] if how.cache == "static" else first
+    floor = floor_tokens_per_s(model, how.rows)
+    return {
+        "path": path, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "rows_per_batch": how.rows, "kv_cache": how.cache,
+        "adapter_merged": how.merged, "prompts": len(prompts), "new_tokens": NEW_TOKENS,
+        "first_call_s": round(first, 2), "seconds": round(seconds, 2),
+        "tokens_per_s": round(len(prompts) * NEW_TOKENS / seconds, 1),
+        "first_call_tokens_per_s": round(len(prompts) * NEW_TOKENS / first, 1),
+        "floor_tokens_per_s": round(floor, 1), "fraction_of_floor": round(len(prompts) * NEW_TOKENS / seconds / floor, 3),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "answers": answers[:32],
+    }
+
+
+def vision_prompts(processor) -> tuple[list[str], list[list]]:
+    """PROMPTS questions about one 448x448 picture each."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(0)
+    prompts, images = [], []
+    for _ in range(PROMPTS):
+        picture = Image.new("RGB", (448, 448), "white")
+        for _ in range(8):
+            x, y = rng.randrange(0, 384), rng.randrange(0, 384)
+            ImageDraw.Draw(picture).rectangle((x, y, x + 64, y + 64), fill=rng.choice(["red", "blue", "green"]))
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the boxes."}]}]
+        prompts.append(processor.apply_chat_template(messages, add_generation_prompt=True))
+        images.append([picture])
+    return prompts, images
+
+
+def agreement(runs: dict, path: str) -> float | None:
+    """The share of `path`'s answers (of the prompts both ran) equal to `before`'s."""
+    if "before" not in runs or path not in runs:
+        return None
+    pairs = list(zip(runs["before"]["answers"], runs[path]["answers"]))
+    return round(sum(a == b for a, b in pairs) / len(pairs), 3)
+
+
+def markdown(report: dict) -> str:
+    lines = []
+    for model_name, runs in report["models"].items():
+        lines.append(f"\n## {model_name}\n\n| path | device | rows/batch | cache | merged | first call tok/s | tok/s | "
+                     f"floor tok/s | of floor | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|")
+        for path, run in runs["runs"].items():
+            lines.append(f"| {path} | {run['device']} | {run['rows_per_batch']} | {run['kv_cache']} | "
+                         f"{run['adapter_merged']} | {run['first_call_tokens_per_s']:,.0f} | {run['tokens_per_s']:,.0f} | "
+                         f"{run['floor_tokens_per_s']:,.0f} | {run['fraction_of_floor']:.0%} | {run['peak_mem_gib']} |")
+        lines.append("\n" + "\n".join(f"- {key}: {value}" for key, value in runs.items() if key != "runs"))
+    return f"# Generation speed\n\n{report['workload']}\n" + "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--qwen3-4b-shape", action="store_true")
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path", choices=TEXT_PATHS, help="run one path in this process (used internally)")
+    parser.add_argument("--vision", action="store_true")
+    parser.add_argument("--checkpoint")
     args = parser.parse_args()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if args.path:
+        print_result(run_path(args.path, args.checkpoint, args.vision))
+        return
+    import train_backends
+    import vision_backends
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.qwen3_4b_shape:
-        from train_backends import build_checkpoint
-
-        checkpoint, name = Path("/tmp/qwen3-4b-shape"), "Qwen3-4B shape (random weights)"
+    report = {"workload": f"{PROMPTS} prompts of {SHORTEST}-{LONGEST} tokens, {NEW_TOKENS} new tokens each, greedy, "
+                          "random bf16 weights with a random LoRA adapter (r=16, all 7 projections); `before` and "
+                          "`unsloth` answer the first 32 prompts (two batches of 16)", "models": {}}
+    shapes = [("Qwen3-4B shape", Path("/tmp/qwen3-4b-shape"), train_backends.build_checkpoint, TEXT_PATHS, False)]
+    if args.vision:
+        shapes.append(("Qwen3-VL-2B shape, one 448x448 picture per prompt", Path("/tmp/qwen3-vl-2b-shape"),
+                       vision_backends.build_checkpoint, VISION_PATHS, True))
+    for name, checkpoint, build, paths, vision in shapes:
         if not (checkpoint / "config.json").exists():
-            build_checkpoint(checkpoint)
-    else:
-        checkpoint, name = resolve_model("builtin:tiny-qwen3"), "builtin:tiny-qwen3"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    prompts = test_prompts(tokenizer, args.samples)
-    with torch.inference_mode():
-        generate(model, tokenizer, prompts[: args.batch_size], args.batch_size, 4)  # warm-up
-        batched = timed(lambda: generate(model, tokenizer, prompts, args.batch_size, args.max_new_tokens), device)
-        single = timed(lambda: one_at_a_time(model, tokenizer, prompts, args.max_new_tokens), device)
-    result = {
-        "model": name,
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "samples": len(prompts),
-        "batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens,
-        "batched_samples_per_s": round(len(prompts) / batched, 2),
-        "one_at_a_time_samples_per_s": round(len(prompts) / single, 2),
-        "speedup": round(single / batched, 2),
-    }
+            build(checkpoint)
+        runs = {path: measure_in_child([__file__, "--path", path, "--checkpoint", str(checkpoint)]
+                                       + ["--vision"] * vision, f"{path} ({name})") for path in paths}
+        summary = {f"{path}_vs_before_tokens_per_s": round(runs[path]["tokens_per_s"] / runs["before"]["tokens_per_s"], 2)
+                   for path in paths if path != "before"}
+        summary |= {f"{path}_answers_equal_to_before": agreement(runs, path) for path in paths if path != "before"}
+        report["models"][name] = {"runs": runs, **summary}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "gpu" if device == "cuda" else "cpu"
-    (RESULTS / f"generate_speed_{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    (RESULTS / "generate_speed.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "generate_speed.md").write_text(markdown(report))
+    print(markdown(report))
 
 
 if __name__ == "__main__":

@@ -238,6 +238,16 @@ def resolve_optim(optim: str, caps: Capabilities) -> str:
     return optim
 
 
+def evaluation_runtime(manifest, caps: Capabilities) -> Runtime:
+    """evaluate: `inference_runtime` on the hf backend, whichever backend trained the model. transformers'
+    compiled static cache generates several times faster than Unsloth's generate (2026.10.7 forces a dynamic
+    cache and its own eager decode kernels; benchmarks/generate_speed.py), and a process that never imports
+    Unsloth keeps transformers' own model classes and compile settings. Both backends write the same adapter."""
+    from dataclasses import replace
+
+    return replace(inference_runtime(manifest, caps), backend="hf")
+
+
 def inference_runtime(manifest, caps: Capabilities) -> Runtime:
     """evaluate and merge: the backend and precision that train used, where this machine has them
     (else the hf backend in float32 on the CPU); generation keeps the default attention."""

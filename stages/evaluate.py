@@ -14,7 +14,7 @@ from slothline.artifacts import (CONFUSION_FILE, EVAL_CHART, EVAL_METRICS, PREPA
 from slothline.errors import SlothlineError, run_stage
 from slothline.params import load_params
 from slothline.report import deltas, report
-from slothline.runtime import inference_runtime, probe
+from slothline.runtime import evaluation_runtime, probe
 
 
 def main() -> None:
@@ -24,8 +24,7 @@ def main() -> None:
         raise SlothlineError(f"{PREPARED_DIR}/test.jsonl: the test split is empty; set data.test_fraction > 0 "
                              "and rerun prepare")
     manifest = Manifest.read(TUNED_DIR)
-    runtime = inference_runtime(manifest, probe())
-    backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT before they load
+    runtime = evaluation_runtime(manifest, probe())  # the hf backend: transformers' compiled generation
     task = kinds.get(manifest.kind)
     model, processor = backends.load_trained(task, manifest, runtime, TUNED_DIR)
     base = (lambda: backends.base_model(task, manifest, runtime, model)) if params.evaluate.compare_base else None

@@ -38,6 +38,13 @@ def write_params(directory: Path, kind: str = "causal_lm", **sections) -> dict:
     return params
 
 
+def evaluating(batch_size, max_new_tokens: int, seed: int = 0):
+    """A generating kind's `evaluate` settings, as generation.generate takes them."""
+    from slothline.kinds._generative.params import GenerationEvaluate
+
+    return GenerationEvaluate(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed)
+
+
 def load(kind: str = "causal_lm", **sections):
     """The validated params of `kind`'s defaults with `sections` merged in, without a file."""
     from slothline import kinds

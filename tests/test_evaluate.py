@@ -8,7 +8,7 @@ from slothline.artifacts import (CONFUSION_FILE, EVAL_CHART, EVAL_METRICS, LOSS_
                                  SAMPLES_FILE, TUNED_DIR, Manifest)
 from slothline.errors import SlothlineError
 from slothline.params import load_params
-from tests.conftest import write_params
+from tests.conftest import evaluating, write_params
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ PROMPTS = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n
 def test_batched_generation_equals_one_at_a_time(tiny_model, tokenizer):
     from slothline.kinds._generative.generation import generate
 
-    batched = generate(tiny_model, tokenizer, PROMPTS, batch_size=4, max_new_tokens=12)
-    single = [generate(tiny_model, tokenizer, [p], batch_size=1, max_new_tokens=12)[0] for p in PROMPTS]
+    batched = generate(tiny_model, tokenizer, PROMPTS, evaluating(4, 12))
+    single = [generate(tiny_model, tokenizer, [p], evaluating(1, 12))[0] for p in PROMPTS]
     assert batched == single and any(batched)
 
 
@@ -37,7 +37,7 @@ def test_tokenizer_without_pad_token_pads_with_eos(tiny_model, tokenizer):
 
     no_pad = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     no_pad.pad_token = None
-    assert generate(tiny_model, no_pad, PROMPTS[:2], 2, 8) == generate(tiny_model, tokenizer, PROMPTS[:2], 2, 8)
+    assert generate(tiny_model, no_pad, PROMPTS[:2], evaluating(2, 8)) == generate(tiny_model, tokenizer, PROMPTS[:2], evaluating(2, 8))
     assert no_pad.pad_token == no_pad.eos_token
 
 
@@ -104,7 +104,7 @@ def test_sampling_repeats_with_the_same_seed(tiny_model, tokenizer):
     from slothline.kinds._generative.generation import generate
 
     chosen = {"do_sample": True, "temperature": 1.5, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
-    sample = lambda seed: generate(tiny_model, tokenizer, PROMPTS, 4, 12, chosen, seed=seed)
+    sample = lambda seed: generate(tiny_model, tokenizer, PROMPTS, evaluating(4, 12, seed), chosen)
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
 
@@ -147,16 +147,16 @@ def sampled(**knobs) -> dict:
 def test_sampling_knobs_that_keep_only_the_likeliest_token_decode_greedily(tiny_model, tokenizer, knobs):
     from slothline.kinds._generative.generation import generate
 
-    greedy = generate(tiny_model, tokenizer, PROMPTS, 4, 12, GREEDY)
-    assert generate(tiny_model, tokenizer, PROMPTS, 4, 12, sampled(temperature=5.0, **knobs), seed=1) == greedy
-    assert generate(tiny_model, tokenizer, PROMPTS, 4, 12, sampled(temperature=5.0), seed=1) != greedy
+    greedy = generate(tiny_model, tokenizer, PROMPTS, evaluating(4, 12), GREEDY)
+    assert generate(tiny_model, tokenizer, PROMPTS, evaluating(4, 12, 1), sampled(temperature=5.0, **knobs)) == greedy
+    assert generate(tiny_model, tokenizer, PROMPTS, evaluating(4, 12, 1), sampled(temperature=5.0)) != greedy
 
 
 def test_repetition_penalty_changes_greedy_answers(tiny_model, tokenizer):
     from slothline.kinds._generative.generation import generate
 
-    plain = generate(tiny_model, tokenizer, PROMPTS, 4, 24, GREEDY)
-    assert generate(tiny_model, tokenizer, PROMPTS, 4, 24, {**GREEDY, "repetition_penalty": 50.0}) != plain
+    plain = generate(tiny_model, tokenizer, PROMPTS, evaluating(4, 24), GREEDY)
+    assert generate(tiny_model, tokenizer, PROMPTS, evaluating(4, 24), {**GREEDY, "repetition_penalty": 50.0}) != plain
 
 
 def test_decoding_comes_from_params_or_the_model_generation_config():
@@ -227,7 +227,8 @@ def test_the_kind_evaluates_tuned_and_base_into_one_evaluation(tiny_model, token
     assert evaluation.confusion == {} and evaluation.report_sections == ""
     assert evaluation.settings == {"max_new_tokens": 6, "seed": params.evaluate.seed, "sampling": "params",
                                    "do_sample": False, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
-                                   "repetition_penalty": 1.0}
+                                   "repetition_penalty": 1.0, "batch_rows": 2, "kv_cache": "dynamic",
+                                   "adapter_merged": False}
     alone = task.evaluate(tiny_model, tokenizer, rows, params, None, tmp_path)
     assert set(alone.metrics) == {"tuned"} and all("base" not in sample for sample in alone.samples)
     assert alone.metrics["tuned"] == tuned
@@ -288,3 +289,92 @@ def _same(model):
     from contextlib import nullcontext
 
     return nullcontext(model)
+
+
+def test_grouped_attention_decodes_as_sdpa(tiny_qwen3, tokenizer, monkeypatch):
+    """The GPU's decode attention (query heads folded onto their shared key/value head) gives sdpa's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slothline.backends import attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3).eval()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+
+    def logits():
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=8, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True, cache_implementation="static")
+        return out.sequences, torch.stack(out.logits)
+
+    sequences, reference = logits()
+    folded = []
+    function = attention.grouped_query_attention
+    monkeypatch.setattr(attention, "grouped_query_attention",
+                        lambda module, query, *a, **k: folded.append(query.shape[2] == 1) or function(module, query, *a, **k))
+    model.set_attn_implementation(attention.register_grouped_attention())
+    grouped_sequences, grouped = logits()
+    assert any(folded) and not all(folded)  # decode steps folded, the prefill through sdpa
+    assert torch.equal(grouped_sequences, sequences)
+    assert torch.allclose(grouped, reference, atol=1e-5)
+
+
+def test_static_cache_filled_batches_and_a_merged_adapter_answer_as_the_plain_path(tiny_qwen3, tokenizer):
+    """The GPU's plan (a static cache, every batch filled to one shape, the adapter merged in place) gives the
+    answers of the plain path (dynamic cache, adapter unmerged), and leaves the adapter unmerged."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from slothline.kinds._generative.generation import Plan, generate
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen3),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    model.eval()
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    plain = generate(model, tokenizer, PROMPTS, evaluating(4, 12), GREEDY, how=Plan(4, "dynamic", 0, merged=False))
+    fast = generate(model, tokenizer, PROMPTS, evaluating(3, 12), GREEDY, how=Plan(3, "static", 64, merged=True))
+    assert fast == plain and any(plain)
+    assert all(torch.allclose(p, weights[name], atol=1e-6) for name, p in model.named_parameters())
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    with model.disable_adapter():
+        base = generate(model, tokenizer, PROMPTS, evaluating(4, 12), GREEDY, how=Plan(4, "dynamic", 0, merged=False))
+    assert base != plain  # the adapter changes the answers: merging it changed nothing else
+
+
+def test_generation_plan_follows_the_device_and_the_token_budget(tiny_qwen3):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from slothline.kinds._generative.generation import plan, rows_per_batch
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    on_cpu = plan(model, [30] * 40, evaluating("auto", 12))
+    assert (on_cpu.rows, on_cpu.cache, on_cpu.merged) == (16, "dynamic", False)  # the answers of every release
+    assert plan(model, [30] * 40, evaluating(8, 12)).rows == 8
+    assert plan(model, [30] * 3, evaluating("auto", 12)).rows == 3
+    gpu = SimpleNamespace(device=SimpleNamespace(type="cuda"))
+    budget = lambda tokens: evaluating("auto", 100).model_copy(update={"batch_tokens": tokens})
+    assert rows_per_batch(gpu, budget(10_000), longest=400) == 25
+    assert rows_per_batch(gpu, budget(10**9), longest=400) == 256
+    assert rows_per_batch(gpu, budget(100), longest=400) == 1
+    assert rows_per_batch(gpu, budget(10_000), longest=400, images=True) == 16
+    assert rows_per_batch(gpu, evaluating(32, 100), longest=400) == 32
+
+
+def test_base_runs_first_and_tuned_comes_first_in_the_results():
+    from contextlib import contextmanager
+
+    from slothline.kinds import with_base
+
+    order = []
+
+    @contextmanager
+    def base():
+        yield "base"
+
+    results = with_base("tuned", base, lambda model: order.append(model) or model.upper())
+    assert order == ["base", "tuned"] and list(results.items()) == [("tuned", "TUNED"), ("base", "BASE")]

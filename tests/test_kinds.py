@@ -97,12 +97,8 @@ runpy.run_module({stage!r}, run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("stage", ["train", "evaluate", "merge"])
-def test_stages_import_unsloth_before_transformers(stage, workdir, tmp_path_factory):
-    """On a (pretended) CUDA machine with Unsloth, each stage that loads a model imports unsloth before
-    transformers, TRL or PEFT: the stand-in unsloth module reports what was imported before it."""
-    fake = tmp_path_factory.mktemp("fake")
-    (fake / "unsloth.py").write_text(FAKE_UNSLOTH)
+def unsloth_trained_project(workdir) -> None:
+    """Params, prepared splits and a manifest of a LoRA adapter trained on the unsloth backend."""
     write_params(workdir.path)
     prepared = workdir.path / "data/prepared"
     prepared.mkdir(parents=True)
@@ -113,11 +109,43 @@ def test_stages_import_unsloth_before_transformers(stage, workdir, tmp_path_fact
     (tuned / MANIFEST_FILE).write_text(json.dumps({
         "kind": "causal_lm", "method": "lora", "base_model": "builtin:tiny-qwen3", "revision": None,
         "backend": "unsloth", "precision": "bfloat16", "load_in_4bit": False, "max_seq_length": 512}))
+
+
+@pytest.mark.parametrize("stage", ["train", "merge"])
+def test_stages_import_unsloth_before_transformers(stage, workdir, tmp_path_factory):
+    """On a (pretended) CUDA machine with Unsloth, each stage that trains or merges on unsloth imports it before
+    transformers, TRL or PEFT: the stand-in unsloth module reports what was imported before it."""
+    fake = tmp_path_factory.mktemp("fake")
+    (fake / "unsloth.py").write_text(FAKE_UNSLOTH)
+    unsloth_trained_project(workdir)
     done = subprocess.run([sys.executable, "-c", FAKE_GPU.format(fake=str(fake), stage=f"stages.{stage}")],
                           cwd=workdir.path, capture_output=True, text=True,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+STOP_AT_LOAD = """
+from slothline import backends
+def stop(task, manifest, runtime, directory):
+    print(json.dumps({"backend": runtime.backend, "unsloth_imported": "unsloth" in sys.modules}))
+    raise SystemExit(0)
+backends.load_trained = stop
+"""
+
+
+def test_evaluate_generates_on_transformers_whichever_backend_trained(workdir, tmp_path_factory):
+    """An adapter trained on unsloth is evaluated through transformers (its compiled static cache): the stage
+    never imports Unsloth, whose patches would reach transformers' model classes and compile settings."""
+    fake = tmp_path_factory.mktemp("fake")
+    (fake / "unsloth.py").write_text(FAKE_UNSLOTH)
+    unsloth_trained_project(workdir)
+    script = FAKE_GPU.format(fake=str(fake), stage="stages.evaluate").replace(
+        "runpy.run_module", "import json\n" + STOP_AT_LOAD + "runpy.run_module")
+    done = subprocess.run([sys.executable, "-c", script], cwd=workdir.path, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"backend": "hf", "unsloth_imported": False}
 
 
 def check_params_error(directory: Path, kind: str = "causal_lm", **sections) -> str:

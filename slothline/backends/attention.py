@@ -4,7 +4,8 @@ On CUDA, torch (2.11) picks cuDNN for causal GQA SDPA and builds a new cuDNN pla
 sequence length, so batches of varying length never go through it. Concatenated (padding-free) rows, packed or not, go
 through torch's own varlen FlashAttention, `torch.nn.attention.varlen.varlen_attn`: on the hf backend
 through the attention implementation registered here, on unsloth through Unsloth's own varlen branch
-(which the unsloth backend turns on). Full-length batches and generation keep torch's default SDPA.
+(which the unsloth backend turns on). Full-length batches keep torch's default SDPA; generation on a GPU
+runs decode steps through the grouped attention registered here (no per-head copies of keys and values).
 Nothing here imports transformers or Unsloth at module level.
 """
 
@@ -54,6 +55,39 @@ def register_varlen_attention() -> str:
     AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa_attention)
     AttentionMaskInterface.register(VARLEN_ATTENTION, flash_attention_mask)
     return VARLEN_ATTENTION
+
+
+GROUPED_ATTENTION = "sdpa_grouped"  # generation: decode steps without copying keys and values per query head
+
+
+def register_grouped_attention() -> str:
+    """Register the `sdpa_grouped` attention implementation with transformers and return its name; switch a
+    model to it for generation with `model.set_attn_implementation(register_grouped_attention())`."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_query_attention)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
+    return GROUPED_ATTENTION
+
+
+def grouped_query_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention function: in a decode step (one query token) the query heads that share a key/value
+    head attend as one group, folded into that head's query length. transformers' sdpa copies the keys and values
+    once per query head whenever a mask is given (every step with a static cache): at batch 64 that copy moves more
+    bytes than the weights. Other calls are sdpa. Query (B, H, 1, D), key / value (B, H_kv, S, D); returns
+    (B, 1, H, D) and no weights."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, length, head_dim = query.shape
+    kv_heads = key.shape[1]
+    if length != 1 or kv_heads == heads or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    grouped = query.view(batch, kv_heads, heads // kv_heads, head_dim)  # head h = kv * groups + g, as repeat_kv
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling)
+    return out.reshape(batch, 1, heads, head_dim), None
 
 
 def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,

@@ -144,9 +144,10 @@ def check_export_formats(task: Task, formats: list[str]) -> None:
 
 def with_base(model, base: Callable[[], AbstractContextManager] | None, run: Callable) -> dict:
     """`run(model)` for the tuned model and, when `base` is given, inside `base()` for the base model:
-    {"tuned": ..., "base": ...}."""
-    results = {"tuned": run(model)}
+    {"tuned": ..., "base": ...}. The base model runs first: generating with a LoRA adapter merged in place and
+    unmerged again leaves 16-bit base weights rounded, not as they were."""
+    base_result = None
     if base is not None:
         with base() as base_model:
-            results["base"] = run(base_model)
-    return results
+            base_result = run(base_model)
+    return {"tuned": run(model)} | ({"base": base_result} if base is not None else {})

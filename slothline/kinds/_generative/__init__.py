@@ -12,7 +12,7 @@ from slothline.kinds import Evaluation, with_base
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
-from slothline.kinds._generative.generation import answer_loss, generation_settings
+from slothline.kinds._generative.generation import answer_loss, generation_settings, plan, rows_per_batch
 from slothline.kinds._generative.metrics import loss_metrics, text_metrics
 
 
@@ -123,9 +123,12 @@ def evaluate(predict: Callable, model, processor, rows: list[dict], params, base
     if too_long:
         print(long_answers_note(too_long, len(rows), settings.max_new_tokens, max(needed)))
 
+    longest = max(len(encode(processor, row["text"])) for row in rows)
+
     def run(scored_model):
         answers = predict(scored_model, processor, rows, params)
-        batches = (collate(rows[i : i + settings.batch_size]) for i in range(0, len(rows), settings.batch_size))
+        size = rows_per_batch(scored_model, settings, longest, images is not None)
+        batches = (collate(rows[i : i + size]) for i in range(0, len(rows), size))
         total, count = answer_loss(scored_model, batches, context)
         return answers, {**text_metrics(answers, references), **loss_metrics(total, count), "loss_tokens": count,
                          "loss_on": "answers" if markers else "whole text",
@@ -134,8 +137,10 @@ def evaluate(predict: Callable, model, processor, rows: list[dict], params, base
     results = with_base(model, base, run)
     answers = {name: answered for name, (answered, _) in results.items()}
     samples = [sample(row, {name: answers[name][i] for name in answers}) for i, row in enumerate(rows)]
+    prompt_lengths = [len(encode(processor, row["prompt"], literal_spans(row, "prompt"))) for row in rows]
+    how = plan(model, prompt_lengths, settings, images is not None)  # as the tuned model's generate planned it
     return Evaluation(metrics={name: scores for name, (_, scores) in results.items()}, samples=samples, confusion={},
-                      report_sections="", settings=generation_settings(model, settings))
+                      report_sections="", settings={**generation_settings(model, settings), **how.describe()})
 
 
 def answer_tokens(processor, row: dict, stops: list[int]) -> int:

@@ -1,11 +1,15 @@
-"""Batched generation (left padding, KV cache) and the teacher-forced loss on answers, for evaluate."""
+"""Batched generation (left padding; on a GPU a compiled static KV cache and the adapter merged in place) and
+the teacher-forced loss on answers, for evaluate."""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from slothline.kinds._generative.chat import THINK_TAGS, strip_thinking
 from slothline.kinds._generative.stops import stop_ids
-from slothline.kinds._generative.tokens import encode_batch, tokenizer_of
+from slothline.kinds._generative.tokens import encode, encode_batch, tokenizer_of
 
 KNOBS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -46,37 +50,124 @@ def generate_kwargs(chosen: dict) -> dict:
     return {**chosen, "min_p": chosen["min_p"] or None}
 
 
-def generate(model, processor, prompts: list[str], batch_size: int, max_new_tokens: int, chosen: dict | None = None,
-             seed: int = 0, desc: str = "generate", images: list[list] | None = None,
-             literals: list | None = None) -> list[str]:
-    """Answers to `prompts` (rendered, generation prompt included), decoded as `chosen` (see `decoding`;
-    greedy when None), sampling from `seed`, stopping at any of the model's stop tokens (`stops.stop_ids`).
-    `processor` is a tokenizer, or a multimodal processor given each prompt's `images`; `literals` are each
-    prompt's spans of message text spelling special tokens (tokenized as text, see `tokens.encode`). Prompts
-    are batched longest first to waste little padding; answers come back in prompt order, without special
-    tokens and without a leading <think> block (one the prompt opens included)."""
+@dataclass(frozen=True)
+class Plan:
+    """How one model's answers are generated (recorded in metrics/eval.json): `rows` per batch, longest prompts
+    first; the KV `cache` ("static": every batch one shape, `cache_length` tokens, the decode steps compiled
+    with CUDA graphs; "dynamic"); and whether the LoRA adapter is merged into the weights while it generates."""
+
+    rows: int
+    cache: str
+    cache_length: int
+    merged: bool
+
+    def describe(self) -> dict:
+        return {"batch_rows": self.rows, "kv_cache": self.cache, "adapter_merged": self.merged}
+
+
+def plan(model, prompt_lengths: list[int], settings, images: bool = False) -> Plan:
+    """The fastest exact enough way to generate on this device, as benchmarks/generate_speed.py measured it.
+
+    On a GPU: the adapter merged in place (PEFT's merge_adapter; not into 4-bit weights, where merging rounds:
+    those keep the unmerged, exact path), a static cache with compiled decode steps (not for 4-bit models,
+    which transformers does not compile, nor yet for prompts with images), and as many rows per batch as
+    `evaluate.batch_tokens` holds (rows x (longest prompt + max_new_tokens); auto: the tokens whose KV cache fits
+    in half the free GPU memory), at most 256. On the CPU: `evaluate.batch_size` rows (auto: 16), a dynamic
+    cache, the adapter unmerged: the answers of every earlier release."""
+    longest = max(prompt_lengths, default=0) + settings.max_new_tokens
+    cuda = model.device.type == "cuda"
+    quantized = getattr(inner_model(model), "hf_quantizer", None) is not None
+    rows = min(rows_per_batch(model, settings, longest, images), max(1, len(prompt_lengths)))
+    static = cuda and not quantized and not images and getattr(inner_model(model), "_can_compile_fullgraph", False)
+    return Plan(rows, "static" if static else "dynamic", longest,
+                merged=cuda and not quantized and adapter_active(model))
+
+
+def rows_per_batch(model, settings, longest: int, images: bool = False) -> int:
+    """`evaluate.batch_size`, or for auto: 16 on the CPU (and for prompts with images, whose length the text
+    does not tell), else as many rows of `longest` tokens as `evaluate.batch_tokens` holds, at most 256."""
+    if settings.batch_size != "auto":
+        return settings.batch_size
+    if model.device.type != "cuda" or images:
+        return 16
+    budget = settings.batch_tokens if settings.batch_tokens != "auto" else kv_budget(model)
+    return max(1, min(256, budget // max(longest, 1)))
+
+
+def kv_budget(model) -> int:
+    """The tokens whose KV cache fits in half the GPU memory free now."""
+    import torch
+
+    config = inner_model(model).config.get_text_config(decoder=True)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    per_token = config.num_hidden_layers * kv_heads * head_dim * 2 * inner_model(model).dtype.itemsize
+    return int(torch.cuda.mem_get_info(model.device)[0] * 0.5 // per_token)
+
+
+def inner_model(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def adapter_active(model) -> bool:
+    """Whether `model` has LoRA layers switched on (not inside PEFT's disable_adapter)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layer = next((m for m in model.modules() if isinstance(m, BaseTunerLayer)), None)
+    return layer is not None and not layer.disable_adapters
+
+
+@contextmanager
+def merged_adapter(model, merge: bool):
+    """The LoRA adapter merged into the weights in place for the block (PEFT's merge_adapter, unmerged after):
+    one matrix product per layer instead of three per step."""
+    if not merge:
+        yield
+        return
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+
+
+def generate(model, processor, prompts: list[str], settings, chosen: dict | None = None, desc: str = "generate",
+             images: list[list] | None = None, literals: list | None = None, how: Plan | None = None) -> list[str]:
+    """Answers to `prompts` (rendered, generation prompt included), generated as `plan` decides (or `how`),
+    `settings.max_new_tokens` at most, decoded as `chosen` (see `decoding`; greedy when None), sampling from
+    `settings.seed`, stopping at any of the model's stop tokens (`stops.stop_ids`). `processor` is a tokenizer,
+    or a multimodal processor given each prompt's `images`; `literals` are each prompt's spans of message text
+    spelling special tokens (tokenized as text, see `tokens.encode`). Answers come back in prompt order,
+    without special tokens and without a leading <think> block (one the prompt opens included)."""
     from transformers import set_seed
 
-    set_seed(seed)
+    set_seed(settings.seed)
     tokenizer = tokenizer_of(processor)
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    literals = literals or [()] * len(prompts)
+    lengths = [len(encode(processor, prompt, spans)) for prompt, spans in zip(prompts, literals)]
+    how = how or plan(model, lengths, settings, images is not None)
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     answers = [""] * len(prompts)
     options = generate_kwargs(chosen or {"do_sample": False, "repetition_penalty": 1.0})
+    if how.cache == "static":  # one shape for every batch: a fixed cache length, the last batch filled up
+        options |= {"cache_implementation": "static", "max_cache_len": how.cache_length}
     stops = stop_ids(processor, model.generation_config)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc):
-        batch = order[start : start + batch_size]
-        pictures = None if images is None else [picture for i in batch for picture in images[i]]
-        encoded = encode_batch(processor, [prompts[i] for i in batch], literals and [literals[i] for i in batch],
-                               pictures, padding_side="left")
-        encoded = {name: value.to(model.device) if torch.is_tensor(value) else value for name, value in encoded.items()}
-        with torch.inference_mode():
-            output = model.generate(**encoded, max_new_tokens=max_new_tokens, use_cache=True,
+    with merged_adapter(model, how.merged), torch.inference_mode():
+        for start in tqdm(range(0, len(order), how.rows), desc=desc):
+            batch = order[start : start + how.rows]
+            filled = batch + [batch[-1]] * (how.rows - len(batch)) if how.cache == "static" else batch
+            pictures = None if images is None else [picture for i in filled for picture in images[i]]
+            encoded = encode_batch(processor, [prompts[i] for i in filled], [literals[i] for i in filled], pictures,
+                                   padding_side="left")
+            encoded = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in encoded.items()}
+            output = model.generate(**encoded, max_new_tokens=settings.max_new_tokens, use_cache=True,
                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=stops, **options)
-        new_tokens = [until_stop(row, stops) for row in output[:, encoded["input_ids"].shape[1] :].tolist()]
-        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            answers[i] = strip_thinking(THINK_TAGS[0] + text if opens_thinking(prompts[i], text) else text)
+            new_tokens = [until_stop(row, stops) for row in output[: len(batch), encoded["input_ids"].shape[1] :].tolist()]
+            for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                answers[i] = strip_thinking(THINK_TAGS[0] + text if opens_thinking(prompts[i], text) else text)
     return answers
 
 

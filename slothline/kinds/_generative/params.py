@@ -3,7 +3,7 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from slothline.params import DataParams, EvaluateParams, Source, TrainParams
 
@@ -23,6 +23,11 @@ class ChatTrain(TrainParams):
 
 
 class GenerationEvaluate(EvaluateParams):
+    batch_size: PositiveInt | Literal["auto"] = Field("auto", description="rows per batch; auto: 16 on the CPU, as many as "
+                                                                  "batch_tokens holds on a GPU (at most 256)")
+    batch_tokens: PositiveInt | Literal["auto"] = Field(
+        "auto", description="on a GPU: rows x (longest prompt + max_new_tokens) per batch; auto: what fits in half "
+                            "the free GPU memory")
     max_new_tokens: int = Field(64, ge=1)
     sampling: Literal["params", "model"] = Field("params", description="model: the model's generation_config.json")
     temperature: float = Field(0.0, ge=0, description="0: greedy")

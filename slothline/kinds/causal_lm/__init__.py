@@ -139,9 +139,8 @@ def predict(model, tokenizer, rows: list[dict], params) -> list[str]:
     from slothline.kinds._generative.generation import decoding, generate
 
     settings = params.evaluate
-    return generate(model, tokenizer, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
-                    decoding(settings, model.generation_config), settings.seed, desc="answers",
-                    literals=[literal_spans(r, "prompt") for r in rows])
+    return generate(model, tokenizer, [r["prompt"] for r in rows], settings, decoding(settings, model.generation_config),
+                    desc="answers", literals=[literal_spans(r, "prompt") for r in rows])
 
 
 def evaluate(model, tokenizer, rows: list[dict], params, base, media_dir):

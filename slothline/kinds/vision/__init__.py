@@ -218,9 +218,9 @@ def predict(model, processor, rows: list[dict], params) -> list[str]:
     from slothline.kinds._generative.generation import decoding, generate
 
     settings = params.evaluate
-    return generate(model, processor, [r["prompt"] for r in rows], settings.batch_size, settings.max_new_tokens,
-                    decoding(settings, model.generation_config), settings.seed, desc="answers",
-                    images=[load_images(row) for row in rows], literals=[literal_spans(r, "prompt") for r in rows])
+    return generate(model, processor, [r["prompt"] for r in rows], settings, decoding(settings, model.generation_config),
+                    desc="answers", images=[load_images(row) for row in rows],
+                    literals=[literal_spans(r, "prompt") for r in rows])
 
 
 def evaluate(model, processor, rows: list[dict], params, base, media_dir: Path):
