@@ -9,7 +9,7 @@
 #              benchmarks/train_backends.py (Qwen3-4B-shape random checkpoint), one mode per process
 #   vision     vision_backends.{json,md}, vision_backends.log
 #              benchmarks/vision_backends.py (Qwen3-VL-2B-shape random checkpoint, 448x448 pictures)
-#   generate   generate_speed_gpu.json benchmarks/generate_speed.py --qwen3-4b-shape
+#   generate   generate_speed.{json,md,log}  benchmarks/generate_speed.py --vision (Qwen3-4B and Qwen3-VL-2B shapes)
 #   classifier classifier_gpu_tests.log, classifier_backends.{json,md}, classifier_backends.log
 #              pytest -m gpu tests/test_classifier.py (the classifier default on unsloth, LoRA and full),
 #              then benchmarks/classifier_backends.py (ModernBERT-base-shape random checkpoint)
@@ -48,7 +48,7 @@ for part in "${parts[@]}"; do
         python3 benchmarks/train_backends.py --modes $mode 2>&1 | tee "$results/train_backends_$mode.log"
       done ;;
     vision) python3 benchmarks/vision_backends.py 2>&1 | tee "$results/vision_backends.log" ;;
-    generate) python3 benchmarks/generate_speed.py --qwen3-4b-shape ;;
+    generate) python3 benchmarks/generate_speed.py --vision 2>&1 | tee "$results/generate_speed.log" ;;
     classifier)
       python3 -m pytest -m gpu tests/test_classifier.py -v -s -p no:cacheprovider 2>&1 | tee "$results/classifier_gpu_tests.log"
       python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;

@@ -146,6 +146,53 @@ def test_unsloth_train_evaluate_merge_export(prepared):
     assert set(export) == {"f16", "q8_0"} and all(r["architecture"] == "qwen3" for r in export.values())
 
 
+GENERATION_PATHS = """
+import json
+from slothline import backends, kinds
+from slothline.artifacts import TUNED_DIR, Manifest, read_split
+from slothline.kinds._generative.generation import Plan, generate, plan
+from slothline.kinds._generative.tokens import encode
+from slothline.params import load_params
+from slothline.runtime import evaluation_runtime, probe
+params = load_params()
+manifest = Manifest.read(TUNED_DIR)
+runtime = evaluation_runtime(manifest, probe())
+task = kinds.get(manifest.kind)
+model, tokenizer = backends.load_trained(task, manifest, runtime, TUNED_DIR)
+prompts = [row["prompt"] for row in read_split("test")]
+settings = params.evaluate
+how = plan(model, [len(encode(tokenizer, p)) for p in prompts], settings)
+plain = Plan(16, "dynamic", how.cache_length, merged=False)
+answers = {}
+with model.disable_adapter():
+    answers["base"] = generate(model, tokenizer, prompts, settings, how=Plan(how.rows, how.cache, how.cache_length, False))
+answers["tuned"] = generate(model, tokenizer, prompts, settings, how=how)
+model.set_attn_implementation("sdpa")
+with model.disable_adapter():
+    answers["plain base"] = generate(model, tokenizer, prompts, settings, how=plain)
+answers["plain tuned"] = generate(model, tokenizer, prompts, settings, how=plain)
+same = lambda a, b: sum(x == y for x, y in zip(answers[a], answers[b])) / len(prompts)
+print(json.dumps({"plan": how.describe(), "kv_cache": how.cache, "prompts": len(prompts),
+                  "tuned_agreement": same("tuned", "plain tuned"), "base_agreement": same("base", "plain base"),
+                  "tuned_differs_from_base": 1 - same("tuned", "base")}))
+"""
+
+
+@pytest.mark.parametrize("backend", ["unsloth", "hf"])
+def test_evaluates_fast_path_answers_as_the_plain_path(prepared, backend):
+    """On a GPU evaluate generates with the adapter merged, a compiled static cache and the grouped decode
+    attention; its greedy answers (tuned and base) agree with the plain path's (unmerged, dynamic cache, sdpa)
+    on the tiny default trained on either backend. bf16 rounding may flip a near tie: the agreement is
+    reported, and must stay high."""
+    configure(prepared, train={"backend": backend}, evaluate={"max_samples": 40, "max_new_tokens": 24})
+    stage(prepared, "train")
+    result = json.loads(python(prepared, "-c", GENERATION_PATHS).splitlines()[-1])
+    print(result)
+    assert result["plan"]["adapter_merged"] and result["kv_cache"] == "static"
+    assert result["tuned_agreement"] >= 0.9 and result["base_agreement"] >= 0.9
+    assert result["tuned_differs_from_base"] > 0.5
+
+
 @pytest.mark.parametrize("backend", ["unsloth", "hf"])
 def test_merged_4bit(prepared, backend):
     """merged_4bit writes bitsandbytes 4-bit weights that plain transformers loads (export refusing
