@@ -27,12 +27,11 @@ prompt (images keep a dynamic cache: `before` vs `evaluate`). Writes benchmarks/
 """
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
-from harness import RESULTS, measure_in_child, print_result
+from harness import measure_in_child, print_result, write_results
 
 PROMPTS, NEW_TOKENS, SHORTEST, LONGEST = 128, 128, 100, 400
 BANDWIDTH_TB_S = {"H100": 3.35, "H200": 4.8}  # HBM3 (SXM) and HBM3e
@@ -221,10 +220,7 @@ def main() -> None:
                    for path in paths if path != "before"}
         summary |= {f"{path}_answers_equal_to_before": agreement(runs, path) for path in paths if path != "before"}
         report["models"][name] = {"runs": runs, **summary}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "generate_speed.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "generate_speed.md").write_text(markdown(report))
-    print(markdown(report))
+    write_results("generate_speed", report, markdown(report))
 
 
 if __name__ == "__main__":

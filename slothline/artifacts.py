@@ -20,6 +20,7 @@ IMAGES_SUBDIR = "images"  # under the prepared data: a vision model's pictures, 
 TUNED_DIR = Path("models/tuned")  # a PEFT adapter, or the whole model after full fine-tuning
 CHECKPOINTS_DIR = Path("models/checkpoints")
 MERGED_DIR = Path("models/merged")
+SHARD_SIZE = "5GB"  # the merged model's safetensors shards: what the Hub and Unsloth write
 EXPORT_DIR = Path("models/export")
 ONNX_DIR = EXPORT_DIR / "onnx"
 GGUF_FILE, MODELFILE = "model.gguf", "Modelfile"  # in EXPORT_DIR/<quantization>/

@@ -100,6 +100,23 @@ def test_gguf_files_are_written_and_read_back(adapter):
     assert q8["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
 
+def test_a_merged_model_in_shards_exports_every_tensor_once(adapter, monkeypatch):
+    """merge writes safetensors shards (5 GB each; 1 MB here), and export reads them all."""
+    import gguf
+    from safetensors import safe_open
+
+    from slothline.backends import hf
+
+    monkeypatch.setattr(hf, "SHARD_SIZE", "1MB")
+    merged = merge(adapter)
+    shards = sorted(merged.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (merged / "model.safetensors.index.json").is_file()
+    names = [name for shard in shards for name in safe_open(shard, "pt").keys()]
+    report = export(adapter, ["f16"])
+    reader = gguf.GGUFReader(str(adapter.path / EXPORT_DIR / "f16" / GGUF_FILE))
+    assert report["f16"]["tensors"] == len(reader.tensors) == len(set(names)) - ("lm_head.weight" in names)
+
+
 def test_q8_0_values_round_trip(adapter):
     """Dequantised q8_0 weights equal the merged weights up to 8-bit rounding."""
     import gguf
@@ -171,6 +188,126 @@ def test_llama_family_exports_with_rotary_permutation(workdir, tokenizer):
     written = tensors["blk.0.attn_k.weight"].data.reshape(k_proj.shape)
     assert abs(written - permute_rotary(k_proj, 2).astype("float16")).max() == 0
     assert abs(written - k_proj.astype("float16")).max() > 0
+
+
+def whole_model_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
+    """The writer before streaming, as the reference: every tensor loaded, converted and held until the file
+    is written (gguf's add_tensor and write_tensors_to_file)."""
+    import gguf
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from slothline.export import gguf as streaming
+    from slothline.families import family
+
+    config = json.loads((model_dir / "config.json").read_text())
+    record = family(config["model_type"])
+    writer = gguf.GGUFWriter(str(out_file), record.gguf_arch)
+    streaming.write_hyperparameters(writer, config, quantization)
+    streaming.write_tokenizer(writer, AutoTokenizer.from_pretrained(model_dir), model_dir, config["vocab_size"],
+                              record.gguf_pre_tokenizer)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[record.gguf_arch.upper()], config["num_hidden_layers"])
+    tensors = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    for hf_name, tensor in tensors.items():
+        if config.get("tie_word_embeddings") and hf_name == "lm_head.weight":
+            continue
+        data = tensor.float().numpy()
+        if record.gguf_permute_rotary and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            data = streaming.permute_rotary(data, config["num_attention_heads" if "q_proj" in hf_name else
+                                                          "num_key_value_heads"])
+        kind = streaming.output_type(data.shape, quantization)
+        writer.add_tensor(names.get_name(hf_name, try_suffixes=(".weight", ".bias")), streaming.encode_rows(data, kind),
+                          raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "llama"])
+@pytest.mark.parametrize("quantization", ["f16", "bf16", "q8_0"])
+def test_the_streaming_writer_writes_the_whole_model_writers_bytes(workdir, tokenizer, monkeypatch, model_type,
+                                                                   quantization):
+    """Tensor by tensor, and a tensor a block of rows at a time (a tiny block here, so every tensor is cut),
+    the file is byte for byte the one the whole-model writer writes, for both rotary layouts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slothline.export import gguf as streaming
+
+    model_dir = workdir.path / model_type
+    config = AutoConfig.for_model(model_type, vocab_size=512, hidden_size=64, intermediate_size=96,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  tie_word_embeddings=model_type == "qwen3")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    whole_model_gguf(model_dir, workdir.path / "whole.gguf", quantization)
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 1000)  # a few rows per block
+    streaming.write_gguf(model_dir, workdir.path / "streamed.gguf", quantization)
+    assert (workdir.path / "streamed.gguf").read_bytes() == (workdir.path / "whole.gguf").read_bytes()
+
+
+PEAK_OF_EXPORT = """
+import json, os, sys, threading, time
+from pathlib import Path
+from slothline.export.gguf import write_gguf
+from tests.test_merge_export import whole_model_gguf
+import gguf, safetensors.torch, torch, transformers
+transformers.AutoTokenizer.from_pretrained(sys.argv[1])  # what loading imports is not the export's memory
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+writer = {"streaming": write_gguf, "whole": whole_model_gguf}[sys.argv[3]]
+before, peak, done = rss(), [0], threading.Event()
+def watch():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.002)
+watcher = threading.Thread(target=watch)
+watcher.start()
+writer(Path(sys.argv[1]), Path(sys.argv[2]), "f16")
+done.set()
+watcher.join()
+print(json.dumps({"grown": max(peak[0], rss()) - before}))
+"""
+
+
+def test_export_memory_stays_near_the_largest_tensor_not_the_model(tmp_path, tokenizer):
+    """A 240 MB checkpoint exports with host memory growing by a few times its largest tensor (8 MB here) plus
+    a fixed 64 MB (a block of float32 rows, the allocator), where the whole-model writer (measured alike, as
+    the control) holds more than the checkpoint."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from tests.conftest import ROOT
+
+    model_dir = tmp_path / "model"
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
+                         num_attention_heads=16, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).to(torch.bfloat16).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    checkpoint = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    with safe_open(model_dir / "model.safetensors", "pt") as f:
+        largest = max(2 * torch.Size(f.get_slice(name).get_shape()).numel() for name in f.keys())
+
+    def grown(writer: str) -> int:
+        done = subprocess.run([sys.executable, "-c", PEAK_OF_EXPORT, str(model_dir), str(tmp_path / f"{writer}.gguf"),
+                               writer], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.splitlines()[-1])["grown"]
+
+    streaming, whole = grown("streaming"), grown("whole")
+    print({"checkpoint_mb": checkpoint / 2**20, "largest_tensor_mb": largest / 2**20,
+           "streaming_grew_mb": streaming / 2**20, "whole_model_grew_mb": whole / 2**20})
+    assert checkpoint > 200 * 2**20 and whole > checkpoint  # the control: the measurement sees a whole model
+    assert streaming < 64 * 2**20 + 4 * largest and streaming < whole / 4  # (measured: 61 MB against 530 MB)
 
 
 @pytest.mark.llama_cpp

@@ -58,6 +58,10 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     assert all((dvc_project / "metrics" / image).is_file() for image in ("eval.png", "loss.png"))
     exported = json.loads((dvc_project / EXPORT_METRICS).read_text())
     assert set(exported) == {"f16", "q8_0"} and all(r["tensors"] > 0 for r in exported.values())
+    # the project's cache types: each model file is on disk once, hard-linked into the cache and read-only
+    for weights in ("models/merged/model.safetensors", "models/export/q8_0/model.gguf", "data/prepared/train.jsonl"):
+        status = (dvc_project / weights).stat()
+        assert status.st_nlink == 2 and not status.st_mode & 0o222, weights
     assert (dvc_project / "models/merged/model.safetensors").is_file()
 
     assert ran_stages(dvc(dvc_project, "repro").stdout) == []

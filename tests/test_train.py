@@ -143,9 +143,8 @@ def test_cpu_training_uses_the_model_loss_even_where_trl_kernel_imports(tiny_qwe
 
 def test_padding_free_batches_train_as_the_padded_ones(workdir, tiny_qwen3, tokenizer):
     """The same rows per step, concatenated instead of padded: the same losses and (to float noise that Adam
-    scales to its step size) the same weights after a few steps (here through the per-document attention the CPU runs; a GPU test checks varlen)."""
-    from transformers import AutoModelForCausalLM
-
+    scales to its step size) the same weights after a few steps (here through the CPU's attention; a GPU test
+    checks varlen)."""
     rows = [{"text": f"<|im_start|>user\nRepeat {w}.<|im_end|>\n<|im_start|>assistant\n{' '.join([w] * (i % 7 + 1))}"
                      "<|im_end|>\n"} for i, w in enumerate(PAIRS[:16])]
     results = {}

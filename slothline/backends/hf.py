@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import torch
 
+from slothline.artifacts import SHARD_SIZE
 from slothline.backends import NEW_WEIGHTS_SEED, attention
 from slothline.backends.lora import lora_settings
 from slothline.errors import SlothlineError
@@ -75,5 +76,5 @@ def merge(task, spec, runtime, adapter_dir, out_dir, save_method: str) -> None:
 
     base, processor = load(task, replace(spec, load_in_4bit=save_method == "merged_4bit"), runtime)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(out_dir)
+    merged.save_pretrained(out_dir, max_shard_size=SHARD_SIZE)
     processor.save_pretrained(out_dir)

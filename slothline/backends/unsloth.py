@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from slothline.artifacts import SHARD_SIZE
 from slothline.backends import NEW_WEIGHTS_SEED, attention
 from slothline.backends.lora import lora_settings
 from slothline.errors import SlothlineError
@@ -100,7 +101,8 @@ def merge(task, spec, runtime, adapter_dir, out_dir, save_method: str) -> None:
     model, processor = fast_class(task).from_pretrained(
         str(adapter_dir), max_seq_length=spec.max_seq_length, load_in_4bit=save_method == "merged_4bit",
     )
-    model.save_pretrained_merged(str(out_dir), processor, save_method=save_method.replace("4bit", "4bit_forced"))
+    model.save_pretrained_merged(str(out_dir), processor, save_method=save_method.replace("4bit", "4bit_forced"),
+                                 max_shard_size=SHARD_SIZE)
 
 
 MOVED = ("the torch varlen hook was written against Unsloth 2026.10.7: install unsloth==2026.10.7 or set "

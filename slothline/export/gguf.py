@@ -48,10 +48,15 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str]) -> dic
     return report
 
 
+CHUNK_BYTES = 64 * 2**20  # source rows converted at a time: peak memory stays near the largest tensor's output
+
+
 def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
-    """Convert the Hugging Face checkpoint in `model_dir` to one GGUF file."""
+    """Convert the Hugging Face checkpoint in `model_dir` to one GGUF file, streaming: the tensor infos first
+    (shapes and types are known from the safetensors headers), then each tensor read from the memory-mapped
+    shards a block of rows at a time, converted into its output buffer and written, so host memory holds
+    one converted tensor at a time, never the model."""
     import gguf
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     config = json.loads((model_dir / "config.json").read_text())
@@ -59,30 +64,96 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
     record = family(config["model_type"])
     arch = record.gguf_arch
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config["num_hidden_layers"])
+    plan = [(shard, hf_name, gguf_name(names, hf_name, model_dir), shape, output_type(shape, quantization))
+            for shard, hf_name, shape in checkpoint_tensors(model_dir)
+            if not (config.get("tie_word_embeddings") and hf_name == "lm_head.weight")]
     writer = gguf.GGUFWriter(str(out_file), arch)
     write_hyperparameters(writer, config, quantization)
     write_tokenizer(writer, tokenizer, model_dir, config["vocab_size"], record.gguf_pre_tokenizer)
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config["num_hidden_layers"])
-    tensors = {}
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        tensors.update(load_file(shard))
-    for hf_name, tensor in tensors.items():
-        if config.get("tie_word_embeddings") and hf_name == "lm_head.weight":
-            continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise SlothlineError(f"export: no GGUF name for tensor {hf_name!r} of {model_dir}")
-        data = tensor.float().numpy()
-        if record.gguf_permute_rotary and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
-            data = permute_rotary(data, heads)
-        quantized, dtype = quantize(data, quantization)
-        writer.add_tensor(name, quantized, raw_dtype=dtype)
+    for _, _, name, shape, kind in plan:
+        dtype = stored_as(kind)
+        stored_shape = gguf.quants.quant_shape_to_byte_shape(shape, kind) if dtype == np.uint8 else shape
+        writer.add_tensor_info(name, stored_shape, dtype, int(np.prod(stored_shape)) * dtype.itemsize, raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    permuted = lambda hf_name: record.gguf_permute_rotary and hf_name.endswith(("q_proj.weight", "k_proj.weight"))
+    for shard, hf_name, _, shape, kind in plan:
+        heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
+        writer.write_tensor_data(converted(shard, hf_name, shape, kind, heads if permuted(hf_name) else None))
     writer.close()
+
+
+def checkpoint_tensors(model_dir: Path):
+    """(shard, name, shape) of every tensor of the checkpoint, shard by shard in file order."""
+    from safetensors import safe_open
+
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            yield from ((shard, name, tuple(f.get_slice(name).get_shape())) for name in f.keys())
+
+
+def gguf_name(names, hf_name: str, model_dir: Path) -> str:
+    name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    if name is None:
+        raise SlothlineError(f"export: no GGUF name for tensor {hf_name!r} of {model_dir}")
+    return name
+
+
+def output_type(shape: tuple, quantization: str):
+    """The GGUF type a tensor of `shape` is written in: norms and other 1-D tensors stay float32, as llama.cpp's
+    converter keeps them; Q8_0 needs rows of whole 32-value blocks (f16 otherwise)."""
+    import gguf
+
+    if len(shape) == 1:
+        return gguf.GGMLQuantizationType.F32
+    kind = {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
+            "q8_0": gguf.GGMLQuantizationType.Q8_0}[quantization]
+    if kind == gguf.GGMLQuantizationType.Q8_0 and shape[-1] % 32:
+        return gguf.GGMLQuantizationType.F16
+    return kind
+
+
+def converted(shard: Path, hf_name: str, shape: tuple, kind, rotary_heads: int | None) -> np.ndarray:
+    """One tensor in its GGUF type, converted from float32 a block of rows at a time into the output buffer
+    (a q/k projection whose rotary rows are permuted is converted whole). The shard is mapped for each block
+    alone, so the pages read do not stay in this process's memory."""
+    from safetensors import safe_open
+
+    def rows(start: int | None = None, stop: int | None = None) -> np.ndarray:
+        with safe_open(shard, "pt") as f:
+            return f.get_slice(hf_name)[start:stop].float().numpy()
+
+    if rotary_heads:
+        return encode_rows(permute_rotary(rows(), rotary_heads), kind)
+    if len(shape) == 1:
+        return encode_rows(rows(), kind)
+    step = max(1, CHUNK_BYTES // (4 * int(np.prod(shape[1:]))))
+    first = encode_rows(rows(0, step), kind)
+    if step >= shape[0]:
+        return first
+    out = np.empty((shape[0], *first.shape[1:]), dtype=first.dtype)
+    out[:step] = first
+    for start in range(step, shape[0], step):
+        out[start : start + step] = encode_rows(rows(start, start + step), kind)
+    return out
+
+
+def stored_as(kind) -> np.dtype:
+    """The numpy type of a GGUF type's data: float32 and float16 as such, block types (bf16, q8_0) as bytes."""
+    import gguf
+
+    floats = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
+    return np.dtype(floats.get(kind, np.uint8))
+
+
+def encode_rows(data: np.ndarray, kind) -> np.ndarray:
+    """Rows of float32 data in GGUF type `kind` (every type written here encodes each row alone)."""
+    import gguf
+
+    dtype = stored_as(kind)
+    return data.astype(dtype) if dtype != np.uint8 else gguf.quants.quantize(data, kind)
 
 
 def check_exportable(model_dir: Path, config: dict) -> None:
@@ -147,20 +218,6 @@ def write_tokenizer(writer, tokenizer, model_dir: Path, vocab_size: int, pre_tok
     writer.add_add_bos_token(False)  # chat templates write their own BOS where the family has one
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
-
-
-def quantize(data: np.ndarray, quantization: str):
-    """Norms and other 1-D tensors stay float32, as llama.cpp's converter keeps them."""
-    import gguf
-
-    if data.ndim == 1:
-        return data, gguf.GGMLQuantizationType.F32
-    if quantization == "f16":
-        return data.astype(np.float16), gguf.GGMLQuantizationType.F16
-    kind = {"bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[quantization]
-    if kind == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32:
-        return data.astype(np.float16), gguf.GGMLQuantizationType.F16
-    return gguf.quants.quantize(data, kind), kind
 
 
 def permute_rotary(weights: np.ndarray, heads: int) -> np.ndarray:

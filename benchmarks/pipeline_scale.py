@@ -1,0 +1,206 @@
+"""The whole DAG at real size: `dvc repro` of every stage on a random Qwen3-4B-shape checkpoint, measured.
+
+In a scratch copy of this checkout (git + DVC, the project's .dvc/config and its cache types), with params
+for a short run at the checkpoint's size (a few hundred rows, a few dozen steps, f16 + q8_0 GGUF export),
+each stage runs as `dvc repro -s <stage>` with its command wrapped by benchmarks/stage_probe.py. Per stage:
+wall time of the stage command, peak host RSS, peak GPU memory, bytes written; DVC's own time (the
+`dvc repro -s` call minus its command); and after it, the disk the outs take and the disk outs and DVC
+cache take together (hard links counted once). Then a no-op `dvc repro`. `--export-8b` adds the export
+alone on a Qwen3-8B-shape checkpoint (f16 and q8_0): its peak host RSS against its largest tensor.
+Writes benchmarks/results/pipeline_scale.{json,md}.
+
+    python benchmarks/pipeline_scale.py                    # on a CUDA host: Qwen3-4B shape
+    python benchmarks/pipeline_scale.py --export-8b        # and the export alone at Qwen3-8B shape
+    python benchmarks/pipeline_scale.py --checkpoint builtin:tiny-qwen3 --steps 4   # a smoke test, any machine
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from harness import write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("check_params", "prepare", "train", "evaluate", "merge", "export", "push")
+OUTS = ("data/prepared", "models", "metrics", "dvclive")
+QWEN3_8B_SHAPE = dict(hidden_size=4096, num_hidden_layers=36, intermediate_size=12288, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False,
+                      max_position_embeddings=40960, rope_theta=1000000.0)
+
+
+def scratch_project(checkpoint: str, steps: int) -> Path:
+    """A git + DVC copy of this checkout's tracked files with params for a short real-size run, and every stage
+    command wrapped by stage_probe.py."""
+    where = Path(tempfile.mkdtemp(prefix="slothline-scale-", dir=os.environ.get("SCALE_DIR")))
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (where / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, where / name)
+    shutil.copy2(Path(__file__).parent / "stage_probe.py", where / "benchmarks" / "stage_probe.py")
+    for name in ("dvc.lock", "metrics", "dvclive"):  # a first run: nothing of the committed run
+        path = where / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    pipeline = (where / "dvc.yaml").read_text()
+    (where / "dvc.yaml").write_text(pipeline.replace("cmd: python -m stages.", "cmd: python benchmarks/stage_probe.py stages."))
+    params = yaml.safe_load((where / "params.yaml").read_text())
+    params["model"].update(name=checkpoint, max_seq_length=1024)
+    params["data"]["total"] = 400
+    params["train"].update(epochs=1, max_steps=steps, per_device_batch_size=4, save_steps=max(steps // 3, 1),
+                           eval_steps=max(steps // 3, 1), learning_rate=2e-4)
+    params["evaluate"].update(max_samples=32, max_new_tokens=64)
+    params["export"].update(formats=["gguf"], gguf_quantization=["f16", "q8_0"])
+    (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=scale", "-c", "user.email=scale@localhost", "commit", "-qm", "scale"]):
+        subprocess.run(command, cwd=where, check=True)
+    return where
+
+
+def disk_kib(project: Path, *paths: str) -> int:
+    """KiB on disk of `paths` together: a file hard-linked in several of them counts once."""
+    present = [p for p in paths if (project / p).exists()]
+    if not present:
+        return 0
+    done = subprocess.run(["du", "-skc", *present], cwd=project, capture_output=True, text=True, check=True)
+    return int(done.stdout.splitlines()[-1].split()[0])
+
+
+def dvc(project: Path, *args: str) -> float:
+    """Run `dvc *args` in the project; its wall time in seconds."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"dvc {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def run_dag(checkpoint: str, steps: int) -> dict:
+    project = scratch_project(checkpoint, steps)
+    probes = project / "stage_probe.jsonl"
+    os.environ["STAGE_PROBE_LOG"] = str(probes)
+    stages = {}
+    for stage in STAGES:
+        seconds = dvc(project, "repro", "-s", stage)
+        probe = json.loads(probes.read_text().splitlines()[-1])
+        outs = disk_kib(project, *OUTS)
+        stages[stage] = {**probe, "dvc_repro_s": round(seconds, 2), "dvc_own_s": round(seconds - probe["seconds"], 2),
+                         "outs_gib": round(outs / 2**20, 3),
+                         "outs_and_cache_gib": round(disk_kib(project, *OUTS, ".dvc/cache") / 2**20, 3)}
+        print(stage, json.dumps(stages[stage]), flush=True)
+    noop = dvc(project, "repro")
+    total = sum(s["dvc_repro_s"] for s in stages.values())
+    own = sum(s["dvc_own_s"] for s in stages.values())
+    last = stages[STAGES[-1]]
+    cache_type = subprocess.run([sys.executable, "-m", "dvc", "config", "cache.type"], cwd=project,
+                                capture_output=True, text=True).stdout.strip()
+    result = {"checkpoint": checkpoint, "train_steps": steps, "cache_type": cache_type, "stages": stages,
+              "dag_s": round(total, 1), "dvc_own_s": round(own, 1), "dvc_own_fraction": round(own / total, 3),
+              "noop_repro_s": round(noop, 2),
+              "disk_outs_and_cache_over_outs": round(last["outs_and_cache_gib"] / max(last["outs_gib"], 1e-9), 3),
+              "eval": json.loads((project / "metrics/eval.json").read_text()).get("settings"),
+              "export": json.loads((project / "metrics/export.json").read_text())}
+    shutil.rmtree(project)
+    return result
+
+
+def export_alone(checkpoint_dir: Path) -> dict:
+    """The GGUF writer alone on a checkpoint (each quantization in a fresh process): peak host RSS and time."""
+    from safetensors import safe_open
+
+    largest = 0
+    for shard in checkpoint_dir.glob("*.safetensors"):
+        with safe_open(shard, "pt") as f:
+            largest = max([largest, *(2 * _numel(f.get_slice(n).get_shape()) for n in f.keys())])
+    code = ("import json, resource, sys, time; from pathlib import Path; from slothline.export.gguf import write_gguf;"
+            "start = time.perf_counter(); write_gguf(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]);"
+            "print(json.dumps({'seconds': round(time.perf_counter() - start, 1),"
+            " 'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))")
+    runs = {}
+    for quantization in ("f16", "q8_0"):
+        out = checkpoint_dir.parent / f"export-{quantization}.gguf"
+        done = subprocess.run([sys.executable, "-c", code, str(checkpoint_dir), str(out), quantization], cwd=ROOT,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"export {quantization} failed:\n{done.stderr[-3000:]}")
+        runs[quantization] = {**json.loads(done.stdout.splitlines()[-1]), "gguf_gib": round(out.stat().st_size / 2**30, 2)}
+        out.unlink()
+    checkpoint = sum(f.stat().st_size for f in checkpoint_dir.glob("*.safetensors"))
+    return {"checkpoint_gib": round(checkpoint / 2**30, 2), "largest_tensor_gib": round(largest / 2**30, 3),
+            "target_gib": round(1.5 + 3 * largest / 2**30, 2), "runs": runs}
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def build_8b(out_dir: Path) -> None:
+    """A random Qwen3-8B-shape checkpoint in bf16, in 5 GB shards, with the builtin tokenizer."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from slothline.builtin import build_byte_tokenizer
+
+    tokenizer = build_byte_tokenizer()
+    config = Qwen3Config(**QWEN3_8B_SHAPE, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out_dir, max_shard_size="5GB")
+    tokenizer.save_pretrained(out_dir)
+
+
+def markdown(report: dict) -> str:
+    dag = report["dag"]
+    rows = "\n".join(f"| {name} | {s['seconds']} | {s['dvc_own_s']} | {s['peak_rss_gib']} | {s['peak_gpu_gib']} | "
+                     f"{s['written_gib']} | {s['outs_gib']} | {s['outs_and_cache_gib']} |"
+                     for name, s in dag["stages"].items())
+    text = (f"# The DAG at real size\n\n{dag['checkpoint']}, {dag['train_steps']} train steps, cache.type "
+            f"{dag['cache_type']}, on {report['device']}.\n\n| stage | command s | DVC's own s | peak RSS GiB | "
+            f"peak GPU GiB | written GiB | outs GiB | outs + cache GiB |\n|---|---|---|---|---|---|---|---|\n{rows}\n\n"
+            f"- DAG {dag['dag_s']} s, of which DVC's own {dag['dvc_own_s']} s ({dag['dvc_own_fraction']:.1%})\n"
+            f"- no-op `dvc repro`: {dag['noop_repro_s']} s\n"
+            f"- outs + DVC cache over outs: {dag['disk_outs_and_cache_over_outs']}\n")
+    if "export_8b" in report:
+        e = report["export_8b"]
+        text += (f"\n## Export alone, Qwen3-8B shape ({e['checkpoint_gib']} GiB, largest tensor "
+                 f"{e['largest_tensor_gib']} GiB; target peak {e['target_gib']} GiB)\n\n"
+                 + "\n".join(f"- {q}: {r['seconds']} s, peak RSS {r['peak_rss_gib']} GiB, file {r['gguf_gib']} GiB"
+                             for q, r in e["runs"].items()) + "\n")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="/tmp/qwen3-4b-shape")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--export-8b", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    if not args.checkpoint.startswith("builtin:") and not Path(args.checkpoint, "config.json").exists():
+        from train_backends import build_checkpoint
+
+        build_checkpoint(Path(args.checkpoint))
+    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "dag": run_dag(args.checkpoint, args.steps)}
+    if args.export_8b:
+        checkpoint = Path("/tmp/qwen3-8b-shape")
+        if not (checkpoint / "config.json").exists():
+            build_8b(checkpoint)
+        report["export_8b"] = export_alone(checkpoint)
+    write_results("pipeline_scale", report, markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Run one stage module as DVC would (`python -m stages.<name>`) and record what it cost: wall time, peak host
+RSS, peak GPU memory and the bytes the process wrote, appended as one JSON line to $STAGE_PROBE_LOG.
+
+    python benchmarks/stage_probe.py stages.train      # what benchmarks/pipeline_scale.py puts in dvc.yaml
+"""
+
+import json
+import os
+import resource
+import runpy
+import sys
+import time
+
+
+def written_bytes() -> int:
+    """Bytes this process has caused to be written to storage so far (/proc/self/io)."""
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
+
+
+def main() -> None:
+    module = sys.argv[1]
+    sys.argv = [module]
+    sys.path.insert(0, os.getcwd())
+    start, written = time.perf_counter(), written_bytes()
+    status = 0
+    try:
+        runpy.run_module(module, run_name="__main__")
+    except SystemExit as exit_:
+        status = exit_.code or 0
+    gpu = None
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            gpu = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    record = {"stage": module.removeprefix("stages."), "seconds": round(time.perf_counter() - start, 2),
+              "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+              "peak_gpu_gib": gpu, "written_gib": round((written_bytes() - written) / 2**30, 3), "status": status}
+    with open(os.environ["STAGE_PROBE_LOG"], "a") as log:
+        log.write(json.dumps(record) + "\n")
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
