@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -130,3 +131,37 @@ def test_bad_params_fail_the_stage_with_a_clear_message(dvc_project):
     assert result.returncode != 0
     assert "data.totl: unknown parameter for causal_lm models; did you mean data.total?" in result.stderr + result.stdout
     assert not (dvc_project / "data/prepared").exists()
+
+
+def git(project, *args) -> str:
+    return subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, text=True).stdout
+
+
+def test_a_second_clone_gets_the_models_from_the_remote_without_training(dvc_project, tmp_path):
+    """The team flow: one clone trains, commits and pushes to the DVC remote (with the run cache); another
+    clone restores every stage's outputs from it, the tuned model and the GGUF files included, and trains
+    nothing; promoted to prod in the registry, the tuned model downloads by name and stage."""
+    remote = tmp_path / "remote"
+    dvc(dvc_project, "remote", "add", "--default", "storage", str(remote))
+    set_params(dvc_project, data={"total": 200}, train={"max_steps": 4, "eval_steps": 2},
+               evaluate={"max_samples": 8, "max_new_tokens": 8})
+    assert "train" in ran_stages(dvc(dvc_project, "repro").stdout)
+    git(dvc_project, "add", "-A")
+    git(dvc_project, "commit", "-qm", "trained")
+    dvc(dvc_project, "push", "--run-cache")
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(dvc_project), str(clone))
+    restored = dvc(clone, "repro", "--pull").stdout
+    assert ran_stages(restored) == [], restored  # every stage restored, none run
+    for path in ("models/tuned/adapter_model.safetensors", "models/merged/model.safetensors",
+                 "models/export/q8_0/model.gguf", "data/prepared/train.jsonl"):
+        assert (clone / path).read_bytes() == (dvc_project / path).read_bytes(), path
+    assert dvc(clone, "status").stdout.strip() == "Data and pipelines are up to date."
+
+    promoted = subprocess.run([sys.executable, "-m", "slothline.registry", "tuned-model", "--stage", "prod",
+                               "--metric", "tuned.exact_match"], cwd=dvc_project, capture_output=True, text=True)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    dvc(tmp_path, "artifacts", "get", str(dvc_project), "tuned-model", "--stage", "prod", "-o", str(tmp_path / "got"))
+    assert (tmp_path / "got" / "adapter_model.safetensors").read_bytes() == \
+        (dvc_project / "models/tuned/adapter_model.safetensors").read_bytes()
