@@ -18,11 +18,12 @@ from slothline.errors import SlothlineError, run_stage
 
 
 def dvc_table(*args: str) -> str:
-    """The markdown table a `dvc ... --md` command prints ("" where nothing changed)."""
+    """The markdown table a `dvc ... --md` command prints ("" where nothing changed: a header alone)."""
     done = subprocess.run([sys.executable, "-m", "dvc", *args, "--md"], capture_output=True, text=True)
     if done.returncode != 0:
         raise SlothlineError(f"dvc {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
-    return done.stdout.strip()
+    table = done.stdout.strip()
+    return table if len(table.splitlines()) > 2 else ""
 
 
 def samples_at(rev: str | None) -> list[dict]:

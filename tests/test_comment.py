@@ -50,6 +50,8 @@ def test_the_comment_shows_what_changed_against_the_base(tmp_path):
     assert "| params.yaml | lora.r | 16 | 32 |" in text and "lora.alpha" not in text  # changed params only
     assert "![Base vs tuned](metrics/eval.png)" in text and "![Training loss](metrics/loss.png)" in text
     assert "1 of 3 answers changed." in text
+    same = re.sub(" +", " ", run(project, sys.executable, "-m", "slothline.comment", "--base", "HEAD"))
+    assert "No metric changed." in same and "No param changed." in same and "0 of 3 answers changed." in same
     answers = text.split("### Answers")[1]
     assert answers.index("| Question 1? | Answer 1. | Wrong. | Answer 1. |") < answers.index("| Question 0?")
     assert "Question 2?" not in answers  # two samples asked for

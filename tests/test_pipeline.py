@@ -149,6 +149,14 @@ def test_a_second_clone_gets_the_models_from_the_remote_without_training(dvc_pro
     git(dvc_project, "add", "-A")
     git(dvc_project, "commit", "-qm", "trained")
     dvc(dvc_project, "push", "--run-cache")
+    # the pull-request comment of this change (new params, a trained model) against the project's first commit
+    comment = subprocess.run([sys.executable, "-m", "slothline.comment", "--base", "HEAD~2"], cwd=dvc_project,
+                             capture_output=True, text=True)
+    assert comment.returncode == 0, comment.stderr
+    rows = [" ".join(line.split()) for line in comment.stdout.splitlines()]
+    assert any(row.startswith("| metrics/eval.json | tuned.exact_match |") for row in rows), comment.stdout
+    assert "| params.yaml | train.max_steps | -1 | 4 |" in rows, comment.stdout
+    assert "![Base vs tuned](metrics/eval.png)" in rows  # (the first commit has no samples to compare answers with)
 
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(dvc_project), str(clone))
