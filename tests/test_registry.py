@@ -47,6 +47,8 @@ def test_a_stage_goes_only_to_a_model_that_beats_the_one_there(registry):
     first = promote(registry, "--metric", "tuned.exact_match")
     assert first.returncode == 0 and "is now in prod" in first.stdout
     prod = run(registry, "git", "rev-list", "-n1", "tuned-model#prod#1").stdout.strip()
+    shown = run(registry, "gto", "show", "--plain").stdout
+    assert "tuned-model" in shown and "prod" in shown and "v0.0.1" in shown  # the registry lists it
 
     commit(registry, 40, 0.8)  # worse by exact match, better by loss
     refused = promote(registry, "--metric", "tuned.exact_match")
