@@ -16,6 +16,7 @@ Writes benchmarks/results/pipeline_scale.{json,md}.
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -119,7 +120,7 @@ def export_alone(checkpoint_dir: Path) -> dict:
     largest = 0
     for shard in checkpoint_dir.glob("*.safetensors"):
         with safe_open(shard, "pt") as f:
-            largest = max([largest, *(2 * _numel(f.get_slice(n).get_shape()) for n in f.keys())])
+            largest = max([largest, *(2 * math.prod(f.get_slice(n).get_shape()) for n in f.keys())])
     code = ("import json, resource, sys, time; from pathlib import Path; from slothline.export.gguf import write_gguf;"
             "start = time.perf_counter(); write_gguf(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]);"
             "print(json.dumps({'seconds': round(time.perf_counter() - start, 1),"
@@ -136,13 +137,6 @@ def export_alone(checkpoint_dir: Path) -> dict:
     checkpoint = sum(f.stat().st_size for f in checkpoint_dir.glob("*.safetensors"))
     return {"checkpoint_gib": round(checkpoint / 2**30, 2), "largest_tensor_gib": round(largest / 2**30, 3),
             "target_gib": round(1.5 + 3 * largest / 2**30, 2), "runs": runs}
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def build_8b(out_dir: Path) -> None:

@@ -104,7 +104,7 @@ def sft_config(backend, runtime, params, output_dir: str, evaluate: bool, defaul
     unpacked_padding_free = runtime.padding_free and not packing  # TRL: rows come truncated (the kind cuts them)
     return training_config(SFTConfig, backend, runtime, params, output_dir, evaluate, default_metric, **{
         "max_length": None if unpacked_padding_free else params.model.max_seq_length, "packing": packing,
-        "packing_strategy": "bfd", "padding_free": packing or runtime.padding_free, **settings})
+        "packing_strategy": "bfd", "padding_free": runtime.padding_free, **settings})
 
 
 def sft_trainer_class(runtime):

@@ -110,7 +110,8 @@ MOVED = ("the torch varlen hook was written against Unsloth 2026.10.7: install u
 
 
 def use_torch_varlen() -> bool:
-    """Turn on Unsloth's torch-varlen branch for concatenated (packed or padding-free) rows on a torch whose `varlen_attn` lacks `enable_gqa`.
+    """Turn on Unsloth's torch-varlen branch for concatenated (packed or padding-free) rows on a torch whose
+    `varlen_attn` lacks `enable_gqa`.
 
     Unsloth (2026.10.7) sets `unsloth.utils.attention_dispatch._TORCH_VARLEN_ATTN` at import only when
     `varlen_attn` takes `window_size` and `enable_gqa` (torch 2.12), and reads it at call time. torch

@@ -72,8 +72,7 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
     write_hyperparameters(writer, config, quantization)
     write_tokenizer(writer, tokenizer, model_dir, config["vocab_size"], record.gguf_pre_tokenizer)
     for _, _, name, shape, kind in plan:
-        dtype = stored_as(kind)
-        stored_shape = gguf.quants.quant_shape_to_byte_shape(shape, kind) if dtype == np.uint8 else shape
+        stored_shape, dtype = stored_as(shape, kind)
         writer.add_tensor_info(name, stored_shape, dtype, int(np.prod(stored_shape)) * dtype.itemsize, raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -127,32 +126,29 @@ def converted(shard: Path, hf_name: str, shape: tuple, kind, rotary_heads: int |
 
     if rotary_heads:
         return encode_rows(permute_rotary(rows(), rotary_heads), kind)
-    if len(shape) == 1:
-        return encode_rows(rows(), kind)
+    out = np.empty(*stored_as(shape, kind))
     step = max(1, CHUNK_BYTES // (4 * int(np.prod(shape[1:]))))
-    first = encode_rows(rows(0, step), kind)
-    if step >= shape[0]:
-        return first
-    out = np.empty((shape[0], *first.shape[1:]), dtype=first.dtype)
-    out[:step] = first
-    for start in range(step, shape[0], step):
+    for start in range(0, shape[0], step):
         out[start : start + step] = encode_rows(rows(start, start + step), kind)
     return out
 
 
-def stored_as(kind) -> np.dtype:
-    """The numpy type of a GGUF type's data: float32 and float16 as such, block types (bf16, q8_0) as bytes."""
+def stored_as(shape: tuple, kind) -> tuple[tuple, np.dtype]:
+    """The (shape, numpy type) a tensor of `shape` is stored as in GGUF type `kind`: float32 and float16 as
+    such, block types (bf16, q8_0) as rows of bytes."""
     import gguf
 
     floats = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
-    return np.dtype(floats.get(kind, np.uint8))
+    if kind in floats:
+        return tuple(shape), np.dtype(floats[kind])
+    return tuple(gguf.quants.quant_shape_to_byte_shape(shape, kind)), np.dtype(np.uint8)
 
 
 def encode_rows(data: np.ndarray, kind) -> np.ndarray:
     """Rows of float32 data in GGUF type `kind` (every type written here encodes each row alone)."""
     import gguf
 
-    dtype = stored_as(kind)
+    _, dtype = stored_as(data.shape, kind)
     return data.astype(dtype) if dtype != np.uint8 else gguf.quants.quantize(data, kind)
 
 
@@ -229,16 +225,12 @@ def permute_rotary(weights: np.ndarray, heads: int) -> np.ndarray:
 def read_back(gguf_file: Path, model_dir: Path) -> dict:
     """Check a written file with gguf's reader: architecture, tensor count and shapes, tokenizer metadata."""
     import gguf
-    from safetensors import safe_open
 
     reader = gguf.GGUFReader(str(gguf_file))
     fields = reader.fields
     field_text = lambda key: bytes(fields[key].parts[fields[key].data[0]]).decode()
     config = json.loads((model_dir / "config.json").read_text())
-    expected = {}
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(shard, "pt") as f:
-            expected.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+    expected = {name: shape for _, name, shape in checkpoint_tensors(model_dir)}
     if config.get("tie_word_embeddings"):
         expected.pop("lm_head.weight", None)
     problems = []

@@ -146,8 +146,8 @@ def with_base(model, base: Callable[[], AbstractContextManager] | None, run: Cal
     """`run(model)` for the tuned model and, when `base` is given, inside `base()` for the base model:
     {"tuned": ..., "base": ...}. The base model runs first: generating with a LoRA adapter merged in place and
     unmerged again leaves 16-bit base weights rounded, not as they were."""
-    base_result = None
+    results = {}
     if base is not None:
         with base() as base_model:
-            base_result = run(base_model)
-    return {"tuned": run(model)} | ({"base": base_result} if base is not None else {})
+            results["base"] = run(base_model)
+    return {"tuned": run(model), **results}

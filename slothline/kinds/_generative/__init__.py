@@ -101,9 +101,10 @@ def coverage_note(coverage: dict, max_length: int) -> str | None:
             "these losses only between runs whose *_loss_tokens match; metrics/eval.json's loss covers whole answers")
 
 
-def evaluate(predict: Callable, model, processor, rows: list[dict], params, base, sample: Callable,
+def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, base, sample: Callable,
              images: Callable | None = None) -> Evaluation:
-    """Generated answers of the tuned (and base) model with text metrics against the references, and the
+    """Generated answers of the tuned (and base) model (`answers_of(model, processor, rows, params, plan)`, each
+    model generating as `generation.plan` decides for it) with text metrics against the references, and the
     loss on the reference answers' tokens (the whole text where no known turn markers tell where answers
     are), each row whole up to the model's context: a metric that means the same whatever training's
     max_seq_length. `sample(row, answers)` is one row of the samples table. Each model's metrics count the
@@ -124,23 +125,25 @@ def evaluate(predict: Callable, model, processor, rows: list[dict], params, base
         print(long_answers_note(too_long, len(rows), settings.max_new_tokens, max(needed)))
 
     longest = max(len(encode(processor, row["text"])) for row in rows)
+    prompt_lengths = [len(encode(processor, row["prompt"], literal_spans(row, "prompt"))) for row in rows]
 
     def run(scored_model):
-        answers = predict(scored_model, processor, rows, params)
+        how = plan(scored_model, prompt_lengths, settings, images is not None)
+        answers = answers_of(scored_model, processor, rows, params, how)
         size = rows_per_batch(scored_model, settings, longest, images is not None)
         batches = (collate(rows[i : i + size]) for i in range(0, len(rows), size))
         total, count = answer_loss(scored_model, batches, context)
-        return answers, {**text_metrics(answers, references), **loss_metrics(total, count), "loss_tokens": count,
-                         "loss_on": "answers" if markers else "whole text",
-                         "references_longer_than_max_new_tokens": too_long}
+        return answers, how, {**text_metrics(answers, references), **loss_metrics(total, count), "loss_tokens": count,
+                              "loss_on": "answers" if markers else "whole text",
+                              "references_longer_than_max_new_tokens": too_long}
 
     results = with_base(model, base, run)
-    answers = {name: answered for name, (answered, _) in results.items()}
+    answers = {name: answered for name, (answered, _, _) in results.items()}
     samples = [sample(row, {name: answers[name][i] for name in answers}) for i, row in enumerate(rows)]
-    prompt_lengths = [len(encode(processor, row["prompt"], literal_spans(row, "prompt"))) for row in rows]
-    how = plan(model, prompt_lengths, settings, images is not None)  # as the tuned model's generate planned it
-    return Evaluation(metrics={name: scores for name, (_, scores) in results.items()}, samples=samples, confusion={},
-                      report_sections="", settings={**generation_settings(model, settings), **how.describe()})
+    tuned_plan = results["tuned"][1]  # what metrics/eval.json records: how the tuned model's answers were made
+    return Evaluation(metrics={name: scores for name, (_, _, scores) in results.items()}, samples=samples,
+                      confusion={}, report_sections="",
+                      settings={**generation_settings(model, settings), **tuned_plan.describe()})
 
 
 def answer_tokens(processor, row: dict, stops: list[int]) -> int:

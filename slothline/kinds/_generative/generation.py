@@ -96,8 +96,6 @@ def rows_per_batch(model, settings, longest: int, images: bool = False) -> int:
 
 def kv_budget(model) -> int:
     """The tokens whose KV cache fits in half the GPU memory free now."""
-    import torch
-
     config = inner_model(model).config.get_text_config(decoder=True)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads

@@ -135,18 +135,23 @@ def tokenized(rows: list[dict], tokenizer, markers: tuple[str, str] | None, stop
 
 
 def predict(model, tokenizer, rows: list[dict], params) -> list[str]:
-    """Generated answers to the rows' prompts (batched, left-padded, decoded as `evaluate.*` ask)."""
+    return answers(model, tokenizer, rows, params)
+
+
+def answers(model, tokenizer, rows: list[dict], params, how=None) -> list[str]:
+    """Generated answers to the rows' prompts (batched, left-padded, decoded as `evaluate.*` ask), as the
+    generation plan `how` says (`generation.plan` decides when None)."""
     from slothline.kinds._generative.generation import decoding, generate
 
     settings = params.evaluate
     return generate(model, tokenizer, [r["prompt"] for r in rows], settings, decoding(settings, model.generation_config),
-                    desc="answers", literals=[literal_spans(r, "prompt") for r in rows])
+                    desc="answers", literals=[literal_spans(r, "prompt") for r in rows], how=how)
 
 
 def evaluate(model, tokenizer, rows: list[dict], params, base, media_dir):
     sample = lambda row, answers: {"id": row["id"], "prompt": _generative.question(row), "reference": row["reference"],
                                    **answers}
-    return _generative.evaluate(predict, model, tokenizer, rows, params, base, sample)
+    return _generative.evaluate(answers, model, tokenizer, rows, params, base, sample)
 
 
 def export(formats: list[str], model_dir, out_dir, params) -> dict:

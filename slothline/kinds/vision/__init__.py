@@ -214,13 +214,18 @@ def load_images(row: dict) -> list:
 
 
 def predict(model, processor, rows: list[dict], params) -> list[str]:
-    """Generated answers to the rows' prompts and images (batched, left-padded, decoded as `evaluate.*` ask)."""
+    return answers(model, processor, rows, params)
+
+
+def answers(model, processor, rows: list[dict], params, how=None) -> list[str]:
+    """Generated answers to the rows' prompts and images (batched, left-padded, decoded as `evaluate.*` ask),
+    as the generation plan `how` says (`generation.plan` decides when None)."""
     from slothline.kinds._generative.generation import decoding, generate
 
     settings = params.evaluate
     return generate(model, processor, [r["prompt"] for r in rows], settings, decoding(settings, model.generation_config),
                     desc="answers", images=[load_images(row) for row in rows],
-                    literals=[literal_spans(r, "prompt") for r in rows])
+                    literals=[literal_spans(r, "prompt") for r in rows], how=how)
 
 
 def evaluate(model, processor, rows: list[dict], params, base, media_dir: Path):
@@ -235,7 +240,7 @@ def evaluate(model, processor, rows: list[dict], params, base, media_dir: Path):
         return {"id": row["id"], "image": cell, "prompt": _generative.question(row), "reference": row["reference"],
                 **answers}
 
-    return _generative.evaluate(predict, model, processor, rows, params, base, sample, load_images)
+    return _generative.evaluate(answers, model, processor, rows, params, base, sample, load_images)
 
 
 def export(formats: list[str], model_dir, out_dir, params) -> dict:
