@@ -9,6 +9,7 @@ Several GPUs (`train.num_gpus`): `processes_to_start` says how many processes th
 `process_group` joins the job and the main process (rank 0) alone writes outputs.
 """
 
+import gc
 import importlib.util
 import os
 import signal
@@ -191,7 +192,9 @@ def process_group(runtime: Runtime) -> Iterator[None]:
     dist.init_process_group("nccl" if device else "gloo", device_id=device)
     try:
         yield
+        dist.barrier()  # the processes end together, none closing its links while another still writes
     finally:
+        gc.collect()  # the Trainer's DDP model holds the group: free it now, not as the interpreter shuts down
         dist.destroy_process_group()
 
 
