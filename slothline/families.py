@@ -2,9 +2,10 @@
 chat format (found by the special token that marks its turns). Adding a family is adding a record here.
 
 A family record says which kind its models are, which layers `lora.target_modules: null` means, how GGUF
-export writes it (llama.cpp's architecture and pre-tokenizer, Llama's rotary row order) and, for vision
-models, how many tokens an image becomes. A chat format record gives the turn markers that response-only
-training masks by, the Ollama template and the stop tokens.
+export writes it (a `GGUFRecipe`: llama.cpp's architecture and what differs from Hugging Face's layout) and,
+for vision models, how many tokens an image becomes. A chat format record gives the turn markers that
+response-only training masks by, the Ollama template and the stop tokens. `PRE_TOKENIZERS` are llama.cpp's
+byte-level pre-tokenizers, told apart by what each makes of a probe text.
 """
 
 from collections.abc import Callable
@@ -21,22 +22,43 @@ def qwen_vl_image_tokens(processor, width: int, height: int) -> int:
 
 
 @dataclass(frozen=True)
+class GGUFRecipe:
+    """How llama.cpp's architecture `arch` differs from the Hugging Face checkpoint (llama.cpp's converter
+    does the same per family)."""
+    arch: str  # llama.cpp's architecture name (general.architecture)
+    permute_rotary: bool = False  # q/k rows reordered from Hugging Face's rotary layout (Llama, Mistral)
+    norm_shift: float = 0.0  # added to every norm weight: Gemma stores w - 1 and computes x * (1 + w)
+    sliding_window: bool = False  # writes the window and which layers use it (Gemma 3 alternates them)
+    rope_types: tuple[str, ...] = ("default",)  # RoPE types llama.cpp computes as transformers does
+    attention_scale: Callable | None = None  # config -> the query scale llama.cpp uses; refused where it differs
+    original_context: bool = False  # writes original_max_position_embeddings (Phi-3)
+
+
+def gemma3_query_scale(config: dict) -> float:
+    """llama.cpp's Gemma 3 query scale: 1/sqrt(head_dim), except 1/sqrt(hidden/heads) for the 62-layer 27B."""
+    if config["num_hidden_layers"] == 62:
+        return (config["hidden_size"] / config["num_attention_heads"]) ** -0.5
+    return config.get("head_dim", 256) ** -0.5
+
+
+@dataclass(frozen=True)
 class Family:
     kind: str  # causal_lm | vision | classifier
     lora_targets: tuple[str, ...] | None = None  # lora.target_modules: null (None: the backend's own choice)
-    gguf_arch: str | None = None  # llama.cpp's architecture name; None: GGUF export not written
-    gguf_pre_tokenizer: str | None = None  # llama.cpp's pre-tokenizer name (tokenizer.ggml.pre)
-    gguf_permute_rotary: bool = False  # q/k rows reordered from Hugging Face's rotary layout (Llama)
+    gguf: GGUFRecipe | None = None  # None: GGUF export not written
     image_tokens: Callable | None = None  # vision: (processor, width, height) -> tokens of one image
 
 
 FAMILIES = {
-    "qwen3": Family("causal_lm", DECODER_PROJECTIONS, gguf_arch="qwen3", gguf_pre_tokenizer="qwen2"),
-    "qwen2": Family("causal_lm", DECODER_PROJECTIONS, gguf_arch="qwen2", gguf_pre_tokenizer="qwen2"),
-    "llama": Family("causal_lm", DECODER_PROJECTIONS, gguf_arch="llama", gguf_pre_tokenizer="llama-bpe",
-                    gguf_permute_rotary=True),
-    "mistral": Family("causal_lm", DECODER_PROJECTIONS),
-    "gemma3_text": Family("causal_lm", DECODER_PROJECTIONS),
+    "qwen3": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe("qwen3")),
+    "qwen2": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe("qwen2")),
+    "llama": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe("llama", permute_rotary=True)),
+    "mistral": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe("llama", permute_rotary=True)),
+    "gemma3_text": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe(
+        "gemma3", norm_shift=1.0, sliding_window=True, rope_types=("default", "linear"),
+        attention_scale=gemma3_query_scale)),
+    "phi3": Family("causal_lm", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+                   gguf=GGUFRecipe("phi3", original_context=True)),
     "qwen3_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
     "qwen2_5_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
     "qwen2_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
@@ -57,24 +79,47 @@ class ChatFormat:
     marker: str  # the special token that identifies the format in a vocabulary or a rendered text
     turns: tuple[str, str]  # (instruction_part, response_part), as Unsloth's train_on_responses_only takes them
     stop_tokens: tuple[str, ...]
-    ollama_template: str | None = None  # the chat template in Ollama's Go-template form
+    ollama_turns: str | None = None  # the conversation in Ollama's Go-template form (the model's own chat
+    # template then gives the generation prompt that follows it)
 
 
 CHAT_FORMATS = {
     "chatml": ChatFormat(
         "<|im_start|>", ("<|im_start|>user\n", "<|im_start|>assistant\n"), ("<|im_end|>", "<|endoftext|>"),
         "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"),
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"),
     "llama-3": ChatFormat(
         "<|start_header_id|>", ("<|start_header_id|>user<|end_header_id|>\n\n",
                                 "<|start_header_id|>assistant<|end_header_id|>\n\n"), ("<|eot_id|>",),
         "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
-        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n"),
-    "gemma": ChatFormat("<start_of_turn>", ("<start_of_turn>user\n", "<start_of_turn>model\n"), ("<end_of_turn>",)),
+        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"),
+    "gemma": ChatFormat(
+        "<start_of_turn>", ("<start_of_turn>user\n", "<start_of_turn>model\n"), ("<end_of_turn>",),
+        "{{- range .Messages }}<start_of_turn>{{ if eq .Role \"assistant\" }}model{{ else }}user{{ end }}\n"
+        "{{ .Content }}<end_of_turn>\n{{ end }}"),
+    "phi-3": ChatFormat(
+        "<|assistant|>", ("<|user|>\n", "<|assistant|>\n"), ("<|end|>", "<|endoftext|>"),
+        "{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
+        "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}"),
 }
 
 
 def chat_format_of(vocabulary) -> ChatFormat | None:
     """The chat format whose marker token the vocabulary holds, or None."""
     return next((chat for chat in CHAT_FORMATS.values() if chat.marker in vocabulary), None)
+
+
+PROBE_TEXT = ("Digits 3 33 333 3333 3.14 and 1,000,000; runs of spaces:  two   three    four\t\ttabs\n\n\nlines. "
+              "Accents: café naïve Ångström Über. CJK: 我想在apple工作1314151天 日本語のテキスト. "
+              "Emoji: 🚀 😶\u200d🌫️ ✅🦙🦙. Punctuation: ------======= '''```\"\"\"......!!!!!!?????? "
+              "I've been 'told he's there, 'RE you sure? HELLOWorld helloWORLD CamelCase snake_case")
+
+# llama.cpp's byte-level pre-tokenizers (tokenizer.ggml.pre), each by the split of its tokenizer.json,
+# and the first that splits PROBE_TEXT as a model's own pre-tokenizer does is the one written.
+PRE_TOKENIZERS = {
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "tekken": r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+              r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "gpt-2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+}

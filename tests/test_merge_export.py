@@ -198,23 +198,23 @@ def whole_model_gguf(model_dir: Path, out_file: Path, quantization: str) -> None
     from transformers import AutoTokenizer
 
     from slothline.export import gguf as streaming
+    from slothline.export.gguf_vocab import write_vocab
     from slothline.families import family
 
     config = json.loads((model_dir / "config.json").read_text())
-    record = family(config["model_type"])
-    writer = gguf.GGUFWriter(str(out_file), record.gguf_arch)
-    streaming.write_hyperparameters(writer, config, quantization)
-    streaming.write_tokenizer(writer, AutoTokenizer.from_pretrained(model_dir), model_dir, config["vocab_size"],
-                              record.gguf_pre_tokenizer)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[record.gguf_arch.upper()], config["num_hidden_layers"])
+    recipe = family(config["model_type"]).gguf
+    writer = gguf.GGUFWriter(str(out_file), recipe.arch)
+    streaming.write_hyperparameters(writer, config, quantization, recipe)
+    write_vocab(writer, AutoTokenizer.from_pretrained(model_dir), model_dir, config["vocab_size"])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[recipe.arch.upper()], config["num_hidden_layers"])
     tensors = {}
     for shard in sorted(model_dir.glob("*.safetensors")):
         tensors.update(load_file(shard))
     for hf_name, tensor in tensors.items():
         if config.get("tie_word_embeddings") and hf_name == "lm_head.weight":
             continue
-        data = tensor.float().numpy()
-        if record.gguf_permute_rotary and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+        data = tensor.float().numpy() + (recipe.norm_shift if hf_name.endswith("norm.weight") else 0.0)
+        if recipe.permute_rotary and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             data = streaming.permute_rotary(data, config["num_attention_heads" if "q_proj" in hf_name else
                                                           "num_key_value_heads"])
         kind = streaming.output_type(data.shape, quantization)
@@ -226,12 +226,12 @@ def whole_model_gguf(model_dir: Path, out_file: Path, quantization: str) -> None
     writer.close()
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "llama"])
+@pytest.mark.parametrize("model_type", ["qwen3", "llama", "gemma3_text"])
 @pytest.mark.parametrize("quantization", ["f16", "bf16", "q8_0"])
 def test_the_streaming_writer_writes_the_whole_model_writers_bytes(workdir, tokenizer, monkeypatch, model_type,
                                                                    quantization):
     """Tensor by tensor, and a tensor a block of rows at a time (a tiny block here, so every tensor is cut),
-    the file is byte for byte the one the whole-model writer writes, for both rotary layouts."""
+    the file is byte for byte the one the whole-model writer writes, for both rotary layouts and shifted norms."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from slothline.export import gguf as streaming
@@ -239,7 +239,8 @@ def test_the_streaming_writer_writes_the_whole_model_writers_bytes(workdir, toke
     model_dir = workdir.path / model_type
     config = AutoConfig.for_model(model_type, vocab_size=512, hidden_size=64, intermediate_size=96,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                  tie_word_embeddings=model_type == "qwen3")
+                                  tie_word_embeddings=model_type == "qwen3",
+                                  **({"query_pre_attn_scalar": 16} if model_type == "gemma3_text" else {}))
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -317,8 +318,8 @@ def test_llama_cpp_generates_what_transformers_generates(adapter):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
     merge(adapter)
     report = export(adapter, ["f16", "q8_0"])
-    assert report["f16"]["generation_check"] == "8 of 8 greedy tokens match transformers"
-    assert report["q8_0"]["generation_check"] == "8 of 8 greedy tokens match transformers"
+    assert report["f16"]["generation_check"] == "16 of 16 greedy tokens match transformers"
+    assert report["q8_0"]["generation_check"] == "16 of 16 greedy tokens match transformers"
 
 
 @pytest.mark.llama_cpp
@@ -335,14 +336,16 @@ def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
                                  eos_token_id=tokenizer.eos_token_id)).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     write_gguf(model_dir, workdir.path / "llama.gguf", "f16")
-    assert generation_check(workdir.path / "llama.gguf", model_dir) == "8 of 8 greedy tokens match transformers"
+    assert generation_check(workdir.path / "llama.gguf", model_dir) == "16 of 16 greedy tokens match transformers"
 
 
 @pytest.mark.parametrize("change, message", [
     ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}},
      "quantized \\(bitsandbytes\\) weights"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
-    ({"model_type": "gemma3"}, "the GGUF writer supports qwen3, qwen2, llama models, not 'gemma3'"),
+    ({"model_type": "gemma3"}, "the GGUF writer supports qwen3, qwen2, llama, mistral, gemma3_text, phi3 models, "
+                               "not 'gemma3'"),
+    ({"model_type": "gemma3_text", "query_pre_attn_scalar": 100}, "query_pre_attn_scalar 100 scales attention"),
 ])
 def test_export_refuses_what_it_would_write_wrongly(workdir, tiny_qwen3, tokenizer, change, message):
     from slothline.export.gguf import write_gguf
@@ -374,11 +377,11 @@ def check(**sections) -> None:
 
 
 def test_a_family_without_a_gguf_record_is_refused_at_params_time(tmp_path, tiny_qwen3):
-    gemma = model_directory(tmp_path / "gemma", tiny_qwen3, "gemma3_text")
-    with pytest.raises(SlothlineError, match=r"export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama "
-                                             r"models, not 'gemma3_text'; set export.formats: \[\]"):
-        check(model={"name": gemma})
-    check(model={"name": gemma}, export={"formats": []})  # no GGUF asked for: nothing to refuse
+    olmo = model_directory(tmp_path / "olmo", tiny_qwen3, "olmo2")
+    with pytest.raises(SlothlineError, match=r"export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama, "
+                                             r"mistral, gemma3_text, phi3 models, not 'olmo2'; set export.formats: \[\]"):
+        check(model={"name": olmo})
+    check(model={"name": olmo}, export={"formats": []})  # no GGUF asked for: nothing to refuse
     check(model={"name": model_directory(tmp_path / "qwen3", tiny_qwen3, "qwen3")})  # the same files as qwen3
 
 

@@ -3,6 +3,7 @@ This module holds what check_params needs before anything trains: the export par
 offer and whether a model's family and tokenizer can be written."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -10,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from slothline.errors import SlothlineError
-from slothline.families import FAMILIES, family
+from slothline.families import FAMILIES, PRE_TOKENIZERS, family
 from slothline.params import ExportParams
 
 PYTHON_QUANTIZATIONS = ("f16", "bf16", "q8_0")  # written in Python by the gguf package
@@ -36,18 +37,33 @@ class GGUFExport(ExportParams):
 
 
 def gguf_refusal(config: dict, tokenizer: dict | None) -> str | None:
-    """Why the GGUF writer cannot write a model of this config and tokenizer.json (None: it can)."""
+    """Why the GGUF writer cannot write a model of this config and tokenizer.json so that llama.cpp computes
+    what transformers does (None: it can)."""
+    from slothline.export.gguf import rope_of
+    from slothline.export.gguf_vocab import SENTENCEPIECE, pre_tokenizer, tokenizer_type
+
     model_type = config.get("model_type")
-    if not family(model_type).gguf_arch:
-        written = ", ".join(name for name, record in FAMILIES.items() if record.gguf_arch)
+    recipe = family(model_type).gguf
+    if not recipe:
+        written = ", ".join(name for name, record in FAMILIES.items() if record.gguf)
         return f"the GGUF writer supports {written} models, not {model_type!r}"
-    if (config.get("rope_parameters") or {}).get("rope_type", "default") != "default" or config.get("rope_scaling"):
-        return ("RoPE scaling (e.g. Llama 3.1's) is not written by this converter; convert with llama.cpp's "
-                "convert_hf_to_gguf.py instead")
-    model = (tokenizer or {}).get("model", {})
-    if model.get("type") != "BPE" or "Ġ" not in model.get("vocab", {}):
-        return ("the GGUF writer supports byte-level BPE tokenizers (Qwen, Llama 3), not SentencePiece ones "
-                "(Llama 2); convert with llama.cpp's convert_hf_to_gguf.py instead")
+    rope_types = {rope_of(config, layer).get("rope_type", "default") for layer in ("full_attention", "sliding_attention")}
+    if config.get("rope_scaling") or not rope_types <= set(recipe.rope_types):
+        return (f"RoPE scaling {sorted(rope_types - {'default'})} (e.g. Llama 3.1's, Phi-3's long context) is not "
+                "written by this converter; convert with llama.cpp's convert_hf_to_gguf.py instead")
+    if recipe.attention_scale and config.get("query_pre_attn_scalar") and not math.isclose(
+            config["query_pre_attn_scalar"] ** -0.5, recipe.attention_scale(config)):
+        return (f"query_pre_attn_scalar {config['query_pre_attn_scalar']} scales attention differently from "
+                f"llama.cpp's {recipe.arch} (which uses the head size)")
+    if config.get("attn_logit_softcapping"):
+        return f"attention logit soft-capping is not computed by llama.cpp's {recipe.arch}"
+    kind = tokenizer_type(tokenizer or {})
+    if kind is None:
+        return ("the GGUF writer supports BPE tokenizers (byte-level as Qwen's and Llama 3's, or with byte fallback "
+                "as Gemma's and Mistral's), not this one; convert with llama.cpp's convert_hf_to_gguf.py instead")
+    if kind != SENTENCEPIECE and pre_tokenizer(tokenizer) is None:
+        return ("llama.cpp has no pre-tokenizer that splits text as this tokenizer does (tried "
+                f"{', '.join(PRE_TOKENIZERS)}), so it would tokenize differently from training")
     return None
 
 

@@ -1,8 +1,8 @@
 """Write GGUF files of merged causal LMs with the `gguf` package, and check them.
 
-GGUF writing follows llama.cpp's convert_hf_to_gguf for the families whose record in families.py names a
-GGUF architecture: hyperparameters, tensors renamed through gguf's TensorNameMap (q/k rows permuted where
-the family's rotary layout differs), and the BPE tokenizer (vocab, merges, special tokens, chat template).
+GGUF writing follows llama.cpp's convert_hf_to_gguf for the families whose record in families.py has a
+GGUF recipe: hyperparameters, tensors renamed through gguf's TensorNameMap (q/k rows permuted and norm
+weights shifted where the recipe says), and the tokenizer (gguf_vocab).
 """
 
 import json
@@ -15,13 +15,14 @@ import numpy as np
 from slothline.artifacts import GGUF_FILE, MODELFILE
 from slothline.errors import SlothlineError
 from slothline.export import PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal
+from slothline.export.gguf_vocab import write_vocab
 from slothline.export.ollama import modelfile
-from slothline.families import family
+from slothline.families import PROBE_TEXT, family
 
 
-def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str]) -> dict:
-    """`out_dir`/<quantization>/model.gguf and its Ollama Modelfile for each quantization, each read back and
-    generated from; returns each file's checks."""
+def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable_thinking: bool = False) -> dict:
+    """`out_dir`/<quantization>/model.gguf and its Ollama Modelfile (prompting as the model was trained, with or
+    without thinking) for each quantization, each read back and generated from; returns each file's checks."""
     problem = k_quant_refusal(quantizations)
     if problem:
         raise SlothlineError(problem)
@@ -39,7 +40,7 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str]) -> dic
             if done.returncode != 0:
                 raise SlothlineError(f"llama-quantize failed for {quantization}:\n{done.stderr[-2000:]}")
             (folder / "f16.gguf").unlink()
-        (folder / MODELFILE).write_text(modelfile(model_dir))
+        (folder / MODELFILE).write_text(modelfile(model_dir, enable_thinking))
         report[quantization] = {
             "size_mb": round(gguf_file.stat().st_size / 2**20, 3),
             **read_back(gguf_file, model_dir),
@@ -61,26 +62,26 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
 
     config = json.loads((model_dir / "config.json").read_text())
     check_exportable(model_dir, config)
-    record = family(config["model_type"])
-    arch = record.gguf_arch
+    recipe = family(config["model_type"]).gguf
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config["num_hidden_layers"])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[recipe.arch.upper()], config["num_hidden_layers"])
     plan = [(shard, hf_name, gguf_name(names, hf_name, model_dir), shape, output_type(shape, quantization))
             for shard, hf_name, shape in checkpoint_tensors(model_dir)
             if not (config.get("tie_word_embeddings") and hf_name == "lm_head.weight")]
-    writer = gguf.GGUFWriter(str(out_file), arch)
-    write_hyperparameters(writer, config, quantization)
-    write_tokenizer(writer, tokenizer, model_dir, config["vocab_size"], record.gguf_pre_tokenizer)
+    writer = gguf.GGUFWriter(str(out_file), recipe.arch)
+    write_hyperparameters(writer, config, quantization, recipe)
+    write_vocab(writer, tokenizer, model_dir, config["vocab_size"])
     for _, _, name, shape, kind in plan:
         stored_shape, dtype = stored_as(shape, kind)
         writer.add_tensor_info(name, stored_shape, dtype, int(np.prod(stored_shape)) * dtype.itemsize, raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    permuted = lambda hf_name: record.gguf_permute_rotary and hf_name.endswith(("q_proj.weight", "k_proj.weight"))
+    permuted = lambda hf_name: recipe.permute_rotary and hf_name.endswith(("q_proj.weight", "k_proj.weight"))
     for shard, hf_name, _, shape, kind in plan:
         heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
-        writer.write_tensor_data(converted(shard, hf_name, shape, kind, heads if permuted(hf_name) else None))
+        shift = recipe.norm_shift if hf_name.endswith("norm.weight") else 0.0
+        writer.write_tensor_data(converted(shard, hf_name, shape, kind, heads if permuted(hf_name) else None, shift))
     writer.close()
 
 
@@ -114,15 +115,15 @@ def output_type(shape: tuple, quantization: str):
     return kind
 
 
-def converted(shard: Path, hf_name: str, shape: tuple, kind, rotary_heads: int | None) -> np.ndarray:
-    """One tensor in its GGUF type, converted from float32 a block of rows at a time into the output buffer
-    (a q/k projection whose rotary rows are permuted is converted whole). The shard is mapped for each block
-    alone, so the pages read do not stay in this process's memory."""
+def converted(shard: Path, hf_name: str, shape: tuple, kind, rotary_heads: int | None, shift: float = 0.0) -> np.ndarray:
+    """One tensor in its GGUF type, converted from float32 (plus `shift`) a block of rows at a time into the
+    output buffer (a q/k projection whose rotary rows are permuted is converted whole). The shard is mapped
+    for each block alone, so the pages read do not stay in this process's memory."""
     from safetensors import safe_open
 
     def rows(start: int | None = None, stop: int | None = None) -> np.ndarray:
         with safe_open(shard, "pt") as f:
-            return f.get_slice(hf_name)[start:stop].float().numpy()
+            return f.get_slice(hf_name)[start:stop].float().numpy() + np.float32(shift)
 
     if rotary_heads:
         return encode_rows(permute_rotary(rows(), rotary_heads), kind)
@@ -163,57 +164,44 @@ def check_exportable(model_dir: Path, config: dict) -> None:
         raise SlothlineError(f"export.formats: gguf: {problem}")
 
 
-def write_hyperparameters(writer, config: dict, quantization: str) -> None:
+def write_hyperparameters(writer, config: dict, quantization: str, recipe) -> None:
     import gguf
 
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    rope = rope_of(config, "full_attention")
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count(heads)
     writer.add_head_count_kv(config["num_key_value_heads"])
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
-    rope = config.get("rope_parameters") or {}
+    writer.add_rope_dimension_count(int(rope.get("partial_rotary_factor", 1.0) * head_dim))
     writer.add_rope_freq_base(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    if config.get("final_logit_softcapping"):
+        writer.add_final_logit_softcapping(config["final_logit_softcapping"])
+    if recipe.sliding_window and config.get("sliding_window"):
+        writer.add_sliding_window(config["sliding_window"])
+        writer.add_sliding_window_pattern([layer == "sliding_attention" for layer in config["layer_types"]])
+        writer.add_rope_freq_base_swa(rope_of(config, "sliding_attention").get("rope_theta", 10000.0))
+    if recipe.original_context:
+        writer.add_rope_scaling_orig_ctx_len(config.get("original_max_position_embeddings")
+                                             or config["max_position_embeddings"])
+        writer.add_sliding_window(config.get("sliding_window") or 0)  # as llama.cpp's converter writes it
     writer.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization])
 
 
-def write_tokenizer(writer, tokenizer, model_dir: Path, vocab_size: int, pre_tokenizer: str) -> None:
-    """BPE vocabulary padded to the embedding size, merges, special token ids and the chat template."""
-    import gguf
-
-    by_id = {i: token for token, i in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif i in added:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.NORMAL)
-    merges = json.loads((model_dir / "tokenizer.json").read_text())["model"].get("merges", [])
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    if tokenizer.pad_token_id is not None:
-        writer.add_pad_token_id(tokenizer.pad_token_id)
-    if tokenizer.bos_token_id is not None:
-        writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_add_bos_token(False)  # chat templates write their own BOS where the family has one
-    if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
+def rope_of(config: dict, layer_type: str) -> dict:
+    """The RoPE parameters of `layer_type` layers: Gemma 3 keeps one set per layer type, others one for all."""
+    rope = config.get("rope_parameters") or {}
+    return rope[layer_type] if isinstance(rope.get(layer_type), dict) else rope
 
 
 def permute_rotary(weights: np.ndarray, heads: int) -> np.ndarray:
@@ -234,14 +222,15 @@ def read_back(gguf_file: Path, model_dir: Path) -> dict:
     if config.get("tie_word_embeddings"):
         expected.pop("lm_head.weight", None)
     problems = []
-    if field_text("general.architecture") != family(config["model_type"]).gguf_arch:
+    if field_text("general.architecture") != family(config["model_type"]).gguf.arch:
         problems.append("architecture")
     if len(reader.tensors) != len(expected):
         problems.append(f"{len(reader.tensors)} tensors, expected {len(expected)}")
     written = sorted(tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors)
     if written != sorted(expected.values()):
         problems.append("tensor shapes differ from the checkpoint's")
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
+    ranking = "tokenizer.ggml.merges" if field_text("tokenizer.ggml.model") == "gpt2" else "tokenizer.ggml.scores"
+    for key in ("tokenizer.ggml.tokens", ranking, "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
         if key not in fields:
             problems.append(f"missing {key}")
     if len(fields["tokenizer.ggml.tokens"].data) != config["vocab_size"]:
@@ -252,9 +241,10 @@ def read_back(gguf_file: Path, model_dir: Path) -> dict:
             "vocab_size": len(fields["tokenizer.ggml.tokens"].data)}
 
 
-def generation_check(gguf_file: Path, model_dir: Path, tokens: int = 8) -> str:
-    """Greedy tokens of the GGUF under llama.cpp (llama-cpp-python) against transformers on the merged
-    model, for the same chat prompt; "skipped" where llama-cpp-python is not installed."""
+def generation_check(gguf_file: Path, model_dir: Path, tokens: int = 16) -> str:
+    """llama.cpp (llama-cpp-python) against transformers on the merged model: the tokens of a probe text (digits,
+    runs of spaces, accents, CJK, emoji) and of a chat prompt must be the same, and the greedy tokens generated
+    from that prompt are compared; "skipped" where llama-cpp-python is not installed."""
     try:
         import llama_cpp
     except ImportError:
@@ -267,19 +257,33 @@ def generation_check(gguf_file: Path, model_dir: Path, tokens: int = 8) -> str:
                                            add_generation_prompt=True, enable_thinking=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    with torch.inference_mode():
-        expected = model.generate(torch.tensor([prompt_ids]), max_new_tokens=tokens, do_sample=False,
-                                  pad_token_id=tokenizer.pad_token_id)[0, len(prompt_ids):].tolist()
+    expected = greedy_tokens(model, prompt_ids, tokens)
     llm = load_without_weight_repacking(llama_cpp, gguf_file)
-    if llm.tokenize(prompt.encode(), add_bos=False, special=True) != prompt_ids:
-        raise SlothlineError(f"{gguf_file}: llama.cpp tokenizes the chat prompt differently from the tokenizer")
+    for name, text in (("a probe text", PROBE_TEXT), ("the chat prompt", prompt)):
+        if llm.tokenize(text.encode(), add_bos=False, special=True) != tokenizer(text, add_special_tokens=False)["input_ids"]:
+            raise SlothlineError(f"{gguf_file}: llama.cpp tokenizes {name} differently from the model's tokenizer")
     produced = []
     for token in llm.generate(prompt_ids, top_k=1, temp=0.0, reset=True):
-        if token == llm.token_eos() or len(produced) == len(expected):
+        if len(produced) == len(expected):
             break
         produced.append(token)
     matching = next((i for i, (a, b) in enumerate(zip(produced, expected)) if a != b), min(len(produced), len(expected)))
     return f"{matching} of {len(expected)} greedy tokens match transformers"
+
+
+def greedy_tokens(model, prompt_ids: list[int], count: int) -> list[int]:
+    """The `count` tokens transformers picks greedily after the prompt, on past any stop token (as llama.cpp's
+    generator goes)."""
+    import torch
+
+    generated, inputs, cache = [], torch.tensor([prompt_ids]), None
+    with torch.inference_mode():
+        for _ in range(count):
+            step = model(input_ids=inputs, past_key_values=cache, use_cache=True)
+            cache = step.past_key_values
+            generated.append(int(step.logits[0, -1].argmax()))
+            inputs = torch.tensor([generated[-1:]])
+    return generated
 
 
 def load_without_weight_repacking(llama_cpp, gguf_file: Path):

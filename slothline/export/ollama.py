@@ -1,24 +1,66 @@
-"""Ollama Modelfiles for exported GGUF files: the chat template and stop tokens of the model's chat format
-(families.py), and sampling defaults."""
+"""Ollama Modelfiles for exported GGUF files, from the model's own files: the conversation in Ollama's template
+form for the chat formats families.py knows (else left to the template embedded in the GGUF, which Ollama
+reads), followed by the generation prompt the model's chat template writes; a system prompt the template
+inserts by default; stop tokens and sampling settings from generation_config.json."""
 
+import json
 from pathlib import Path
 
-from slothline.errors import SlothlineError
-from slothline.families import CHAT_FORMATS, chat_format_of
+from slothline.families import chat_format_of
+from slothline.kinds._generative.stops import stop_ids
+
+SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+            "repetition_penalty": "repeat_penalty"}  # generation_config.json key -> Ollama parameter
 
 
-def modelfile(model_dir: Path) -> str:
-    """An Ollama Modelfile: the GGUF beside it, the chat template, stop tokens and sampling defaults."""
+def modelfile(model_dir: Path, enable_thinking: bool = False) -> str:
+    """An Ollama Modelfile for the model.gguf beside it."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    vocab = tokenizer.get_vocab()
-    chat = chat_format_of(vocab)
-    if chat is None or chat.ollama_template is None:
-        known = ", ".join(name for name, record in CHAT_FORMATS.items() if record.ollama_template)
-        raise SlothlineError(f"export: no Ollama template for the chat format of {model_dir} ({known} known)")
-    stops = sorted({tokenizer.eos_token, *(t for t in chat.stop_tokens if t in vocab)})
-    lines = ["FROM ./model.gguf", f'TEMPLATE """{chat.ollama_template}"""']
-    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
-    lines += ["PARAMETER temperature 0.7", "PARAMETER top_p 0.8"]
+    generation_file = model_dir / "generation_config.json"
+    generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
+    chat = chat_format_of(tokenizer.get_vocab())
+    lines = ["FROM ./model.gguf"]
+    if chat and chat.ollama_turns and tokenizer.chat_template:
+        lines.append(f'TEMPLATE """{chat.ollama_turns}{generation_prompt(tokenizer, enable_thinking)}"""')
+        if system := default_system_prompt(tokenizer):
+            lines.append(f'SYSTEM """{system}"""')
+    else:
+        lines.append("# no TEMPLATE: Ollama takes the chat template embedded in model.gguf")
+    lines += [f"PARAMETER stop {json.dumps(tokenizer.convert_ids_to_tokens(i))}" for i in stop_ids(tokenizer, generation)]
+    if generation.get("do_sample"):
+        lines += [f"PARAMETER {name} {generation[key]}" for key, name in SAMPLING.items() if generation.get(key) is not None]
     return "\n".join(lines) + "\n"
+
+
+USER_TEXT, SYSTEM_TEXT = "\ue000", "\ue001"  # private-use characters no template writes
+
+
+def render(tokenizer, messages: list[dict], enable_thinking: bool = False, generation: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation,
+                                         enable_thinking=enable_thinking)
+
+
+def generation_prompt(tokenizer, enable_thinking: bool) -> str:
+    """What the chat template writes after a conversation to start the answer (Qwen3's includes an empty
+    <think> block when thinking is off)."""
+    user = [{"role": "user", "content": USER_TEXT}]
+    closed = render(tokenizer, user, enable_thinking)
+    return render(tokenizer, user, enable_thinking, generation=True)[len(closed):]
+
+
+def default_system_prompt(tokenizer) -> str | None:
+    """The system prompt the chat template inserts when a conversation has none (Qwen2.5's "You are Qwen..."),
+    found where a given system prompt lands; None when it inserts none or takes no system turn."""
+    user = [{"role": "user", "content": USER_TEXT}]
+    try:
+        with_system = render(tokenizer, [{"role": "system", "content": SYSTEM_TEXT}, *user])
+    except Exception:  # a template without system turns
+        return None
+    before, after = with_system.split(SYSTEM_TEXT, 1)
+    without = render(tokenizer, user)
+    ending = after.split(USER_TEXT, 1)[0]
+    if not ending or not without.startswith(before) or ending not in without[len(before):]:
+        return None
+    return without[len(before):].split(ending, 1)[0] or None

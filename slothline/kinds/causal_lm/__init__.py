@@ -157,4 +157,4 @@ def evaluate(model, tokenizer, rows: list[dict], params, base, media_dir):
 def export(formats: list[str], model_dir, out_dir, params) -> dict:
     from slothline.export.gguf import export_gguf
 
-    return export_gguf(model_dir, out_dir, params.export.gguf_quantization)
+    return export_gguf(model_dir, out_dir, params.export.gguf_quantization, params.data.enable_thinking)

@@ -1,0 +1,143 @@
+"""GGUF export of every family with a GGUF recipe, each checked by llama.cpp: tiny random checkpoints of each
+family (with a tokenizer of the family's type) are exported as the export stage does, and llama.cpp must
+tokenize a probe text and the chat prompt as the model's tokenizer does and generate its 16 greedy tokens."""
+
+import dataclasses
+import json
+
+import pytest
+
+from slothline import families
+from slothline.export import gguf_refusal
+from slothline.export.gguf import export_gguf, generation_check, write_gguf
+from slothline.export.gguf_vocab import pre_tokenizer
+from tests.tiny_families import byte_level_tokenizer, tiny_family_model
+
+FAMILIES = ["gemma3_text", "mistral", "phi3", "llama"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_model(request, tmp_path_factory):
+    return tiny_family_model(tmp_path_factory.mktemp(request.param) / "merged", request.param)
+
+
+@pytest.mark.llama_cpp
+def test_each_family_exports_as_llama_cpp_computes_it(family_model, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    report = export_gguf(family_model, tmp_path, ["f16", "q8_0"])
+    architecture = families.family(json.loads((family_model / "config.json").read_text())["model_type"]).gguf.arch
+    for quantization in ("f16", "q8_0"):
+        assert report[quantization]["architecture"] == architecture
+        assert report[quantization]["generation_check"] == "16 of 16 greedy tokens match transformers"
+        assert (tmp_path / quantization / "Modelfile").read_text().startswith("FROM ./model.gguf\n")
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("model_type, change", [
+    ("gemma3_text", {"norm_shift": 0.0}),  # Gemma's norms as stored, without the 1 it adds
+    ("gemma3_text", {"sliding_window": False}),  # every layer attending to the whole context
+    ("mistral", {"permute_rotary": False}),  # Hugging Face's rotary row order
+])
+def test_the_check_catches_a_family_written_wrongly(tmp_path, monkeypatch, model_type, change):
+    """Each difference a recipe records changes what llama.cpp generates: the check would see it missing."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    model_dir = tiny_family_model(tmp_path / "merged", model_type)
+    record = families.FAMILIES[model_type]
+    monkeypatch.setitem(families.FAMILIES, model_type,
+                        dataclasses.replace(record, gguf=dataclasses.replace(record.gguf, **change)))
+    write_gguf(model_dir, tmp_path / "model.gguf", "f16")
+    matching = int(generation_check(tmp_path / "model.gguf", model_dir).split()[0])
+    assert matching < 16
+
+
+def logits_both_ways(model_dir, gguf_file, text: str):
+    """Transformers' and llama.cpp's logits at every position of `text`."""
+    import llama_cpp
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        expected = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)(torch.tensor([ids])).logits[0]
+    llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=256, logits_all=True, verbose=False)
+    llm.eval(ids)
+    return expected.numpy(), np.array(llm.scores[: len(ids)])
+
+
+@pytest.mark.llama_cpp
+def test_gemma3_linear_rope_scaling_of_its_global_layers(tmp_path):
+    """Gemma 3 (4B and up) scales RoPE linearly on its full-attention layers alone; llama.cpp computes the same
+    logits at every position of a 60-token text, where the scaling moves transformers' own logits."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    text = "Say hello to Anna. Hello there my friend, how are you today? The sun shines on the hills."
+    rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 100.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}}
+    scaled = tiny_family_model(tmp_path / "scaled", "gemma3_text", rope_parameters=rope)
+    unscaled = tiny_family_model(tmp_path / "unscaled", "gemma3_text", rope_parameters={
+        **rope, "full_attention": {"rope_type": "default", "rope_theta": 100.0}})
+    write_gguf(scaled, tmp_path / "scaled.gguf", "f16")
+    write_gguf(unscaled, tmp_path / "unscaled.gguf", "f16")
+    expected, produced = logits_both_ways(scaled, tmp_path / "scaled.gguf", text)
+    unscaled_expected, _ = logits_both_ways(unscaled, tmp_path / "unscaled.gguf", text)
+    assert abs(produced - expected).max() < 0.02
+    assert abs(unscaled_expected - expected).max() > 0.2
+
+
+@pytest.mark.parametrize("split", list(families.PRE_TOKENIZERS))
+def test_the_pre_tokenizer_is_the_one_that_splits_as_the_model_does(split):
+    tokenizer_json = json.loads(byte_level_tokenizer(split).to_str())
+    assert pre_tokenizer(tokenizer_json) == split
+
+
+def test_a_split_llama_cpp_has_not_is_refused_before_training():
+    """A byte-level tokenizer that splits words on whitespace alone: llama.cpp would tokenize otherwise."""
+    from tokenizers import Regex, pre_tokenizers
+
+    backend = byte_level_tokenizer("qwen2")
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer_json = json.loads(backend.to_str())
+    assert pre_tokenizer(tokenizer_json) is None
+    problem = gguf_refusal({"model_type": "qwen3"}, tokenizer_json)
+    assert problem.startswith("llama.cpp has no pre-tokenizer that splits text as this tokenizer does (tried qwen2")
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "phi3", "rope_parameters": {"rope_type": "longrope", "short_factor": [1.0]}}, "RoPE scaling"),
+    ({"model_type": "gemma3_text", "rope_parameters": {"full_attention": {"rope_type": "yarn"}}}, "RoPE scaling"),
+    ({"model_type": "gemma3_text", "attn_logit_softcapping": 50.0}, "soft-capping"),
+])
+def test_what_llama_cpp_would_compute_otherwise_is_refused(config, message):
+    assert message in gguf_refusal(config, json.loads(byte_level_tokenizer("qwen2").to_str()))
+
+
+def test_the_modelfile_follows_the_models_own_files(tmp_path):
+    """Stop tokens and sampling from generation_config.json, the generation prompt and a default system prompt
+    from the chat template; no TEMPLATE (Ollama reads the GGUF's) for a chat format without a known form."""
+    from transformers import AutoTokenizer
+
+    from slothline.export.ollama import modelfile
+
+    model_dir = tiny_family_model(tmp_path / "phi3", "phi3")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = ("{% if messages[0]['role'] != 'system' %}<|system|>\nYou are a helpful assistant.<|end|>\n"
+                               "{% endif %}" + tokenizer.chat_template)
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 0.3, "top_k": 40, "eos_token_id": [tokenizer.convert_tokens_to_ids("<|end|>")]}))
+    text = modelfile(model_dir)
+    assert 'SYSTEM """You are a helpful assistant."""' in text
+    assert text.count("PARAMETER stop") == 2 and 'PARAMETER stop "<|end|>"' in text
+    assert "PARAMETER temperature 0.3\nPARAMETER top_k 40\n" in text and "top_p" not in text
+    assert '{{ end }}<|assistant|>\n"""' in text
+    assert 'TEMPLATE """' not in modelfile(tiny_family_model(tmp_path / "mistral", "mistral"))
+
+
+def test_the_qwen3_modelfile_prompts_as_training_did(tiny_qwen3):
+    from pathlib import Path
+
+    from slothline.export.ollama import modelfile
+
+    assert '<|im_start|>assistant\n<think>\n\n</think>\n\n"""' in modelfile(Path(tiny_qwen3), enable_thinking=False)
+    assert '<|im_start|>assistant\n"""' in modelfile(Path(tiny_qwen3), enable_thinking=True)
