@@ -24,6 +24,7 @@ SHARD_SIZE = "5GB"  # the merged model's safetensors shards: what the Hub and Un
 EXPORT_DIR = Path("models/export")
 ONNX_DIR = EXPORT_DIR / "onnx"
 GGUF_FILE, MODELFILE = "model.gguf", "Modelfile"  # in EXPORT_DIR/<quantization>/
+BASE_GGUF_FILE, ADAPTER_GGUF_FILE = "base.gguf", "adapter.gguf"  # there instead, for a LoRA adapter
 MANIFEST_FILE = "manifest.json"
 
 METRICS_DIR = Path("metrics")

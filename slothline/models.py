@@ -22,6 +22,19 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def model_directory(name: str, revision: str | None = None) -> Path:
+    """A local directory holding `name`'s files (a hub model's cached snapshot: downloaded where allowed)."""
+    source = resolve_model(name)
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=revision))
+    except Exception as err:  # the hub client raises many types; all mean "cannot get it"
+        raise SlothlineError(f"model.name: cannot get the files of {name!r} ({err.__class__.__name__}: {err})") from None
+
+
 def model_file(name: str, filename: str, revision: str | None = None) -> str | None:
     """The local path of one file of `model.name` (fetched from the hub for a hub id), or None where the model
     has no such file."""

@@ -17,10 +17,10 @@ def main() -> None:
     manifest = Manifest.read(MERGED_DIR)
     task = kinds.get(manifest.kind)
     kinds.check_export_formats(task, formats)
-    if formats and manifest.method == "lora":
+    if manifest.method == "lora" and (unconverted := [f for f in formats if f != "gguf"]):
         raise SlothlineError(f"{MERGED_DIR}: holds the adapter alone (merge.save_method: lora); "
-                             f"{'/'.join(f.upper() for f in formats)} export needs merge.save_method: "
-                             "merged_16bit, or export.formats: []")
+                             f"{'/'.join(f.upper() for f in unconverted)} export needs merge.save_method: "
+                             "merged_16bit, or export.formats: [gguf] or []")
     with atomic_dir(EXPORT_DIR) as staging:
         report = task.export(formats, MERGED_DIR, staging, params) if formats else {}
     write_json(EXPORT_METRICS, report)

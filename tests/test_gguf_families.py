@@ -141,3 +141,53 @@ def test_the_qwen3_modelfile_prompts_as_training_did(tiny_qwen3):
 
     assert '<|im_start|>assistant\n<think>\n\n</think>\n\n"""' in modelfile(Path(tiny_qwen3), enable_thinking=False)
     assert '<|im_start|>assistant\n"""' in modelfile(Path(tiny_qwen3), enable_thinking=True)
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("model_type, rslora", [("llama", False), ("gemma3_text", True), ("phi3", False)])
+def test_a_lora_adapter_exports_as_a_gguf_adapter_on_its_base(tmp_path, model_type, rslora):
+    """merge.save_method: lora with GGUF export: the base model's GGUF and a GGUF adapter that llama.cpp applies
+    to it, generating what transformers generates with the adapter merged (which differs from the base's)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slothline.artifacts import Manifest
+    from slothline.export.gguf import greedy_tokens
+
+    base_dir = tiny_family_model(tmp_path / "base", model_type)
+    targets = families.family(model_type).lora_targets
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), use_rslora=rslora,
+                                      init_lora_weights=False))
+    adapter_dir = tmp_path / "merged"
+    model.save_pretrained(adapter_dir)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(adapter_dir)
+    Manifest(kind="causal_lm", method="lora", base_model=str(base_dir), revision=None, backend="hf",
+             precision="float32", load_in_4bit=False, max_seq_length=512).write(adapter_dir)
+
+    (tmp_path / "export").mkdir()
+    report = export_gguf(adapter_dir, tmp_path / "export", ["f16"])
+    folder = tmp_path / "export" / "f16"
+    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "adapter.gguf", "base.gguf"]
+    assert report["f16"]["generation_check"] == "16 of 16 greedy tokens match transformers"
+    assert (folder / "Modelfile").read_text().startswith("FROM ./base.gguf\nADAPTER ./adapter.gguf\n")
+    prompt = [5, 6, 7, 8]
+    merged = model.merge_and_unload()
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert greedy_tokens(merged, prompt, 8) != greedy_tokens(base, prompt, 8)  # the adapter is seen
+
+
+@pytest.mark.parametrize("settings, reason", [
+    ({"use_dora": True}, "DoRA"),
+    ({"bias": "all"}, "biases trained"),
+    ({"target_modules": ["q_proj", "lm_head"]}, "embeddings or the output layer"),
+    ({"modules_to_save": ["lm_head"]}, "whole modules saved"),
+])
+def test_what_a_gguf_adapter_cannot_hold_is_refused(settings, reason):
+    from slothline.export import lora_gguf_refusal
+
+    assert reason in lora_gguf_refusal({"target_modules": ["q_proj"], **settings})
+    assert lora_gguf_refusal({"target_modules": ["q_proj", "v_proj"], "bias": "none"}) is None

@@ -173,6 +173,9 @@ def check_params_error(directory: Path, kind: str = "causal_lm", **sections) -> 
      "judge the model on the val split, which data.val_fraction: 0 leaves empty"),
     ("vision", {"export": {"formats": ["gguf"]}}, "export.formats: gguf is not offered for vision models"),
     ("classifier", {"merge": {"save_method": "lora"}}, "merge.save_method: lora writes the adapter alone"),
+    ("causal_lm", {"merge": {"save_method": "lora"}, "lora": {"bias": "all"}},
+     "export.formats: gguf with merge.save_method: lora: a GGUF adapter holds plain LoRA on linear layers, and this "
+     "one has biases trained"),
     ("causal_lm", {"data": {"test_fraction": 0.0}}, "data.test_fraction: 0 leaves no test split"),
     ("classifier", {"model": {"name": "builtin:tiny-qwen3"}},
      r"kind: classifier, but builtin:tiny-qwen3's config is that of a causal_lm model; switch with `dvc exp run -S "
@@ -215,13 +218,14 @@ def test_check_params_refuses_before_prepare_what_a_later_stage_would(workdir, k
 
 
 def test_check_params_refuses_gguf_of_a_family_the_writer_does_not_write(workdir, tiny_qwen3):
-    """A real Gemma 3 trains and merges, but its GGUF cannot be written: refused before training."""
-    model = workdir.path / "gemma"
+    """An OLMo 2 model trains and merges, but its GGUF cannot be written: refused before training."""
+    model = workdir.path / "olmo"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]}))
+    (model / "config.json").write_text(json.dumps({"model_type": "olmo2", "architectures": ["Olmo2ForCausalLM"]}))
     shutil.copy(Path(tiny_qwen3) / "tokenizer.json", model / "tokenizer.json")
     error = check_params_error(workdir.path, model={"name": str(model)})
-    assert "export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama models, not 'gemma3_text'" in error
+    assert ("export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama, mistral, gemma3_text, phi3 models, "
+            "not 'olmo2'") in error
     write_params(workdir.path, model={"name": str(model)}, export={"formats": []})
     from stages import check_params
 

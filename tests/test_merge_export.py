@@ -141,10 +141,15 @@ def test_k_quants_without_llama_quantize_name_what_to_install(adapter, monkeypat
     assert not (adapter.path / EXPORT_DIR).exists()
 
 
-def test_export_needs_merged_weights(adapter):
+def test_the_adapter_alone_exports_as_a_gguf_adapter_beside_its_base(adapter):
+    """merge.save_method: lora: the export stage writes the base model's GGUF (from model.name) and the adapter's."""
     merge(adapter, "lora")
-    with pytest.raises(SlothlineError, match="GGUF export needs merge.save_method: merged_16bit"):
-        export(adapter, ["f16"])
+    report = export(adapter, ["f16"])
+    folder = adapter.path / EXPORT_DIR / "f16"
+    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "adapter.gguf", "base.gguf"]
+    assert report["f16"]["adapter_size_mb"] > 0 and report["f16"]["architecture"] == "qwen3"
+    assert report["f16"]["generation_check"] in ("16 of 16 greedy tokens match transformers",
+                                                  "skipped: llama-cpp-python not installed")
 
 
 def test_bf16_checkpoints_export(workdir, tiny_qwen3, tokenizer):

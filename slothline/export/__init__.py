@@ -67,6 +67,26 @@ def gguf_refusal(config: dict, tokenizer: dict | None) -> str | None:
     return None
 
 
+def lora_gguf_refusal(settings: dict) -> str | None:
+    """Why a LoRA adapter of these settings (adapter_config.json's keys) cannot be written as a GGUF adapter that
+    llama.cpp applies as PEFT does (None: it can)."""
+    targets = settings.get("target_modules") or []
+    reasons = {
+        "DoRA (use_dora)": settings.get("use_dora"),
+        f"biases trained (lora.bias: {settings.get('bias')})": settings.get("bias", "none") != "none",
+        "LoftQ, which changes the base weights (lora.loftq)": settings.get("init_lora_weights") == "loftq",
+        "whole modules saved beside the adapter (modules_to_save)": settings.get("modules_to_save"),
+        "ranks or alphas that differ by layer": settings.get("rank_pattern") or settings.get("alpha_pattern"),
+        "embeddings or the output layer among lora.target_modules": any(
+            name in ("embed_tokens", "lm_head") for name in ([targets] if isinstance(targets, str) else targets)),
+    }
+    found = [reason for reason, present in reasons.items() if present]
+    if found:
+        return (f"a GGUF adapter holds plain LoRA on linear layers, and this one has {', '.join(found)}; set "
+                "merge.save_method: merged_16bit to export the merged model instead")
+    return None
+
+
 def check_gguf(params) -> None:
     """Refuse `export.formats: [gguf]` for a model the writer cannot write, and k-quants without llama-quantize."""
     from slothline.models import model_config, model_file
@@ -83,6 +103,11 @@ def check_gguf(params) -> None:
     problem = k_quant_refusal(params.export.gguf_quantization)
     if problem:
         raise SlothlineError(problem)
+    lora = params.lora
+    if params.merge.save_method == "lora" and (problem := lora_gguf_refusal(
+            {"bias": lora.bias, "init_lora_weights": "loftq" if lora.loftq else True,
+             "target_modules": lora.target_modules})):
+        raise SlothlineError(f"export.formats: gguf with merge.save_method: lora: {problem}")
 
 
 def k_quant_refusal(quantizations: list[str]) -> str | None:

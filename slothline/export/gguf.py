@@ -6,47 +6,66 @@ weights shifted where the recipe says), and the tokenizer (gguf_vocab).
 """
 
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from slothline.artifacts import GGUF_FILE, MODELFILE
+from slothline.artifacts import ADAPTER_GGUF_FILE, BASE_GGUF_FILE, GGUF_FILE, MODELFILE, Manifest
 from slothline.errors import SlothlineError
-from slothline.export import PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal
+from slothline.export import PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal, lora_gguf_refusal
 from slothline.export.gguf_vocab import write_vocab
 from slothline.export.ollama import modelfile
 from slothline.families import PROBE_TEXT, family
+from slothline.models import model_directory
 
 
 def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable_thinking: bool = False) -> dict:
-    """`out_dir`/<quantization>/model.gguf and its Ollama Modelfile (prompting as the model was trained, with or
-    without thinking) for each quantization, each read back and generated from; returns each file's checks."""
+    """For each quantization, `out_dir`/<quantization>/ with model.gguf (or, where `model_dir` holds a LoRA
+    adapter, base.gguf of its base model and adapter.gguf) and an Ollama Modelfile prompting as the model was
+    trained (with or without thinking); every file read back and generated from. Returns each file's checks."""
     problem = k_quant_refusal(quantizations)
     if problem:
         raise SlothlineError(problem)
+    adapter = (model_dir / "adapter_config.json").is_file()  # merge.save_method: lora
+    if adapter:
+        manifest = Manifest.read(model_dir)
+    weights_dir = model_directory(manifest.base_model, manifest.revision) if adapter else model_dir
     report = {}
     for quantization in quantizations:
         folder = out_dir / quantization
         folder.mkdir()
-        gguf_file = folder / GGUF_FILE
-        if quantization in PYTHON_QUANTIZATIONS:
-            write_gguf(model_dir, gguf_file, quantization)
-        else:  # k-quants: an f16 file through llama.cpp's quantizer
-            write_gguf(model_dir, folder / "f16.gguf", "f16")
-            done = subprocess.run([shutil.which("llama-quantize"), str(folder / "f16.gguf"),
-                                   str(gguf_file), quantization.upper()], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SlothlineError(f"llama-quantize failed for {quantization}:\n{done.stderr[-2000:]}")
-            (folder / "f16.gguf").unlink()
-        (folder / MODELFILE).write_text(modelfile(model_dir, enable_thinking))
+        gguf_file = folder / (BASE_GGUF_FILE if adapter else GGUF_FILE)
+        write_quantized(weights_dir, gguf_file, quantization)
+        lora_file = folder / ADAPTER_GGUF_FILE if adapter else None
+        if lora_file:
+            write_lora_gguf(model_dir, weights_dir, lora_file)
+        (folder / MODELFILE).write_text(modelfile(model_dir, weights_dir, gguf_file.name, lora_file and lora_file.name,
+                                                  enable_thinking))
         report[quantization] = {
             "size_mb": round(gguf_file.stat().st_size / 2**20, 3),
-            **read_back(gguf_file, model_dir),
-            "generation_check": generation_check(gguf_file, model_dir),
+            **read_back(gguf_file, weights_dir),
+            **({"adapter_size_mb": round(lora_file.stat().st_size / 2**20, 3)} if lora_file else {}),
+            "generation_check": generation_check(gguf_file, model_dir, weights_dir, lora_file),
         }
     return report
+
+
+def write_quantized(model_dir: Path, gguf_file: Path, quantization: str) -> None:
+    """The GGUF file of `model_dir` in `quantization`: written here, or for k-quants an f16 file through llama.cpp's
+    quantizer."""
+    if quantization in PYTHON_QUANTIZATIONS:
+        write_gguf(model_dir, gguf_file, quantization)
+        return
+    f16_file = gguf_file.with_suffix(".f16.gguf")
+    write_gguf(model_dir, f16_file, "f16")
+    done = subprocess.run([shutil.which("llama-quantize"), str(f16_file), str(gguf_file), quantization.upper()],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SlothlineError(f"llama-quantize failed for {quantization}:\n{done.stderr[-2000:]}")
+    f16_file.unlink()
 
 
 CHUNK_BYTES = 64 * 2**20  # source rows converted at a time: peak memory stays near the largest tensor's output
@@ -82,6 +101,39 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
         heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
         shift = recipe.norm_shift if hf_name.endswith("norm.weight") else 0.0
         writer.write_tensor_data(converted(shard, hf_name, shape, kind, heads if permuted(hf_name) else None, shift))
+    writer.close()
+
+
+def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_file: Path) -> None:
+    """The PEFT LoRA adapter in `adapter_dir` as a GGUF adapter that llama.cpp applies to the GGUF of its base
+    model (`--lora`, Ollama's ADAPTER): each target's A and B under the base tensor's GGUF name (`.lora_a`,
+    `.lora_b`; B's rows permuted where the base's q/k rows are) and the alpha that makes llama.cpp's scale
+    alpha/r PEFT's (alpha/sqrt(r) with rsLoRA), in float32, as llama.cpp's convert_lora_to_gguf writes it."""
+    import gguf
+    from safetensors import safe_open
+
+    config = json.loads((base_dir / "config.json").read_text())
+    settings = json.loads((adapter_dir / "adapter_config.json").read_text())
+    problem = lora_gguf_refusal(settings)
+    if problem:
+        raise SlothlineError(f"{adapter_dir}: {problem}")
+    recipe = family(config["model_type"]).gguf
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[recipe.arch.upper()], config["num_hidden_layers"])
+    alpha = settings["lora_alpha"] * (math.sqrt(settings["r"]) if settings.get("use_rslora") else 1.0)
+    writer = gguf.GGUFWriter(str(out_file), recipe.arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    with safe_open(adapter_dir / "adapter_model.safetensors", "pt") as f:
+        for name in sorted(f.keys()):  # ...q_proj.lora_A.weight before ...q_proj.lora_B.weight
+            layer, part = name.removeprefix("base_model.model.").rsplit(".lora_", 1)
+            data = f.get_tensor(name).float().numpy()
+            if part == "B.weight" and recipe.permute_rotary and layer.endswith(("q_proj", "k_proj")):
+                data = permute_rotary(data, config["num_attention_heads" if "q_proj" in layer else "num_key_value_heads"])
+            writer.add_tensor(f"{gguf_name(names, layer + '.weight', adapter_dir)}.lora_{part[0].lower()}", data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
     writer.close()
 
 
@@ -241,10 +293,12 @@ def read_back(gguf_file: Path, model_dir: Path) -> dict:
             "vocab_size": len(fields["tokenizer.ggml.tokens"].data)}
 
 
-def generation_check(gguf_file: Path, model_dir: Path, tokens: int = 16) -> str:
-    """llama.cpp (llama-cpp-python) against transformers on the merged model: the tokens of a probe text (digits,
-    runs of spaces, accents, CJK, emoji) and of a chat prompt must be the same, and the greedy tokens generated
-    from that prompt are compared; "skipped" where llama-cpp-python is not installed."""
+def generation_check(gguf_file: Path, model_dir: Path, base_dir: Path | None = None, lora_file: Path | None = None,
+                     tokens: int = 16) -> str:
+    """llama.cpp (llama-cpp-python) against transformers on the merged model (or on the base model in `base_dir`
+    with the adapter in `model_dir` merged, llama.cpp applying `lora_file` to `gguf_file`): the tokens of a probe
+    text (digits, runs of spaces, accents, CJK, emoji) and of a chat prompt must be the same, and the greedy
+    tokens generated from that prompt are compared; "skipped" where llama-cpp-python is not installed."""
     try:
         import llama_cpp
     except ImportError:
@@ -256,9 +310,15 @@ def generation_check(gguf_file: Path, model_dir: Path, tokens: int = 16) -> str:
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello to Anna."}], tokenize=False,
                                            add_generation_prompt=True, enable_thinking=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if lora_file:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     expected = greedy_tokens(model, prompt_ids, tokens)
-    llm = load_without_weight_repacking(llama_cpp, gguf_file)
+    llm = load_without_weight_repacking(llama_cpp, gguf_file, lora_file)
     for name, text in (("a probe text", PROBE_TEXT), ("the chat prompt", prompt)):
         if llm.tokenize(text.encode(), add_bos=False, special=True) != tokenizer(text, add_special_tokens=False)["input_ids"]:
             raise SlothlineError(f"{gguf_file}: llama.cpp tokenizes {name} differently from the model's tokenizer")
@@ -286,7 +346,7 @@ def greedy_tokens(model, prompt_ids: list[int], count: int) -> list[int]:
     return generated
 
 
-def load_without_weight_repacking(llama_cpp, gguf_file: Path):
+def load_without_weight_repacking(llama_cpp, gguf_file: Path, lora_file: Path | None = None):
     """A llama.cpp model whose weights stay as the file stores them.
 
     By default llama.cpp repacks quantized weights into extra buffer types for the CPU's matrix units;
@@ -303,6 +363,6 @@ def load_without_weight_repacking(llama_cpp, gguf_file: Path):
 
     llama_cpp.llama_cpp.llama_model_default_params = plain_buffers
     try:
-        return llama_cpp.Llama(model_path=str(gguf_file), n_ctx=512, verbose=False)
+        return llama_cpp.Llama(model_path=str(gguf_file), lora_path=lora_file and str(lora_file), n_ctx=512, verbose=False)
     finally:
         llama_cpp.llama_cpp.llama_model_default_params = defaults

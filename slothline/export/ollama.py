@@ -13,21 +13,23 @@ SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "m
             "repetition_penalty": "repeat_penalty"}  # generation_config.json key -> Ollama parameter
 
 
-def modelfile(model_dir: Path, enable_thinking: bool = False) -> str:
-    """An Ollama Modelfile for the model.gguf beside it."""
+def modelfile(model_dir: Path, weights_dir: Path, gguf_name: str, adapter_name: str | None = None,
+              enable_thinking: bool = False) -> str:
+    """An Ollama Modelfile for the GGUF file `gguf_name` beside it (and the GGUF adapter `adapter_name` applied
+    to it), from the tokenizer in `model_dir` and the generation settings of the weights in `weights_dir`."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    generation_file = model_dir / "generation_config.json"
+    generation_file = weights_dir / "generation_config.json"
     generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
     chat = chat_format_of(tokenizer.get_vocab())
-    lines = ["FROM ./model.gguf"]
+    lines = [f"FROM ./{gguf_name}", *([f"ADAPTER ./{adapter_name}"] if adapter_name else [])]
     if chat and chat.ollama_turns and tokenizer.chat_template:
         lines.append(f'TEMPLATE """{chat.ollama_turns}{generation_prompt(tokenizer, enable_thinking)}"""')
         if system := default_system_prompt(tokenizer):
             lines.append(f'SYSTEM """{system}"""')
     else:
-        lines.append("# no TEMPLATE: Ollama takes the chat template embedded in model.gguf")
+        lines.append(f"# no TEMPLATE: Ollama takes the chat template embedded in {gguf_name}")
     lines += [f"PARAMETER stop {json.dumps(tokenizer.convert_ids_to_tokens(i))}" for i in stop_ids(tokenizer, generation)]
     if generation.get("do_sample"):
         lines += [f"PARAMETER {name} {generation[key]}" for key, name in SAMPLING.items() if generation.get(key) is not None]

@@ -111,10 +111,10 @@ def check(task: Task, params) -> None:
             raise SlothlineError(f"data.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
                                  f"use one of {', '.join(task.FORMATS)}")
     check_export_formats(task, params.export.formats)
-    if params.merge.save_method == "lora" and params.export.formats:
+    if params.merge.save_method == "lora" and (unconverted := [f for f in params.export.formats if f != "gguf"]):
         raise SlothlineError(f"merge.save_method: lora writes the adapter alone, which export.formats "
-                             f"({', '.join(params.export.formats)}) cannot convert; set merge.save_method: "
-                             "merged_16bit, or export.formats: []")
+                             f"({', '.join(unconverted)}) cannot convert; set merge.save_method: merged_16bit, or "
+                             "export.formats: [gguf] (a GGUF adapter beside its base model's GGUF) or []")
     if params.data.test_fraction == 0:
         raise SlothlineError("data.test_fraction: 0 leaves no test split, but evaluate scores the tuned model on it; "
                              "set it above 0 (e.g. 0.1)")
