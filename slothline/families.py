@@ -32,6 +32,8 @@ class GGUFRecipe:
     rope_types: tuple[str, ...] = ("default",)  # RoPE types llama.cpp computes as transformers does
     attention_scale: Callable | None = None  # config -> the query scale llama.cpp uses; refused where it differs
     original_context: bool = False  # writes original_max_position_embeddings (Phi-3)
+    text_prefix: str | None = None  # a vision-language checkpoint's language model (its text GGUF)...
+    mmproj: str | None = None  # ...and llama.cpp's projector type of its vision encoder (the mmproj GGUF)
 
 
 def gemma3_query_scale(config: dict) -> float:
@@ -59,7 +61,8 @@ FAMILIES = {
         attention_scale=gemma3_query_scale)),
     "phi3": Family("causal_lm", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
                    gguf=GGUFRecipe("phi3", original_context=True)),
-    "qwen3_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
+    "qwen3_vl": Family("vision", image_tokens=qwen_vl_image_tokens, gguf=GGUFRecipe(
+        "qwen3vl", text_prefix="model.language_model.", mmproj="qwen3vl_merger")),
     "qwen2_5_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
     "qwen2_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
     "modernbert": Family("classifier", ("Wqkv", "Wo", "Wi")),  # attn.Wqkv, attn.Wo, mlp.Wi, mlp.Wo

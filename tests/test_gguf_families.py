@@ -4,6 +4,7 @@ tokenize a probe text and the chat prompt as the model's tokenizer does and gene
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -126,21 +127,21 @@ def test_the_modelfile_follows_the_models_own_files(tmp_path):
     tokenizer.save_pretrained(model_dir)
     (model_dir / "generation_config.json").write_text(json.dumps(
         {"do_sample": True, "temperature": 0.3, "top_k": 40, "eos_token_id": [tokenizer.convert_tokens_to_ids("<|end|>")]}))
-    text = modelfile(model_dir)
+    text = modelfile(model_dir, model_dir, "model.gguf")
     assert 'SYSTEM """You are a helpful assistant."""' in text
     assert text.count("PARAMETER stop") == 2 and 'PARAMETER stop "<|end|>"' in text
     assert "PARAMETER temperature 0.3\nPARAMETER top_k 40\n" in text and "top_p" not in text
     assert '{{ end }}<|assistant|>\n"""' in text
-    assert 'TEMPLATE """' not in modelfile(tiny_family_model(tmp_path / "mistral", "mistral"))
+    mistral = tiny_family_model(tmp_path / "mistral", "mistral")
+    assert 'TEMPLATE """' not in modelfile(mistral, mistral, "model.gguf")
 
 
 def test_the_qwen3_modelfile_prompts_as_training_did(tiny_qwen3):
-    from pathlib import Path
-
     from slothline.export.ollama import modelfile
 
-    assert '<|im_start|>assistant\n<think>\n\n</think>\n\n"""' in modelfile(Path(tiny_qwen3), enable_thinking=False)
-    assert '<|im_start|>assistant\n"""' in modelfile(Path(tiny_qwen3), enable_thinking=True)
+    model_dir = Path(tiny_qwen3)
+    assert '<|im_start|>assistant\n<think>\n\n</think>\n\n"""' in modelfile(model_dir, model_dir, "model.gguf")
+    assert '<|im_start|>assistant\n"""' in modelfile(model_dir, model_dir, "model.gguf", enable_thinking=True)
 
 
 @pytest.mark.llama_cpp
@@ -191,3 +192,36 @@ def test_what_a_gguf_adapter_cannot_hold_is_refused(settings, reason):
 
     assert reason in lora_gguf_refusal({"target_modules": ["q_proj"], **settings})
     assert lora_gguf_refusal({"target_modules": ["q_proj", "v_proj"], "bias": "none"}) is None
+
+
+@pytest.mark.llama_cpp
+def test_a_vision_model_exports_a_text_gguf_and_an_mmproj_llama_cpp_answers_images_with(tiny_qwen3_vl, tmp_path):
+    """Qwen3-VL: the language model's GGUF and the vision encoder's mmproj; llama.cpp's multimodal library
+    (mtmd) answers an image question with transformers' greedy tokens, and the text prompt likewise."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    import gguf
+
+    report = export_gguf(Path(tiny_qwen3_vl), tmp_path, ["f16"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f16", "mmproj.gguf"]
+    assert report["f16"]["architecture"] == "qwen3vl"
+    assert report["f16"]["generation_check"] == "16 of 16 greedy tokens match transformers"
+    assert report["f16"]["image_check"] == "16 of 16 greedy tokens match transformers"
+    projector = gguf.GGUFReader(str(tmp_path / "mmproj.gguf"))
+    assert bytes(projector.fields["clip.projector_type"].parts[-1]).decode() == "qwen3vl_merger"
+    assert "--mmproj ../mmproj.gguf" in (tmp_path / "f16" / "Modelfile").read_text()
+
+
+def test_the_image_check_sees_a_wrong_vision_encoder(tiny_qwen3_vl, tmp_path, monkeypatch):
+    """With its position embeddings in reverse order the vision encoder sees the patches elsewhere, and the
+    answer differs from transformers'."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    from slothline.export import gguf_vision
+
+    original = gguf_vision.read_tensor
+    swapped = lambda shard, name: original(shard, name)[::-1] if name.endswith("pos_embed.weight") \
+        else original(shard, name)
+    monkeypatch.setattr(gguf_vision, "read_tensor", swapped)
+    gguf_vision.write_mmproj(Path(tiny_qwen3_vl), tmp_path / "mmproj.gguf")
+    write_gguf(Path(tiny_qwen3_vl), tmp_path / "model.gguf", "f16")
+    matching = int(gguf_vision.vision_check(tmp_path / "model.gguf", tmp_path / "mmproj.gguf", Path(tiny_qwen3_vl)).split()[0])
+    assert matching < 16

@@ -171,7 +171,9 @@ def check_params_error(directory: Path, kind: str = "causal_lm", **sections) -> 
      "micro_f1, not rougeL"),
     ("causal_lm", {"train": {"early_stopping_patience": 2}, "data": {"val_fraction": 0.0}},
      "judge the model on the val split, which data.val_fraction: 0 leaves empty"),
-    ("vision", {"export": {"formats": ["gguf"]}}, "export.formats: gguf is not offered for vision models"),
+    ("vision", {"export": {"formats": ["onnx"]}}, "export.formats: onnx is not offered for vision models; use gguf"),
+    ("vision", {"export": {"formats": ["gguf"]}, "merge": {"save_method": "lora"}},
+     "export.formats: gguf of a vision model needs merge.save_method: merged_16bit"),
     ("classifier", {"merge": {"save_method": "lora"}}, "merge.save_method: lora writes the adapter alone"),
     ("causal_lm", {"merge": {"save_method": "lora"}, "lora": {"bias": "all"}},
      "export.formats: gguf with merge.save_method: lora: a GGUF adapter holds plain LoRA on linear layers, and this "
@@ -224,7 +226,7 @@ def test_check_params_refuses_gguf_of_a_family_the_writer_does_not_write(workdir
     (model / "config.json").write_text(json.dumps({"model_type": "olmo2", "architectures": ["Olmo2ForCausalLM"]}))
     shutil.copy(Path(tiny_qwen3) / "tokenizer.json", model / "tokenizer.json")
     error = check_params_error(workdir.path, model={"name": str(model)})
-    assert ("export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama, mistral, gemma3_text, phi3 models, "
+    assert ("export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama, mistral, gemma3_text, phi3, qwen3_vl models, "
             "not 'olmo2'") in error
     write_params(workdir.path, model={"name": str(model)}, export={"formats": []})
     from stages import check_params

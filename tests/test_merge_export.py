@@ -348,7 +348,7 @@ def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
     ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}},
      "quantized \\(bitsandbytes\\) weights"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
-    ({"model_type": "gemma3"}, "the GGUF writer supports qwen3, qwen2, llama, mistral, gemma3_text, phi3 models, "
+    ({"model_type": "gemma3"}, "the GGUF writer supports qwen3, qwen2, llama, mistral, gemma3_text, phi3, qwen3_vl models, "
                                "not 'gemma3'"),
     ({"model_type": "gemma3_text", "query_pre_attn_scalar": 100}, "query_pre_attn_scalar 100 scales attention"),
 ])
@@ -384,7 +384,7 @@ def check(**sections) -> None:
 def test_a_family_without_a_gguf_record_is_refused_at_params_time(tmp_path, tiny_qwen3):
     olmo = model_directory(tmp_path / "olmo", tiny_qwen3, "olmo2")
     with pytest.raises(SlothlineError, match=r"export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama, "
-                                             r"mistral, gemma3_text, phi3 models, not 'olmo2'; set export.formats: \[\]"):
+                                             r"mistral, gemma3_text, phi3, qwen3_vl models, not 'olmo2'; set export.formats: \[\]"):
         check(model={"name": olmo})
     check(model={"name": olmo}, export={"formats": []})  # no GGUF asked for: nothing to refuse
     check(model={"name": model_directory(tmp_path / "qwen3", tiny_qwen3, "qwen3")})  # the same files as qwen3

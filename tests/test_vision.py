@@ -2,6 +2,7 @@
 Qwen3-VL, LoRA scoping, merge and export, and the vision default (`dvc exp run -S kind=vision`)."""
 
 import base64
+import importlib.util
 import io
 import json
 import os
@@ -14,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from slothline.artifacts import (DATA_METRICS, EVAL_METRICS, EXPORT_METRICS, IMAGES_SUBDIR, MERGED_DIR, PREPARED_DIR,
+from slothline.artifacts import (DATA_METRICS, EVAL_METRICS, EXPORT_DIR, EXPORT_METRICS, IMAGES_SUBDIR, MERGED_DIR, PREPARED_DIR,
                                  REPORT_FILE, TRAIN_METRICS, TUNED_DIR, Manifest)
 from slothline.data.formats import to_messages
 from slothline.errors import RowError, SlothlineError
@@ -584,12 +585,15 @@ def test_merged_vision_model_loads_with_plain_transformers_and_matches_the_adapt
 
     export.main()  # formats: [] writes nothing and succeeds
     assert json.loads((workdir.path / EXPORT_METRICS).read_text()) == {}
-    write_params(workdir.path, "vision", export={"formats": ["gguf"]})
+    write_params(workdir.path, "vision", export={"formats": ["gguf"], "gguf_quantization": ["f16"]})
+    check_params.main()
+    export.main()  # the language model's GGUF and the vision encoder's mmproj
+    assert (workdir.path / EXPORT_DIR / "mmproj.gguf").is_file() and (workdir.path / EXPORT_DIR / "f16" / "model.gguf").is_file()
+    assert json.loads((workdir.path / EXPORT_METRICS).read_text())["f16"]["architecture"] == "qwen3vl"
+    write_params(workdir.path, "vision", export={"formats": ["gguf"]}, merge={"save_method": "lora"})
     with pytest.raises(SlothlineError) as caught:
         check_params.main()  # refused before anything runs
-    assert str(caught.value) == (
-        "export.formats: gguf is not offered for vision models; their export is models/merged/, which transformers' "
-        "AutoModelForImageTextToText loads; set export.formats: []")
+    assert str(caught.value).startswith("export.formats: gguf of a vision model needs merge.save_method: merged_16bit")
 
 
 # --- the vision default, end to end ---------------------------------------------------------------------
@@ -630,3 +634,13 @@ def test_vision_default_learns_the_bundled_pictures(dvc_project):
     assert (dvc_project / MERGED_DIR / "model.safetensors").is_file()
     assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "kind=vision").stdout) == []
     assert dvc(dvc_project, "status").stdout.strip() == "Data and pipelines are up to date."
+
+    # llama.cpp's files for the tuned model: only export (and what follows it) runs again
+    output = dvc(dvc_project, "exp", "run", "-S", "kind=vision", "-S", "export.formats=[gguf]").stdout
+    assert ran_stages(output) == ["check_params", "export", "push"]
+    exported = json.loads((dvc_project / EXPORT_METRICS).read_text())
+    print(exported)
+    assert sorted(exported) == ["f16", "q8_0"] and (dvc_project / EXPORT_DIR / "mmproj.gguf").is_file()
+    if importlib.util.find_spec("llama_cpp"):
+        assert exported["f16"]["image_check"] == "16 of 16 greedy tokens match transformers"
+        assert exported["f16"]["generation_check"] == "16 of 16 greedy tokens match transformers"

@@ -89,9 +89,12 @@ def tiny_family_model(out_dir: Path, model_type: str, **config) -> Path:
                      layer_types=["sliding_attention", "sliding_attention", "full_attention"])
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **{**sizes, **config}))
-    with torch.no_grad():  # visible weights everywhere a layout error would change the output
+    with torch.no_grad():  # weights large enough that a layout error changes the output
         for name, weight in model.named_parameters():
-            weight.normal_(0, (0.1 if "q_proj" in name or "k_proj" in name or "qkv" in name else 0.05) if weight.dim() > 1 else 0.3).add_(1.0 if "norm" in name and model_type != "gemma3_text" else 0)
+            attention = any(part in name for part in ("q_proj", "k_proj", "qkv"))
+            weight.normal_(0, (0.1 if attention else 0.05) if weight.dim() > 1 else 0.3)
+            if "norm" in name and model_type != "gemma3_text":  # Gemma stores norms as w - 1
+                weight.add_(1.0)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -36,12 +36,22 @@ class GGUFExport(ExportParams):
         return quantizations
 
 
+def text_config(config: dict) -> dict:
+    """The language model's settings: a vision-language model's text_config (with the model's type, embedding
+    tying and vision settings), else the config itself."""
+    if "text_config" not in config:
+        return config
+    return {**config["text_config"], "model_type": config["model_type"],
+            "tie_word_embeddings": config.get("tie_word_embeddings", False), "vision_config": config["vision_config"]}
+
+
 def gguf_refusal(config: dict, tokenizer: dict | None) -> str | None:
     """Why the GGUF writer cannot write a model of this config and tokenizer.json so that llama.cpp computes
     what transformers does (None: it can)."""
     from slothline.export.gguf import rope_of
     from slothline.export.gguf_vocab import SENTENCEPIECE, pre_tokenizer, tokenizer_type
 
+    config = text_config(config)
     model_type = config.get("model_type")
     recipe = family(model_type).gguf
     if not recipe:

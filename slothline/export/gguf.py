@@ -15,7 +15,8 @@ import numpy as np
 
 from slothline.artifacts import ADAPTER_GGUF_FILE, BASE_GGUF_FILE, GGUF_FILE, MODELFILE, Manifest
 from slothline.errors import SlothlineError
-from slothline.export import PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal, lora_gguf_refusal
+from slothline.export import PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal, lora_gguf_refusal, text_config
+from slothline.export.gguf_vision import MMPROJ_FILE, vision_check, write_mmproj
 from slothline.export.gguf_vocab import write_vocab
 from slothline.export.ollama import modelfile
 from slothline.families import PROBE_TEXT, family
@@ -25,7 +26,9 @@ from slothline.models import model_directory
 def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable_thinking: bool = False) -> dict:
     """For each quantization, `out_dir`/<quantization>/ with model.gguf (or, where `model_dir` holds a LoRA
     adapter, base.gguf of its base model and adapter.gguf) and an Ollama Modelfile prompting as the model was
-    trained (with or without thinking); every file read back and generated from. Returns each file's checks."""
+    trained (with or without thinking); for a vision-language model, `out_dir`/mmproj.gguf too (its vision
+    encoder, in float16, for every quantization). Every file is read back and generated from (the text, and
+    an image question through the mmproj). Returns each file's checks."""
     problem = k_quant_refusal(quantizations)
     if problem:
         raise SlothlineError(problem)
@@ -33,6 +36,10 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable
     if adapter:
         manifest = Manifest.read(model_dir)
     weights_dir = model_directory(manifest.base_model, manifest.revision) if adapter else model_dir
+    model_type = json.loads((weights_dir / "config.json").read_text())["model_type"]
+    mmproj = out_dir / MMPROJ_FILE if family(model_type).gguf.mmproj else None
+    if mmproj:
+        write_mmproj(weights_dir, mmproj)
     report = {}
     for quantization in quantizations:
         folder = out_dir / quantization
@@ -43,12 +50,14 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable
         if lora_file:
             write_lora_gguf(model_dir, weights_dir, lora_file)
         (folder / MODELFILE).write_text(modelfile(model_dir, weights_dir, gguf_file.name, lora_file and lora_file.name,
-                                                  enable_thinking))
+                                                  mmproj and f"../{mmproj.name}", enable_thinking))
         report[quantization] = {
             "size_mb": round(gguf_file.stat().st_size / 2**20, 3),
             **read_back(gguf_file, weights_dir),
             **({"adapter_size_mb": round(lora_file.stat().st_size / 2**20, 3)} if lora_file else {}),
             "generation_check": generation_check(gguf_file, model_dir, weights_dir, lora_file),
+            **({"mmproj_size_mb": round(mmproj.stat().st_size / 2**20, 3),
+                "image_check": vision_check(gguf_file, mmproj, model_dir)} if mmproj else {}),
         }
     return report
 
@@ -81,12 +90,12 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
 
     config = json.loads((model_dir / "config.json").read_text())
     check_exportable(model_dir, config)
+    config = text_config(config)
     recipe = family(config["model_type"]).gguf
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[recipe.arch.upper()], config["num_hidden_layers"])
-    plan = [(shard, hf_name, gguf_name(names, hf_name, model_dir), shape, output_type(shape, quantization))
-            for shard, hf_name, shape in checkpoint_tensors(model_dir)
-            if not (config.get("tie_word_embeddings") and hf_name == "lm_head.weight")]
+    plan = [(shard, hf_name, gguf_name(names, text_name, model_dir), shape, output_type(shape, quantization))
+            for shard, hf_name, text_name, shape in language_model_tensors(model_dir, config)]
     writer = gguf.GGUFWriter(str(out_file), recipe.arch)
     write_hyperparameters(writer, config, quantization, recipe)
     write_vocab(writer, tokenizer, model_dir, config["vocab_size"])
@@ -112,7 +121,7 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_file: Path) -> None:
     import gguf
     from safetensors import safe_open
 
-    config = json.loads((base_dir / "config.json").read_text())
+    config = text_config(json.loads((base_dir / "config.json").read_text()))
     settings = json.loads((adapter_dir / "adapter_config.json").read_text())
     problem = lora_gguf_refusal(settings)
     if problem:
@@ -135,6 +144,19 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_file: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def language_model_tensors(model_dir: Path, config: dict):
+    """(shard, name, name as in a text-only checkpoint, shape) of the language model's tensors: a vision-language
+    checkpoint's under its recipe's `text_prefix` (the vision encoder goes to the mmproj file), without an
+    output layer tied to the embeddings."""
+    prefix = family(config["model_type"]).gguf.text_prefix
+    for shard, name, shape in checkpoint_tensors(model_dir):
+        if config.get("tie_word_embeddings") and name == "lm_head.weight":
+            continue
+        if prefix and not name.startswith(prefix) and name != "lm_head.weight":
+            continue
+        yield shard, name, name.replace(prefix, "model.", 1) if prefix else name, shape
 
 
 def checkpoint_tensors(model_dir: Path):
@@ -242,6 +264,10 @@ def write_hyperparameters(writer, config: dict, quantization: str, recipe) -> No
         writer.add_sliding_window(config["sliding_window"])
         writer.add_sliding_window_pattern([layer == "sliding_attention" for layer in config["layer_types"]])
         writer.add_rope_freq_base_swa(rope_of(config, "sliding_attention").get("rope_theta", 10000.0))
+    if "mrope_section" in rope:  # Qwen-VL's multimodal RoPE: rotary pairs for time, height and width
+        writer.add_rope_dimension_sections([*rope["mrope_section"], 0, 0, 0, 0][:4])
+    if deepstack := config.get("vision_config", {}).get("deepstack_visual_indexes"):
+        writer.add_num_deepstack_layers(len(deepstack))
     if recipe.original_context:
         writer.add_rope_scaling_orig_ctx_len(config.get("original_max_position_embeddings")
                                              or config["max_position_embeddings"])
@@ -269,10 +295,8 @@ def read_back(gguf_file: Path, model_dir: Path) -> dict:
     reader = gguf.GGUFReader(str(gguf_file))
     fields = reader.fields
     field_text = lambda key: bytes(fields[key].parts[fields[key].data[0]]).decode()
-    config = json.loads((model_dir / "config.json").read_text())
-    expected = {name: shape for _, name, shape in checkpoint_tensors(model_dir)}
-    if config.get("tie_word_embeddings"):
-        expected.pop("lm_head.weight", None)
+    config = text_config(json.loads((model_dir / "config.json").read_text()))
+    expected = {name: shape for _, name, _, shape in language_model_tensors(model_dir, config)}
     problems = []
     if field_text("general.architecture") != family(config["model_type"]).gguf.arch:
         problems.append("architecture")
@@ -304,7 +328,7 @@ def generation_check(gguf_file: Path, model_dir: Path, base_dir: Path | None = N
     except ImportError:
         return "skipped: llama-cpp-python not installed"
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello to Anna."}], tokenize=False,
@@ -315,8 +339,10 @@ def generation_check(gguf_file: Path, model_dir: Path, base_dir: Path | None = N
 
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    else:  # a vision-language model answers the text prompt with its language model
+        auto = AutoModelForImageTextToText if "vision_config" in json.loads((model_dir / "config.json").read_text()) \
+            else AutoModelForCausalLM
+        model = auto.from_pretrained(model_dir, dtype=torch.float32)
     expected = greedy_tokens(model, prompt_ids, tokens)
     llm = load_without_weight_repacking(llama_cpp, gguf_file, lora_file)
     for name, text in (("a probe text", PROBE_TEXT), ("the chat prompt", prompt)):

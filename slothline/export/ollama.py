@@ -14,9 +14,10 @@ SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "m
 
 
 def modelfile(model_dir: Path, weights_dir: Path, gguf_name: str, adapter_name: str | None = None,
-              enable_thinking: bool = False) -> str:
+              projector: str | None = None, enable_thinking: bool = False) -> str:
     """An Ollama Modelfile for the GGUF file `gguf_name` beside it (and the GGUF adapter `adapter_name` applied
-    to it), from the tokenizer in `model_dir` and the generation settings of the weights in `weights_dir`."""
+    to it; a vision model's `projector` named in a note for llama.cpp's multimodal tools), from the tokenizer in
+    `model_dir` and the generation settings of the weights in `weights_dir`."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -24,6 +25,8 @@ def modelfile(model_dir: Path, weights_dir: Path, gguf_name: str, adapter_name: 
     generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
     chat = chat_format_of(tokenizer.get_vocab())
     lines = [f"FROM ./{gguf_name}", *([f"ADAPTER ./{adapter_name}"] if adapter_name else [])]
+    if projector:
+        lines.append(f"# images: llama.cpp's llama-mtmd-cli or llama-server -m {gguf_name} --mmproj {projector}")
     if chat and chat.ollama_turns and tokenizer.chat_template:
         lines.append(f'TEMPLATE """{chat.ollama_turns}{generation_prompt(tokenizer, enable_thinking)}"""')
         if system := default_system_prompt(tokenizer):

@@ -18,13 +18,14 @@ from slothline.kinds.vision.formats import CONVERTERS, image_parts
 from slothline.errors import RowError
 from slothline.kinds.vision.images import (aspect_ratio_limit, locate, open_rgb, quoted, size_statistics, store_image,
                                            thumbnail)
+from slothline.export import check_gguf
 from slothline.kinds.vision.params import Params  # noqa: F401 (the protocol's name)
 
 NAME = "vision"
 AUTO_CLASS = "AutoModelForImageTextToText"
 PEFT_TASK_TYPE = "CAUSAL_LM"
 FORMATS = tuple(CONVERTERS)
-EXPORT_FORMATS = ()  # llama.cpp's text GGUF + mmproj pair is not written: models/merged is the export
+EXPORT_FORMATS = ("gguf",)  # llama.cpp's text GGUF of the language model and mmproj GGUF of the vision encoder
 VAL_METRICS = ("loss",)
 STRATIFY_BY = None
 
@@ -38,7 +39,12 @@ MLP_TAGS = ("mlp", "feed_forward", "ffn", "dense", "mixer")
 
 
 def check(params) -> None:
-    """Nothing beyond what the vision params models refuse."""
+    """What GGUF export can write: the model's family and tokenizer, and merged weights (a GGUF adapter holds
+    the language model's LoRA alone, not the vision encoder's)."""
+    check_gguf(params)
+    if "gguf" in params.export.formats and params.merge.save_method == "lora":
+        raise SlothlineError("export.formats: gguf of a vision model needs merge.save_method: merged_16bit (its "
+                             "vision encoder goes to the mmproj file merged), or export.formats: []")
 
 
 def load_processor(source: str, revision: str | None):
@@ -244,4 +250,6 @@ def evaluate(model, processor, rows: list[dict], params, base, media_dir: Path):
 
 
 def export(formats: list[str], model_dir, out_dir, params) -> dict:
-    return {}
+    from slothline.export.gguf import export_gguf
+
+    return export_gguf(model_dir, out_dir, params.export.gguf_quantization, params.data.enable_thinking)

@@ -1,11 +1,13 @@
 """The params of vision-language models: the shared sections with chat data and image limits, LoRA scoped to
 the towers and blocks the `finetune_*` flags select, response-only loss and decoding. No packing (TRL and
-Unsloth pack text rows only) and no export format (models/merged/ is the export)."""
+Unsloth pack text rows only), and GGUF export on request (the language model's GGUF and the mmproj of the vision
+encoder)."""
 
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from slothline.export import GGUFExport
 from slothline.kinds._generative.params import ChatData, ChatSource, ChatTrain, GenerationEvaluate
 from slothline.params import LoraParams
 from slothline.params import Params as SharedParams
@@ -45,9 +47,14 @@ class VisionLora(LoraParams):
         return self
 
 
+class VisionExport(GGUFExport):
+    formats: list[str] = []  # models/merged/ is the export unless `[gguf]` asks for llama.cpp's files
+
+
 class Params(SharedParams):
     kind: Literal["vision"] = "vision"
     data: VisionData
     lora: VisionLora = VisionLora()
     train: ChatTrain = ChatTrain()
     evaluate: GenerationEvaluate = GenerationEvaluate()
+    export: VisionExport = VisionExport()
