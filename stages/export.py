@@ -1,8 +1,9 @@
 """export: write the merged model in each of `export.formats` that its kind offers, and verify every file
-(GGUF files for causal LMs, each with an Ollama Modelfile, read back and generated from; ONNX for classifiers,
-whose onnxruntime logits on the test split must match transformers').
+(GGUF files for causal LMs and vision models, each with an Ollama Modelfile, read back and generated from;
+ONNX for classifiers, whose onnxruntime logits on the test split must match transformers').
 
-Outs: models/export/<quantization>/{model.gguf,Modelfile} or models/export/onnx/, and metrics/export.json.
+Outs: models/export/<quantization>/{model.gguf,Modelfile} (base.gguf and adapter.gguf for an adapter;
+models/export/mmproj.gguf beside them for a vision model) or models/export/onnx/, and metrics/export.json.
 """
 
 from slothline import kinds
@@ -29,6 +30,8 @@ def main() -> None:
     for name, result in report.items():
         checked = (f"logits within {result['max_abs_logit_diff']:.1e} of transformers on {result['rows_checked']} "
                    "test rows") if name == "onnx" else f"generation check: {result['generation_check']}"
+        if "image_check" in result:
+            checked += f"; image check (with mmproj.gguf): {result['image_check']}"
         print(f"{EXPORT_DIR}/{name}: {result['size_mb']} MB, {checked}")
 
 

@@ -11,7 +11,7 @@ import pytest
 from slothline import families
 from slothline.export import gguf_refusal
 from slothline.export.gguf import export_gguf, generation_check, write_gguf
-from slothline.export.gguf_vocab import pre_tokenizer
+from slothline.export import pre_tokenizer
 from tests.tiny_families import byte_level_tokenizer, tiny_family_model
 
 FAMILIES = ["gemma3_text", "mistral", "phi3", "llama"]
@@ -108,9 +108,18 @@ def test_a_split_llama_cpp_has_not_is_refused_before_training():
     ({"model_type": "phi3", "rope_parameters": {"rope_type": "longrope", "short_factor": [1.0]}}, "RoPE scaling"),
     ({"model_type": "gemma3_text", "rope_parameters": {"full_attention": {"rope_type": "yarn"}}}, "RoPE scaling"),
     ({"model_type": "gemma3_text", "attn_logit_softcapping": 50.0}, "soft-capping"),
+    ({"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),  # hub config
 ])
 def test_what_llama_cpp_would_compute_otherwise_is_refused(config, message):
     assert message in gguf_refusal(config, json.loads(byte_level_tokenizer("qwen2").to_str()))
+
+
+def test_a_gemma3_hub_config_of_transformers_4_with_its_linear_scaling_is_accepted():
+    """Gemma 3 4B's config on the hub (written before transformers 5) keeps the global layers' scaling in
+    `rope_scaling`; llama.cpp computes it, so check_params lets it through (merge writes today's format)."""
+    config = {"model_type": "gemma3_text", "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "head_dim": 256,
+              "query_pre_attn_scalar": 256, "num_hidden_layers": 34}
+    assert gguf_refusal(config, json.loads(byte_level_tokenizer("qwen2").to_str())) is None
 
 
 def test_the_modelfile_follows_the_models_own_files(tmp_path):
@@ -225,3 +234,55 @@ def test_the_image_check_sees_a_wrong_vision_encoder(tiny_qwen3_vl, tmp_path, mo
     write_gguf(Path(tiny_qwen3_vl), tmp_path / "model.gguf", "f16")
     matching = int(gguf_vision.vision_check(tmp_path / "model.gguf", tmp_path / "mmproj.gguf", Path(tiny_qwen3_vl)).split()[0])
     assert matching < 16
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("model_type", ["gemma3_text", "mistral", "phi3"])
+def test_the_merge_and_export_stages_write_each_family(workdir, model_type):
+    """As `dvc repro` runs them after training a LoRA adapter on the family's model: check_params accepts GGUF
+    export of it, merge folds the adapter in, export writes the file that llama.cpp computes the same logits
+    with."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slothline import kinds
+    from slothline.artifacts import EXPORT_DIR, EXPORT_METRICS, MERGED_DIR, TUNED_DIR, Manifest
+    from stages import export, merge
+    from tests.conftest import load, write_params
+
+    base = tiny_family_model(workdir.path / "base", model_type)
+    sections = dict(model={"name": str(base)}, lora={"target_modules": None}, export={"gguf_quantization": ["f16"]})
+    kinds.check(kinds.get("causal_lm"), load(**sections))  # check_params' own refusals, GGUF's included
+    torch.manual_seed(0)
+    targets = list(families.family(model_type).lora_targets)
+    tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    tuned.save_pretrained(workdir.path / TUNED_DIR)
+    AutoTokenizer.from_pretrained(base).save_pretrained(workdir.path / TUNED_DIR)
+    Manifest(kind="causal_lm", method="lora", base_model=str(base), revision=None, backend="hf",
+             precision="float32", load_in_4bit=False, max_seq_length=512).write(workdir.path / TUNED_DIR)
+    write_params(workdir.path, **sections)
+    merge.main()
+    export.main()
+    report = json.loads((workdir.path / EXPORT_METRICS).read_text())
+    assert report["f16"]["generation_check"].endswith(" of 16 greedy tokens match transformers")
+    # greedy parity over 16 tokens depends on the margins of this random model (0.005 at some steps);
+    # the logits themselves must agree
+    expected, produced = logits_both_ways(workdir.path / MERGED_DIR, workdir.path / EXPORT_DIR / "f16" / "model.gguf",
+                                          "Say hello to Anna. Hello there my friend, how are you today?")
+    assert abs(produced - expected).max() < 0.02
+
+
+@pytest.mark.llama_cpp
+def test_a_prompt_llama_cpp_tokenizes_otherwise_is_reported_not_refused(tmp_path):
+    """transformers' legacy=False Mistral tokenizer adds no space after [INST]; llama.cpp's SentencePiece adds
+    one after every special token. The file is right (the probe text tokenizes alike, generation from the
+    same tokens matches), so export succeeds and says where llama.cpp's own prompt tokens differ."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    model_dir = tiny_family_model(tmp_path / "merged", "mistral", legacy=False)
+    write_gguf(model_dir, tmp_path / "model.gguf", "f16")
+    result = generation_check(tmp_path / "model.gguf", model_dir)
+    assert result.startswith("16 of 16 greedy tokens match transformers, from transformers' prompt tokens: "
+                             "llama.cpp's own tokens of the chat prompt differ from token 2 ")

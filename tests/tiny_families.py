@@ -46,9 +46,11 @@ def byte_level_tokenizer(split: str):
     return backend
 
 
-def sentencepiece_style_tokenizer(space_prefix: bool):
+def sentencepiece_style_tokenizer(space_prefix: bool, legacy: bool = True):
     """BPE with byte fallback over `▁`-joined words, merges regenerated from the vocabulary by transformers'
-    SentencePiece conversion rule (every split of a piece into two pieces, in the piece's order)."""
+    SentencePiece conversion rule (every split of a piece into two pieces, in the piece's order). `legacy`
+    puts the space prefix before each stretch of text, as SentencePiece does; otherwise before the first
+    alone (transformers' `legacy=False` Llama and Mistral tokenizers)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers.convert_slow_tokenizer import generate_merges
 
@@ -60,21 +62,25 @@ def sentencepiece_style_tokenizer(space_prefix: bool):
     vocab = trainer_side.get_vocab()
     merges = generate_merges(vocab, [(piece, -i) for piece, i in vocab.items()], skip_tokens={"<unk>", *bytes_})
     backend = Tokenizer(models.BPE(vocab, merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-    steps = [normalizers.Prepend("▁")] if space_prefix else []
-    backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    if legacy:
+        steps = [normalizers.Prepend("▁")] if space_prefix else []
+        backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
     strip = [decoders.Strip(" ", 1, 0)] if space_prefix else []
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip])
     return backend
 
 
-def tiny_family_model(out_dir: Path, model_type: str, **config) -> Path:
-    """A tiny random `model_type` checkpoint with its family's tokenizer type and chat template in `out_dir`."""
+def tiny_family_model(out_dir: Path, model_type: str, legacy: bool = True, **config) -> Path:
+    """A tiny random `model_type` checkpoint with its family's tokenizer type (`legacy`: see
+    sentencepiece_style_tokenizer) and chat template in `out_dir`."""
     import torch
     from tokenizers import AddedToken
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     backend = (byte_level_tokenizer("llama-bpe") if model_type == "llama"
-               else sentencepiece_style_tokenizer(space_prefix=model_type != "gemma3_text"))
+               else sentencepiece_style_tokenizer(space_prefix=model_type != "gemma3_text", legacy=legacy))
     bos, eos, pad, *markers = SPECIAL_TOKENS[model_type]
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t in dict.fromkeys(x for x in (bos, eos, pad, *markers) if x)])

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from slothline.errors import SlothlineError
-from slothline.families import FAMILIES, PRE_TOKENIZERS, family
+from slothline.families import FAMILIES, PRE_TOKENIZERS, PROBE_TEXT, family
 from slothline.params import ExportParams
 
 PYTHON_QUANTIZATIONS = ("f16", "bf16", "q8_0")  # written in Python by the gguf package
@@ -45,20 +45,67 @@ def text_config(config: dict) -> dict:
             "tie_word_embeddings": config.get("tie_word_embeddings", False), "vision_config": config["vision_config"]}
 
 
+BYTE_LEVEL, SENTENCEPIECE = "gpt2", "llama"  # llama.cpp's tokenizer.ggml.model
+
+
+def tokenizer_type(tokenizer_json: dict) -> str | None:
+    """`gpt2` (byte-level BPE), `llama` (SentencePiece-style BPE with byte fallback) or None (neither)."""
+    model = tokenizer_json.get("model", {})
+    if model.get("type") != "BPE":
+        return None
+    if model.get("byte_fallback"):
+        return SENTENCEPIECE
+    return BYTE_LEVEL if "Ġ" in model.get("vocab", {}) else None
+
+
+def pre_tokenizer(tokenizer_json: dict) -> str | None:
+    """llama.cpp's name for the byte-level pre-tokenizer that splits PROBE_TEXT as this tokenizer does (None:
+    none of PRE_TOKENIZERS does, so llama.cpp would split words, digits or spaces differently)."""
+    from gguf.vocab import bytes_to_unicode
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json))
+    text = tokenizer.normalizer.normalize_str(PROBE_TEXT) if tokenizer.normalizer else PROBE_TEXT
+    if tokenizer.pre_tokenizer is None:
+        return None
+    own = [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+    to_unicode = bytes_to_unicode()
+    as_byte_level = lambda piece: "".join(to_unicode[b] for b in piece.encode())
+    return next((name for name, pattern in PRE_TOKENIZERS.items()
+                 if [as_byte_level(p) for p in split(pattern, text)] == own), None)
+
+
+def split(pattern: str, text: str) -> list[str]:
+    """`text` cut at the matches of `pattern`, the text between matches kept as pieces of its own (as llama.cpp
+    and tokenizers' isolated Split do)."""
+    import regex
+
+    pieces, end = [], 0
+    for match in regex.finditer(pattern, text):
+        pieces += [text[end : match.start()], match.group()] if match.start() > end else [match.group()]
+        end = match.end()
+    return pieces + ([text[end:]] if end < len(text) else [])
+
+
+def rope_of(config: dict, layer_type: str) -> dict:
+    """The RoPE parameters of `layer_type` layers: Gemma 3 keeps one set per layer type, others one for all."""
+    rope = config.get("rope_parameters") or {}
+    return rope[layer_type] if isinstance(rope.get(layer_type), dict) else rope
+
+
 def gguf_refusal(config: dict, tokenizer: dict | None) -> str | None:
     """Why the GGUF writer cannot write a model of this config and tokenizer.json so that llama.cpp computes
     what transformers does (None: it can)."""
-    from slothline.export.gguf import rope_of
-    from slothline.export.gguf_vocab import SENTENCEPIECE, pre_tokenizer, tokenizer_type
-
     config = text_config(config)
     model_type = config.get("model_type")
     recipe = family(model_type).gguf
     if not recipe:
         written = ", ".join(name for name, record in FAMILIES.items() if record.gguf)
         return f"the GGUF writer supports {written} models, not {model_type!r}"
+    legacy = config.get("rope_scaling") or {}  # a config written before transformers 5 (a base model on the hub)
     rope_types = {rope_of(config, layer).get("rope_type", "default") for layer in ("full_attention", "sliding_attention")}
-    if config.get("rope_scaling") or not rope_types <= set(recipe.rope_types):
+    rope_types |= {legacy.get("rope_type") or legacy.get("type")} if legacy else set()
+    if not rope_types <= set(recipe.rope_types):
         return (f"RoPE scaling {sorted(rope_types - {'default'})} (e.g. Llama 3.1's, Phi-3's long context) is not "
                 "written by this converter; convert with llama.cpp's convert_hf_to_gguf.py instead")
     if recipe.attention_scale and config.get("query_pre_attn_scalar") and not math.isclose(

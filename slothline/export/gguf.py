@@ -15,7 +15,8 @@ import numpy as np
 
 from slothline.artifacts import ADAPTER_GGUF_FILE, BASE_GGUF_FILE, GGUF_FILE, MODELFILE, Manifest
 from slothline.errors import SlothlineError
-from slothline.export import PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal, lora_gguf_refusal, text_config
+from slothline.export import (PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal, lora_gguf_refusal, rope_of,
+                              text_config)
 from slothline.export.gguf_vision import MMPROJ_FILE, vision_check, write_mmproj
 from slothline.export.gguf_vocab import write_vocab
 from slothline.export.ollama import modelfile
@@ -276,12 +277,6 @@ def write_hyperparameters(writer, config: dict, quantization: str, recipe) -> No
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quantization])
 
 
-def rope_of(config: dict, layer_type: str) -> dict:
-    """The RoPE parameters of `layer_type` layers: Gemma 3 keeps one set per layer type, others one for all."""
-    rope = config.get("rope_parameters") or {}
-    return rope[layer_type] if isinstance(rope.get(layer_type), dict) else rope
-
-
 def permute_rotary(weights: np.ndarray, heads: int) -> np.ndarray:
     """Llama's q/k projection rows, reordered from Hugging Face's rotary layout to llama.cpp's."""
     return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
@@ -345,16 +340,21 @@ def generation_check(gguf_file: Path, model_dir: Path, base_dir: Path | None = N
         model = auto.from_pretrained(model_dir, dtype=torch.float32)
     expected = greedy_tokens(model, prompt_ids, tokens)
     llm = load_without_weight_repacking(llama_cpp, gguf_file, lora_file)
-    for name, text in (("a probe text", PROBE_TEXT), ("the chat prompt", prompt)):
-        if llm.tokenize(text.encode(), add_bos=False, special=True) != tokenizer(text, add_special_tokens=False)["input_ids"]:
-            raise SlothlineError(f"{gguf_file}: llama.cpp tokenizes {name} differently from the model's tokenizer")
+    if llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=True) != tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]:
+        raise SlothlineError(f"{gguf_file}: llama.cpp tokenizes a probe text differently from the model's tokenizer")
+    own = llm.tokenize(prompt.encode(), add_bos=False, special=True)
     produced = []
     for token in llm.generate(prompt_ids, top_k=1, temp=0.0, reset=True):
         if len(produced) == len(expected):
             break
         produced.append(token)
     matching = next((i for i, (a, b) in enumerate(zip(produced, expected)) if a != b), min(len(produced), len(expected)))
-    return f"{matching} of {len(expected)} greedy tokens match transformers"
+    if own == prompt_ids:
+        return f"{matching} of {len(expected)} greedy tokens match transformers"
+    first = next((i for i, (a, b) in enumerate(zip(own, prompt_ids)) if a != b), min(len(own), len(prompt_ids)))
+    return (f"{matching} of {len(expected)} greedy tokens match transformers, from transformers' prompt tokens: "
+            f"llama.cpp's own tokens of the chat prompt differ from token {first} (SentencePiece models whose "
+            "tokenizer adds no space after special tokens, where llama.cpp does)")
 
 
 def greedy_tokens(model, prompt_ids: list[int], count: int) -> list[int]:

@@ -9,48 +9,7 @@ token scored by its merge's rank so that llama.cpp merges in transformers' order
 import json
 from pathlib import Path
 
-from slothline.families import PRE_TOKENIZERS, PROBE_TEXT
-
-BYTE_LEVEL, SENTENCEPIECE = "gpt2", "llama"  # llama.cpp's tokenizer.ggml.model
-
-
-def tokenizer_type(tokenizer_json: dict) -> str | None:
-    """`gpt2` (byte-level BPE), `llama` (SentencePiece-style BPE with byte fallback) or None (neither)."""
-    model = tokenizer_json.get("model", {})
-    if model.get("type") != "BPE":
-        return None
-    if model.get("byte_fallback"):
-        return SENTENCEPIECE
-    return BYTE_LEVEL if "Ġ" in model.get("vocab", {}) else None
-
-
-def pre_tokenizer(tokenizer_json: dict) -> str | None:
-    """llama.cpp's name for the byte-level pre-tokenizer that splits PROBE_TEXT as this tokenizer does (None:
-    none of PRE_TOKENIZERS does, so llama.cpp would split words, digits or spaces differently)."""
-    from gguf.vocab import bytes_to_unicode
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json))
-    text = tokenizer.normalizer.normalize_str(PROBE_TEXT) if tokenizer.normalizer else PROBE_TEXT
-    if tokenizer.pre_tokenizer is None:
-        return None
-    own = [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
-    to_unicode = bytes_to_unicode()
-    as_byte_level = lambda piece: "".join(to_unicode[b] for b in piece.encode())
-    return next((name for name, pattern in PRE_TOKENIZERS.items()
-                 if [as_byte_level(p) for p in split(pattern, text)] == own), None)
-
-
-def split(pattern: str, text: str) -> list[str]:
-    """`text` cut at the matches of `pattern`, the text between matches kept as pieces of its own (as llama.cpp
-    and tokenizers' isolated Split do)."""
-    import regex
-
-    pieces, end = [], 0
-    for match in regex.finditer(pattern, text):
-        pieces += [text[end : match.start()], match.group()] if match.start() > end else [match.group()]
-        end = match.end()
-    return pieces + ([text[end:]] if end < len(text) else [])
+from slothline.export import SENTENCEPIECE, pre_tokenizer, tokenizer_type
 
 
 def adds_space_prefix(tokenizer_json: dict) -> bool:
