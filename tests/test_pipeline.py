@@ -175,3 +175,25 @@ def test_a_second_clone_gets_the_models_from_the_remote_without_training(dvc_pro
     dvc(tmp_path, "artifacts", "get", str(dvc_project), "tuned-model", "--stage", "prod", "-o", str(tmp_path / "got"))
     assert (tmp_path / "got" / "adapter_model.safetensors").read_bytes() == \
         (dvc_project / "models/tuned/adapter_model.safetensors").read_bytes()
+
+
+def test_a_sweep_queues_one_experiment_per_value_and_side_by_side_runs_each_keep_their_gpu(dvc_project):
+    """README's experiments: `dvc exp run --queue -S lora.r=8,16,32` queues three runs (for `dvc queue start`);
+    two `dvc exp run --temp` started side by side, each with its own CUDA_VISIBLE_DEVICES (the way to pin a
+    GPU per run: queue workers take no per-run environment), both finish and `dvc exp show` lists them."""
+    dvc(dvc_project, "exp", "run", "--queue", "-S", "lora.r=8,16,32")
+    status = dvc(dvc_project, "queue", "status").stdout
+    assert status.count("Queued") == 3, status
+    dvc(dvc_project, "queue", "remove", "--queued")
+    started = time.monotonic()  # up to train: the stage a GPU is pinned for
+    runs = [subprocess.Popen(["dvc", "exp", "run", "--temp", "-n", f"gpu{gpu}", "-S", f"lora.r={8 * (gpu + 1)}",
+                              "-S", "train.max_steps=2", "train"],
+                             cwd=dvc_project, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for gpu in (0, 1)]
+    outputs = [run.communicate()[0] for run in runs]
+    print(f"two side-by-side runs: {time.monotonic() - started:.0f} s")
+    assert all(run.returncode == 0 for run in runs), outputs
+    shown = json.loads(dvc(dvc_project, "exp", "show", "--json").stdout)
+    ranks = {exp["name"]: exp["data"]["params"]["params.yaml"]["data"]["lora"]["r"]
+             for baseline in shown for exp in baseline.get("experiments") or [] for exp in exp["revs"]}
+    assert ranks == {"gpu0": 8, "gpu1": 16}
