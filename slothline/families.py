@@ -29,7 +29,8 @@ class GGUFRecipe:
     permute_rotary: bool = False  # q/k rows reordered from Hugging Face's rotary layout (Llama, Mistral)
     norm_shift: float = 0.0  # added to every norm weight: Gemma stores w - 1 and computes x * (1 + w)
     sliding_window: bool = False  # writes the window and which layers use it (Gemma 3 alternates them)
-    rope_types: tuple[str, ...] = ("default",)  # RoPE types llama.cpp computes as transformers does
+    rope_types: tuple[str, ...] = ("default",)  # RoPE types llama.cpp computes as transformers does (llama3:
+    # through the frequency factors written as rope_freqs)
     attention_scale: Callable | None = None  # config -> the query scale llama.cpp uses; refused where it differs
     original_context: bool = False  # writes original_max_position_embeddings (Phi-3)
     text_prefix: str | None = None  # a vision-language checkpoint's language model (its text GGUF)...
@@ -54,7 +55,8 @@ class Family:
 FAMILIES = {
     "qwen3": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe("qwen3")),
     "qwen2": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe("qwen2")),
-    "llama": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe("llama", permute_rotary=True)),
+    "llama": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe(
+        "llama", permute_rotary=True, rope_types=("default", "llama3"))),  # Llama 3.1 and 3.2 scale RoPE
     "mistral": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe("llama", permute_rotary=True)),
     "gemma3_text": Family("causal_lm", DECODER_PROJECTIONS, gguf=GGUFRecipe(
         "gemma3", norm_shift=1.0, sliding_window=True, rope_types=("default", "linear"),

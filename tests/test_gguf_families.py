@@ -67,20 +67,27 @@ def logits_both_ways(model_dir, gguf_file, text: str):
 
 
 @pytest.mark.llama_cpp
-def test_gemma3_linear_rope_scaling_of_its_global_layers(tmp_path):
-    """Gemma 3 (4B and up) scales RoPE linearly on its full-attention layers alone; llama.cpp computes the same
-    logits at every position of a 60-token text, where the scaling moves transformers' own logits."""
+@pytest.mark.parametrize("model_type, scaled, unscaled", [
+    ("gemma3_text",  # Gemma 3 (4B and up): linear scaling of the global layers alone
+     {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 100.0},
+      "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}},
+     {"full_attention": {"rope_type": "default", "rope_theta": 100.0},
+      "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}}),
+    ("llama",  # Llama 3.1 and 3.2: frequency factors (written as rope_freqs)
+     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 16, "rope_theta": 100.0},
+     {"rope_type": "default", "rope_theta": 100.0}),
+])
+def test_rope_scaling_is_computed_by_llama_cpp_as_by_transformers(tmp_path, model_type, scaled, unscaled):
+    """llama.cpp's logits at every position of a 60-token text are transformers', where the scaling moves
+    transformers' own logits."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
     text = "Say hello to Anna. Hello there my friend, how are you today? The sun shines on the hills."
-    rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 100.0},
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}}
-    scaled = tiny_family_model(tmp_path / "scaled", "gemma3_text", rope_parameters=rope)
-    unscaled = tiny_family_model(tmp_path / "unscaled", "gemma3_text", rope_parameters={
-        **rope, "full_attention": {"rope_type": "default", "rope_theta": 100.0}})
-    write_gguf(scaled, tmp_path / "scaled.gguf", "f16")
-    write_gguf(unscaled, tmp_path / "unscaled.gguf", "f16")
-    expected, produced = logits_both_ways(scaled, tmp_path / "scaled.gguf", text)
-    unscaled_expected, _ = logits_both_ways(unscaled, tmp_path / "unscaled.gguf", text)
+    scaled_dir = tiny_family_model(tmp_path / "scaled", model_type, rope_parameters=scaled)
+    unscaled_dir = tiny_family_model(tmp_path / "unscaled", model_type, rope_parameters=unscaled)
+    write_gguf(scaled_dir, tmp_path / "scaled.gguf", "f16")
+    expected, produced = logits_both_ways(scaled_dir, tmp_path / "scaled.gguf", text)
+    unscaled_expected, _ = logits_both_ways(unscaled_dir, tmp_path / "scaled.gguf", text)
     assert abs(produced - expected).max() < 0.02
     assert abs(unscaled_expected - expected).max() > 0.2
 
@@ -108,7 +115,7 @@ def test_a_split_llama_cpp_has_not_is_refused_before_training():
     ({"model_type": "phi3", "rope_parameters": {"rope_type": "longrope", "short_factor": [1.0]}}, "RoPE scaling"),
     ({"model_type": "gemma3_text", "rope_parameters": {"full_attention": {"rope_type": "yarn"}}}, "RoPE scaling"),
     ({"model_type": "gemma3_text", "attn_logit_softcapping": 50.0}, "soft-capping"),
-    ({"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),  # hub config
+    ({"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling"),  # hub config
 ])
 def test_what_llama_cpp_would_compute_otherwise_is_refused(config, message):
     assert message in gguf_refusal(config, json.loads(byte_level_tokenizer("qwen2").to_str()))

@@ -106,7 +106,7 @@ def gguf_refusal(config: dict, tokenizer: dict | None) -> str | None:
     rope_types = {rope_of(config, layer).get("rope_type", "default") for layer in ("full_attention", "sliding_attention")}
     rope_types |= {legacy.get("rope_type") or legacy.get("type")} if legacy else set()
     if not rope_types <= set(recipe.rope_types):
-        return (f"RoPE scaling {sorted(rope_types - {'default'})} (e.g. Llama 3.1's, Phi-3's long context) is not "
+        return (f"RoPE scaling {sorted(rope_types - {'default'})} (e.g. YaRN, Phi-3's long-context longrope) is not "
                 "written by this converter; convert with llama.cpp's convert_hf_to_gguf.py instead")
     if recipe.attention_scale and config.get("query_pre_attn_scalar") and not math.isclose(
             config["query_pre_attn_scalar"] ** -0.5, recipe.attention_scale(config)):

@@ -97,12 +97,15 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[recipe.arch.upper()], config["num_hidden_layers"])
     plan = [(shard, hf_name, gguf_name(names, text_name, model_dir), shape, output_type(shape, quantization))
             for shard, hf_name, text_name, shape in language_model_tensors(model_dir, config)]
+    extra = computed_tensors(config)
     writer = gguf.GGUFWriter(str(out_file), recipe.arch)
     write_hyperparameters(writer, config, quantization, recipe)
     write_vocab(writer, tokenizer, model_dir, config["vocab_size"])
     for _, _, name, shape, kind in plan:
         stored_shape, dtype = stored_as(shape, kind)
         writer.add_tensor_info(name, stored_shape, dtype, int(np.prod(stored_shape)) * dtype.itemsize, raw_dtype=kind)
+    for name, data in extra.items():
+        writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -111,7 +114,28 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
         heads = config["num_attention_heads"] if "q_proj" in hf_name else config["num_key_value_heads"]
         shift = recipe.norm_shift if hf_name.endswith("norm.weight") else 0.0
         writer.write_tensor_data(converted(shard, hf_name, shape, kind, heads if permuted(hf_name) else None, shift))
+    for data in extra.values():
+        writer.write_tensor_data(data)
     writer.close()
+
+
+def computed_tensors(config: dict) -> dict[str, np.ndarray]:
+    """Tensors llama.cpp needs that the checkpoint computes at load time: Llama 3.1's RoPE frequency factors
+    (`rope_freqs`, as llama.cpp's converter computes them from the rope_type llama3 parameters)."""
+    import gguf
+
+    rope = rope_of(config, "full_attention")
+    if rope.get("rope_type") != "llama3":
+        return {}
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    frequencies = 1.0 / (rope.get("rope_theta", 10000.0) ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    factor, low, high = rope["factor"], rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    context = rope.get("original_max_position_embeddings", 8192)
+    wavelengths = 2 * np.pi / frequencies
+    smooth = (context / wavelengths - low) / (high - low)
+    factors = np.where(wavelengths < context / high, 1.0,
+                       np.where(wavelengths > context / low, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return {f"{gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS]}.weight": factors.astype(np.float32)}
 
 
 def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_file: Path) -> None:
@@ -292,6 +316,7 @@ def read_back(gguf_file: Path, model_dir: Path) -> dict:
     field_text = lambda key: bytes(fields[key].parts[fields[key].data[0]]).decode()
     config = text_config(json.loads((model_dir / "config.json").read_text()))
     expected = {name: shape for _, name, _, shape in language_model_tensors(model_dir, config)}
+    expected.update({name: data.shape for name, data in computed_tensors(config).items()})
     problems = []
     if field_text("general.architecture") != family(config["model_type"]).gguf.arch:
         problems.append("architecture")
