@@ -88,24 +88,27 @@ class ChatFormat:
     # template then gives the generation prompt that follows it)
 
 
-CHAT_FORMATS = {
+CHAT_FORMATS = {  # Ollama keeps system messages in .Messages and also sets .System: the turns skip them
     "chatml": ChatFormat(
         "<|im_start|>", ("<|im_start|>user\n", "<|im_start|>assistant\n"), ("<|im_end|>", "<|endoftext|>"),
         "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"),
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+        "{{ end }}{{ end }}"),
     "llama-3": ChatFormat(
         "<|start_header_id|>", ("<|start_header_id|>user<|end_header_id|>\n\n",
                                 "<|start_header_id|>assistant<|end_header_id|>\n\n"), ("<|eot_id|>",),
         "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
-        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"),
-    "gemma": ChatFormat(
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
+        "{{ .Content }}<|eot_id|>{{ end }}{{ end }}"),
+    "gemma": ChatFormat(  # Gemma has no system turn: its template puts the system prompt before the first question
         "<start_of_turn>", ("<start_of_turn>user\n", "<start_of_turn>model\n"), ("<end_of_turn>",),
-        "{{- range .Messages }}<start_of_turn>{{ if eq .Role \"assistant\" }}model{{ else }}user{{ end }}\n"
-        "{{ .Content }}<end_of_turn>\n{{ end }}"),
+        "{{- $system := .System }}{{- range .Messages }}{{- if eq .Role \"user\" }}<start_of_turn>user\n"
+        "{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ .Content }}<end_of_turn>\n"
+        "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}"),
     "phi-3": ChatFormat(
         "<|assistant|>", ("<|user|>\n", "<|assistant|>\n"), ("<|end|>", "<|endoftext|>"),
         "{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
-        "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}"),
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}"),
 }
 
 

@@ -22,6 +22,9 @@ def resolve_model(name: str) -> str:
     return name
 
 
+MODEL_FILES = ["*.json", "model*.safetensors", "tokenizer*", "*.jinja", "*.model", "*.txt"]  # not original/*.pth
+
+
 def model_directory(name: str, revision: str | None = None) -> Path:
     """A local directory holding `name`'s files (a hub model's cached snapshot: downloaded where allowed)."""
     source = resolve_model(name)
@@ -30,7 +33,7 @@ def model_directory(name: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source, revision=revision))
+        return Path(snapshot_download(source, revision=revision, allow_patterns=MODEL_FILES))
     except Exception as err:  # the hub client raises many types; all mean "cannot get it"
         raise SlothlineError(f"model.name: cannot get the files of {name!r} ({err.__class__.__name__}: {err})") from None
 

@@ -115,6 +115,8 @@ def test_a_split_llama_cpp_has_not_is_refused_before_training():
     ({"model_type": "phi3", "rope_parameters": {"rope_type": "longrope", "short_factor": [1.0]}}, "RoPE scaling"),
     ({"model_type": "gemma3_text", "rope_parameters": {"full_attention": {"rope_type": "yarn"}}}, "RoPE scaling"),
     ({"model_type": "gemma3_text", "attn_logit_softcapping": 50.0}, "soft-capping"),
+    ({"model_type": "gemma3_text", "query_pre_attn_scalar": 100, "head_dim": 256, "num_hidden_layers": 26},
+     "query_pre_attn_scalar 100 scales attention differently from llama.cpp's gemma3"),
     ({"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling"),  # hub config
 ])
 def test_what_llama_cpp_would_compute_otherwise_is_refused(config, message):
@@ -293,3 +295,72 @@ def test_a_prompt_llama_cpp_tokenizes_otherwise_is_reported_not_refused(tmp_path
     result = generation_check(tmp_path / "model.gguf", model_dir)
     assert result.startswith("16 of 16 greedy tokens match transformers, from transformers' prompt tokens: "
                              "llama.cpp's own tokens of the chat prompt differ from token 2 ")
+
+
+def test_a_base_model_with_a_transformers_4_config_and_other_formats_beside_it_is_written_as_today(tmp_path):
+    """A hub snapshot (the base model of a GGUF adapter): Llama 3.1's scaling under `rope_scaling`, Gemma 3's
+    layers under `sliding_window_pattern`, and Mistral's consolidated.safetensors beside the model's own
+    shards (not read)."""
+    import gguf
+
+    llama = tiny_family_model(tmp_path / "llama", "llama", rope_parameters={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16, "rope_theta": 100.0})
+    config = json.loads((llama / "config.json").read_text())
+    rope = config.pop("rope_parameters")
+    (llama / "config.json").write_text(json.dumps({**config, "rope_theta": rope.pop("rope_theta"), "rope_scaling": rope}))
+    (llama / "consolidated.safetensors").write_bytes((llama / "model.safetensors").read_bytes())
+    write_gguf(llama, tmp_path / "llama.gguf", "f16")
+    assert "rope_freqs.weight" in {t.name for t in gguf.GGUFReader(str(tmp_path / "llama.gguf")).tensors}
+
+    gemma = tiny_family_model(tmp_path / "gemma", "gemma3_text", num_hidden_layers=7,
+                              layer_types=["sliding_attention"] * 5 + ["full_attention", "sliding_attention"])
+    config = json.loads((gemma / "config.json").read_text())
+    for key in ("layer_types", "rope_parameters"):
+        config.pop(key)
+    (gemma / "config.json").write_text(json.dumps({**config, "sliding_window_pattern": 6, "rope_theta": 1e6,
+                                                   "rope_local_base_freq": 1e4}))
+    write_gguf(gemma, tmp_path / "gemma.gguf", "f16")
+    fields = gguf.GGUFReader(str(tmp_path / "gemma.gguf")).fields
+    assert list(fields["gemma3.attention.sliding_window_pattern"].data) and [
+        bool(fields["gemma3.attention.sliding_window_pattern"].parts[i][0])
+        for i in fields["gemma3.attention.sliding_window_pattern"].data] == [True] * 5 + [False, True]
+
+
+@pytest.mark.llama_cpp
+def test_sentencepiece_user_defined_tokens_are_matched_and_printed_as_text(tmp_path):
+    """Gemma's added whitespace-run tokens: llama.cpp matches them in the raw text and prints spaces (as its
+    converter writes them), not `▁`."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    from slothline.export.gguf import load_without_weight_repacking
+    import llama_cpp
+
+    model_dir = tiny_family_model(tmp_path / "gemma", "gemma3_text")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_tokens([AddedToken("▁▁▁▁", normalized=True, special=False)])
+    tokenizer.save_pretrained(model_dir)
+    write_gguf(model_dir, tmp_path / "model.gguf", "f16")
+    llm = load_without_weight_repacking(llama_cpp, tmp_path / "model.gguf")
+    text = "Hello    world, a    b"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    run = tokenizer.convert_tokens_to_ids("▁▁▁▁")
+    assert run in ids and llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    assert llm.detokenize([run]).decode() == tokenizer.decode([run]) == "    "
+
+
+def test_the_gguf_names_the_model_it_was_trained_from(tmp_path):
+    """general.name: llama.cpp applies Phi-3's own tokenizer rules by it."""
+    import gguf
+
+    from slothline.artifacts import Manifest
+
+    model_dir = tiny_family_model(tmp_path / "merged", "phi3")
+    Manifest(kind="causal_lm", method="full", base_model="microsoft/Phi-3-mini-4k-instruct", revision=None,
+             backend="hf", precision="float32", load_in_4bit=False, max_seq_length=512).write(model_dir)
+    (tmp_path / "export").mkdir()
+    export_gguf(model_dir, tmp_path / "export", ["f16"])
+    fields = gguf.GGUFReader(str(tmp_path / "export" / "f16" / "model.gguf")).fields
+    assert bytes(fields["general.name"].parts[-1]).decode() == "microsoft/Phi-3-mini-4k-instruct"

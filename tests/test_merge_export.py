@@ -209,6 +209,7 @@ def whole_model_gguf(model_dir: Path, out_file: Path, quantization: str) -> None
     config = json.loads((model_dir / "config.json").read_text())
     recipe = family(config["model_type"]).gguf
     writer = gguf.GGUFWriter(str(out_file), recipe.arch)
+    writer.add_name(model_dir.name)
     streaming.write_hyperparameters(writer, config, quantization, recipe)
     write_vocab(writer, AutoTokenizer.from_pretrained(model_dir), model_dir, config["vocab_size"])
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[recipe.arch.upper()], config["num_hidden_layers"])
@@ -347,10 +348,12 @@ def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
 @pytest.mark.parametrize("change, message", [
     ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}},
      "quantized \\(bitsandbytes\\) weights"),
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 256}}, "RoPE scaling"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     "config.json: transformers cannot read it .*Missing required keys in `rope_parameters`"),
     ({"model_type": "gemma3"}, "the GGUF writer supports qwen3, qwen2, llama, mistral, gemma3_text, phi3, qwen3_vl models, "
                                "not 'gemma3'"),
-    ({"model_type": "gemma3_text", "query_pre_attn_scalar": 100}, "query_pre_attn_scalar 100 scales attention"),
 ])
 def test_export_refuses_what_it_would_write_wrongly(workdir, tiny_qwen3, tokenizer, change, message):
     from slothline.export.gguf import write_gguf

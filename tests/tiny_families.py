@@ -26,7 +26,7 @@ CHAT_TEMPLATES = {
 SPECIAL_TOKENS = {  # bos, eos, pad, then the chat markers
     "gemma3_text": ("<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>"),
     "mistral": ("<s>", "</s>", None, "[INST]", "[/INST]"),
-    "phi3": ("<s>", "<|endoftext|>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"),
+    "phi3": ("<s>", "<|endoftext|>", "<|endoftext|>", "</s>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"),
     "llama": ("<|begin_of_text|>", "<|eot_id|>", None, "<|start_header_id|>", "<|end_header_id|>"),
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slothline.artifacts import ADAPTER_GGUF_FILE, BASE_GGUF_FILE, GGUF_FILE, MODELFILE, Manifest
+from slothline.artifacts import ADAPTER_GGUF_FILE, BASE_GGUF_FILE, GGUF_FILE, MANIFEST_FILE, MODELFILE, Manifest
 from slothline.errors import SlothlineError
 from slothline.export import (PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal, lora_gguf_refusal, rope_of,
                               text_config)
@@ -34,10 +34,10 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable
     if problem:
         raise SlothlineError(problem)
     adapter = (model_dir / "adapter_config.json").is_file()  # merge.save_method: lora
-    if adapter:
-        manifest = Manifest.read(model_dir)
+    manifest = Manifest.read(model_dir) if (model_dir / MANIFEST_FILE).is_file() else None
     weights_dir = model_directory(manifest.base_model, manifest.revision) if adapter else model_dir
-    model_type = json.loads((weights_dir / "config.json").read_text())["model_type"]
+    name = manifest.base_model if manifest else model_dir.name  # the model trained from
+    model_type = checkpoint_config(weights_dir)["model_type"]
     mmproj = out_dir / MMPROJ_FILE if family(model_type).gguf.mmproj else None
     if mmproj:
         write_mmproj(weights_dir, mmproj)
@@ -46,7 +46,7 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable
         folder = out_dir / quantization
         folder.mkdir()
         gguf_file = folder / (BASE_GGUF_FILE if adapter else GGUF_FILE)
-        write_quantized(weights_dir, gguf_file, quantization)
+        write_quantized(weights_dir, gguf_file, quantization, name)
         lora_file = folder / ADAPTER_GGUF_FILE if adapter else None
         if lora_file:
             write_lora_gguf(model_dir, weights_dir, lora_file)
@@ -63,14 +63,14 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable
     return report
 
 
-def write_quantized(model_dir: Path, gguf_file: Path, quantization: str) -> None:
-    """The GGUF file of `model_dir` in `quantization`: written here, or for k-quants an f16 file through llama.cpp's
-    quantizer."""
+def write_quantized(model_dir: Path, gguf_file: Path, quantization: str, name: str) -> None:
+    """The GGUF file of `model_dir` (general.name `name`) in `quantization`: written here, or for k-quants an
+    f16 file through llama.cpp's quantizer."""
     if quantization in PYTHON_QUANTIZATIONS:
-        write_gguf(model_dir, gguf_file, quantization)
+        write_gguf(model_dir, gguf_file, quantization, name)
         return
     f16_file = gguf_file.with_suffix(".f16.gguf")
-    write_gguf(model_dir, f16_file, "f16")
+    write_gguf(model_dir, f16_file, "f16", name)
     done = subprocess.run([shutil.which("llama-quantize"), str(f16_file), str(gguf_file), quantization.upper()],
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -81,7 +81,7 @@ def write_quantized(model_dir: Path, gguf_file: Path, quantization: str) -> None
 CHUNK_BYTES = 64 * 2**20  # source rows converted at a time: peak memory stays near the largest tensor's output
 
 
-def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
+def write_gguf(model_dir: Path, out_file: Path, quantization: str, name: str | None = None) -> None:
     """Convert the Hugging Face checkpoint in `model_dir` to one GGUF file, streaming: the tensor infos first
     (shapes and types are known from the safetensors headers), then each tensor read from the memory-mapped
     shards a block of rows at a time, converted into its output buffer and written, so host memory holds
@@ -89,7 +89,7 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
     import gguf
     from transformers import AutoTokenizer
 
-    config = json.loads((model_dir / "config.json").read_text())
+    config = checkpoint_config(model_dir)
     check_exportable(model_dir, config)
     config = text_config(config)
     recipe = family(config["model_type"]).gguf
@@ -99,6 +99,7 @@ def write_gguf(model_dir: Path, out_file: Path, quantization: str) -> None:
             for shard, hf_name, text_name, shape in language_model_tensors(model_dir, config)]
     extra = computed_tensors(config)
     writer = gguf.GGUFWriter(str(out_file), recipe.arch)
+    writer.add_name(name or model_dir.name)  # llama.cpp keys some tokenizer rules on it (Phi-3's stripped turns)
     write_hyperparameters(writer, config, quantization, recipe)
     write_vocab(writer, tokenizer, model_dir, config["vocab_size"])
     for _, _, name, shape, kind in plan:
@@ -146,7 +147,7 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_file: Path) -> None:
     import gguf
     from safetensors import safe_open
 
-    config = text_config(json.loads((base_dir / "config.json").read_text()))
+    config = text_config(checkpoint_config(base_dir))
     settings = json.loads((adapter_dir / "adapter_config.json").read_text())
     problem = lora_gguf_refusal(settings)
     if problem:
@@ -171,6 +172,18 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_file: Path) -> None:
     writer.close()
 
 
+def checkpoint_config(model_dir: Path) -> dict:
+    """config.json as transformers reads it today: a config written by transformers 4 (a base model's on the hub)
+    gets `rope_parameters` from `rope_scaling` and Gemma 3's `layer_types` from its `sliding_window_pattern`."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir).to_dict()
+    except (KeyError, ValueError, TypeError, AttributeError) as err:  # transformers' validation of its fields
+        raise SlothlineError(f"{model_dir}/config.json: transformers cannot read it ({err.__class__.__name__}: "
+                             f"{err}); fix or replace the file") from None
+
+
 def language_model_tensors(model_dir: Path, config: dict):
     """(shard, name, name as in a text-only checkpoint, shape) of the language model's tensors: a vision-language
     checkpoint's under its recipe's `text_prefix` (the vision encoder goes to the mmproj file), without an
@@ -185,10 +198,15 @@ def language_model_tensors(model_dir: Path, config: dict):
 
 
 def checkpoint_tensors(model_dir: Path):
-    """(shard, name, shape) of every tensor of the checkpoint, shard by shard in file order."""
+    """(shard, name, shape) of every tensor of the checkpoint, shard by shard in file order: the shards the
+    index names, or model*.safetensors (not other formats' files beside them, such as Mistral's
+    consolidated.safetensors)."""
     from safetensors import safe_open
 
-    for shard in sorted(model_dir.glob("*.safetensors")):
+    index = model_dir / "model.safetensors.index.json"
+    shards = sorted({model_dir / name for name in json.loads(index.read_text())["weight_map"].values()}) \
+        if index.is_file() else sorted(model_dir.glob("model*.safetensors"))
+    for shard in shards:
         with safe_open(shard, "pt") as f:
             yield from ((shard, name, tuple(f.get_slice(name).get_shape())) for name in f.keys())
 
@@ -314,7 +332,7 @@ def read_back(gguf_file: Path, model_dir: Path) -> dict:
     reader = gguf.GGUFReader(str(gguf_file))
     fields = reader.fields
     field_text = lambda key: bytes(fields[key].parts[fields[key].data[0]]).decode()
-    config = text_config(json.loads((model_dir / "config.json").read_text()))
+    config = text_config(checkpoint_config(model_dir))
     expected = {name: shape for _, name, _, shape in language_model_tensors(model_dir, config)}
     expected.update({name: data.shape for name, data in computed_tensors(config).items()})
     problems = []
@@ -360,8 +378,7 @@ def generation_check(gguf_file: Path, model_dir: Path, base_dir: Path | None = N
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
     else:  # a vision-language model answers the text prompt with its language model
-        auto = AutoModelForImageTextToText if "vision_config" in json.loads((model_dir / "config.json").read_text()) \
-            else AutoModelForCausalLM
+        auto = AutoModelForImageTextToText if "vision_config" in checkpoint_config(model_dir) else AutoModelForCausalLM
         model = auto.from_pretrained(model_dir, dtype=torch.float32)
     expected = greedy_tokens(model, prompt_ids, tokens)
     llm = load_without_weight_repacking(llama_cpp, gguf_file, lora_file)

@@ -21,7 +21,9 @@ def write_mmproj(model_dir: Path, out_file: Path) -> None:
     tensor at a time."""
     import gguf
 
-    config = json.loads((model_dir / "config.json").read_text())
+    from slothline.export.gguf import checkpoint_config
+
+    config = checkpoint_config(model_dir)
     vision, text = config["vision_config"], text_config(config)
     image = image_processor_config(model_dir)
     deepstack = vision.get("deepstack_visual_indexes", [])

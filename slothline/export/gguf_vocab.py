@@ -36,6 +36,8 @@ def write_vocab(writer, tokenizer, model_dir: Path, vocab_size: int) -> None:
             types.append(gguf.TokenType.UNUSED)
         elif i in added:
             types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+            if kind == SENTENCEPIECE and not added[i].special:  # llama.cpp matches these in the raw text
+                tokens[-1] = token.replace("▁", " ")
         elif kind == SENTENCEPIECE and i == tokenizer.unk_token_id:
             types.append(gguf.TokenType.UNKNOWN)
         elif kind == SENTENCEPIECE and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
@@ -48,7 +50,10 @@ def write_vocab(writer, tokenizer, model_dir: Path, vocab_size: int) -> None:
     writer.add_token_types(types)
     if kind == SENTENCEPIECE:
         writer.add_tokenizer_pre("default")
-        writer.add_token_scores(merge_scores(tokens, pairs))
+        scores = merge_scores(tokens, pairs)
+        for i in added:  # as llama.cpp's converter scores added tokens: never a merge's result
+            scores[i] = -1000.0
+        writer.add_token_scores(scores)
         writer.add_add_space_prefix(adds_space_prefix(tokenizer_json))
     else:
         writer.add_tokenizer_pre(pre_tokenizer(tokenizer_json))
