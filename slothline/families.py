@@ -4,7 +4,8 @@ chat format (found by the special token that marks its turns). Adding a family i
 A family record says which kind its models are, which layers `lora.target_modules: null` means, how GGUF
 export writes it (a `GGUFRecipe`: llama.cpp's architecture and what differs from Hugging Face's layout) and,
 for vision models, how many tokens an image becomes. A chat format record gives the turn markers that
-response-only training masks by, the Ollama template and the stop tokens. `PRE_TOKENIZERS` are llama.cpp's
+response-only training masks by and the conversation in Ollama's template form (stop tokens come from the
+model's own files). `PRE_TOKENIZERS` are llama.cpp's
 byte-level pre-tokenizers, told apart by what each makes of a probe text.
 """
 
@@ -83,30 +84,29 @@ def family(model_type: str | None) -> Family:
 class ChatFormat:
     marker: str  # the special token that identifies the format in a vocabulary or a rendered text
     turns: tuple[str, str]  # (instruction_part, response_part), as Unsloth's train_on_responses_only takes them
-    stop_tokens: tuple[str, ...]
     ollama_turns: str | None = None  # the conversation in Ollama's Go-template form (the model's own chat
     # template then gives the generation prompt that follows it)
 
 
 CHAT_FORMATS = {  # Ollama keeps system messages in .Messages and also sets .System: the turns skip them
     "chatml": ChatFormat(
-        "<|im_start|>", ("<|im_start|>user\n", "<|im_start|>assistant\n"), ("<|im_end|>", "<|endoftext|>"),
+        "<|im_start|>", ("<|im_start|>user\n", "<|im_start|>assistant\n"),
         "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
         "{{- range .Messages }}{{- if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
         "{{ end }}{{ end }}"),
     "llama-3": ChatFormat(
         "<|start_header_id|>", ("<|start_header_id|>user<|end_header_id|>\n\n",
-                                "<|start_header_id|>assistant<|end_header_id|>\n\n"), ("<|eot_id|>",),
+                                "<|start_header_id|>assistant<|end_header_id|>\n\n"),
         "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
         "{{- range .Messages }}{{- if ne .Role \"system\" }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
         "{{ .Content }}<|eot_id|>{{ end }}{{ end }}"),
     "gemma": ChatFormat(  # Gemma has no system turn: its template puts the system prompt before the first question
-        "<start_of_turn>", ("<start_of_turn>user\n", "<start_of_turn>model\n"), ("<end_of_turn>",),
+        "<start_of_turn>", ("<start_of_turn>user\n", "<start_of_turn>model\n"),
         "{{- $system := .System }}{{- range .Messages }}{{- if eq .Role \"user\" }}<start_of_turn>user\n"
         "{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ .Content }}<end_of_turn>\n"
         "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}"),
     "phi-3": ChatFormat(
-        "<|assistant|>", ("<|user|>\n", "<|assistant|>\n"), ("<|end|>", "<|endoftext|>"),
+        "<|assistant|>", ("<|user|>\n", "<|assistant|>\n"),
         "{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
         "{{- range .Messages }}{{- if ne .Role \"system\" }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}"),
 }

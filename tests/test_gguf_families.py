@@ -10,7 +10,7 @@ import pytest
 
 from slothline import families
 from slothline.export import gguf_refusal
-from slothline.export.gguf import export_gguf, generation_check, write_gguf
+from slothline.export.gguf import export_gguf, generation_check, text_reference, write_gguf
 from slothline.export import pre_tokenizer
 from tests.tiny_families import byte_level_tokenizer, tiny_family_model
 
@@ -47,7 +47,7 @@ def test_the_check_catches_a_family_written_wrongly(tmp_path, monkeypatch, model
     monkeypatch.setitem(families.FAMILIES, model_type,
                         dataclasses.replace(record, gguf=dataclasses.replace(record.gguf, **change)))
     write_gguf(model_dir, tmp_path / "model.gguf", "f16")
-    matching = int(generation_check(tmp_path / "model.gguf", model_dir).split()[0])
+    matching = int(generation_check(tmp_path / "model.gguf", text_reference(model_dir)).split()[0])
     assert matching < 16
 
 
@@ -241,7 +241,8 @@ def test_the_image_check_sees_a_wrong_vision_encoder(tiny_qwen3_vl, tmp_path, mo
     monkeypatch.setattr(gguf_vision, "read_tensor", swapped)
     gguf_vision.write_mmproj(Path(tiny_qwen3_vl), tmp_path / "mmproj.gguf")
     write_gguf(Path(tiny_qwen3_vl), tmp_path / "model.gguf", "f16")
-    matching = int(gguf_vision.vision_check(tmp_path / "model.gguf", tmp_path / "mmproj.gguf", Path(tiny_qwen3_vl)).split()[0])
+    reference = gguf_vision.image_reference(Path(tiny_qwen3_vl))
+    matching = int(gguf_vision.vision_check(tmp_path / "model.gguf", tmp_path / "mmproj.gguf", reference).split()[0])
     assert matching < 16
 
 
@@ -292,7 +293,7 @@ def test_a_prompt_llama_cpp_tokenizes_otherwise_is_reported_not_refused(tmp_path
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
     model_dir = tiny_family_model(tmp_path / "merged", "mistral", legacy=False)
     write_gguf(model_dir, tmp_path / "model.gguf", "f16")
-    result = generation_check(tmp_path / "model.gguf", model_dir)
+    result = generation_check(tmp_path / "model.gguf", text_reference(model_dir))
     assert result.startswith("16 of 16 greedy tokens match transformers, from transformers' prompt tokens: "
                              "llama.cpp's own tokens of the chat prompt differ from token 2 ")
 

@@ -332,7 +332,7 @@ def test_llama_cpp_generates_what_transformers_generates(adapter):
 def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
     """Without the rotary permutation llama.cpp would compute different attention and other tokens."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[test]'")
-    from slothline.export.gguf import generation_check, write_gguf
+    from slothline.export.gguf import generation_check, text_reference, write_gguf
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model_dir = workdir.path / "llama"
@@ -342,7 +342,8 @@ def test_llama_cpp_runs_the_llama_family_export(workdir, tokenizer):
                                  eos_token_id=tokenizer.eos_token_id)).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     write_gguf(model_dir, workdir.path / "llama.gguf", "f16")
-    assert generation_check(workdir.path / "llama.gguf", model_dir) == "16 of 16 greedy tokens match transformers"
+    assert generation_check(workdir.path / "llama.gguf", text_reference(model_dir)) == (
+        "16 of 16 greedy tokens match transformers")
 
 
 @pytest.mark.parametrize("change, message", [

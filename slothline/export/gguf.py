@@ -1,14 +1,16 @@
-"""Write GGUF files of merged causal LMs with the `gguf` package, and check them.
+"""Write GGUF files of merged models (and of LoRA adapters) with the `gguf` package, and check them.
 
 GGUF writing follows llama.cpp's convert_hf_to_gguf for the families whose record in families.py has a
 GGUF recipe: hyperparameters, tensors renamed through gguf's TensorNameMap (q/k rows permuted and norm
 weights shifted where the recipe says), and the tokenizer (gguf_vocab).
 """
 
+import importlib.util
 import json
 import math
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from slothline.artifacts import ADAPTER_GGUF_FILE, BASE_GGUF_FILE, GGUF_FILE, MA
 from slothline.errors import SlothlineError
 from slothline.export import (PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal, lora_gguf_refusal, rope_of,
                               text_config)
-from slothline.export.gguf_vision import MMPROJ_FILE, vision_check, write_mmproj
+from slothline.export.gguf_vision import MMPROJ_FILE, image_reference, vision_check, write_mmproj
 from slothline.export.gguf_vocab import write_vocab
 from slothline.export.ollama import modelfile
 from slothline.families import PROBE_TEXT, family
@@ -41,6 +43,9 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable
     mmproj = out_dir / MMPROJ_FILE if family(model_type).gguf.mmproj else None
     if mmproj:
         write_mmproj(weights_dir, mmproj)
+    checking = importlib.util.find_spec("llama_cpp") is not None  # the llama.cpp checks (the test extra)
+    text = text_reference(model_dir, weights_dir if adapter else None) if checking else None
+    image = image_reference(model_dir) if checking and mmproj else None
     report = {}
     for quantization in quantizations:
         folder = out_dir / quantization
@@ -56,11 +61,14 @@ def export_gguf(model_dir: Path, out_dir: Path, quantizations: list[str], enable
             "size_mb": round(gguf_file.stat().st_size / 2**20, 3),
             **read_back(gguf_file, weights_dir),
             **({"adapter_size_mb": round(lora_file.stat().st_size / 2**20, 3)} if lora_file else {}),
-            "generation_check": generation_check(gguf_file, model_dir, weights_dir, lora_file),
+            "generation_check": generation_check(gguf_file, text, lora_file) if checking else NOT_CHECKED,
             **({"mmproj_size_mb": round(mmproj.stat().st_size / 2**20, 3),
-                "image_check": vision_check(gguf_file, mmproj, model_dir)} if mmproj else {}),
+                "image_check": vision_check(gguf_file, mmproj, image) if checking else NOT_CHECKED} if mmproj else {}),
         }
     return report
+
+
+NOT_CHECKED = "skipped: llama-cpp-python not installed"
 
 
 def write_quantized(model_dir: Path, gguf_file: Path, quantization: str, name: str) -> None:
@@ -355,16 +363,18 @@ def read_back(gguf_file: Path, model_dir: Path) -> dict:
             "vocab_size": len(fields["tokenizer.ggml.tokens"].data)}
 
 
-def generation_check(gguf_file: Path, model_dir: Path, base_dir: Path | None = None, lora_file: Path | None = None,
-                     tokens: int = 16) -> str:
-    """llama.cpp (llama-cpp-python) against transformers on the merged model (or on the base model in `base_dir`
-    with the adapter in `model_dir` merged, llama.cpp applying `lora_file` to `gguf_file`): the tokens of a probe
-    text (digits, runs of spaces, accents, CJK, emoji) and of a chat prompt must be the same, and the greedy
-    tokens generated from that prompt are compared; "skipped" where llama-cpp-python is not installed."""
-    try:
-        import llama_cpp
-    except ImportError:
-        return "skipped: llama-cpp-python not installed"
+@dataclass(frozen=True)
+class TextReference:
+    """What transformers answers the check's chat prompt with, computed once for all of an export's files."""
+    tokenizer: object
+    prompt: str
+    prompt_ids: list[int]
+    expected: list[int]  # transformers' greedy tokens after the prompt
+
+
+def text_reference(model_dir: Path, base_dir: Path | None = None, tokens: int = 16) -> TextReference:
+    """Transformers on the merged model in `model_dir` (or on the base model in `base_dir` with the adapter in
+    `model_dir` merged): its greedy tokens after a chat prompt."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
@@ -372,7 +382,7 @@ def generation_check(gguf_file: Path, model_dir: Path, base_dir: Path | None = N
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello to Anna."}], tokenize=False,
                                            add_generation_prompt=True, enable_thinking=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if lora_file:
+    if base_dir:
         from peft import PeftModel
 
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -380,7 +390,18 @@ def generation_check(gguf_file: Path, model_dir: Path, base_dir: Path | None = N
     else:  # a vision-language model answers the text prompt with its language model
         auto = AutoModelForImageTextToText if "vision_config" in checkpoint_config(model_dir) else AutoModelForCausalLM
         model = auto.from_pretrained(model_dir, dtype=torch.float32)
-    expected = greedy_tokens(model, prompt_ids, tokens)
+    return TextReference(tokenizer, prompt, prompt_ids, greedy_tokens(model, prompt_ids, tokens))
+
+
+def generation_check(gguf_file: Path, reference: TextReference, lora_file: Path | None = None) -> str:
+    """llama.cpp (llama-cpp-python; applying `lora_file` to `gguf_file` where given) against transformers'
+    `reference`: the tokens of a probe text (digits, runs of spaces, accents, CJK, emoji) must be the model
+    tokenizer's; the greedy tokens generated from the reference's prompt tokens are compared, and where
+    llama.cpp's own tokens of that prompt differ, the result says from which token."""
+    import llama_cpp
+
+    tokenizer, prompt, prompt_ids, expected = (reference.tokenizer, reference.prompt, reference.prompt_ids,
+                                               reference.expected)
     llm = load_without_weight_repacking(llama_cpp, gguf_file, lora_file)
     if llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=True) != tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]:
         raise SlothlineError(f"{gguf_file}: llama.cpp tokenizes a probe text differently from the model's tokenizer")

@@ -4,6 +4,7 @@ transformers does. Tensor names and settings follow llama.cpp's converter for Qw
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,29 +127,40 @@ def check_image(width: int = 128, height: int = 96):
     return picture
 
 
-def vision_check(text_gguf: Path, mmproj_file: Path, model_dir: Path, tokens: int = 16) -> str:
-    """An image question answered by llama.cpp (the text GGUF with the mmproj, through mtmd) and by transformers
-    on the merged model: the greedy tokens of both; "skipped" where llama-cpp-python is not installed."""
-    try:
-        import llama_cpp
-        import llama_cpp.mtmd_cpp as mtmd
-    except ImportError:
-        return "skipped: llama-cpp-python not installed"
+@dataclass(frozen=True)
+class ImageReference:
+    """What transformers answers the check's image question with, computed once for all of an export's files."""
+    prompt: str
+    picture: object
+    expected: list[int]  # transformers' greedy tokens after the prompt
+
+
+def image_reference(model_dir: Path, tokens: int = 16) -> ImageReference:
+    """Transformers on the merged vision-language model: its greedy tokens after an image question."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from slothline.export.gguf import load_without_weight_repacking
 
     processor = AutoProcessor.from_pretrained(model_dir)
     picture = check_image()
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": IMAGE_QUESTION}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, enable_thinking=False)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    model.generation_config.eos_token_id = None  # on past any stop token, as llama.cpp's loop below goes
+    model.generation_config.eos_token_id = None  # on past any stop token, as llama.cpp's loop in vision_check goes
     inputs = processor(text=[prompt], images=[picture], return_tensors="pt")
     with torch.inference_mode():
         expected = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    return ImageReference(prompt, picture, expected)
 
+
+def vision_check(text_gguf: Path, mmproj_file: Path, reference: ImageReference) -> str:
+    """The reference's image question answered by llama.cpp (the text GGUF with the mmproj, through mtmd, via
+    llama-cpp-python): how many of transformers' greedy tokens it generates."""
+    import llama_cpp
+    import llama_cpp.mtmd_cpp as mtmd
+
+    from slothline.export.gguf import load_without_weight_repacking
+
+    prompt, picture, expected = reference.prompt, reference.picture, reference.expected
     llm = load_without_weight_repacking(llama_cpp, text_gguf)
     params = mtmd.mtmd_context_params_default()
     params.use_gpu, params.print_timings = False, False
@@ -181,7 +193,7 @@ def vision_check(text_gguf: Path, mmproj_file: Path, model_dir: Path, tokens: in
                     raise SlothlineError(f"{mmproj_file}: llama.cpp's multimodal library failed on the image")
                 llm.n_tokens = position.value
         produced = []
-        for _ in range(tokens):
+        for _ in range(len(expected)):
             last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
             produced.append(int(last.argmax()))
             llm.eval(produced[-1:])
