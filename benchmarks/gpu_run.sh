@@ -18,6 +18,10 @@
 #              in a scratch copy of the checkout
 #   dvc-vision, dvc-classifier   gpu_dvc_repro_<kind>.log, gpu_dvc_repro_<kind>_{train,eval}.json,
 #              gpu_dvc_repro_<kind>_report.md: the same for `dvc exp run -S kind=<kind>`
+#   preference preference_backends.{json,md,log}: benchmarks/preference_backends.py (DPO, Qwen3-4B shape:
+#              the preference stage on unsloth and hf against TRL + PEFT)
+#   dvc-dpo    gpu_dvc_repro_dpo.log, gpu_dvc_repro_dpo_{train,eval,export,preference}.json, gpu_dvc_repro_dpo_report.md:
+#              `dvc exp run -S preference.method=dpo` of the tiny default (SFT, then DPO, on unsloth)
 #   multigpu   (a host with 2 GPUs) gpu_tests_multi_gpu.log: pytest -m gpu tests/test_multi_gpu.py;
 #              multi_gpu.{json,md}, multi_gpu.log: benchmarks/multi_gpu.py; gpu_dvc_exp_2gpus.log and
 #              gpu_dvc_exp_2gpus_train.json: `dvc exp run -S train.num_gpus=2` of the tiny default
@@ -29,14 +33,15 @@ parts=("$@")
 # NVLink multicast stays off on multi-GPU hosts (the train stage sets the same for the processes it starts)
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
   NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
-repro() {  # repro NAME KIND: `dvc repro` in a scratch git repository holding this working tree's files
-  local scratch             # (its code, data and params, as they are here), or `dvc exp run -S kind=KIND`
+repro() {  # repro NAME [-S OVERRIDE...]: `dvc repro` in a scratch git repository holding this working tree's files
+  local name=$1 scratch     # (its code, data and params, as they are here), or `dvc exp run -S OVERRIDE...`
+  shift
   scratch=$(mktemp -d)
   tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
   (cd "$scratch" && git init -q && git config user.name ci && git config user.email ci@localhost && git add -A && git commit -qm scratch
-   if [[ -z $2 ]]; then python3 -m dvc repro; else python3 -m dvc exp run -S "kind=$2"; fi 2>&1 | tee "$results/$1.log"
-   for metrics in train eval export; do cp metrics/$metrics.json "$results/${1}_$metrics.json"; done
-   cp metrics/report.md "$results/${1}_report.md")
+   if [[ $# -eq 0 ]]; then python3 -m dvc repro; else python3 -m dvc exp run "$@"; fi 2>&1 | tee "$results/$name.log"
+   for metrics in train preference eval export; do cp metrics/$metrics.json "$results/${name}_$metrics.json"; done
+   cp metrics/report.md "$results/${name}_report.md")
   rm -rf "$scratch"
 }
 for part in "${parts[@]}"; do
@@ -52,8 +57,10 @@ for part in "${parts[@]}"; do
     classifier)
       python3 -m pytest -m gpu tests/test_classifier.py -v -s -p no:cacheprovider 2>&1 | tee "$results/classifier_gpu_tests.log"
       python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
-    dvc) repro gpu_dvc_repro "" ;;
-    dvc-vision|dvc-classifier) repro "gpu_dvc_repro_${part#dvc-}" "${part#dvc-}" ;;
+    dvc) repro gpu_dvc_repro ;;
+    dvc-vision|dvc-classifier) repro "gpu_dvc_repro_${part#dvc-}" -S "kind=${part#dvc-}" ;;
+    preference) python3 benchmarks/preference_backends.py 2>&1 | tee "$results/preference_backends.log" ;;
+    dvc-dpo) repro gpu_dvc_repro_dpo -S preference.method=dpo ;;
     multigpu)
       python3 -m pytest -m gpu tests/test_multi_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests_multi_gpu.log"
       python3 benchmarks/multi_gpu.py 2>&1 | tee "$results/multi_gpu.log"
@@ -63,7 +70,7 @@ for part in "${parts[@]}"; do
        python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
        cp metrics/train.json "$results/gpu_dvc_exp_2gpus_train.json")
       rm -rf "$scratch" ;;
-    *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, dvc-vision, dvc-classifier, multigpu)" >&2
+    *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, dvc-vision, dvc-classifier, preference, dvc-dpo, multigpu)" >&2
        exit 2 ;;
   esac
 done

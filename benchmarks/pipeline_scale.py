@@ -30,7 +30,7 @@ import yaml
 from harness import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("check_params", "prepare", "train", "evaluate", "merge", "export", "push")
+STAGES = ("check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push")
 OUTS = ("data/prepared", "models", "metrics", "dvclive")
 QWEN3_8B_SHAPE = dict(hidden_size=4096, num_hidden_layers=36, intermediate_size=12288, num_attention_heads=32,
                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False,
@@ -188,12 +188,13 @@ def main() -> None:
         build_checkpoint(Path(args.checkpoint))
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "dag": run_dag(args.checkpoint, args.steps)}
+    write_results("pipeline_scale", report, markdown(report))
     if args.export_8b:
         checkpoint = Path("/tmp/qwen3-8b-shape")
         if not (checkpoint / "config.json").exists():
             build_8b(checkpoint)
         report["export_8b"] = export_alone(checkpoint)
-    write_results("pipeline_scale", report, markdown(report))
+        write_results("pipeline_scale", report, markdown(report))
 
 
 if __name__ == "__main__":

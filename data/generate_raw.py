@@ -1,7 +1,9 @@
 """Write the small bundled sample datasets to data/raw/: alpaca.jsonl, sharegpt.json,
 messages.jsonl and reasoning.jsonl, 300 rows each of short, highly templated tasks (greetings,
 lookups in a small closed world, word games, small sums, comparisons) that the tiny builtin
-model can visibly learn in a couple of minutes of CPU fine-tuning. The output is deterministic and
+model can visibly learn in a couple of minutes of CPU fine-tuning; and the preference samples
+preference.jsonl (chosen/rejected pairs) and kto.jsonl (labelled answers), whose preferred answers
+end with "!" where the SFT samples' end with ".", a rule SFT never teaches. The output is deterministic and
 committed; rerun by hand (`python data/generate_raw.py`) when the samples change.
 
 Every answer is a fixed template filled from the question: a name or word copied from it, or a
@@ -236,9 +238,62 @@ def reasoning(rng):
     write_jsonl("reasoning.jsonl", rows)
 
 
+def facts():
+    """(question, answer) of every fact lookup and sum, in five wordings each (sums: three)."""
+    rows = []
+    for country in sorted(CAPITALS):
+        rows += [(q.format(country), capital(country)) for q in (
+            "What is the capital of {}?", "Name the capital of {}.", "Which city is the capital of {}?",
+            "Tell me the capital of {}.", "{}: what is its capital?")]
+    for animal in sorted(SOUNDS):
+        rows += [(q.format(an(animal)), sound(animal)) for q in (
+            "What sound does {} make?", "What noise does {} make?", "How does {} sound?",
+            "What does {} sound like?", "Which sound comes from {}?")]
+    for fruit in sorted(COLOURS):
+        rows += [(q.format(an(fruit)), colour(fruit)) for q in (
+            "What colour is {}?", "Name the colour of {}.", "What is the colour of {}?",
+            "Which colour is {}?", "Tell me the colour of {}.")]
+    for a, b in SMALL_SUMS:
+        rows += [(f"What is {a} + {b}?", total(a, b)), (f"Add {a} and {b}.", total(a, b)),
+                 (f"How much is {a} plus {b}?", total(a, b))]
+    return rows
+
+
+def cheerful(answer):
+    """The preferred form of an answer: its final full stop an exclamation mark."""
+    return answer[:-1] + "!"
+
+
+def preference(rng):
+    """Paired rows in the three layouts preference datasets use: prompt, chosen and rejected as text; as
+    messages (a system prompt in some); and whole conversations without a prompt (binarized feedback style)."""
+    rows = []
+    for i, (question, answer) in enumerate(rng.sample(facts(), len(facts()))):
+        good, bad = cheerful(answer), answer
+        if i % 3 == 0:
+            rows.append({"prompt": question, "chosen": good, "rejected": bad})
+        elif i % 3 == 1:
+            system = [{"role": "system", "content": "You are a cheerful assistant."}] if i % 2 else []
+            rows.append({"prompt": [*system, {"role": "user", "content": question}],
+                         "chosen": [{"role": "assistant", "content": good}],
+                         "rejected": [{"role": "assistant", "content": bad}]})
+        else:
+            user = {"role": "user", "content": question}
+            rows.append({"chosen": [user, {"role": "assistant", "content": good}],
+                         "rejected": [user, {"role": "assistant", "content": bad}]})
+    write_jsonl("preference.jsonl", rows)
+
+
+def kto(rng):
+    """Unpaired rows: each question once, its answer labelled desirable (cheerful) or not."""
+    rows = [{"prompt": question, "completion": cheerful(answer) if i % 2 else answer, "label": bool(i % 2)}
+            for i, (question, answer) in enumerate(rng.sample(facts(), len(facts())))]
+    write_jsonl("kto.jsonl", rows)
+
+
 def main():
     RAW.mkdir(exist_ok=True)
-    for write in (alpaca, sharegpt, messages, reasoning):
+    for write in (alpaca, sharegpt, messages, reasoning, preference, kto):
         write(random.Random(SEED))
 
 

@@ -17,8 +17,11 @@ PARAMS_FILE = Path("params.yaml")
 PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
 IMAGES_SUBDIR = "images"  # under the prepared data: a vision model's pictures, content-addressed
-TUNED_DIR = Path("models/tuned")  # a PEFT adapter, or the whole model after full fine-tuning
+PREFERENCE_SPLITS_DIR = PREPARED_DIR / "preference"  # the preference rows, split as the SFT rows are
+SFT_DIR = Path("models/sft")  # train's model: a PEFT adapter, or the whole model after full fine-tuning
+TUNED_DIR = Path("models/tuned")  # the preference stage's: the SFT model preference-tuned, or passed on as it is
 CHECKPOINTS_DIR = Path("models/checkpoints")
+PREFERENCE_CHECKPOINTS_DIR = Path("models/preference_checkpoints")
 MERGED_DIR = Path("models/merged")
 SHARD_SIZE = "5GB"  # the merged model's safetensors shards: what the Hub and Unsloth write
 EXPORT_DIR = Path("models/export")
@@ -32,6 +35,9 @@ DATA_METRICS = METRICS_DIR / "data.json"
 TRAIN_METRICS = METRICS_DIR / "train.json"
 LOSS_PLOT = METRICS_DIR / "loss.png"
 LIVE_DIR = Path("dvclive/train")
+PREFERENCE_METRICS = METRICS_DIR / "preference.json"
+PREFERENCE_LOSS_PLOT = METRICS_DIR / "preference_loss.png"
+PREFERENCE_LIVE_DIR = Path("dvclive/preference")
 EVAL_METRICS = METRICS_DIR / "eval.json"
 SAMPLES_FILE = METRICS_DIR / "samples.json"
 CONFUSION_FILE = METRICS_DIR / "confusion.json"
@@ -43,7 +49,8 @@ EXPORT_METRICS = METRICS_DIR / "export.json"
 
 @dataclass(frozen=True)
 class Manifest:
-    """What train produced: `method` lora (an adapter over `base_model`) or full (a whole model)."""
+    """What train (or the preference stage) produced: `method` lora (an adapter over `base_model`), full (a whole
+    model) or none (train.sft: false: nothing trained yet); `preference` the preference method applied, if any."""
 
     kind: str
     method: str
@@ -54,6 +61,7 @@ class Manifest:
     load_in_4bit: bool
     max_seq_length: int
     labels: list[str] | None = None  # classifiers: the classes, in the order of the head's outputs
+    preference: str | None = None  # dpo, orpo or kto, after (or instead of) SFT
 
     def write(self, directory: Path) -> None:
         write_json(Path(directory) / MANIFEST_FILE, asdict(self))
@@ -62,9 +70,22 @@ class Manifest:
     def read(cls, directory: Path = TUNED_DIR) -> "Manifest":
         path = Path(directory) / MANIFEST_FILE
         if not path.is_file():
-            raise SlothlineError(f"{directory}: no trained model there; run `dvc repro train` first "
+            stage = "train" if Path(directory) == SFT_DIR else "preference"
+            raise SlothlineError(f"{directory}: no trained model there; run `dvc repro {stage}` first "
                                  f"(it writes {MANIFEST_FILE} beside it)")
         return cls(**json.loads(path.read_text()))
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """`target` as a copy of the directory `source`, its files hard-linked where the file system allows (as
+    DVC's link cache types keep them: no second copy on disk), else copied."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, dirs_exist_ok=True)
 
 
 def read_split(name: str) -> list[dict]:

@@ -1,38 +1,47 @@
-"""Checkpoints of an interrupted train: which one to resume from, and which belong to another run."""
+"""Checkpoints of an interrupted train (or preference run): which one to resume from, and which belong to another run."""
 
 import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from slothline.artifacts import PARAMS_FILE, PREPARED_DIR, write_json
+from slothline.artifacts import PARAMS_FILE, PREFERENCE_SPLITS_DIR, PREPARED_DIR, SFT_DIR, write_json
 from slothline.errors import SlothlineError
 
 
-def run_fingerprint(params, world_size: int) -> str:
-    """What a checkpoint must share with this run to be resumed: training params, the number of processes
-    (`train.num_gpus` resolved) and data."""
-    knobs = {**params.model_dump(include={"kind", "model", "lora", "train"}, exclude={"train": {"num_gpus"}}),
-             "world_size": world_size}
+RUN_INPUTS = {  # per stage: the params sections and the files a run's checkpoints depend on
+    "train": (("kind", "model", "lora", "train"), (PREPARED_DIR / "train.jsonl",)),
+    "preference": (("kind", "model", "lora", "train", "preference"),
+                   (PREFERENCE_SPLITS_DIR / "train.jsonl", SFT_DIR / "manifest.json", SFT_DIR / "adapter_model.safetensors")),
+}
+
+
+def run_fingerprint(params, world_size: int, stage: str = "train") -> str:
+    """What a checkpoint must share with this run to be resumed: the stage's params, the number of processes
+    (`train.num_gpus` resolved) and its inputs (data; the SFT model a preference run starts from)."""
+    sections, files = RUN_INPUTS[stage]
+    knobs = {**params.model_dump(include=set(sections), exclude={"train": {"num_gpus"}}), "world_size": world_size}
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode())
-    digest.update((PREPARED_DIR / "train.jsonl").read_bytes())
+    for path in files:
+        if path.is_file():
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def check_inputs_unchanged(started, fingerprint: str, world_size: int) -> None:
-    """Fail when params.yaml's training settings or the train split changed while the run trained (another
+def check_inputs_unchanged(started, fingerprint: str, world_size: int, stage: str = "train") -> None:
+    """Fail when params.yaml's training settings or the stage's inputs changed while the run trained (another
     command rewrote them): DVC would record the new ones beside outputs that the old ones made."""
     from slothline.conf import flat
     from slothline.params import load_params
 
     now = load_params()
-    if run_fingerprint(now, world_size) == fingerprint:
+    if run_fingerprint(now, world_size, stage) == fingerprint:
         return
-    sections = {"kind", "model", "lora", "train"}
-    before, after = flat(started.model_dump(include=sections)), flat(now.model_dump(include=sections))
+    sections, files = RUN_INPUTS[stage]
+    before, after = flat(started.model_dump(include=set(sections))), flat(now.model_dump(include=set(sections)))
     changed = [f"{key}: {before.get(key)} -> {after.get(key)}" for key in sorted(set(before) | set(after))
-               if before.get(key) != after.get(key)] or [f"{PREPARED_DIR}/train.jsonl"]
-    raise SlothlineError(f"{PARAMS_FILE}: changed while train ran ({'; '.join(changed)}), so its outputs would be "
+               if before.get(key) != after.get(key)] or [" or ".join(map(str, files))]
+    raise SlothlineError(f"{PARAMS_FILE}: changed while {stage} ran ({'; '.join(changed)}), so its outputs would be "
                          "recorded with settings they were not trained with; nothing was written: run `dvc repro` "
                          "again (another `dvc exp run` or edit must wait for this one)")
 

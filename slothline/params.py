@@ -157,6 +157,14 @@ class PushParams(Section):
         return what
 
 
+class PreferenceParams(Section):
+    """preference: the stage after train. Kinds without preference methods only pass the SFT model on."""
+
+    method: Literal["none"] = Field("none", description="none: the tuned model is the SFT model")
+    sources: list[Source] = Field([], max_length=0, description="preference data (causal_lm models only)")
+    total: None = None
+
+
 class ExportParams(Section):
     formats: list[str] = Field([], description="the kind's export formats")
 
@@ -169,6 +177,7 @@ class Params(Section):
     data: DataParams
     lora: LoraParams = LoraParams()
     train: TrainParams = TrainParams()
+    preference: PreferenceParams = PreferenceParams()
     evaluate: EvaluateParams = EvaluateParams()
     merge: MergeParams = MergeParams()
     export: ExportParams = ExportParams()

@@ -3,13 +3,16 @@
 Outs: data/prepared/{train,val,test}.jsonl (canonical records plus what the kind renders from them), the files
 the records refer to (a vision model's images) and metrics/data.json (counts per split and source, skipped
 rows, duplicates, test rows whose text (normalised as dedupe compares it) is also in train, and the kind's
-statistics such as token lengths and image sizes).
+statistics such as token lengths and image sizes). preference.sources (causal LMs) are read, mixed, deduplicated
+and split alike into data/prepared/preference/{train,val,test}.jsonl (empty without them), their counts under
+`preference` in metrics/data.json.
 """
 
 from pathlib import Path
 
 from slothline import kinds
-from slothline.artifacts import DATA_METRICS, PREPARED_DIR, SPLITS, atomic_dir, write_json, write_jsonl
+from slothline.artifacts import (DATA_METRICS, PREFERENCE_SPLITS_DIR, PREPARED_DIR, SPLITS, atomic_dir, write_json,
+                                 write_jsonl)
 from slothline.data.records import read_sources
 from slothline.data.mixing import mix
 from slothline.dvcfile import require_declared
@@ -28,20 +31,43 @@ def main() -> None:
     by_source, report, keys = read_sources(task, params, processor)
     splits = mix(by_source, {s.label: s.weight for s in data.sources}, data.total, data.val_fraction,
                  data.test_fraction, data.seed, task.STRATIFY_BY)
+    preference_sources = getattr(params.preference, "sources", [])
+    if preference_sources:
+        by_source, preference_report, preference_keys = read_sources(task.PREFERENCE, params, processor,
+                                                                     preference_sources, "preference")
+        preference_splits = mix(by_source, {s.label: s.weight for s in preference_sources}, params.preference.total,
+                                data.val_fraction, data.test_fraction, data.seed)
+    else:
+        preference_splits = {name: [] for name in SPLITS}
 
     with atomic_dir(PREPARED_DIR) as staging:
         kind_metrics = task.finish_splits(splits, processor, params, staging)
         for name, records in splits.items():
             write_jsonl(staging / f"{name}.jsonl", records)
-    counts = {f"{name}_rows": len(rows) for name, rows in splits.items()}
+        preference_metrics = (task.PREFERENCE.finish_splits(preference_splits, processor, params)
+                              if preference_sources else {})
+        (staging / PREFERENCE_SPLITS_DIR.name).mkdir()
+        for name, records in preference_splits.items():
+            write_jsonl(staging / PREFERENCE_SPLITS_DIR.name / f"{name}.jsonl", records)
+    metrics = split_metrics(splits, report, keys) | kind_metrics
+    if preference_sources:
+        metrics["preference"] = split_metrics(preference_splits, preference_report, preference_keys) | preference_metrics
+    write_json(DATA_METRICS, metrics)
+    print(", ".join(f"{name}: {len(splits[name])} rows" for name in SPLITS), f"-> {PREPARED_DIR}/")
+    if preference_sources:
+        print("preference " + ", ".join(f"{name}: {len(preference_splits[name])} rows" for name in SPLITS),
+              f"-> {PREFERENCE_SPLITS_DIR}/")
+
+
+def split_metrics(splits: dict, report: dict, keys: dict) -> dict:
+    """Rows per split, per source and split, skipped and duplicate rows, and test rows also in train."""
     in_train = {keys[r["id"]] for r in splits["train"]}
     for label, source_counts in report.items():
         source_counts.update({f"{name}_rows": sum(r["source"] == label for r in rows) for name, rows in splits.items()})
-    write_json(DATA_METRICS, {**counts, "rows_skipped": sum(r["rows_skipped"] for r in report.values()),
-                              "duplicates_removed": sum(r.get("duplicates_removed", 0) for r in report.values()),
-                              "test_rows_in_train": sum(keys[r["id"]] in in_train for r in splits["test"]),
-                              "sources": report, **kind_metrics})
-    print(", ".join(f"{name}: {len(splits[name])} rows" for name in SPLITS), f"-> {PREPARED_DIR}/")
+    return {**{f"{name}_rows": len(rows) for name, rows in splits.items()},
+            "rows_skipped": sum(r["rows_skipped"] for r in report.values()),
+            "duplicates_removed": sum(r.get("duplicates_removed", 0) for r in report.values()),
+            "test_rows_in_train": sum(keys[r["id"]] in in_train for r in splits["test"]), "sources": report}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""train: fine-tune `model.name` with LoRA (or fully) on data/prepared/train.jsonl.
+"""train: fine-tune `model.name` with LoRA (or fully) on data/prepared/train.jsonl (supervised fine-tuning).
 
-Outs: models/tuned/ (a PEFT adapter, or the whole model, with its processor and manifest.json), models/checkpoints/
+Outs: models/sft/ (a PEFT adapter, or the whole model, with its processor and manifest.json; with train.sft: false
+the manifest alone, and nothing trains), models/checkpoints/
 (persisted: an interrupted run resumes), metrics/train.json, metrics/loss.png and dvclive/train/. With
 `train.num_gpus` > 1 the stage starts itself again under torchrun (DDP); rank 0 alone writes the outputs.
 """
@@ -8,7 +9,7 @@ Outs: models/tuned/ (a PEFT adapter, or the whole model, with its processor and 
 import sys
 
 from slothline import backends, checkpoints, kinds, plots, training
-from slothline.artifacts import (CHECKPOINTS_DIR, LIVE_DIR, LOSS_PLOT, TRAIN_METRICS, TUNED_DIR, Manifest,
+from slothline.artifacts import (CHECKPOINTS_DIR, LIVE_DIR, LOSS_PLOT, SFT_DIR, TRAIN_METRICS, Manifest,
                                  atomic_dir, read_split, write_json)
 from slothline.errors import run_stage
 from slothline.params import load_params
@@ -17,6 +18,8 @@ from slothline.runtime import gather, main_process_result, probe, process_group,
 
 def main() -> None:
     params = load_params()
+    if not getattr(params.train, "sft", True):
+        return skip(params)
     caps = probe()
     runtime = resolve(params, caps)  # an impossible ask fails here, once
     if (processes := processes_to_start(params, caps)) > 1:
@@ -51,7 +54,7 @@ def train(params, runtime) -> None:
         return
     checkpoints.check_inputs_unchanged(params, fingerprint, runtime.world_size)
     method = backends.method_of(model)
-    with atomic_dir(TUNED_DIR) as staging:
+    with atomic_dir(SFT_DIR) as staging:
         backends.save_trained(model, processor, staging)
         Manifest(kind=task.NAME, method=method, base_model=params.model.name, revision=params.model.revision,
                  backend=runtime.backend, precision=runtime.precision, load_in_4bit=params.model.load_in_4bit,
@@ -62,7 +65,23 @@ def train(params, runtime) -> None:
     write_json(TRAIN_METRICS, {"kind": task.NAME, "method": method, **metrics, **coverage})
     plots.loss_curve(trainer.state.log_history, LOSS_PLOT)
     checkpoints.clear_checkpoints(CHECKPOINTS_DIR)
-    print(f"{task.NAME} ({runtime.backend}) -> {TUNED_DIR}/, metrics -> {TRAIN_METRICS}")
+    print(f"{task.NAME} ({runtime.backend}) -> {SFT_DIR}/, metrics -> {TRAIN_METRICS}")
+
+
+def skip(params) -> None:
+    """train.sft: false: a manifest saying nothing was trained (the preference stage starts from model.name),
+    and empty metrics, so that every out exists."""
+    with atomic_dir(SFT_DIR) as staging:
+        Manifest(kind=params.kind, method="none", base_model=params.model.name, revision=params.model.revision,
+                 backend="none", precision="none", load_in_4bit=params.model.load_in_4bit,
+                 max_seq_length=params.model.max_seq_length).write(staging)
+    CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
+    checkpoints.clear_checkpoints(CHECKPOINTS_DIR)
+    LIVE_DIR.mkdir(parents=True, exist_ok=True)
+    write_json(TRAIN_METRICS, {"kind": params.kind, "method": "none"})
+    plots.loss_curve([], LOSS_PLOT)
+    print(f"train.sft: false: nothing trained; {SFT_DIR}/ says so, and the preference stage starts from "
+          f"{params.model.name}")
 
 
 if __name__ == "__main__":

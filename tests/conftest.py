@@ -32,7 +32,10 @@ def merged(base: dict, changes: dict) -> dict:
 
 def write_params(directory: Path, kind: str = "causal_lm", **sections) -> dict:
     """THE way tests set params: the kind's defaults with `sections` merged in (e.g. train={"max_steps": 5}),
-    written to `directory`/params.yaml as `dvc exp run` would; returns them."""
+    written to `directory`/params.yaml as `dvc exp run` would; returns them. A test that gives its own
+    data.sources reads no preference data unless it sets preference.sources too."""
+    if "sources" in sections.get("data", {}) and "sources" in kind_defaults(kind).get("preference", {}):
+        sections = merged({"preference": {"sources": []}}, sections)
     params = merged(kind_defaults(kind), sections)
     (Path(directory) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params

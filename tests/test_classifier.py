@@ -399,7 +399,7 @@ def trained(tmp_path_factory, builtin_cache):
     """The four-stage chain on a small sample, LoRA, in a module-wide work directory."""
     import os
 
-    from stages import evaluate, merge, prepare, train
+    from stages import evaluate, merge, preference, prepare, train
     from tests.conftest import Workdir
 
     workdir = Workdir(tmp_path_factory.mktemp("classifier"))
@@ -409,7 +409,7 @@ def trained(tmp_path_factory, builtin_cache):
         write_classifier_params(
             workdir, [{"path": workdir.write_jsonl("reviews.jsonl", reviews(20)), "format": "classification"}],
             train={"epochs": 4, "learning_rate": 0.003, "per_device_batch_size": 8, "eval_steps": 5, "warmup_steps": 2})
-        for stage in (prepare, train, evaluate, merge):
+        for stage in (prepare, train, preference, evaluate, merge):
             stage.main()
         yield workdir
     finally:
@@ -553,11 +553,12 @@ def test_gguf_is_not_offered_for_classifiers(trained):
 
 
 def test_full_finetuning_trains_every_weight_and_scores_against_a_fresh_base(workdir):
-    from stages import evaluate, train
+    from stages import evaluate, preference, train
 
     prepare(workdir, reviews(10), train={"full_finetuning": True, "max_steps": 6, "learning_rate": 0.001,
                                          "per_device_batch_size": 8})
     train.main()
+    preference.main()
     metrics = json.loads((workdir.path / TRAIN_METRICS).read_text())
     assert metrics["method"] == "full" and metrics["trainable_params"] == metrics["total_params"]
     tuned = workdir.path / TUNED_DIR
@@ -577,7 +578,7 @@ def test_classifier_default_dvc_exp_run(dvc_project):
 
     started = time.monotonic()  # as README says
     assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "kind=classifier").stdout) == [
-        "check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
+        "check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push"]
     print(f"classifier DAG: {time.monotonic() - started:.0f} s")
     assert yaml.safe_load((dvc_project / PARAMS_FILE).read_text())["kind"] == "classifier"
     data = json.loads((dvc_project / DATA_METRICS).read_text())

@@ -77,7 +77,7 @@ def test_committed_lock_and_metrics_match_a_fresh_clone(clone):
     ("slothline/export/gguf.py", ["export"]),
     ("slothline/export/ollama.py", ["export"]),
     ("slothline/hub.py", ["push"]),
-    ("slothline/kinds/causal_lm/__init__.py", ["check_params", "prepare", "train", "evaluate", "merge", "export", "push"]),
+    ("slothline/kinds/causal_lm/__init__.py", ["check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push"]),
 ])
 def test_an_edit_reruns_exactly_the_stages_whose_code_it_is(clone, touched, rerun):
     """With the text default's lock, editing another kind's code changes no stage; editing the GGUF writer

@@ -67,7 +67,7 @@ def test_missing_tuned_model_is_a_clear_error(workdir):
     from stages import evaluate
 
     write_prepared(workdir, [{"prompt": "x", "reference": "y", "text": "z", "messages": []}])
-    with pytest.raises(SlothlineError, match=f"^{TUNED_DIR}: no trained model there; run `dvc repro train` first"):
+    with pytest.raises(SlothlineError, match=f"^{TUNED_DIR}: no trained model there; run `dvc repro preference` first"):
         evaluate.main()
 
 

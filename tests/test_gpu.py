@@ -132,6 +132,7 @@ def test_unsloth_labels_match_the_hf_backend_masks(prepared):
 def test_unsloth_train_evaluate_merge_export(prepared):
     """The whole chain on unsloth; merged_16bit through Unsloth's save_pretrained_merged."""
     train = stage(prepared, "train")
+    stage(prepared, "preference")  # method none: passes the SFT model on
     assert train["backend"] == "unsloth" and train["device"] != "cpu" and train["steps"] == 30
     assert (prepared.path / TUNED_DIR / "adapter_config.json").is_file()
     evaluation = stage(prepared, "evaluate")
@@ -186,6 +187,7 @@ def test_evaluates_fast_path_answers_as_the_plain_path(prepared, backend):
     reported, and must stay high."""
     configure(prepared, train={"backend": backend}, evaluate={"max_samples": 40, "max_new_tokens": 24})
     stage(prepared, "train")
+    stage(prepared, "preference")  # method none: passes the SFT model on
     result = json.loads(python(prepared, "-c", GENERATION_PATHS).splitlines()[-1])
     print(result)
     assert result["plan"]["adapter_merged"] and result["kv_cache"] == "static"
@@ -203,6 +205,7 @@ def test_merged_4bit(prepared, backend):
     """
     configure(prepared, train={"backend": backend, "max_steps": 10}, merge={"save_method": "merged_4bit"})
     stage(prepared, "train")
+    stage(prepared, "preference")  # method none: passes the SFT model on
     stage(prepared, "merge")
     comparison = compare_merged(prepared)
     assert comparison["quantized"] and math.isfinite(comparison["max_rel_diff"])
@@ -212,6 +215,7 @@ def test_qlora_on_unsloth(prepared):
     """model.load_in_4bit: train on a 4-bit base, evaluate on it, merge into the 16-bit weights."""
     configure(prepared, model={"load_in_4bit": True})
     train = stage(prepared, "train")
+    stage(prepared, "preference")  # method none: passes the SFT model on
     assert train["backend"] == "unsloth" and train["steps"] == 30
     evaluation = stage(prepared, "evaluate")
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
@@ -224,6 +228,7 @@ def test_qlora_on_unsloth(prepared):
 def test_full_finetuning_on_unsloth(prepared):
     configure(prepared, train={"full_finetuning": True, "max_steps": 10, "learning_rate": 1e-4})
     train = stage(prepared, "train")
+    stage(prepared, "preference")  # method none: passes the SFT model on
     assert train["backend"] == "unsloth" and train["steps"] == 10
     tuned_dir = prepared.path / TUNED_DIR
     assert (tuned_dir / "config.json").is_file() and not (tuned_dir / "adapter_config.json").exists()
@@ -269,6 +274,7 @@ def test_loftq(prepared, backend):
     assert result["base_rel_change"] > 1e-3  # the LoftQ adapter makes up for the quantisation error
     assert result["reload_rel_diff"] < max(1e-2, result["base_rel_change"] / 4)
     train = stage(prepared, "train")
+    stage(prepared, "preference")  # method none: passes the SFT model on
     assert train["backend"] == backend and train["steps"] == 10
     evaluation = stage(prepared, "evaluate")
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
@@ -399,6 +405,7 @@ print(json.dumps(sorted(tower(n) for n, m in model.named_modules() if hasattr(m,
 def test_unsloth_vision_train_evaluate_merge(prepared_vision):
     """The vision chain on unsloth: it learns, and the merged model loads with plain transformers."""
     train = stage(prepared_vision, "train")
+    stage(prepared_vision, "preference")  # method none: passes the SFT model on
     assert train["kind"] == "vision" and train["backend"] == "unsloth" and train["device"] != "cpu"
     evaluation = stage(prepared_vision, "evaluate")
     print(evaluation)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from slothline import runtime
-from slothline.artifacts import CHECKPOINTS_DIR, LIVE_DIR, TRAIN_METRICS, TUNED_DIR, Manifest
+from slothline.artifacts import CHECKPOINTS_DIR, LIVE_DIR, TRAIN_METRICS, SFT_DIR, Manifest
 from slothline.errors import SlothlineError
 from slothline.runtime import Capabilities, Runtime, processes_to_start
 from stages import train
@@ -196,12 +196,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(prepared, tiny_
     for (_, got), (_, expected) in zip(ddp_losses, single_losses, strict=True):
         assert got == pytest.approx(expected, rel=1e-3)
     assert ddp["val_loss"] is not None  # a mean of per-batch means: the batches differ, so the value does too
-    models = prepared.path / TUNED_DIR.parent
-    assert sorted(p.name for p in models.iterdir()) == sorted([TUNED_DIR.name, CHECKPOINTS_DIR.name])  # no staging
+    models = prepared.path / SFT_DIR.parent
+    assert sorted(p.name for p in models.iterdir()) == sorted([SFT_DIR.name, CHECKPOINTS_DIR.name])  # no staging
     assert not list((prepared.path / CHECKPOINTS_DIR).glob("checkpoint-*"))
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
-    assert PeftModel.from_pretrained(base, prepared.path / TUNED_DIR).peft_config["default"].r == 16
-    assert Manifest.read(prepared.path / TUNED_DIR).method == "lora"
+    assert PeftModel.from_pretrained(base, prepared.path / SFT_DIR).peft_config["default"].r == 16
+    assert Manifest.read(prepared.path / SFT_DIR).method == "lora"
 
 
 def child_pids(pid: int) -> list[int]:

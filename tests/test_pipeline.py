@@ -39,7 +39,7 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     set_params(dvc_project, evaluate={"max_samples": 40})
     started = time.monotonic()
     first = dvc(dvc_project, "repro").stdout
-    assert ran_stages(first) == ["check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
+    assert ran_stages(first) == ["check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push"]
     assert "push: not set; nothing pushed" in first
     # a hand edit works for `dvc repro`, and check_params names it: the next `dvc exp run` recomposes params.yaml
     assert "note: params.yaml differs from what conf/ composes for causal_lm at evaluate.max_samples" in first
@@ -54,6 +54,9 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     assert scores["tuned"]["exact_match"] >= 50 and scores["tuned"]["rougeL"] >= 70, scores
     assert scores["base"]["exact_match"] <= 5 and scores["base"]["rougeL"] <= 10, scores
     assert scores["tuned"]["loss"] < scores["base"]["loss"]
+    # SFT never taught the preference pairs' rule (answers ending in "!"): the SFT model prefers the rejected ones
+    assert scores["tuned"]["preference_pairs"] == data["preference"]["test_rows"] == 21
+    assert scores["tuned"]["preference_accuracy"] <= 0.5, scores
     report = (dvc_project / REPORT_FILE).read_text()
     assert "| rougeL |" in report and "![Base vs tuned](eval.png)" in report and "![Training loss](loss.png)" in report
     assert all((dvc_project / "metrics" / image).is_file() for image in ("eval.png", "loss.png"))
@@ -96,9 +99,16 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
                           "-S", "evaluate.compare_base=false").stdout) == ["check_params", "evaluate"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout
     assert "settings.max_new_tokens" in diff and "samples" in diff  # the metrics say which settings made them
+    # SFT then DPO: a preference param reruns the preference stage and what reads its model, not prepare or train
+    aligned = dvc(dvc_project, "exp", "run", "-S", "preference.method=dpo", "-S", "evaluate.max_samples=20",
+                  "-S", "evaluate.compare_base=false")
+    assert ran_stages(aligned.stdout) == ["check_params", "preference", "evaluate", "merge", "export", "push"]
+    tuned = json.loads((dvc_project / EVAL_METRICS).read_text())["tuned"]
+    assert tuned["preference_accuracy"] >= 0.9 and tuned["exact_match"] >= 50, tuned
+    assert json.loads((dvc_project / "metrics/preference.json").read_text())["started_from"] == "sft"
     experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32", "-S", "train.max_steps=10",
                      "-S", "evaluate.max_samples=20", "-S", "evaluate.compare_base=false")
-    assert ran_stages(experiment.stdout) == ["check_params", "train", "evaluate", "merge", "export", "push"]
+    assert ran_stages(experiment.stdout) == ["check_params", "train", "preference", "evaluate", "merge", "export", "push"]
     assert json.loads((dvc_project / TRAIN_METRICS).read_text())["trainable_params"] == 2 * trained[
         "trainable_params"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout

@@ -122,9 +122,9 @@ def test_output_is_byte_identical_across_runs(workdir):
         {"path": workdir.write_jsonl("c.jsonl", CHAT), "format": "messages"},
     ], test_fraction=0.25)
     prepare.main()
-    first = {p.name: p.read_bytes() for p in (workdir.path / PREPARED_DIR).iterdir()}
+    first = {p.relative_to(workdir.path): p.read_bytes() for p in (workdir.path / PREPARED_DIR).rglob("*") if p.is_file()}
     prepare.main()
-    assert first == {p.name: p.read_bytes() for p in (workdir.path / PREPARED_DIR).iterdir()}
+    assert first == {p.relative_to(workdir.path): p.read_bytes() for p in (workdir.path / PREPARED_DIR).rglob("*") if p.is_file()}
 
 
 def test_truncated_rows_are_counted(workdir):
@@ -347,20 +347,20 @@ def test_missing_source_file(workdir, monkeypatch):
     with pytest.raises(SlothlineError) as caught:
         prepare.main()
     assert str(caught.value) == (
-        "data/raw/nope.jsonl: no such file or directory (data.sources path); fix the path in params.yaml; to "
+        "data/raw/nope.jsonl: no such file or directory (a data source path); fix the path in params.yaml; to "
         "regenerate the bundled samples run `python data/generate_raw.py` (chat formats) or `python "
         "data/generate_classification.py` (reviews.jsonl); if the file is in your project, "
         + tracked.format("data/raw/nope.jsonl"))
     workdir.write_params([{"path": "data/mine/nope.jsonl", "format": "alpaca"}])  # the user's own: no sample hint
     with pytest.raises(SlothlineError) as caught:
         prepare.main()
-    assert str(caught.value) == ("data/mine/nope.jsonl: no such file or directory (data.sources path); fix the path "
+    assert str(caught.value) == ("data/mine/nope.jsonl: no such file or directory (a data source path); fix the path "
                                  "in params.yaml; if the file is in your project, " + tracked.format("data/mine/nope.jsonl"))
     outside = workdir.path.parent / "elsewhere.jsonl"  # not a file of the project: git cannot help
     workdir.write_params([{"path": str(outside), "format": "alpaca"}])
     with pytest.raises(SlothlineError) as caught:
         prepare.main()
-    assert str(caught.value) == f"{outside}: no such file or directory (data.sources path); fix the path in params.yaml"
+    assert str(caught.value) == f"{outside}: no such file or directory (a data source path); fix the path in params.yaml"
 
 
 def test_a_file_git_does_not_track_is_missing_from_an_experiments_copy(workdir, tmp_path_factory, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slothline import backends, kinds
-from slothline.artifacts import CHECKPOINTS_DIR, LIVE_DIR, LOSS_PLOT, TRAIN_METRICS, TUNED_DIR
+from slothline.artifacts import CHECKPOINTS_DIR, LIVE_DIR, LOSS_PLOT, TRAIN_METRICS, SFT_DIR
 from slothline.errors import SlothlineError
 from slothline.kinds import causal_lm
 from slothline.kinds._generative.chat import turn_markers
@@ -182,7 +182,7 @@ def test_hf_run_writes_adapter_and_metrics(trained, tiny_qwen3):
     val_losses = (trained.path / LIVE_DIR / "plots/metrics/eval/loss.tsv").read_text().splitlines()[1:]
     assert len(val_losses) >= 2  # every train.eval_steps, and once at the end
     assert (trained.path / LOSS_PLOT).read_bytes().startswith(b"\x89PNG")
-    tuned_dir = trained.path / TUNED_DIR
+    tuned_dir = trained.path / SFT_DIR
     assert (tuned_dir / "adapter_config.json").is_file() and (tuned_dir / "tokenizer.json").is_file()
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_qwen3), tuned_dir)
     assert tuned.peft_config["default"].r == 16
@@ -241,7 +241,7 @@ def test_lora_params_reach_the_peft_config():
 
 
 def test_full_finetuning_writes_a_whole_model(workdir):
-    """train.full_finetuning trains every weight; models/tuned then holds a plain checkpoint."""
+    """train.full_finetuning trains every weight; models/sft then holds a plain checkpoint."""
     from stages import prepare
     from transformers import AutoModelForCausalLM
 
@@ -250,9 +250,9 @@ def test_full_finetuning_writes_a_whole_model(workdir):
     prepare.main()
     train.main()
     metrics = json.loads((workdir.path / TRAIN_METRICS).read_text())
-    model = AutoModelForCausalLM.from_pretrained(workdir.path / TUNED_DIR)
+    model = AutoModelForCausalLM.from_pretrained(workdir.path / SFT_DIR)
     assert metrics["trainable_params"] == sum(p.numel() for p in model.parameters()) and metrics["method"] == "full"
-    assert not (workdir.path / TUNED_DIR / "adapter_config.json").exists()
+    assert not (workdir.path / SFT_DIR / "adapter_config.json").exists()
 
 
 def test_unknown_scheduler_is_a_clear_error():
@@ -294,7 +294,7 @@ def test_params_changed_while_training_fail_the_stage_and_write_nothing(workdir,
     with pytest.raises(SlothlineError, match=r"params.yaml: changed while train ran \(lora.r: 16 -> 8\).*nothing was "
                                              r"written: run `dvc repro` again"):
         train.main()
-    assert not (workdir.path / TUNED_DIR).exists() and not (workdir.path / TRAIN_METRICS).exists()
+    assert not (workdir.path / SFT_DIR).exists() and not (workdir.path / TRAIN_METRICS).exists()
 
 
 def test_identical_trainings_write_identical_adapters(trained):
@@ -306,7 +306,7 @@ def test_identical_trainings_write_identical_adapters(trained):
     def train_and_hash(hash_seed: str) -> dict:
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         subprocess.run(STAGE, cwd=trained.path, env=env, check=True, capture_output=True)
-        tuned_dir = trained.path / TUNED_DIR
+        tuned_dir = trained.path / SFT_DIR
         return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(tuned_dir.iterdir())}
 
     assert train_and_hash("1") == train_and_hash("2")
@@ -355,7 +355,7 @@ def test_early_stopping_keeps_the_best_model_and_says_why_training_stopped(workd
     assert val_losses[metrics["best_step"]] == pytest.approx(metrics["best_metric"], abs=1e-4)
     assert metrics["val_loss"] == pytest.approx(metrics["best_metric"], abs=1e-3)  # the best model was kept
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
-    assert PeftModel.from_pretrained(base, workdir.path / TUNED_DIR) is not None
+    assert PeftModel.from_pretrained(base, workdir.path / SFT_DIR) is not None
 
 
 @pytest.mark.parametrize(("train_settings", "message"), [

@@ -618,7 +618,7 @@ def test_vision_default_learns_the_bundled_pictures(dvc_project):
     started = time.monotonic()
     output = dvc(dvc_project, "exp", "run", "-S", "kind=vision").stdout
     print(f"vision DAG: {time.monotonic() - started:.0f} s (load average {os.getloadavg()[0]:.1f})")
-    assert ran_stages(output) == ["check_params", "prepare", "train", "evaluate", "merge", "export", "push"]
+    assert ran_stages(output) == ["check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push"]
     assert yaml.safe_load((dvc_project / "params.yaml").read_text())["kind"] == "vision"
     data = json.loads((dvc_project / DATA_METRICS).read_text())
     assert data["images"]["train"]["images"] == data["train_rows"] > 300

@@ -5,6 +5,7 @@ top, as Unsloth patches transformers, TRL and PEFT) and `hf` (transformers + PEF
 transformers (nothing in this package's top, nor in a kind's, imports it). Each backend module provides:
   load(task, spec, runtime, full_finetuning=False) -> (model, processor)
   attach_lora(model, task, params) -> model
+  continue_lora(model, task, adapter_dir, params) -> model   (a saved adapter, loaded to train on)
   for_inference(model, task) -> None
   merge(task, spec, runtime, adapter_dir, out_dir, save_method) -> None   (LoRA into the base weights)
 and what differs between them, for the kinds and the trainer settings:
@@ -61,6 +62,19 @@ def load_for_training(task, runtime, params, labels: list[str] | None = None):
         return model, processor
     check_lora_targets(model, lora_targets(params.lora.target_modules, model.config))
     return backend.attach_lora(model, task, params), processor
+
+
+def load_for_preference(task, runtime, params, sft: Manifest, sft_dir: Path):
+    """What preference tuning trains: the SFT adapter on its base (trainable), or with train.sft: false a new
+    adapter on `model.name`, and the processor."""
+    if sft.method == "none":
+        return load_for_training(task, runtime, params)
+    if sft.method != "lora":
+        raise SlothlineError(f"{sft_dir}: a fully fine-tuned model; preference tuning trains a LoRA adapter, so set "
+                             "train.full_finetuning: false")
+    backend = get(runtime)
+    model, processor = backend.load(task, base_spec(sft), runtime)
+    return backend.continue_lora(model, task, sft_dir, params), processor
 
 
 def label_arguments(labels: list[str] | None) -> dict:

@@ -52,6 +52,12 @@ def attach_lora(model, task, params):
         raise SlothlineError(f"lora.target_modules: {err}") from None
 
 
+def continue_lora(model, task, adapter_dir, params):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
 def response_only(trainer, markers: tuple[str, str]):
     """Nothing to add: the dataset's `assistant_masks` already say which tokens are answers."""
     return trainer

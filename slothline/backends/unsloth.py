@@ -68,6 +68,14 @@ def attach_lora(model, task, params):
     )
 
 
+def continue_lora(model, task, adapter_dir, params):
+    """The adapter loaded trainable and patched as Unsloth's own from_pretrained of an adapter does."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    return fast_class(task).patch_peft_model(model, "unsloth" if params.train.gradient_checkpointing else False)
+
+
 def response_only(trainer, markers: tuple[str, str]):
     """Unsloth's train_on_responses_only: labels only on the answers, by the same turn markers."""
     from unsloth.chat_templates import train_on_responses_only

@@ -9,16 +9,19 @@ from slothline.data.sources import read_rows
 from slothline.errors import RowError, SlothlineError
 
 
-def read_sources(task, params, processor) -> tuple[dict[str, list[dict]], dict[str, dict], dict[str, str]]:
+def read_sources(task, params, processor, sources=None, section: str = "data"
+                 ) -> tuple[dict[str, list[dict]], dict[str, dict], dict[str, str]]:
     """Each source's records (deduplicated across sources with data.dedupe: a record whose text, normalised
     (mixing.normalised), is that of an earlier one is dropped), its counts (rows read, skipped and duplicates
-    removed) and every record's dedupe key by record id."""
-    for i, source in enumerate(params.data.sources):
+    removed) and every record's dedupe key by record id. `sources` (those of params `section`) are
+    data.sources unless given, and `task` is what converts their rows (the kind, or its preference reader)."""
+    sources = params.data.sources if sources is None else sources
+    for i, source in enumerate(sources):
         if source.format not in task.FORMATS:
-            raise SlothlineError(f"data.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
+            raise SlothlineError(f"{section}.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
                                  f"use one of {', '.join(task.FORMATS)}")
     by_source, report, keys = {}, {}, {}
-    for source in params.data.sources:
+    for source in sources:
         records, skipped = read_source(task, source, params, processor, keys)
         by_source[source.label] = records
         report[source.label] = {"rows_read": len(records) + skipped, "rows_skipped": skipped}
@@ -29,7 +32,7 @@ def read_sources(task, params, processor) -> tuple[dict[str, list[dict]], dict[s
             kept = [r for r in records if id(r) in kept_ids]
             report[label]["duplicates_removed"] = len(records) - len(kept)
             by_source[label] = kept
-    for source in params.data.sources:
+    for source in sources:
         if not by_source[source.label]:
             raise SlothlineError(no_usable_rows(source, report[source.label]))
     return by_source, report, keys

@@ -42,7 +42,7 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
 def _missing(path: Path) -> str:
     """Why a source path does not exist, and the fix: a path inside the project may be a file that a queued or
     --temp experiment does not have, since its copy of the project holds only what git or DVC tracks."""
-    message = f"{path}: no such file or directory (data.sources path); fix the path in params.yaml"
+    message = f"{path}: no such file or directory (a data source path); fix the path in params.yaml"
     if path.is_absolute() or ".." in path.parts:
         return message
     tracked = ("a queued or --temp experiment (`dvc exp run --queue`, `--temp`) gets only the files git or DVC "

@@ -9,6 +9,7 @@ import pkgutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Protocol
 
 from slothline.errors import SlothlineError
@@ -38,6 +39,7 @@ class Task(Protocol):
     EXPORT_FORMATS: tuple[str, ...]  # export.formats values it writes
     VAL_METRICS: tuple[str, ...]  # what the trainer measures on the val split; the first is `auto`
     STRATIFY_BY: str | None  # the record field whose classes every split keeps (prepare), or None
+    PREFERENCE: ModuleType | None  # preference tuning (its data reader, trainer and metrics), or None
 
     def check(self, params) -> None:
         """Refuse what a later stage of this kind would refuse, before anything runs (check_params)."""

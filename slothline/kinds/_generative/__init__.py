@@ -102,14 +102,14 @@ def coverage_note(coverage: dict, max_length: int) -> str | None:
 
 
 def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, base, sample: Callable,
-             images: Callable | None = None) -> Evaluation:
+             images: Callable | None = None, more_metrics: Callable | None = None) -> Evaluation:
     """Generated answers of the tuned (and base) model (`answers_of(model, processor, rows, params, plan)`, each
     model generating as `generation.plan` decides for it) with text metrics against the references, and the
     loss on the reference answers' tokens (the whole text where no known turn markers tell where answers
     are), each row whole up to the model's context: a metric that means the same whatever training's
     max_seq_length. `sample(row, answers)` is one row of the samples table. Each model's metrics count the
     references longer than evaluate.max_new_tokens (generation stops there, so they cannot score as right),
-    with a note suggesting the setting that fits them all."""
+    with a note suggesting the setting that fits them all. `more_metrics(model)` adds the kind's own."""
     settings = params.evaluate
     try:
         markers = turn_markers([row["text"] for row in rows])
@@ -135,7 +135,8 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
         total, count = answer_loss(scored_model, batches, context)
         return answers, how, {**text_metrics(answers, references), **loss_metrics(total, count), "loss_tokens": count,
                               "loss_on": "answers" if markers else "whole text",
-                              "references_longer_than_max_new_tokens": too_long}
+                              "references_longer_than_max_new_tokens": too_long,
+                              **(more_metrics(scored_model) if more_metrics else {})}
 
     results = with_base(model, base, run)
     answers = {name: answered for name, (answered, _, _) in results.items()}

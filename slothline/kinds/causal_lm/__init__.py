@@ -1,7 +1,8 @@
 """Causal language models (Qwen3, Llama, Gemma): chat records rendered with the model's chat template, TRL's
-SFTTrainer with response-only loss, batched generation, text metrics and the loss on the reference answers,
-and GGUF export."""
+SFTTrainer with response-only loss, preference tuning (DPO, ORPO, KTO: `preference`), batched generation, text
+metrics, the loss on the reference answers and preference accuracy, and GGUF export."""
 
+from slothline.artifacts import PREFERENCE_SPLITS_DIR, read_split
 from slothline.data.formats import CONVERTERS, to_messages
 from slothline.errors import SlothlineError
 from slothline.export import check_gguf
@@ -9,6 +10,7 @@ from slothline.kinds import _generative
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, render, token_lengths, turn_markers
 from slothline.kinds._generative.stops import check_turn_end, model_stop_tokens, stop_ids
 from slothline.kinds._generative.tokens import encode_rows, literal_spans
+from slothline.kinds.causal_lm import preference as PREFERENCE  # noqa: N812 (the protocol's name)
 from slothline.kinds.causal_lm.params import Params  # noqa: F401 (the protocol's name)
 
 NAME = "causal_lm"
@@ -21,7 +23,7 @@ STRATIFY_BY = None
 
 
 def check(params) -> None:
-    """What the sources' templates allow, and what GGUF export can write."""
+    """What the sources' templates allow, preference tuning, and what GGUF export can write."""
     templates = {source.template for source in params.data.sources}
     if len(templates) > 1 and params.train.train_on_responses_only:
         raise SlothlineError("data.sources: chat and alpaca templates mixed, but train.train_on_responses_only masks "
@@ -32,6 +34,7 @@ def check(params) -> None:
         raise SlothlineError(f"data.system_prompt: the alpaca template has no place for a system prompt "
                              f"({', '.join(alpaca)} use template: alpaca); remove data.system_prompt, or use "
                              "template: chat")
+    PREFERENCE.check(params)
     check_gguf(params)
 
 
@@ -149,9 +152,14 @@ def answers(model, tokenizer, rows: list[dict], params, how=None) -> list[str]:
 
 
 def evaluate(model, tokenizer, rows: list[dict], params, base, media_dir):
+    """Generation and loss metrics on the test split; preference accuracy and margin on the preference test
+    split, where there is one."""
     sample = lambda row, answers: {"id": row["id"], "prompt": _generative.question(row), "reference": row["reference"],
                                    **answers}
-    return _generative.evaluate(answers, model, tokenizer, rows, params, base, sample)
+    pairs = (read_split(f"{PREFERENCE_SPLITS_DIR.name}/test")[: params.evaluate.max_samples]
+             if (PREFERENCE_SPLITS_DIR / "test.jsonl").is_file() else [])
+    scored = (lambda model: PREFERENCE.preference_metrics(model, tokenizer, pairs)) if pairs else None
+    return _generative.evaluate(answers, model, tokenizer, rows, params, base, sample, more_metrics=scored)
 
 
 def export(formats: list[str], model_dir, out_dir, params) -> dict:

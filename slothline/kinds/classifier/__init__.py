@@ -16,6 +16,7 @@ FORMATS = ("classification",)
 EXPORT_FORMATS = ("onnx",)
 VAL_METRICS = ("accuracy", "loss", "macro_f1", "micro_f1")  # measured on the val split; accuracy is `auto`
 STRATIFY_BY = "label"
+PREFERENCE = None  # no preference tuning for these models
 REPORT_MISCLASSIFIED = 10
 
 

@@ -28,6 +28,7 @@ FORMATS = tuple(CONVERTERS)
 EXPORT_FORMATS = ("gguf",)  # llama.cpp's text GGUF of the language model and mmproj GGUF of the vision encoder
 VAL_METRICS = ("loss",)
 STRATIFY_BY = None
+PREFERENCE = None  # no preference tuning for these models
 
 IMAGE_SOURCES = "image_sources"  # prepare-time field: stored image path -> where its bytes come from
 
