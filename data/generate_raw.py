@@ -285,9 +285,13 @@ def preference(rng):
 
 
 def kto(rng):
-    """Unpaired rows: each question once, its answer labelled desirable (cheerful) or not."""
-    rows = [{"prompt": question, "completion": cheerful(answer) if i % 2 else answer, "label": bool(i % 2)}
-            for i, (question, answer) in enumerate(rng.sample(facts(), len(facts())))]
+    """Unpaired rows: each question's cheerful answer labelled desirable and its plain one not; for every third
+    question only one of the two (alternately)."""
+    rows = []
+    for i, (question, answer) in enumerate(rng.sample(facts(), len(facts()))):
+        labelled = [(cheerful(answer), True), (answer, False)]
+        for completion, label in labelled if i % 3 else labelled[i % 2 : i % 2 + 1]:
+            rows.append({"prompt": question, "completion": completion, "label": label})
     write_jsonl("kto.jsonl", rows)
 
 

@@ -103,7 +103,8 @@ def model_card(settings: PushParams, git_commit: str | None) -> str:
         "gguf": "| `gguf/<quantization>/` | `model.gguf` for llama.cpp and an Ollama `Modelfile` beside it |",
         "onnx": "| `onnx/` | `model.onnx` (logits out) with its tokenizer and config, for onnxruntime |",
     }
-    method = "LoRA" if manifest.method == "lora" else "full fine-tuning"
+    method = ("LoRA" if manifest.method == "lora" else "full fine-tuning") + (
+        f" with {manifest.preference.upper()} preference tuning" if manifest.preference else "")
     return "\n".join([
         f"---\n{metadata.to_yaml()}\n---", f"# {settings.repo_id.split('/')[1]}", "",
         f"Fine-tuned from `{base}` ({method}, {manifest.backend} backend) by a Slothline DVC pipeline"

@@ -8,6 +8,7 @@ dvclive/preference/.
 
 import shutil
 import sys
+from pathlib import Path
 
 from slothline import backends, checkpoints, kinds, plots, training
 from slothline.artifacts import (PREFERENCE_CHECKPOINTS_DIR, PREFERENCE_LIVE_DIR, PREFERENCE_LOSS_PLOT, PREFERENCE_METRICS,
@@ -54,8 +55,7 @@ def tune(params, runtime, sft: Manifest) -> None:
     train_rows, val_rows = read_split("preference/train"), read_split("preference/val")
     model, tokenizer = backends.load_for_preference(task, runtime, params, sft, SFT_DIR)
     fingerprint = checkpoints.run_fingerprint(params, runtime.world_size, "preference")
-    resume_from = main_process_result(
-        runtime, lambda: checkpoints.resume_point(PREFERENCE_CHECKPOINTS_DIR, fingerprint, runtime.world_size))
+    resume_from = main_process_result(runtime, lambda: resume_point(fingerprint, runtime.world_size))
     callbacks = training.callbacks(preference.schedule(params).train, runtime, PREFERENCE_LIVE_DIR,
                                    resumed=resume_from is not None)
     trainer = preference.build_trainer(backend, runtime, params, model, tokenizer, train_rows, val_rows,
@@ -81,6 +81,16 @@ def tune(params, runtime, sft: Manifest) -> None:
     plots.loss_curve(trainer.state.log_history, PREFERENCE_LOSS_PLOT)
     checkpoints.clear_checkpoints(PREFERENCE_CHECKPOINTS_DIR)
     print(f"{params.preference.method} ({runtime.backend}) on {SFT_DIR}/ -> {TUNED_DIR}/, metrics -> {PREFERENCE_METRICS}")
+
+
+def resume_point(fingerprint: str, processes: int) -> str | None:
+    """The checkpoint to resume from, without its ref/ folder: TRL's frozen copy of the starting adapter, which
+    it rebuilds from models/sft anyway. transformers resumes an adapter folder that has sub-folders by loading
+    those alone, which would restart the trained adapter from the SFT weights."""
+    checkpoint = checkpoints.resume_point(PREFERENCE_CHECKPOINTS_DIR, fingerprint, processes)
+    if checkpoint:
+        shutil.rmtree(Path(checkpoint) / "ref", ignore_errors=True)
+    return checkpoint
 
 
 if __name__ == "__main__":

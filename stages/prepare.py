@@ -5,7 +5,7 @@ the records refer to (a vision model's images) and metrics/data.json (counts per
 rows, duplicates, test rows whose text (normalised as dedupe compares it) is also in train, and the kind's
 statistics such as token lengths and image sizes). preference.sources (causal LMs) are read, mixed, deduplicated
 and split alike into data/prepared/preference/{train,val,test}.jsonl (empty without them), their counts under
-`preference` in metrics/data.json.
+`preference` in metrics/data.json; unpaired (KTO) answers to one prompt stay together in one split.
 """
 
 from pathlib import Path
@@ -16,7 +16,7 @@ from slothline.artifacts import (DATA_METRICS, PREFERENCE_SPLITS_DIR, PREPARED_D
 from slothline.data.records import read_sources
 from slothline.data.mixing import mix
 from slothline.dvcfile import require_declared
-from slothline.errors import run_stage
+from slothline.errors import SlothlineError, run_stage
 from slothline.models import resolve_model
 from slothline.params import load_params
 
@@ -35,8 +35,12 @@ def main() -> None:
     if preference_sources:
         by_source, preference_report, preference_keys = read_sources(task.PREFERENCE, params, processor,
                                                                      preference_sources, "preference")
-        preference_splits = mix(by_source, {s.label: s.weight for s in preference_sources}, params.preference.total,
-                                data.val_fraction, data.test_fraction, data.seed)
+        try:
+            preference_splits = task.PREFERENCE.ungrouped(mix(
+                task.PREFERENCE.grouped(by_source), {s.label: s.weight for s in preference_sources},
+                params.preference.total, data.val_fraction, data.test_fraction, data.seed))
+        except SlothlineError as err:  # mixing names data.total; these rows' total is preference.total
+            raise SlothlineError(f"preference data: {str(err).replace('data.total', 'preference.total')}") from None
     else:
         preference_splits = {name: [] for name in SPLITS}
 

@@ -6,6 +6,7 @@ the manifest alone, and nothing trains), models/checkpoints/
 `train.num_gpus` > 1 the stage starts itself again under torchrun (DDP); rank 0 alone writes the outputs.
 """
 
+import shutil
 import sys
 
 from slothline import backends, checkpoints, kinds, plots, training
@@ -77,7 +78,9 @@ def skip(params) -> None:
                  max_seq_length=params.model.max_seq_length).write(staging)
     CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
     checkpoints.clear_checkpoints(CHECKPOINTS_DIR)
-    LIVE_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(LIVE_DIR, ignore_errors=True)  # a persisted out: no earlier run's curves stay
+    LIVE_DIR.mkdir(parents=True)
+    (LIVE_DIR / "README.md").write_text("No supervised fine-tuning: train.sft is false.\n")
     write_json(TRAIN_METRICS, {"kind": params.kind, "method": "none"})
     plots.loss_curve([], LOSS_PLOT)
     print(f"train.sft: false: nothing trained; {SFT_DIR}/ says so, and the preference stage starts from "

@@ -9,7 +9,7 @@ from slothline.data.preference_formats import paired, unpaired
 from slothline.errors import RowError, SlothlineError
 from slothline.kinds import causal_lm
 from slothline.kinds.causal_lm import preference
-from tests.conftest import load, write_params
+from tests.conftest import evaluating, load, write_params
 
 USER = {"role": "user", "content": "What colour is a lime?"}
 GOOD, BAD = "A lime is green!", "A lime is green."
@@ -43,6 +43,8 @@ def test_a_system_turn_stays_in_the_prompt_and_kto_labels_are_booleans():
      "share every turn up to the last user turn"),
     ({"prompt": "Hi", "chosen": "", "rejected": BAD}, "missing or empty field 'chosen'"),
     ({"prompt": "Hi", "chosen": [{"role": "bot", "content": "x"}], "rejected": BAD}, "chosen[0]: unknown role 'bot'"),
+    ({"chosen": GOOD, "rejected": BAD}, "missing field 'prompt'; text answers need it"),
+    ({"prompt": "Hi", "chosen": GOOD, "rejected": f" {GOOD}"}, "'chosen' and 'rejected' are the same answer"),
 ])
 def test_malformed_preference_rows_say_what_is_wrong(row, message):
     with pytest.raises(RowError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
@@ -101,8 +103,9 @@ def test_records_render_the_prompt_with_the_chat_template_and_each_answer_throug
 def test_unpaired_methods_get_each_pair_as_a_desirable_and_an_undesirable_answer(tokenizer):
     rows = [{"prompt": "P", "chosen_text": "a", "rejected_text": "b"},
             {"prompt": "Q", "completion_text": "c", "label": False}]
-    assert preference.trainer_rows(rows, preference.METHODS["kto"], tokenizer) == {
-        "prompt": ["P", "P", "Q"], "completion": ["a", "b", "c"], "label": [True, False, False]}
+    columns = preference.trainer_rows(rows, preference.METHODS["kto"], tokenizer, seed=1)
+    assert sorted(zip(*columns.values())) == [("P", "a", True), ("P", "b", False), ("Q", "c", False)]
+    assert columns == preference.trainer_rows(rows, preference.METHODS["kto"], tokenizer, seed=1)  # seeded
     assert preference.trainer_rows(rows[:1], preference.METHODS["dpo"], tokenizer) == {
         "prompt": ["P"], "chosen": ["a"], "rejected": ["b"]}
 
@@ -136,7 +139,7 @@ def test_preference_accuracy_counts_the_pairs_whose_preferred_answer_is_likelier
     rows = [{"prompt": f"<|im_start|>user\nQ{i}<|im_end|>\n<|im_start|>assistant\n",
              "chosen_text": f"answer {i}!<|im_end|>", "rejected_text": f"an answer {i * 7}.<|im_end|>"} for i in range(5)]
     swapped = [{**row, "chosen_text": row["rejected_text"], "rejected_text": row["chosen_text"]} for row in rows]
-    scores, reverse = (preference.preference_metrics(model, tokenizer, r, batch_rows=2) for r in (rows, swapped))
+    scores, reverse = (preference.preference_metrics(model, tokenizer, r, evaluating(4, 8)) for r in (rows, swapped))
     assert scores["preference_pairs"] == 5
     assert scores["preference_accuracy"] + reverse["preference_accuracy"] == pytest.approx(1)
     assert scores["preference_margin"] == pytest.approx(-reverse["preference_margin"], abs=1e-3)
@@ -270,3 +273,51 @@ def test_prepare_reads_mixes_and_splits_preference_sources_and_names_a_bad_row(w
     with pytest.raises(SlothlineError, match=r"^pairs.jsonl:4: a preference row needs 'chosen' and 'rejected' .*"
                                              r"\(preference format\)"):
         prepare.main()
+
+
+def test_an_interrupted_preference_run_resumes_its_trained_adapter_not_the_sft_one(sft, tmp_path, monkeypatch):
+    """A checkpoint holds the trained adapter and TRL's reference copy (ref/); resuming must load the former."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from stages import preference as stage
+
+    shutil.copytree(sft, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, data={"total": 200}, train={"epochs": 2, "learning_rate": 0.005, "eval_steps": 100,
+                                                       "save_steps": 100},
+                 preference={"method": "dpo", "max_steps": 4, "save_steps": 4, "learning_rate": 0.01})
+    monkeypatch.setattr(stage.checkpoints, "clear_checkpoints", lambda directory: None)  # as if killed after saving
+    stage.main()
+    checkpoint = tmp_path / "models/preference_checkpoints/checkpoint-4"
+    assert (checkpoint / "ref").is_dir()
+    trained = load_file(checkpoint / "adapter_model.safetensors")
+    shutil.rmtree(tmp_path / "models/tuned")
+    stage.main()  # finds checkpoint-4 of this run: nothing left to train, the trained adapter is the result
+    resumed = load_file(tmp_path / "models/tuned/adapter_model.safetensors")
+    sft_weights = load_file(tmp_path / "models/sft/adapter_model.safetensors")
+    name = next(iter(trained))
+    assert all((resumed[key] == trained[key]).all() for key in trained)
+    assert not (resumed[name] == sft_weights[name]).all()
+
+
+def test_unpaired_answers_to_one_prompt_stay_in_one_split_and_evaluate_compares_them(workdir, tiny_qwen3, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stages import prepare
+
+    workdir.write_jsonl("chat.jsonl", [{"instruction": f"Say {i}.", "output": f"{i}."} for i in range(20)])
+    answers = [{"prompt": f"Say {i}.", "completion": f"{i}{end}", "label": end == "!"} for i in range(40) for end in "!."]
+    write_params(workdir.path, data={"sources": [{"path": "chat.jsonl", "format": "alpaca"}], "total": None,
+                                     "val_fraction": 0.1, "test_fraction": 0.2},
+                 preference={"method": "kto", "sources": [{"path": workdir.write_jsonl("kto.jsonl", answers),
+                                                           "format": "kto"}]})
+    prepare.main()
+    splits = {name: workdir.read_split(f"preference/{name}") for name in ("train", "val", "test")}
+    prompts = {name: {row["prompt"] for row in rows} for name, rows in splits.items()}
+    assert not prompts["test"] & prompts["train"] and not prompts["val"] & prompts["train"]
+    assert len(splits["test"]) == 16 and len(prompts["test"]) == 8  # 20% of the 40 prompts, both answers each
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32).eval()
+    assert preference.preference_metrics(model, tokenizer, splits["test"], evaluating(8, 8))["preference_pairs"] == 8

@@ -220,3 +220,14 @@ def test_push_params_defaults(tmp_path):
     write_params(tmp_path, push={"repo_id": "me/my-model"})
     push = load_params(tmp_path / "params.yaml").push
     assert (push.what, push.private, push.revision) == (["merged"], True, None)
+
+
+def test_model_card_names_the_preference_tuning(project, monkeypatch):
+    from slothline.hub import model_card
+    from slothline.params import PushParams
+
+    Manifest(kind="causal_lm", method="lora", base_model="unsloth/Qwen3-4B", revision=None, backend="hf",
+             precision="bfloat16", load_in_4bit=False, max_seq_length=2048, preference="dpo").write(project / TUNED_DIR)
+    monkeypatch.chdir(project)
+    card = model_card(PushParams(repo_id="me/my-model", what=["adapter"]), git_commit=None)
+    assert "Fine-tuned from `unsloth/Qwen3-4B` (LoRA with DPO preference tuning, hf backend)" in card

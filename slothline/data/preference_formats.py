@@ -21,13 +21,19 @@ def paired(row: dict) -> dict:
     if "chosen" not in row or "rejected" not in row:
         raise RowError(f"a preference row needs 'chosen' and 'rejected' (this row's fields: {', '.join(map(str, row))})")
     if row.get("prompt") is None:
+        if isinstance(row["chosen"], str) or isinstance(row["rejected"], str):
+            raise RowError(f"missing field 'prompt'; text answers need it (this row's fields: {', '.join(map(str, row))})")
         chosen, rejected = conversation(row, "chosen"), conversation(row, "rejected")
         shared = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
         if shared == 0 or chosen[shared - 1]["role"] != "user" or len(chosen) != shared + 1 or len(rejected) != shared + 1:
             raise RowError("without 'prompt', 'chosen' and 'rejected' must be conversations that share every turn up "
                            "to the last user turn and differ only in the one assistant answer after it")
-        return {"messages": chosen[:shared], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
-    return {"messages": prompt_turns(row), "chosen": answer(row, "chosen"), "rejected": answer(row, "rejected")}
+        record = {"messages": chosen[:shared], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
+    else:
+        record = {"messages": prompt_turns(row), "chosen": answer(row, "chosen"), "rejected": answer(row, "rejected")}
+    if record["chosen"].strip() == record["rejected"].strip():
+        raise RowError("'chosen' and 'rejected' are the same answer, so the pair prefers nothing; drop the row")
+    return record
 
 
 def unpaired(row: dict) -> dict:

@@ -34,7 +34,7 @@ def read_sources(task, params, processor, sources=None, section: str = "data"
             by_source[label] = kept
     for source in sources:
         if not by_source[source.label]:
-            raise SlothlineError(no_usable_rows(source, report[source.label]))
+            raise SlothlineError(no_usable_rows(source, report[source.label], section))
     return by_source, report, keys
 
 
@@ -62,11 +62,11 @@ def read_source(task, source, params, processor, keys: dict[str, str]) -> tuple[
     return records, skipped
 
 
-def no_usable_rows(source, counts: dict) -> str:
+def no_usable_rows(source, counts: dict, section: str = "data") -> str:
     found = f"{counts['rows_read']} read, {counts['rows_skipped']} skipped"
     if counts.get("duplicates_removed"):
         found += f", {counts['duplicates_removed']} duplicates of rows in other sources"
-    fix = "remove the source from data.sources or fill it"
+    fix = f"remove the source from {section}.sources or fill it"
     if counts["rows_skipped"]:
         fix += "; set `on_error: fail` on it to see why its rows are skipped"
     return f"{source.path}: no usable rows ({found}); {fix}"

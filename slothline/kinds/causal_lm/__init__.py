@@ -158,7 +158,7 @@ def evaluate(model, tokenizer, rows: list[dict], params, base, media_dir):
                                    **answers}
     pairs = (read_split(f"{PREFERENCE_SPLITS_DIR.name}/test")[: params.evaluate.max_samples]
              if (PREFERENCE_SPLITS_DIR / "test.jsonl").is_file() else [])
-    scored = (lambda model: PREFERENCE.preference_metrics(model, tokenizer, pairs)) if pairs else None
+    scored = (lambda model: PREFERENCE.preference_metrics(model, tokenizer, pairs, params.evaluate)) if pairs else None
     return _generative.evaluate(answers, model, tokenizer, rows, params, base, sample, more_metrics=scored)
 
 

@@ -5,6 +5,7 @@ scores: how often, and by how many nats, a model gives the chosen answer a highe
 rejected one."""
 
 import importlib
+import random
 from dataclasses import dataclass
 
 from slothline.data.preference_formats import CONVERTERS
@@ -44,6 +45,11 @@ def check(params) -> None:
     """What the preference stage would refuse (check_params): a loss type the method lacks, paired methods on
     unpaired rows, KTO's batch of one, preference tuning without data or of a fully fine-tuned model."""
     settings = params.preference
+    alpaca = [f"preference.sources[{i}]" for i, s in enumerate(settings.sources) if s.template == "alpaca"]
+    if alpaca and params.data.system_prompt:
+        raise SlothlineError(f"data.system_prompt: the alpaca template has no place for a system prompt "
+                             f"({', '.join(alpaca)} use template: alpaca); remove data.system_prompt, or use "
+                             "template: chat")
     if settings.method == "none":
         if not params.train.sft:
             raise SlothlineError("train.sft: false and preference.method: none train nothing; set train.sft: true, "
@@ -93,6 +99,22 @@ def to_record(row: dict, source, params, tokenizer) -> tuple[dict, dict]:
     return canonical, rendered
 
 
+def grouped(by_source: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each source's records as the items prepare mixes and splits: unpaired answers to one prompt together,
+    so that they land in one split (evaluate compares them within their prompt); paired rows one by one."""
+    items = {}
+    for name, records in by_source.items():
+        groups = {}
+        for record in records:
+            groups.setdefault(record["prompt"] if "completion_text" in record else record["id"], []).append(record)
+        items[name] = [{"rows": rows} for rows in groups.values()]
+    return items
+
+
+def ungrouped(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    return {name: [row for item in items for row in item["rows"]] for name, items in splits.items()}
+
+
 def answers_of(row: dict) -> list[str]:
     return [row[key] for key in ("chosen_text", "rejected_text", "completion_text") if key in row]
 
@@ -120,24 +142,21 @@ def finish_splits(splits: dict[str, list[dict]], tokenizer, params) -> dict:
     return {"tokens": tokens}
 
 
-def trainer_rows(rows: list[dict], method: Method, tokenizer) -> dict[str, list]:
+def trainer_rows(rows: list[dict], method: Method, tokenizer, seed: int = 0) -> dict[str, list]:
     """The columns TRL's trainer reads: text prompts and answers (its tokenizer adds the BOS the template wrote,
-    which is taken off here), paired rows split in two labelled rows for unpaired methods."""
+    which is taken off here); for unpaired methods, paired rows split in two labelled answers, every answer
+    shuffled by `seed` (so that no answer's KL neighbour is the other answer to its own prompt)."""
     bos = tokenizer.bos_token
     adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
     prompt = lambda row: row["prompt"].removeprefix(bos) if adds_bos else row["prompt"]
     if method.rows == "paired":
         return {"prompt": [prompt(r) for r in rows], "chosen": [r["chosen_text"] for r in rows],
                 "rejected": [r["rejected_text"] for r in rows]}
-    columns = {"prompt": [], "completion": [], "label": []}
-    for row in rows:
-        labelled = ([(row["chosen_text"], True), (row["rejected_text"], False)] if "chosen_text" in row
-                    else [(row["completion_text"], row["label"])])
-        for completion, label in labelled:
-            columns["prompt"].append(prompt(row))
-            columns["completion"].append(completion)
-            columns["label"].append(label)
-    return columns
+    answers = [(prompt(row), completion, label) for row in rows for completion, label in (
+        [(row["chosen_text"], True), (row["rejected_text"], False)] if "chosen_text" in row
+        else [(row["completion_text"], row["label"])])]
+    random.Random(seed).shuffle(answers)  # KTO reads rows in order and pairs each with its neighbour for its KL term
+    return {"prompt": [a[0] for a in answers], "completion": [a[1] for a in answers], "label": [a[2] for a in answers]}
 
 
 def build_trainer(backend, runtime, params, model, tokenizer, train_rows, val_rows, output_dir: str, callbacks):
@@ -158,7 +177,7 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows, val_ro
         use_torch_log_probs()
     args = training_config(getattr(module, method.config), backend, runtime, schedule(params), output_dir,
                            bool(val_rows), "loss", **extra)
-    dataset = lambda rows: Dataset.from_dict(trainer_rows(rows, method, tokenizer))
+    dataset = lambda rows: Dataset.from_dict(trainer_rows(rows, method, tokenizer, params.train.seed))
     return getattr(module, method.trainer)(model=model, args=args, train_dataset=dataset(train_rows),
                                            eval_dataset=dataset(val_rows) if val_rows else None,
                                            processing_class=tokenizer, callbacks=callbacks)
@@ -214,16 +233,22 @@ def scored_pairs(rows: list[dict]) -> list[tuple[dict, str, str]]:
     return pairs
 
 
-def preference_metrics(model, tokenizer, rows: list[dict], batch_rows: int = 8) -> dict:
+def preference_metrics(model, tokenizer, rows: list[dict], settings) -> dict:
     """`preference_accuracy` (the share of pairs whose preferred answer gets the higher log-probability, summed
     over its tokens after the prompt, as DPO scores them) and `preference_margin` (the mean difference, in nats)
-    over the test split's pairs."""
+    over the test split's pairs, `evaluate.batch_size` sequences at a time (auto: as many as fit)."""
+    from slothline.kinds._generative.generation import rows_per_batch
+
     pairs = scored_pairs(rows)
     if not pairs:
-        return {}
+        print(f"note: the {len(rows)} preference test rows hold no pair to compare (unpaired rows need a desirable "
+              "and an undesirable answer to the same prompt), so no preference metrics are scored")
+        return {"preference_pairs": 0}
+    longest = max(len(encode(tokenizer, row["prompt"] + answer)) for row, *answers in pairs for answer in answers)
+    size = max(1, rows_per_batch(model, settings, longest) // 2)
     margins = []
-    for start in range(0, len(pairs), batch_rows):
-        batch = pairs[start : start + batch_rows]
+    for start in range(0, len(pairs), size):
+        batch = pairs[start : start + size]
         prompts = [row["prompt"] for row, _, _ in batch]
         scores = answer_log_probs(model, tokenizer, prompts * 2, [a for _, a, _ in batch] + [b for _, _, b in batch])
         margins += [scores[i] - scores[i + len(batch)] for i in range(len(batch))]
@@ -232,22 +257,24 @@ def preference_metrics(model, tokenizer, rows: list[dict], batch_rows: int = 8) 
 
 
 def answer_log_probs(model, tokenizer, prompts: list[str], answers: list[str]) -> list[float]:
-    """log p(answer | prompt), summed over the answer's tokens, for each pair (one right-padded batch)."""
+    """log p(answer | prompt), summed over the answer's tokens, for each pair: one left-padded batch whose logits
+    are computed for the answers' positions alone (not the prompts': a vocabulary-wide row per token)."""
     import torch
 
     prompt_ids = [encode(tokenizer, prompt) for prompt in prompts]
     ids = [p + encode(tokenizer, prompt + answer)[len(p):] for p, prompt, answer in zip(prompt_ids, prompts, answers)]
-    width = max(map(len, ids))
+    width, keep = max(map(len, ids)), max(len(row) - len(p) for p, row in zip(prompt_ids, ids)) + 1
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], device=model.device)
-    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], device=model.device)
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-    token_log_probs = logits.log_softmax(-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    answer_mask = torch.zeros_like(token_log_probs)
-    for i, (p, row) in enumerate(zip(prompt_ids, ids)):
-        answer_mask[i, len(p) - 1 : len(row) - 1] = 1
-    return (token_log_probs * answer_mask).sum(-1).tolist()
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=model.device)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=model.device)
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                       logits_to_keep=keep, use_cache=False).logits[:, :-1].float()
+    targets = input_ids[:, width - keep + 1 :]
+    token_log_probs = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    answer_lengths = torch.tensor([len(row) - len(p) for p, row in zip(prompt_ids, ids)], device=model.device)
+    in_answer = torch.arange(keep - 1, device=model.device) >= keep - 1 - answer_lengths.unsqueeze(-1)
+    return (token_log_probs * in_answer).sum(-1).tolist()
 
 
 def run_metrics(params, trainer, result, val: dict, runtime, peak_mem_gib: float, started_from: str) -> dict:
