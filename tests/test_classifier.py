@@ -573,11 +573,15 @@ def test_full_finetuning_trains_every_weight_and_scores_against_a_fresh_base(wor
 
 
 @pytest.mark.e2e
-def test_classifier_default_dvc_exp_run(dvc_project):
+def test_classifier_default_dvc_exp_run(dvc_project, tmp_path):
+    from tests.test_dvc_contract import check_import_closure, logging_imports
     from tests.test_vision import dvc, ran_stages
 
     started = time.monotonic()  # as README says
-    assert ran_stages(dvc(dvc_project, "exp", "run", "-S", "kind=classifier").stdout) == [
+    log = tmp_path / "imports.jsonl"
+    output = dvc(dvc_project, "exp", "run", "-S", "kind=classifier", env=logging_imports(log)).stdout
+    check_import_closure(dvc_project, log, "classifier")  # each stage imports only code its deps name
+    assert ran_stages(output) == [
         "check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push"]
     print(f"classifier DAG: {time.monotonic() - started:.0f} s")
     assert yaml.safe_load((dvc_project / PARAMS_FILE).read_text())["kind"] == "classifier"

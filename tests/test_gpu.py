@@ -14,8 +14,8 @@ import sys
 import pytest
 import yaml
 
-from slothline.artifacts import (EVAL_METRICS, EXPORT_METRICS, MERGED_DIR, PARAMS_FILE, THUMBNAILS_DIR, TRAIN_METRICS,
-                                 TUNED_DIR)
+from slothline.artifacts import (EVAL_METRICS, EXPORT_METRICS, MERGED_DIR, PARAMS_FILE, PREFERENCE_METRICS, THUMBNAILS_DIR,
+                                 TRAIN_METRICS, TUNED_DIR)
 from tests.conftest import ROOT, kind_defaults, merged, write_params
 
 pytestmark = pytest.mark.gpu
@@ -234,6 +234,24 @@ def test_full_finetuning_on_unsloth(prepared):
     assert (tuned_dir / "config.json").is_file() and not (tuned_dir / "adapter_config.json").exists()
     evaluation = stage(prepared, "evaluate")
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+def test_preference_tuning_on_unsloth_after_sft(prepared, method):
+    """SFT, then DPO, ORPO or KTO through Unsloth's patched TRL trainers on the SFT adapter (continued as
+    Unsloth's own adapter loading does); evaluate scores the bundled pairs, whose rule SFT never teaches."""
+    configure(prepared, preference={"method": method, "max_steps": 20, "learning_rate": 0.001,
+                                    "sources": [{"path": str(ROOT / "data/raw/preference.jsonl"), "format": "preference"}]})
+    stage(prepared, "prepare")
+    stage(prepared, "train")
+    stage(prepared, "preference")
+    metrics = json.loads((prepared.path / PREFERENCE_METRICS).read_text())
+    assert metrics["backend"] == "unsloth" and metrics["steps"] == 20 and metrics["started_from"] == "sft", metrics
+    assert json.loads((prepared.path / TUNED_DIR / "manifest.json").read_text())["preference"] == method
+    evaluation = stage(prepared, "evaluate")
+    assert evaluation["tuned"]["preference_pairs"] > 0
+    if method == "dpo":
+        assert evaluation["tuned"]["preference_accuracy"] >= 0.8, evaluation["tuned"]
 
 
 RELOAD_LOFTQ = """

@@ -66,6 +66,8 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     for weights in ("models/merged/model.safetensors", "models/export/q8_0/model.gguf", "data/prepared/train.jsonl"):
         status = (dvc_project / weights).stat()
         assert status.st_nlink == 2 and not status.st_mode & 0o222, weights
+    # preference.method: none passes train's adapter on: one file, in models/sft, models/tuned and the cache
+    assert (dvc_project / "models/tuned/adapter_model.safetensors").samefile(dvc_project / "models/sft/adapter_model.safetensors")
     assert (dvc_project / "models/merged/model.safetensors").is_file()
 
     assert ran_stages(dvc(dvc_project, "repro").stdout) == []

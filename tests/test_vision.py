@@ -598,11 +598,11 @@ def test_merged_vision_model_loads_with_plain_transformers_and_matches_the_adapt
 
 # --- the vision default, end to end ---------------------------------------------------------------------
 
-def dvc(project, *args):
+def dvc(project, *args, env=None):
     # On a CPU shared with other busy processes, OpenMP threads that spin while they wait make the tiny
     # model's training about ten times slower (850 s for the DAG instead of 94 s, measured); waiting
     # passively costs nothing here.
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = {**(env or os.environ), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
@@ -613,10 +613,14 @@ def ran_stages(output: str) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_vision_default_learns_the_bundled_pictures(dvc_project):
-    """`dvc exp run -S kind=vision`, as README says."""
+def test_vision_default_learns_the_bundled_pictures(dvc_project, tmp_path):
+    """`dvc exp run -S kind=vision`, as README says; each stage imports only code its deps name."""
+    from tests.test_dvc_contract import check_import_closure, logging_imports
+
     started = time.monotonic()
-    output = dvc(dvc_project, "exp", "run", "-S", "kind=vision").stdout
+    log = tmp_path / "imports.jsonl"
+    output = dvc(dvc_project, "exp", "run", "-S", "kind=vision", env=logging_imports(log)).stdout
+    check_import_closure(dvc_project, log, "vision")
     print(f"vision DAG: {time.monotonic() - started:.0f} s (load average {os.getloadavg()[0]:.1f})")
     assert ran_stages(output) == ["check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push"]
     assert yaml.safe_load((dvc_project / "params.yaml").read_text())["kind"] == "vision"
