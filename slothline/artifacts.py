@@ -63,6 +63,13 @@ class Manifest:
     labels: list[str] | None = None  # classifiers: the classes, in the order of the head's outputs
     preference: str | None = None  # dpo, orpo or kto, after (or instead of) SFT
 
+    @classmethod
+    def of_run(cls, params, method: str, backend: str, precision: str, **more) -> "Manifest":
+        """The manifest of what a run of `params` trained (`more`: labels, preference)."""
+        model = params.model
+        return cls(kind=params.kind, method=method, base_model=model.name, revision=model.revision, backend=backend,
+                   precision=precision, load_in_4bit=model.load_in_4bit, max_seq_length=model.max_seq_length, **more)
+
     def write(self, directory: Path) -> None:
         write_json(Path(directory) / MANIFEST_FILE, asdict(self))
 

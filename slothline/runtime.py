@@ -157,6 +157,19 @@ def processes_to_start(params: Params, caps: Capabilities) -> int:
     return requested
 
 
+def run_job(params: Params, module: str, work: Callable, what: str) -> None:
+    """`work(params, runtime)` on the runtime resolved for `params` (an impossible ask fails here, once): in
+    this process, or with `train.num_gpus` > 1 in that many processes started as `python -m module` under
+    torchrun (this process then exits with their status)."""
+    caps = probe()
+    runtime = resolve(params, caps)
+    if (processes := processes_to_start(params, caps)) > 1:
+        print(f"{what} in {processes} processes, one per GPU (torchrun, DDP)", flush=True)
+        sys.exit(start_processes(processes, module))
+    with process_group(runtime):
+        work(params, runtime)
+
+
 def start_processes(count: int, module: str) -> int:
     """Run `python -m module` in `count` processes on this host under PyTorch's launcher (torchrun), with
     NVLink multicast off unless set; returns the exit status (0, or that of the first process to fail)."""

@@ -227,6 +227,23 @@ def train_metrics(trainer, result, runtime, model, tokens_before: int, resumed_f
     }
 
 
+def record_no_run(checkpoints_dir, live_dir, loss_plot, metrics_file, metrics: dict, why: str) -> None:
+    """The outs of a training stage that trains nothing: no checkpoints, no earlier run's curves in the persisted
+    dvclive folder (`why` in its README instead), `metrics` and an empty loss plot."""
+    import shutil
+
+    from slothline import checkpoints, plots
+    from slothline.artifacts import write_json
+
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints.clear_checkpoints(checkpoints_dir)
+    shutil.rmtree(live_dir, ignore_errors=True)
+    live_dir.mkdir(parents=True)
+    (live_dir / "README.md").write_text(why + "\n")
+    write_json(metrics_file, metrics)
+    plots.loss_curve([], loss_plot)
+
+
 def reset_peak_memory(runtime) -> None:
     if runtime.device == "cuda":
         import torch

@@ -6,28 +6,19 @@ the manifest alone, and nothing trains), models/checkpoints/
 `train.num_gpus` > 1 the stage starts itself again under torchrun (DDP); rank 0 alone writes the outputs.
 """
 
-import shutil
-import sys
-
 from slothline import backends, checkpoints, kinds, plots, training
 from slothline.artifacts import (CHECKPOINTS_DIR, LIVE_DIR, LOSS_PLOT, SFT_DIR, TRAIN_METRICS, Manifest,
                                  atomic_dir, read_split, write_json)
 from slothline.errors import run_stage
 from slothline.params import load_params
-from slothline.runtime import gather, main_process_result, probe, process_group, processes_to_start, resolve, start_processes
+from slothline.runtime import gather, main_process_result, run_job
 
 
 def main() -> None:
     params = load_params()
     if not getattr(params.train, "sft", True):
         return skip(params)
-    caps = probe()
-    runtime = resolve(params, caps)  # an impossible ask fails here, once
-    if (processes := processes_to_start(params, caps)) > 1:
-        print(f"training in {processes} processes, one per GPU (torchrun, DDP)", flush=True)
-        sys.exit(start_processes(processes, "stages.train"))
-    with process_group(runtime):
-        train(params, runtime)
+    run_job(params, "stages.train", train, "training")
 
 
 def train(params, runtime) -> None:
@@ -57,9 +48,7 @@ def train(params, runtime) -> None:
     method = backends.method_of(model)
     with atomic_dir(SFT_DIR) as staging:
         backends.save_trained(model, processor, staging)
-        Manifest(kind=task.NAME, method=method, base_model=params.model.name, revision=params.model.revision,
-                 backend=runtime.backend, precision=runtime.precision, load_in_4bit=params.model.load_in_4bit,
-                 max_seq_length=params.model.max_seq_length, labels=labels).write(staging)
+        Manifest.of_run(params, method, runtime.backend, runtime.precision, labels=labels).write(staging)
     metrics = training.train_metrics(trainer, result, runtime, model, tokens_before, checkpoints.step_of(resume_from),
                                      val_loss, peak_mem_gib)
     coverage = task.loss_coverage(model, processor, params, train_rows, val_rows)
@@ -73,16 +62,9 @@ def skip(params) -> None:
     """train.sft: false: a manifest saying nothing was trained (the preference stage starts from model.name),
     and empty metrics, so that every out exists."""
     with atomic_dir(SFT_DIR) as staging:
-        Manifest(kind=params.kind, method="none", base_model=params.model.name, revision=params.model.revision,
-                 backend="none", precision="none", load_in_4bit=params.model.load_in_4bit,
-                 max_seq_length=params.model.max_seq_length).write(staging)
-    CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
-    checkpoints.clear_checkpoints(CHECKPOINTS_DIR)
-    shutil.rmtree(LIVE_DIR, ignore_errors=True)  # a persisted out: no earlier run's curves stay
-    LIVE_DIR.mkdir(parents=True)
-    (LIVE_DIR / "README.md").write_text("No supervised fine-tuning: train.sft is false.\n")
-    write_json(TRAIN_METRICS, {"kind": params.kind, "method": "none"})
-    plots.loss_curve([], LOSS_PLOT)
+        Manifest.of_run(params, "none", "none", "none").write(staging)
+    training.record_no_run(CHECKPOINTS_DIR, LIVE_DIR, LOSS_PLOT, TRAIN_METRICS, {"kind": params.kind, "method": "none"},
+                           "No supervised fine-tuning: train.sft is false.")
     print(f"train.sft: false: nothing trained; {SFT_DIR}/ says so, and the preference stage starts from "
           f"{params.model.name}")
 

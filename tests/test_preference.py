@@ -321,3 +321,11 @@ def test_unpaired_answers_to_one_prompt_stay_in_one_split_and_evaluate_compares_
     assert len(splits["test"]) == 16 and len(prompts["test"]) == 8  # 20% of the 40 prompts, both answers each
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen3, dtype=torch.float32).eval()
     assert preference.preference_metrics(model, tokenizer, splits["test"], evaluating(8, 8))["preference_pairs"] == 8
+
+
+def test_the_alpaca_template_of_a_preference_source_refuses_a_system_prompt(builtin_cache):
+    params = load(data={"system_prompt": "Be brief."},
+                  preference={"sources": [{"path": "p.jsonl", "format": "preference", "template": "alpaca"}]})
+    with pytest.raises(SlothlineError, match=r"the alpaca template has no place for a system prompt "
+                                             r"\(preference.sources\[0\] use template: alpaca\)"):
+        causal_lm.check(params)

@@ -29,7 +29,9 @@ def check(params) -> None:
         raise SlothlineError("data.sources: chat and alpaca templates mixed, but train.train_on_responses_only masks "
                              "every row by one pair of turn markers; give every source the same template, or set "
                              "train.train_on_responses_only: false")
-    alpaca = [f"data.sources[{i}]" for i, source in enumerate(params.data.sources) if source.template == "alpaca"]
+    alpaca = [f"{section}.sources[{i}]" for section, sources in (("data", params.data.sources),
+                                                                   ("preference", params.preference.sources))
+              for i, source in enumerate(sources) if source.template == "alpaca"]
     if alpaca and params.data.system_prompt:
         raise SlothlineError(f"data.system_prompt: the alpaca template has no place for a system prompt "
                              f"({', '.join(alpaca)} use template: alpaca); remove data.system_prompt, or use "

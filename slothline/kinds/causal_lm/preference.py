@@ -45,11 +45,6 @@ def check(params) -> None:
     """What the preference stage would refuse (check_params): a loss type the method lacks, paired methods on
     unpaired rows, KTO's batch of one, preference tuning without data or of a fully fine-tuned model."""
     settings = params.preference
-    alpaca = [f"preference.sources[{i}]" for i, s in enumerate(settings.sources) if s.template == "alpaca"]
-    if alpaca and params.data.system_prompt:
-        raise SlothlineError(f"data.system_prompt: the alpaca template has no place for a system prompt "
-                             f"({', '.join(alpaca)} use template: alpaca); remove data.system_prompt, or use "
-                             "template: chat")
     if settings.method == "none":
         if not params.train.sft:
             raise SlothlineError("train.sft: false and preference.method: none train nothing; set train.sft: true, "
@@ -89,8 +84,8 @@ def to_record(row: dict, source, params, tokenizer) -> tuple[dict, dict]:
             conversation = [*canonical["messages"], {"role": "assistant", "content": canonical[field]}]
             text = render(conversation, tokenizer, source.template, params.data.enable_thinking, stops)
             if LITERALS in text:
-                raise RowError(f"the text spells one of the model's special tokens; TRL's preference trainers would "
-                               f"read it as that token, so such rows are refused in preference data")
+                raise RowError("the text spells one of the model's special tokens; TRL's preference trainers would "
+                               "read it as that token, so such rows are refused in preference data")
             if not text["text"].startswith(text["prompt"]):
                 raise RowError("the chat template renders the prompt differently when an answer follows it, so the "
                                "answer's tokens cannot be told apart; use a template that renders the prompt alike")
@@ -181,6 +176,21 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows, val_ro
     return getattr(module, method.trainer)(model=model, args=args, train_dataset=dataset(train_rows),
                                            eval_dataset=dataset(val_rows) if val_rows else None,
                                            processing_class=tokenizer, callbacks=callbacks)
+
+
+def resume_point(directory, fingerprint: str, processes: int) -> str | None:
+    """The checkpoint to resume from (checkpoints.resume_point), without its ref/ folder: TRL's frozen copy of
+    the starting adapter, which it rebuilds from models/sft anyway. transformers resumes an adapter folder that
+    has sub-folders by loading those alone, which would restart the trained adapter from the SFT weights."""
+    import shutil
+    from pathlib import Path
+
+    from slothline import checkpoints
+
+    checkpoint = checkpoints.resume_point(directory, fingerprint, processes)
+    if checkpoint:
+        shutil.rmtree(Path(checkpoint) / "ref", ignore_errors=True)
+    return checkpoint
 
 
 def schedule(params):
