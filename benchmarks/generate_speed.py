@@ -215,12 +215,16 @@ def main() -> None:
         if not (checkpoint / "config.json").exists():
             build(checkpoint)
         runs = {path: measure_in_child([__file__, "--path", path, "--checkpoint", str(checkpoint)]
-                                       + ["--vision"] * vision, f"{path} ({name})") for path in paths}
+                                       + ["--vision"] * vision, f"{path} ({name})", keep_going=True) for path in paths}
+        failed = [path for path, run in runs.items() if run is None]
+        runs = {path: run for path, run in runs.items() if run is not None}
+        compared = [path for path in runs if path != "before" and "before" in runs]
         summary = {f"{path}_vs_before_tokens_per_s": round(runs[path]["tokens_per_s"] / runs["before"]["tokens_per_s"], 2)
-                   for path in paths if path != "before"}
-        summary |= {f"{path}_answers_equal_to_before": agreement(runs, path) for path in paths if path != "before"}
+                   for path in compared}
+        summary |= {f"{path}_answers_equal_to_before": agreement(runs, path) for path in compared}
+        summary |= {"failed": failed} if failed else {}
         report["models"][name] = {"runs": runs, **summary}
-    write_results("generate_speed", report, markdown(report))
+        write_results("generate_speed", report, markdown(report))  # after each model: a later one may not finish
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@
 #              the preference stage on unsloth and hf against TRL + PEFT)
 #   dvc-dpo    gpu_dvc_repro_dpo.log, gpu_dvc_repro_dpo_{train,eval,export,preference}.json, gpu_dvc_repro_dpo_report.md:
 #              `dvc exp run -S preference.method=dpo` of the tiny default (SFT, then DPO, on unsloth)
+#   scale      pipeline_scale.{json,md,log}: benchmarks/pipeline_scale.py (the whole DAG on a Qwen3-4B-shape
+#              checkpoint, per stage; needs about 35 GB of disk)
+#   export-8b  pipeline_scale_export_8b.log, added to pipeline_scale.{json,md}: the GGUF export alone on a
+#              Qwen3-8B-shape checkpoint (CPU only; needs about 33 GB of disk)
 #   multigpu   (a host with 2 GPUs) gpu_tests_multi_gpu.log: pytest -m gpu tests/test_multi_gpu.py;
 #              multi_gpu.{json,md}, multi_gpu.log: benchmarks/multi_gpu.py; gpu_dvc_exp_2gpus.log and
 #              gpu_dvc_exp_2gpus_train.json: `dvc exp run -S train.num_gpus=2` of the tiny default
@@ -59,6 +63,8 @@ for part in "${parts[@]}"; do
       python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
     dvc) repro gpu_dvc_repro ;;
     dvc-vision|dvc-classifier) repro "gpu_dvc_repro_${part#dvc-}" -S "kind=${part#dvc-}" ;;
+    scale) python3 benchmarks/pipeline_scale.py 2>&1 | tee "$results/pipeline_scale.log" ;;
+    export-8b) python3 benchmarks/pipeline_scale.py --export-8b --no-dag 2>&1 | tee "$results/pipeline_scale_export_8b.log" ;;
     preference) python3 benchmarks/preference_backends.py 2>&1 | tee "$results/preference_backends.log" ;;
     dvc-dpo) repro gpu_dvc_repro_dpo -S preference.method=dpo ;;
     multigpu)
@@ -70,7 +76,7 @@ for part in "${parts[@]}"; do
        python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
        cp metrics/train.json "$results/gpu_dvc_exp_2gpus_train.json")
       rm -rf "$scratch" ;;
-    *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, dvc-vision, dvc-classifier, preference, dvc-dpo, multigpu)" >&2
+    *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, dvc-vision, dvc-classifier, scale, export-8b, preference, dvc-dpo, multigpu)" >&2
        exit 2 ;;
   esac
 done

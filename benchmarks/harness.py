@@ -10,13 +10,19 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure_in_child(args: list[str], what: str) -> dict:
-    """Run `python *args`, echo the end of its output, and return the dict it printed after `RESULT `."""
+def measure_in_child(args: list[str], what: str, keep_going: bool = False) -> dict | None:
+    """Run `python *args`, echo the end of its output and its RESULT line whole, and return the dict it printed
+    after `RESULT `. A child that prints none stops the benchmark, or with `keep_going` gives None."""
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False)
-    print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
-    line = next((line for line in out.stdout.splitlines() if line.startswith("RESULT ")), None)
+    lines = out.stdout.splitlines()
+    line = next((line for line in lines if line.startswith("RESULT ")), None)
+    print("\n".join(x for x in lines if x is not line)[-3000:], out.stderr[-3000:], line or "", sep="\n", flush=True)
     if line is None:
-        sys.exit(f"{what} failed with exit status {out.returncode}; its output is above")
+        message = f"{what} failed with exit status {out.returncode}; its output is above"
+        if not keep_going:
+            sys.exit(message)
+        print(message, flush=True)
+        return None
     return json.loads(line.removeprefix("RESULT "))
 
 

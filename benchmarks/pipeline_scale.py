@@ -11,6 +11,7 @@ Writes benchmarks/results/pipeline_scale.{json,md}.
 
     python benchmarks/pipeline_scale.py                    # on a CUDA host: Qwen3-4B shape
     python benchmarks/pipeline_scale.py --export-8b        # and the export alone at Qwen3-8B shape
+    python benchmarks/pipeline_scale.py --export-8b --no-dag   # the export alone, added to the DAG's results
     python benchmarks/pipeline_scale.py --checkpoint builtin:tiny-qwen3 --steps 4   # a smoke test, any machine
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import write_results
+from harness import RESULTS, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push")
@@ -140,7 +141,8 @@ def export_alone(checkpoint_dir: Path) -> dict:
 
 
 def build_8b(out_dir: Path) -> None:
-    """A random Qwen3-8B-shape checkpoint in bf16, in 5 GB shards, with the builtin tokenizer."""
+    """A random Qwen3-8B-shape checkpoint in bf16, in 5 GB shards, with the builtin tokenizer. Built on the CPU,
+    so that it leaves the GPU to whatever runs beside it."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -148,13 +150,15 @@ def build_8b(out_dir: Path) -> None:
 
     tokenizer = build_byte_tokenizer()
     config = Qwen3Config(**QWEN3_8B_SHAPE, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16)
+    model = Qwen3ForCausalLM(config)
     model.save_pretrained(out_dir, max_shard_size="5GB")
     tokenizer.save_pretrained(out_dir)
 
 
 def markdown(report: dict) -> str:
+    if "dag" not in report:
+        return export_markdown(report)
     dag = report["dag"]
     rows = "\n".join(f"| {name} | {s['seconds']} | {s['dvc_own_s']} | {s['peak_rss_gib']} | {s['peak_gpu_gib']} | "
                      f"{s['written_gib']} | {s['outs_gib']} | {s['outs_and_cache_gib']} |"
@@ -165,10 +169,15 @@ def markdown(report: dict) -> str:
             f"- DAG {dag['dag_s']} s, of which DVC's own {dag['dvc_own_s']} s ({dag['dvc_own_fraction']:.1%})\n"
             f"- no-op `dvc repro`: {dag['noop_repro_s']} s\n"
             f"- outs + DVC cache over outs: {dag['disk_outs_and_cache_over_outs']}\n")
+    return text + export_markdown(report)
+
+
+def export_markdown(report: dict) -> str:
+    text = ""
     if "export_8b" in report:
         e = report["export_8b"]
         text += (f"\n## Export alone, Qwen3-8B shape ({e['checkpoint_gib']} GiB, largest tensor "
-                 f"{e['largest_tensor_gib']} GiB; target peak {e['target_gib']} GiB)\n\n"
+                 f"{e['largest_tensor_gib']} GiB; target peak {e['target_gib']} GiB), on {e['device']}\n\n"
                  + "\n".join(f"- {q}: {r['seconds']} s, peak RSS {r['peak_rss_gib']} GiB, file {r['gguf_gib']} GiB"
                              for q, r in e["runs"].items()) + "\n")
     return text
@@ -179,21 +188,26 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="/tmp/qwen3-4b-shape")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--export-8b", action="store_true")
+    parser.add_argument("--no-dag", action="store_true", help="skip the DAG (keeps its earlier result)")
     args = parser.parse_args()
     import torch
 
-    if not args.checkpoint.startswith("builtin:") and not Path(args.checkpoint, "config.json").exists():
-        from train_backends import build_checkpoint
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    earlier = RESULTS / "pipeline_scale.json"
+    report = json.loads(earlier.read_text()) if earlier.is_file() else {}  # each part replaces its own result
+    measured = {"device": device, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if not args.no_dag:
+        if not args.checkpoint.startswith("builtin:") and not Path(args.checkpoint, "config.json").exists():
+            from train_backends import build_checkpoint
 
-        build_checkpoint(Path(args.checkpoint))
-    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "dag": run_dag(args.checkpoint, args.steps)}
-    write_results("pipeline_scale", report, markdown(report))
+            build_checkpoint(Path(args.checkpoint))
+        report |= {"device": device, "dag": {**measured, **run_dag(args.checkpoint, args.steps)}}
+        write_results("pipeline_scale", report, markdown(report))
     if args.export_8b:
         checkpoint = Path("/tmp/qwen3-8b-shape")
         if not (checkpoint / "config.json").exists():
             build_8b(checkpoint)
-        report["export_8b"] = export_alone(checkpoint)
+        report["export_8b"] = {**measured, **export_alone(checkpoint)}
         write_results("pipeline_scale", report, markdown(report))
 
 

@@ -121,12 +121,14 @@ def main() -> None:
 
     if not (Path(args.checkpoint) / "config.json").exists():
         train_backends.build_checkpoint(Path(args.checkpoint))
-    runs = {run: measure_in_child([__file__, "--run", run, "--checkpoint", args.checkpoint], run) for run in RUNS}
+    runs = {run: measure_in_child([__file__, "--run", run, "--checkpoint", args.checkpoint], run, keep_going=True)
+            for run in RUNS}
+    runs = {run: result for run, result in runs.items() if result is not None}
     report = {"workload": f"Qwen3-4B shape (random bf16 weights), DPO (sigmoid, beta 0.1), LoRA r=16 on all 7 "
                           f"projections, {BATCH} pairs per step, prompts of 100-400 and answers of 32-256 tokens, "
                           f"max length {MAX_LEN}; {STEPS - WARMUP_STEPS} steps timed after {WARMUP_STEPS}",
               "runs": runs}
-    for base in ("hf", "trl-peft"):
+    for base in [base for base in ("hf", "trl-peft") if "unsloth" in runs and base in runs]:
         report[f"unsloth_vs_{base}_tokens_per_s"] = round(runs["unsloth"]["tokens_per_s"] / runs[base]["tokens_per_s"], 2)
         report[f"unsloth_vs_{base}_peak_mem"] = round(runs["unsloth"]["peak_mem_gib"] / runs[base]["peak_mem_gib"], 2)
     write_results("preference_backends", report, markdown(report))
