@@ -12,13 +12,14 @@ import yaml
 
 from slothline.artifacts import CHECKPOINTS_DIR, DATA_METRICS, EVAL_METRICS, EXPORT_METRICS, LIVE_DIR, REPORT_FILE, TRAIN_METRICS
 from tests.conftest import merged
+from tests.test_dvc_contract import check_import_closure, logging_imports
 from tests.hub_server import hub_env
 
 pytestmark = pytest.mark.e2e
 
 
-def dvc(project, *args, check=True):
-    result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True)
+def dvc(project, *args, check=True, env=None):
+    result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -35,10 +36,11 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect(dvc_project, hub):
+def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect(dvc_project, hub, tmp_path):
     set_params(dvc_project, evaluate={"max_samples": 40})
+    imports = tmp_path / "imports.jsonl"  # what each stage's process imported, for the import-closure check at the end
     started = time.monotonic()
-    first = dvc(dvc_project, "repro").stdout
+    first = dvc(dvc_project, "repro", env=logging_imports(imports)).stdout
     assert ran_stages(first) == ["check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push"]
     assert "push: not set; nothing pushed" in first
     # a hand edit works for `dvc repro`, and check_params names it: the next `dvc exp run` recomposes params.yaml
@@ -103,7 +105,7 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     assert "settings.max_new_tokens" in diff and "samples" in diff  # the metrics say which settings made them
     # SFT then DPO: a preference param reruns the preference stage and what reads its model, not prepare or train
     aligned = dvc(dvc_project, "exp", "run", "-S", "preference.method=dpo", "-S", "evaluate.max_samples=20",
-                  "-S", "evaluate.compare_base=false")
+                  "-S", "evaluate.compare_base=false", env=logging_imports(imports))
     assert ran_stages(aligned.stdout) == ["check_params", "preference", "evaluate", "merge", "export", "push"]
     tuned = json.loads((dvc_project / EVAL_METRICS).read_text())["tuned"]
     assert tuned["preference_accuracy"] >= 0.9 and tuned["exact_match"] >= 50, tuned
@@ -115,10 +117,12 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
         "trainable_params"]
     diff = dvc(dvc_project, "metrics", "diff", "--md").stdout
     assert "trainable_params" in diff and "tuned.rougeL" in diff and "q8_0.size_mb" not in diff  # same shapes
+    # every stage, the DPO run's preference stage included, imported only project files its deps name
+    check_import_closure(dvc_project, imports, "causal_lm")
 
 
 def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):
-    set_params(dvc_project, train={"max_steps": 200, "save_steps": 5, "per_device_batch_size": 4})
+    set_params(dvc_project, train={"max_steps": 60, "save_steps": 5, "per_device_batch_size": 4})
     dvc(dvc_project, "repro", "prepare")
     checkpoints = dvc_project / CHECKPOINTS_DIR
     saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
@@ -134,7 +138,7 @@ def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):
     result = dvc(dvc_project, "repro", "train")
     assert "resuming from models/checkpoints/checkpoint-" in result.stdout
     metrics = json.loads((dvc_project / TRAIN_METRICS).read_text())
-    assert metrics["resumed_from_step"] >= 10 and metrics["steps"] == 200
+    assert metrics["resumed_from_step"] >= 10 and metrics["steps"] == 60
     assert len((dvc_project / LIVE_DIR / "plots/metrics/loss.tsv").read_text().splitlines()) > 1
 
 
