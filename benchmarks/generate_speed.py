@@ -18,7 +18,7 @@ Tokens/s counts every row's NEW_TOKENS (a batch runs until its last row ends, an
 practically never stop early). A compiled path is timed twice: the first call includes compiling (what one evaluate run pays once per
 model), the second is the steady speed. Each path reports generated tokens/s and the fraction of the
 memory-bandwidth floor at its batch (each decode step must read every weight once: weight bytes / the
-GPU's bandwidth). `--vision` runs the same on a Qwen3-VL-2B-shape checkpoint with one 448x448 picture per
+GPU's bandwidth), and against the floor that also counts the KV cache each step reads. `--vision` runs the same on a Qwen3-VL-2B-shape checkpoint with one 448x448 picture per
 prompt (images keep a dynamic cache: `before` vs `evaluate`). Writes benchmarks/results/generate_speed.{json,md}.
 
     python benchmarks/generate_speed.py                 # text, every path
@@ -87,14 +87,18 @@ def timed_generate(model, processor, prompts, how, images=None) -> tuple[list[st
     return answers, time.perf_counter() - start
 
 
-def floor_tokens_per_s(model, rows: int) -> float:
-    """rows / (weight bytes / bandwidth): every decode step reads every weight once."""
+def floor_tokens_per_s(model, rows: int, kv_tokens_per_row: float = 0.0) -> float:
+    """rows / (bytes a decode step must read / bandwidth): every weight once, and with `kv_tokens_per_row` the
+    keys and values of that many cached tokens of each row."""
     import torch
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     bandwidth = next((tb for chip, tb in BANDWIDTH_TB_S.items() if chip in name), None)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return rows / (weight_bytes / (bandwidth * 1e12)) if bandwidth else float("nan")
+    config = model.config.get_text_config(decoder=True)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_bytes = rows * kv_tokens_per_row * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2 * 2
+    return rows / ((weight_bytes + kv_bytes) / (bandwidth * 1e12)) if bandwidth else float("nan")
 
 
 def run_path(path: str, checkpoint: str, vision: bool) -> dict:
@@ -142,6 +146,10 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     answers, first = timed_generate(model, processor, prompts, how, images)
     seconds = timed_generate(model, processor, prompts, how, images)[1] if how.cache == "static" else first
     floor = floor_tokens_per_s(model, how.rows)
+    # a static cache is read whole at each step; a dynamic one holds a batch's longest prompt and the tokens so far
+    batches = [sorted(lengths, reverse=True)[i] for i in range(0, len(lengths), how.rows)]
+    cached = how.cache_length if how.cache == "static" else sum(batches) / len(batches) + NEW_TOKENS / 2
+    floor_kv = floor_tokens_per_s(model, how.rows, cached)
     return {
         "path": path, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "rows_per_batch": how.rows, "kv_cache": how.cache,
         "adapter_merged": how.merged, "prompts": len(prompts), "new_tokens": NEW_TOKENS,
@@ -149,6 +157,8 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
         "tokens_per_s": round(len(prompts) * NEW_TOKENS / seconds, 1),
         "first_call_tokens_per_s": round(len(prompts) * NEW_TOKENS / first, 1),
         "floor_tokens_per_s": round(floor, 1), "fraction_of_floor": round(len(prompts) * NEW_TOKENS / seconds / floor, 3),
+        "floor_with_kv_tokens_per_s": round(floor_kv, 1),
+        "fraction_of_floor_with_kv": round(len(prompts) * NEW_TOKENS / seconds / floor_kv, 3),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "answers": answers[:32],
     }
@@ -183,11 +193,13 @@ def markdown(report: dict) -> str:
     lines = []
     for model_name, runs in report["models"].items():
         lines.append(f"\n## {model_name}\n\n| path | device | rows/batch | cache | merged | first call tok/s | tok/s | "
-                     f"floor tok/s | of floor | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|")
+                     f"floor tok/s | of floor | with KV: floor, of it | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|---|")
         for path, run in runs["runs"].items():
             lines.append(f"| {path} | {run['device']} | {run['rows_per_batch']} | {run['kv_cache']} | "
                          f"{run['adapter_merged']} | {run['first_call_tokens_per_s']:,.0f} | {run['tokens_per_s']:,.0f} | "
-                         f"{run['floor_tokens_per_s']:,.0f} | {run['fraction_of_floor']:.0%} | {run['peak_mem_gib']} |")
+                         f"{run['floor_tokens_per_s']:,.0f} | {run['fraction_of_floor']:.0%} | "
+                         + (f"{run['floor_with_kv_tokens_per_s']:,.0f}, {run['fraction_of_floor_with_kv']:.0%}"
+                            if "floor_with_kv_tokens_per_s" in run else "") + f" | {run['peak_mem_gib']} |")
         lines.append("\n" + "\n".join(f"- {key}: {value}" for key, value in runs.items() if key != "runs"))
     return f"# Generation speed\n\n{report['workload']}\n" + "\n".join(lines) + "\n"
 

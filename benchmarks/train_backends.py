@@ -270,17 +270,22 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
     rows = "\n".join(
-        f"| {mode} | {run['device']} | {b} | {run['tokens_per_s']:,.0f} | {run['peak_mem_gib']} | "
-        f"{run.get('attn_implementation', '')}{'' if run.get('cudnn_sdpa', True) else ', cuDNN off'}"
-        f"{', padding-free' if run.get('padding_free') else ''} |"
+        f"| {mode} | {run['device']} | {run['measured_at'][:10]} | {b} | {run['tokens_per_s']:,.0f} | "
+        f"{run['peak_mem_gib']} | {run.get('attn_implementation', '')}"
+        f"{'' if run.get('cudnn_sdpa', True) else ', cuDNN off'}{', padding-free' if run.get('padding_free') else ''} |"
         for mode, r in report["modes"].items() for b, run in r["runs"].items()
     )
     summary = "\n".join(
         f"- {mode}: " + "; ".join(f"unsloth / {base} = {r[ratio_key(base, 'tokens_per_s')]}x tokens/s at "
                                   f"{r[ratio_key(base, 'peak_mem')]}x peak memory"
                                   for base in BASELINES if ratio_key(base, "tokens_per_s") in r)
-        for mode, r in report["modes"].items()
+        for mode, r in report["modes"].items() if any(ratio_key(base, "tokens_per_s") in r for base in BASELINES)
     )
+    speed = lambda mode, run: report["modes"].get(mode, {}).get("runs", {}).get(run, {}).get("tokens_per_s")
+    for run in ("unsloth", "hf"):  # what padding-free batching gains, each backend against itself
+        for mode in ("padded", "fixed-length"):
+            if speed("unpacked", run) and speed(mode, run):
+                summary += f"\n- {run}: unpacked / {mode} = {speed('unpacked', run) / speed(mode, run):.2f}x tokens/s"
     return (
         f"# Training backends\n\n{report['model']}; {report['data']}; {STEPS - WARMUP_STEPS} timed steps after "
         f"{WARMUP_STEPS} warm-up steps. padded: chats of 64..{MAX_LEN} tokens in padded batches "
@@ -293,7 +298,8 @@ def markdown(report: dict) -> str:
         f"code (FastLanguageModel + TRL's SFTTrainer + train_on_responses_only); trl-peft: transformers + PEFT + "
         f"TRL's SFTTrainer with its defaults. Attention: the model's attn_implementation, and whether cuDNN SDPA "
         f"was switched off.\n\n"
-        f"| mode | device | run | non-padding tokens/s | peak GiB | attention |\n|---|---|---|---|---|---|\n{rows}\n\n"
+        f"| mode | device | measured | run | non-padding tokens/s | peak GiB | attention |\n|---|---|---|---|---|---|---|\n"
+        f"{rows}\n\n"
         f"{summary}\n"
     )
 
