@@ -5,7 +5,7 @@ top, as Unsloth patches transformers, TRL and PEFT) and `hf` (transformers + PEF
 transformers (nothing in this package's top, nor in a kind's, imports it). Each backend module provides:
   load(task, spec, runtime, full_finetuning=False) -> (model, processor)
   attach_lora(model, task, params) -> model
-  continue_lora(model, task, adapter_dir, params) -> model   (a saved adapter, loaded to train on)
+  continue_lora(task, spec, runtime, adapter_dir, params) -> (model, processor)   (a saved adapter on its base, to train on)
   for_inference(model, task) -> None
   merge(task, spec, runtime, adapter_dir, out_dir, save_method) -> None   (LoRA into the base weights)
 and what differs between them, for the kinds and the trainer settings:
@@ -72,9 +72,7 @@ def load_for_preference(task, runtime, params, sft: Manifest, sft_dir: Path):
     if sft.method != "lora":
         raise SlothlineError(f"{sft_dir}: a fully fine-tuned model; preference tuning trains a LoRA adapter, so set "
                              "train.full_finetuning: false")
-    backend = get(runtime)
-    model, processor = backend.load(task, base_spec(sft), runtime)
-    return backend.continue_lora(model, task, sft_dir, params), processor
+    return get(runtime).continue_lora(task, base_spec(sft), runtime, sft_dir, params)
 
 
 def label_arguments(labels: list[str] | None) -> dict:

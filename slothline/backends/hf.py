@@ -52,10 +52,12 @@ def attach_lora(model, task, params):
         raise SlothlineError(f"lora.target_modules: {err}") from None
 
 
-def continue_lora(model, task, adapter_dir, params):
+def continue_lora(task, spec, runtime, adapter_dir, params):
+    """The adapter in `adapter_dir` on the base of `spec`, trainable, and the processor."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    model, processor = load(task, spec, runtime)
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), processor
 
 
 def response_only(trainer, markers: tuple[str, str]):

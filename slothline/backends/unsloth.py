@@ -6,6 +6,7 @@ import unsloth  # noqa: I001 (first: it patches what follows)
 import importlib
 import inspect
 import os
+from dataclasses import replace
 
 import torch
 
@@ -38,7 +39,7 @@ def auto_model_argument(task) -> dict:
     return {"auto_model": getattr(transformers, task.AUTO_CLASS)}
 
 
-def load(task, spec, runtime, full_finetuning: bool = False):
+def load(task, spec, runtime, full_finetuning: bool = False, **settings):
     fast = fast_class(task)
     attention.set_sdpa_backends(runtime.attention)
     if runtime.attention == attention.VARLEN_FLASH:
@@ -53,6 +54,7 @@ def load(task, spec, runtime, full_finetuning: bool = False):
         full_finetuning=full_finetuning,
         **auto_model_argument(task),
         **spec.model_kwargs,
+        **settings,
     )
 
 
@@ -68,12 +70,12 @@ def attach_lora(model, task, params):
     )
 
 
-def continue_lora(model, task, adapter_dir, params):
-    """The adapter loaded trainable and patched as Unsloth's own from_pretrained of an adapter does."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
-    return fast_class(task).patch_peft_model(model, "unsloth" if params.train.gradient_checkpointing else False)
+def continue_lora(task, spec, runtime, adapter_dir, params):
+    """The adapter in `adapter_dir` on its base, trainable, and its processor: Unsloth's from_pretrained of an
+    adapter directory, which loads it trainable and patches it as get_peft_model does, for the families
+    FastLanguageModel patches itself and those it hands to FastModel alike, and readies it for DDP."""
+    return load(task, replace(spec, source=str(adapter_dir), revision=None), runtime,
+                use_gradient_checkpointing="unsloth" if params.train.gradient_checkpointing else False)
 
 
 def response_only(trainer, markers: tuple[str, str]):
