@@ -160,7 +160,8 @@ manifest = Manifest.read(TUNED_DIR)
 runtime = evaluation_runtime(manifest, probe())
 task = kinds.get(manifest.kind)
 model, tokenizer = backends.load_trained(task, manifest, runtime, TUNED_DIR)
-prompts = [row["prompt"] for row in read_split("test")]
+rows = read_split("test")
+prompts = [row["prompt"] for row in rows]
 settings = params.evaluate
 how = plan(model, [len(encode(tokenizer, p)) for p in prompts], settings)
 plain = Plan(16, "dynamic", how.cache_length, merged=False)
@@ -173,25 +174,33 @@ with model.disable_adapter():
     answers["plain base"] = generate(model, tokenizer, prompts, settings, how=plain)
 answers["plain tuned"] = generate(model, tokenizer, prompts, settings, how=plain)
 same = lambda a, b: sum(x == y for x, y in zip(answers[a], answers[b])) / len(prompts)
+right = lambda a: sum(x.strip() == row["reference"].strip() for x, row in zip(answers[a], rows))
 print(json.dumps({"plan": how.describe(), "kv_cache": how.cache, "prompts": len(prompts),
                   "tuned_agreement": same("tuned", "plain tuned"), "base_agreement": same("base", "plain base"),
-                  "tuned_differs_from_base": 1 - same("tuned", "base")}))
+                  "tuned_differs_from_base": 1 - same("tuned", "base"),
+                  "exactly_right": {name: right(name) for name in answers}}))
 """
 
 
 @pytest.mark.parametrize("backend", ["unsloth", "hf"])
 def test_evaluates_fast_path_answers_as_the_plain_path(prepared, backend):
     """On a GPU evaluate generates with the adapter merged, a compiled static cache and the grouped decode
-    attention; its greedy answers (tuned and base) agree with the plain path's (unmerged, dynamic cache, sdpa)
-    on the tiny default trained on either backend. bf16 rounding may flip a near tie: the agreement is
-    reported, and must stay high."""
-    configure(prepared, train={"backend": backend}, evaluate={"max_samples": 40, "max_new_tokens": 24})
+    attention; its greedy answers agree with the plain path's (unmerged, dynamic cache, sdpa) on the tiny
+    default trained on either backend. bf16 rounding flips near ties: the tuned model's answers must agree,
+    the untrained random base's (whose logits are near ties throughout: on the CPU in bf16 the two paths
+    agree on about half of its answers, in float32 on all) are reported, and both paths must score it the
+    same against the references."""
+    # trained until it answers (the fixture's 30 steps leave near ties in the tuned model too)
+    configure(prepared, train={"backend": backend, "max_steps": 400}, evaluate={"max_samples": 40, "max_new_tokens": 24})
     stage(prepared, "train")
     stage(prepared, "preference")  # method none: passes the SFT model on
     result = json.loads(python(prepared, "-c", GENERATION_PATHS).splitlines()[-1])
     print(result)
     assert result["plan"]["adapter_merged"] and result["kv_cache"] == "static"
-    assert result["tuned_agreement"] >= 0.9 and result["base_agreement"] >= 0.9
+    assert result["tuned_agreement"] >= 0.9
+    right = result["exactly_right"]
+    assert right["plain tuned"] >= 10 and abs(right["tuned"] - right["plain tuned"]) <= 2
+    assert right["base"] == right["plain base"]
     assert result["tuned_differs_from_base"] > 0.5
 
 
