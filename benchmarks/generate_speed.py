@@ -19,7 +19,8 @@ practically never stop early). A compiled path is timed twice: the first call in
 model), the second is the steady speed. Each path reports generated tokens/s and the fraction of the
 memory-bandwidth floor at its batch (each decode step must read every weight once: weight bytes / the
 GPU's bandwidth), and against the floor that also counts the KV cache each step reads. `--vision` runs the same on a Qwen3-VL-2B-shape checkpoint with one 448x448 picture per
-prompt (images keep a dynamic cache: `before` vs `evaluate`). Writes benchmarks/results/generate_speed.{json,md}.
+prompt (images keep a dynamic cache; their rows follow the token budget, each picture counted as the processor
+expands it: `before` vs `evaluate`). Writes benchmarks/results/generate_speed.{json,md}.
 
     python benchmarks/generate_speed.py                 # text, every path
     python benchmarks/generate_speed.py --vision        # adds the vision model to the same report
@@ -106,8 +107,7 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     import torch
 
     from slothline.backends import attention
-    from slothline.kinds._generative.generation import Plan, plan
-    from slothline.kinds._generative.tokens import encode
+    from slothline.kinds._generative.generation import Plan, plan, prompt_lengths
 
     if path == "unsloth":
         from unsloth import FastLanguageModel  # first: it patches transformers
@@ -128,7 +128,7 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     prompts, images = (vision_prompts(processor) if vision else (text_prompts(tokenizer), None))
     prompts = prompts if path not in ("before", "unsloth") or vision else prompts[:32]  # the slow paths: 2 batches
     images = images and images[: len(prompts)]
-    lengths = [len(encode(processor, p)) for p in prompts]
+    lengths = prompt_lengths(model, processor, prompts, images=images)
     evaluate_plan = plan(model, lengths, settings("auto"), images is not None)
     longest = max(lengths) + NEW_TOKENS
     how = {"before": Plan(16, "dynamic", longest, merged=False), "unsloth": Plan(16, "dynamic", longest, merged=False),

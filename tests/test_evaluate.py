@@ -361,8 +361,27 @@ def test_generation_plan_follows_the_device_and_the_token_budget(tiny_qwen3):
     assert rows_per_batch(gpu, budget(10_000), longest=400) == 25
     assert rows_per_batch(gpu, budget(10**9), longest=400) == 256
     assert rows_per_batch(gpu, budget(100), longest=400) == 1
-    assert rows_per_batch(gpu, budget(10_000), longest=400, images=True) == 16
     assert rows_per_batch(gpu, evaluating(32, 100), longest=400) == 32
+
+
+def test_loss_batches_hold_their_logits_to_a_budget(tiny_qwen3):
+    """The teacher-forced loss materialises every position's logits: a batch as large as generation's (up to
+    256 rows on a GPU) of a 151,936-token vocabulary would not fit, so its rows follow the logits' size."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from slothline.kinds._generative.generation import LOSS_LOGITS, loss_rows
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    vocab = model.config.vocab_size
+    assert loss_rows(model, evaluating("auto", 12), longest=200) == 16  # the tiny default: generation's rows
+    big = SimpleNamespace(device=SimpleNamespace(type="cuda"), config=SimpleNamespace(
+        get_text_config=lambda decoder: SimpleNamespace(vocab_size=151_936)))
+    budget = evaluating("auto", 100).model_copy(update={"batch_tokens": 10**9})
+    assert loss_rows(big, budget, longest=1000) == LOSS_LOGITS // (1000 * 151_936) == 1
+    assert loss_rows(big, budget, longest=100) == 17 and loss_rows(big, budget, longest=10**6) == 1
+    assert vocab * 200 * 16 < LOSS_LOGITS
 
 
 def test_base_runs_first_and_tuned_comes_first_in_the_results():

@@ -12,7 +12,7 @@ from slothline.kinds import Evaluation, with_base
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
-from slothline.kinds._generative.generation import answer_loss, generation_settings, plan, rows_per_batch
+from slothline.kinds._generative.generation import answer_loss, generation_settings, loss_rows, plan, prompt_lengths
 from slothline.kinds._generative.metrics import loss_metrics, text_metrics
 
 
@@ -125,12 +125,14 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
         print(long_answers_note(too_long, len(rows), settings.max_new_tokens, max(needed)))
 
     longest = max(len(encode(processor, row["text"])) for row in rows)
-    prompt_lengths = [len(encode(processor, row["prompt"], literal_spans(row, "prompt"))) for row in rows]
+    pictures = [images(row) for row in rows] if images and model.device.type == "cuda" else None  # GPU plans count them
+    lengths = prompt_lengths(model, processor, [row["prompt"] for row in rows],
+                             [literal_spans(row, "prompt") for row in rows], pictures)
 
     def run(scored_model):
-        how = plan(scored_model, prompt_lengths, settings, images is not None)
+        how = plan(scored_model, lengths, settings, images is not None)
         answers = answers_of(scored_model, processor, rows, params, how)
-        size = rows_per_batch(scored_model, settings, longest, images is not None)
+        size = loss_rows(scored_model, settings, longest)
         batches = (collate(rows[i : i + size]) for i in range(0, len(rows), size))
         total, count = answer_loss(scored_model, batches, context)
         return answers, how, {**text_metrics(answers, references), **loss_metrics(total, count), "loss_tokens": count,

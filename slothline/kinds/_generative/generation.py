@@ -71,27 +71,39 @@ def plan(model, prompt_lengths: list[int], settings, images: bool = False) -> Pl
     On a GPU: the adapter merged in place (PEFT's merge_adapter; not into 4-bit weights, where merging rounds:
     those keep the unmerged, exact path), a static cache with compiled decode steps (not for 4-bit models,
     which transformers does not compile, nor yet for prompts with images), and as many rows per batch as
-    `evaluate.batch_tokens` holds (rows x (longest prompt + max_new_tokens); auto: the tokens whose KV cache fits
-    in half the free GPU memory), at most 256. On the CPU: `evaluate.batch_size` rows (auto: 16), a dynamic
-    cache, the adapter unmerged: the answers of every earlier release."""
+    `evaluate.batch_tokens` holds (rows x (longest prompt + max_new_tokens), images counted as the processor
+    expands them: see `prompt_lengths`; auto: the tokens whose KV cache fits in half the free GPU memory), at
+    most 256. On the CPU: `evaluate.batch_size` rows (auto: 16), a dynamic cache, the adapter unmerged: the
+    answers of every earlier release."""
     longest = max(prompt_lengths, default=0) + settings.max_new_tokens
     cuda = model.device.type == "cuda"
     quantized = getattr(inner_model(model), "hf_quantizer", None) is not None
-    rows = min(rows_per_batch(model, settings, longest, images), max(1, len(prompt_lengths)))
+    rows = min(rows_per_batch(model, settings, longest), max(1, len(prompt_lengths)))
     static = cuda and not quantized and not images and getattr(inner_model(model), "_can_compile_fullgraph", False)
     return Plan(rows, "static" if static else "dynamic", longest,
                 merged=cuda and not quantized and adapter_active(model))
 
 
-def rows_per_batch(model, settings, longest: int, images: bool = False) -> int:
-    """`evaluate.batch_size`, or for auto: 16 on the CPU (and for prompts with images, whose length the text
-    does not tell), else as many rows of `longest` tokens as `evaluate.batch_tokens` holds, at most 256."""
+def rows_per_batch(model, settings, longest: int) -> int:
+    """`evaluate.batch_size`, or for auto: 16 on the CPU, else as many rows of `longest` tokens as
+    `evaluate.batch_tokens` holds, at most 256."""
     if settings.batch_size != "auto":
         return settings.batch_size
-    if model.device.type != "cuda" or images:
+    if model.device.type != "cuda":
         return 16
     budget = settings.batch_tokens if settings.batch_tokens != "auto" else kv_budget(model)
     return max(1, min(256, budget // max(longest, 1)))
+
+
+LOSS_LOGITS = 2**28  # logits one loss batch may hold: about 1 GiB in float32, 2.5 with cross-entropy's own
+
+
+def loss_rows(model, settings, longest: int) -> int:
+    """Rows per teacher-forced loss batch: generation's rows, fewer where their logits (rows x `longest` x the
+    vocabulary) would pass LOSS_LOGITS (256 rows of 1,000 tokens of Qwen3's 151,936-token vocabulary would be
+    156 GB in float32)."""
+    vocab = inner_model(model).config.get_text_config(decoder=True).vocab_size
+    return max(1, min(rows_per_batch(model, settings, longest), LOSS_LOGITS // max(longest * vocab, 1)))
 
 
 def kv_budget(model) -> int:
@@ -145,7 +157,7 @@ def generate(model, processor, prompts: list[str], settings, chosen: dict | None
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
     literals = literals or [()] * len(prompts)
-    lengths = [len(encode(processor, prompt, spans)) for prompt, spans in zip(prompts, literals)]
+    lengths = prompt_lengths(model, processor, prompts, literals, images)
     how = how or plan(model, lengths, settings, images is not None)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     answers = [""] * len(prompts)
@@ -167,6 +179,18 @@ def generate(model, processor, prompts: list[str], settings, chosen: dict | None
             for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[i] = strip_thinking(THINK_TAGS[0] + text if opens_thinking(prompts[i], text) else text)
     return answers
+
+
+def prompt_lengths(model, processor, prompts: list[str], literals: list | None = None,
+                   images: list[list] | None = None) -> list[int]:
+    """Each prompt's tokens, which order the batches (longest first) and, on a GPU, size them: with images on a
+    GPU, as the processor expands each picture (hundreds of tokens where the text holds one placeholder); else
+    the text's, the order every earlier release generated in."""
+    literals = literals or [()] * len(prompts)
+    if images is None or model.device.type != "cuda":
+        return [len(encode(processor, prompt, spans)) for prompt, spans in zip(prompts, literals)]
+    return [len(processor(text=[prompt], images=pictures or None, add_special_tokens=False)["input_ids"][0])
+            for prompt, pictures in zip(prompts, images)]
 
 
 def until_stop(ids: list[int], stops: list[int]) -> list[int]:

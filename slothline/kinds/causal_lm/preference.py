@@ -246,8 +246,9 @@ def scored_pairs(rows: list[dict]) -> list[tuple[dict, str, str]]:
 def preference_metrics(model, tokenizer, rows: list[dict], settings) -> dict:
     """`preference_accuracy` (the share of pairs whose preferred answer gets the higher log-probability, summed
     over its tokens after the prompt, as DPO scores them) and `preference_margin` (the mean difference, in nats)
-    over the test split's pairs, `evaluate.batch_size` sequences at a time (auto: as many as fit)."""
-    from slothline.kinds._generative.generation import rows_per_batch
+    over the test split's pairs, `evaluate.batch_size` sequences at a time (auto: as many as fit, their
+    logits within generation.LOSS_LOGITS)."""
+    from slothline.kinds._generative.generation import loss_rows
 
     pairs = scored_pairs(rows)
     if not pairs:
@@ -255,7 +256,7 @@ def preference_metrics(model, tokenizer, rows: list[dict], settings) -> dict:
               "and an undesirable answer to the same prompt), so no preference metrics are scored")
         return {"preference_pairs": 0}
     longest = max(len(encode(tokenizer, row["prompt"] + answer)) for row, *answers in pairs for answer in answers)
-    size = max(1, rows_per_batch(model, settings, longest) // 2)
+    size = max(1, loss_rows(model, settings, longest) // 2)  # two sequences a pair, their logits bounded
     margins = []
     for start in range(0, len(pairs), size):
         batch = pairs[start : start + size]
