@@ -54,12 +54,14 @@ def generate_kwargs(chosen: dict) -> dict:
 class Plan:
     """How one model's answers are generated (recorded in metrics/eval.json): `rows` per batch, longest prompts
     first; the KV `cache` ("static": every batch one shape, `cache_length` tokens, the decode steps compiled
-    with CUDA graphs; "dynamic"); and whether the LoRA adapter is merged into the weights while it generates."""
+    with CUDA graphs; "dynamic"); and whether the LoRA adapter is merged into the weights while it generates.
+    `order`: the prompts' indices longest first, as `plan` found them (empty: `generate` measures them)."""
 
     rows: int
     cache: str
     cache_length: int
     merged: bool
+    order: tuple[int, ...] = ()
 
     def describe(self) -> dict:
         return {"batch_rows": self.rows, "kv_cache": self.cache, "adapter_merged": self.merged}
@@ -81,7 +83,11 @@ def plan(model, prompt_lengths: list[int], settings, images: bool = False) -> Pl
     rows = min(rows_per_batch(model, settings, longest), max(1, len(prompt_lengths)))
     static = cuda and not quantized and not images and getattr(inner_model(model), "_can_compile_fullgraph", False)
     return Plan(rows, "static" if static else "dynamic", longest,
-                merged=cuda and not quantized and adapter_active(model))
+                merged=cuda and not quantized and adapter_active(model), order=tuple(longest_first(prompt_lengths)))
+
+
+def longest_first(lengths: list[int]) -> list[int]:
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 def rows_per_batch(model, settings, longest: int) -> int:
@@ -157,9 +163,10 @@ def generate(model, processor, prompts: list[str], settings, chosen: dict | None
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
     literals = literals or [()] * len(prompts)
-    lengths = prompt_lengths(model, processor, prompts, literals, images)
+    lengths = None if how and how.order else prompt_lengths(model, processor, prompts, literals, images)
     how = how or plan(model, lengths, settings, images is not None)
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    order = list(how.order) or longest_first(lengths)  # a plan's own order: its prompts are not measured twice
+    assert len(order) == len(prompts), "generate was handed a plan made for other prompts"
     answers = [""] * len(prompts)
     options = generate_kwargs(chosen or {"do_sample": False, "repetition_penalty": 1.0})
     if how.cache == "static":  # one shape for every batch: a fixed cache length, the last batch filled up
