@@ -95,10 +95,10 @@ def floor_tokens_per_s(model, rows: int, kv_tokens_per_row: float = 0.0) -> floa
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     bandwidth = next((tb for chip, tb in BANDWIDTH_TB_S.items() if chip in name), None)
+    from slothline.kinds._generative.generation import kv_bytes_per_token
+
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    config = model.config.get_text_config(decoder=True)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_bytes = rows * kv_tokens_per_row * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2 * 2
+    kv_bytes = rows * kv_tokens_per_row * kv_bytes_per_token(model)
     return rows / ((weight_bytes + kv_bytes) / (bandwidth * 1e12)) if bandwidth else float("nan")
 
 

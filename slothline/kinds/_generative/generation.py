@@ -114,11 +114,15 @@ def loss_rows(model, settings, longest: int) -> int:
 
 def kv_budget(model) -> int:
     """The tokens whose KV cache fits in half the GPU memory free now."""
+    return int(torch.cuda.mem_get_info(model.device)[0] * 0.5 // kv_bytes_per_token(model))
+
+
+def kv_bytes_per_token(model) -> int:
+    """The bytes of keys and values one cached token takes, over every layer."""
     config = inner_model(model).config.get_text_config(decoder=True)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    per_token = config.num_hidden_layers * kv_heads * head_dim * 2 * inner_model(model).dtype.itemsize
-    return int(torch.cuda.mem_get_info(model.device)[0] * 0.5 // per_token)
+    return config.num_hidden_layers * kv_heads * head_dim * 2 * inner_model(model).dtype.itemsize
 
 
 def inner_model(model):
