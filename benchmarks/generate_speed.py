@@ -24,15 +24,17 @@ expands it: `before` vs `evaluate`). Writes benchmarks/results/generate_speed.{j
 
     python benchmarks/generate_speed.py                 # text, every path
     python benchmarks/generate_speed.py --vision        # adds the vision model to the same report
+    python benchmarks/generate_speed.py --vision-only   # the vision model again, the text model's earlier result kept
     python benchmarks/generate_speed.py --path evaluate # one path here (used internally)
 """
 
 import argparse
+import json
 import random
 import time
 from pathlib import Path
 
-from harness import measure_in_child, print_result, write_results
+from harness import RESULTS, measure_in_child, print_result, write_results
 
 PROMPTS, NEW_TOKENS, SHORTEST, LONGEST = 128, 128, 100, 400
 BANDWIDTH_TB_S = {"H100": 3.35, "H200": 4.8}  # HBM3 (SXM) and HBM3e
@@ -208,6 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", choices=TEXT_PATHS, help="run one path in this process (used internally)")
     parser.add_argument("--vision", action="store_true")
+    parser.add_argument("--vision-only", action="store_true", help="the vision model alone, added to the earlier report")
     parser.add_argument("--checkpoint")
     args = parser.parse_args()
     if args.path:
@@ -220,7 +223,10 @@ def main() -> None:
                           "random bf16 weights with a random LoRA adapter (r=16, all 7 projections); `before` and "
                           "`unsloth` answer the first 32 prompts (two batches of 16)", "models": {}}
     shapes = [("Qwen3-4B shape", Path("/tmp/qwen3-4b-shape"), train_backends.build_checkpoint, TEXT_PATHS, False)]
-    if args.vision:
+    earlier = RESULTS / "generate_speed.json"
+    if args.vision_only and earlier.is_file():
+        report, shapes = json.loads(earlier.read_text()), []
+    if args.vision or args.vision_only:
         shapes.append(("Qwen3-VL-2B shape, one 448x448 picture per prompt", Path("/tmp/qwen3-vl-2b-shape"),
                        vision_backends.build_checkpoint, VISION_PATHS, True))
     for name, checkpoint, build, paths, vision in shapes:
@@ -235,7 +241,7 @@ def main() -> None:
                    for path in compared}
         summary |= {f"{path}_answers_equal_to_before": agreement(runs, path) for path in compared}
         summary |= {"failed": failed} if failed else {}
-        report["models"][name] = {"runs": runs, **summary}
+        report["models"][name] = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs, **summary}
         write_results("generate_speed", report, markdown(report))  # after each model: a later one may not finish
 
 

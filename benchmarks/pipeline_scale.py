@@ -85,7 +85,9 @@ def dvc(project: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
-def run_dag(checkpoint: str, steps: int) -> dict:
+def run_dag(checkpoint: str, steps: int, progress) -> dict:
+    """The DAG stage by stage; `progress(partial)` is called after each stage, so a run cut short keeps what it
+    measured."""
     project = scratch_project(checkpoint, steps)
     probes = project / "stage_probe.jsonl"
     os.environ["STAGE_PROBE_LOG"] = str(probes)
@@ -98,6 +100,7 @@ def run_dag(checkpoint: str, steps: int) -> dict:
                          "outs_gib": round(outs / 2**20, 3),
                          "outs_and_cache_gib": round(disk_kib(project, *OUTS, ".dvc/cache") / 2**20, 3)}
         print(stage, json.dumps(stages[stage]), flush=True)
+        progress({"checkpoint": checkpoint, "train_steps": steps, "stages": stages, "incomplete": True})
     noop = dvc(project, "repro")
     total = sum(s["dvc_repro_s"] for s in stages.values())
     own = sum(s["dvc_own_s"] for s in stages.values())
@@ -160,12 +163,16 @@ def markdown(report: dict) -> str:
     if "dag" not in report:
         return export_markdown(report)
     dag = report["dag"]
-    rows = "\n".join(f"| {name} | {s['seconds']} | {s['dvc_own_s']} | {s['peak_rss_gib']} | {s['peak_gpu_gib']} | "
-                     f"{s['written_gib']} | {s['outs_gib']} | {s['outs_and_cache_gib']} |"
-                     for name, s in dag["stages"].items())
+    table = ("| stage | command s | DVC's own s | peak RSS GiB | peak GPU GiB | written GiB | outs GiB | outs + cache GiB |\n"
+             "|---|---|---|---|---|---|---|---|\n"
+             + "\n".join(f"| {name} | {s['seconds']} | {s['dvc_own_s']} | {s['peak_rss_gib']} | {s['peak_gpu_gib']} | "
+                         f"{s['written_gib']} | {s['outs_gib']} | {s['outs_and_cache_gib']} |"
+                         for name, s in dag["stages"].items()))
+    if dag.get("incomplete"):
+        return (f"# The DAG at real size (cut short after {list(dag['stages'])[-1]})\n\n{dag['checkpoint']}, "
+                f"{dag['train_steps']} train steps, on {report['device']}.\n\n{table}\n" + export_markdown(report))
     text = (f"# The DAG at real size\n\n{dag['checkpoint']}, {dag['train_steps']} train steps, cache.type "
-            f"{dag['cache_type']}, on {report['device']}.\n\n| stage | command s | DVC's own s | peak RSS GiB | "
-            f"peak GPU GiB | written GiB | outs GiB | outs + cache GiB |\n|---|---|---|---|---|---|---|---|\n{rows}\n\n"
+            f"{dag['cache_type']}, on {report['device']}.\n\n{table}\n\n"
             f"- DAG {dag['dag_s']} s, of which DVC's own {dag['dvc_own_s']} s ({dag['dvc_own_fraction']:.1%})\n"
             f"- no-op `dvc repro`: {dag['noop_repro_s']} s\n"
             f"- outs + DVC cache over outs: {dag['disk_outs_and_cache_over_outs']}\n")
@@ -201,7 +208,9 @@ def main() -> None:
             from train_backends import build_checkpoint
 
             build_checkpoint(Path(args.checkpoint))
-        report |= {"device": device, "dag": {**measured, **run_dag(args.checkpoint, args.steps)}}
+        partial = lambda dag: write_results("pipeline_scale", report | {"device": device, "dag": {**measured, **dag}},
+                                            markdown(report | {"device": device, "dag": dag}))
+        report |= {"device": device, "dag": {**measured, **run_dag(args.checkpoint, args.steps, partial)}}
         write_results("pipeline_scale", report, markdown(report))
     if args.export_8b:
         checkpoint = Path("/tmp/qwen3-8b-shape")
