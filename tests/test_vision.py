@@ -653,7 +653,8 @@ def test_vision_default_learns_the_bundled_pictures(dvc_project, tmp_path):
 def test_a_gpu_plan_counts_the_tokens_each_picture_expands_to(processor):
     """Prompt lengths order the batches and, on a GPU, size them by the token budget: there each picture counts
     as the processor expands it (tens to hundreds of tokens for one placeholder, by its size), on the CPU the
-    text alone (the order every earlier release generated in)."""
+    text alone (the order every earlier release generated in). The family's image-token rule counts a picture
+    from its size; for a family without one the processor runs on it."""
     from types import SimpleNamespace
 
     from slothline.kinds._generative.generation import prompt_lengths
@@ -661,9 +662,11 @@ def test_a_gpu_plan_counts_the_tokens_each_picture_expands_to(processor):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     pictures = [[Image.new("RGB", (448, 448), "red")], [Image.new("RGB", (224, 224), "red")]]
-    on = lambda device: SimpleNamespace(device=SimpleNamespace(type=device))
+    on = lambda device, family="qwen3_vl": SimpleNamespace(device=SimpleNamespace(type=device),
+                                                           config=SimpleNamespace(model_type=family))
     text = prompt_lengths(on("cpu"), processor, [prompt] * 2, images=pictures)
     expanded = prompt_lengths(on("cuda"), processor, [prompt] * 2, images=pictures)
     assert text[0] == text[1] == len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert expanded == [len(processor(text=[prompt], images=images)["input_ids"][0]) for images in pictures]
     assert expanded[0] > expanded[1] > text[1] + 10
+    assert prompt_lengths(on("cuda", "a_family_without_a_rule"), processor, [prompt] * 2, images=pictures) == expanded

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from slothline.families import family
 from slothline.kinds._generative.chat import THINK_TAGS, strip_thinking
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, tokenizer_of
@@ -195,13 +196,18 @@ def generate(model, processor, prompts: list[str], settings, chosen: dict | None
 def prompt_lengths(model, processor, prompts: list[str], literals: list | None = None,
                    images: list[list] | None = None) -> list[int]:
     """Each prompt's tokens, which order the batches (longest first) and, on a GPU, size them: with images on a
-    GPU, as the processor expands each picture (hundreds of tokens where the text holds one placeholder); else
-    the text's, the order every earlier release generated in."""
+    GPU, each picture as the processor expands it (hundreds of tokens where the text holds one placeholder),
+    counted from its size by the model family's image-token rule (the processor run on it where the family has
+    none); else the text's, the order every earlier release generated in."""
     literals = literals or [()] * len(prompts)
     if images is None or model.device.type != "cuda":
         return [len(encode(processor, prompt, spans)) for prompt, spans in zip(prompts, literals)]
-    return [len(processor(text=[prompt], images=pictures or None, add_special_tokens=False)["input_ids"][0])
-            for prompt, pictures in zip(prompts, images)]
+    rule = family(getattr(model.config, "model_type", None)).image_tokens
+    if rule is None:
+        return [len(processor(text=[prompt], images=pictures or None, add_special_tokens=False)["input_ids"][0])
+                for prompt, pictures in zip(prompts, images)]
+    return [len(encode(processor, prompt, spans)) + sum(rule(processor, *picture.size) - 1 for picture in pictures or ())
+            for prompt, spans, pictures in zip(prompts, literals, images)]
 
 
 def until_stop(ids: list[int], stops: list[int]) -> list[int]:
