@@ -10,6 +10,8 @@
 #   vision     vision_backends.{json,md}, vision_backends.log
 #              benchmarks/vision_backends.py (Qwen3-VL-2B-shape random checkpoint, 448x448 pictures)
 #   generate   generate_speed.{json,md,log}  benchmarks/generate_speed.py --vision (Qwen3-4B and Qwen3-VL-2B shapes)
+#   generate-vision  generate_speed_vision.log, the vision model's rows of generate_speed.{json,md} again
+#              (benchmarks/generate_speed.py --vision-only; the text model's earlier result kept)
 #   classifier classifier_gpu_tests.log, classifier_backends.{json,md}, classifier_backends.log
 #              pytest -m gpu tests/test_classifier.py (the classifier default on unsloth, LoRA and full),
 #              then benchmarks/classifier_backends.py (ModernBERT-base-shape random checkpoint)
@@ -58,6 +60,7 @@ for part in "${parts[@]}"; do
       done ;;
     vision) python3 benchmarks/vision_backends.py 2>&1 | tee "$results/vision_backends.log" ;;
     generate) python3 benchmarks/generate_speed.py --vision 2>&1 | tee "$results/generate_speed.log" ;;
+    generate-vision) python3 benchmarks/generate_speed.py --vision-only 2>&1 | tee "$results/generate_speed_vision.log" ;;
     classifier)
       python3 -m pytest -m gpu tests/test_classifier.py -v -s -p no:cacheprovider 2>&1 | tee "$results/classifier_gpu_tests.log"
       python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
@@ -76,7 +79,7 @@ for part in "${parts[@]}"; do
        python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
        cp metrics/train.json "$results/gpu_dvc_exp_2gpus_train.json")
       rm -rf "$scratch" ;;
-    *) echo "unknown part $part (tests, train, vision, classifier, generate, dvc, dvc-vision, dvc-classifier, scale, export-8b, preference, dvc-dpo, multigpu)" >&2
+    *) echo "unknown part $part (tests, train, vision, classifier, generate, generate-vision, dvc, dvc-vision, dvc-classifier, scale, export-8b, preference, dvc-dpo, multigpu)" >&2
        exit 2 ;;
   esac
 done

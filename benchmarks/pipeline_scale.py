@@ -3,8 +3,8 @@
 In a scratch copy of this checkout (git + DVC, the project's .dvc/config and its cache types), with params
 for a short run at the checkpoint's size (a few hundred rows, a few dozen steps, f16 + q8_0 GGUF export),
 each stage runs as `dvc repro -s <stage>` with its command wrapped by benchmarks/stage_probe.py. Per stage:
-wall time of the stage command, peak host RSS, peak GPU memory, bytes written; DVC's own time (the
-`dvc repro -s` call minus its command); and after it, the disk the outs take and the disk outs and DVC
+wall time of the stage command, peak host RSS (and the anonymous part of it), peak GPU memory, bytes
+written; DVC's own time (the `dvc repro -s` call minus its command); and after it, the disk the outs take and the disk outs and DVC
 cache take together (hard links counted once). Then a no-op `dvc repro`. `--export-8b` adds the export
 alone on a Qwen3-8B-shape checkpoint (f16 and q8_0): its peak host RSS against its largest tensor.
 Writes benchmarks/results/pipeline_scale.{json,md}.
@@ -143,19 +143,40 @@ def export_alone(checkpoint_dir: Path) -> dict:
             "target_gib": round(1.5 + 3 * largest / 2**30, 2), "runs": runs}
 
 
-def build_8b(out_dir: Path) -> None:
-    """A random Qwen3-8B-shape checkpoint in bf16, in 5 GB shards, with the builtin tokenizer. Built on the CPU,
-    so that it leaves the GPU to whatever runs beside it."""
+def build_8b(out_dir: Path, shape: dict = QWEN3_8B_SHAPE) -> None:
+    """A random Qwen3-8B-shape checkpoint in bf16, in 5 GB shards as save_pretrained names them, with the
+    builtin tokenizer. Written tensor by tensor on the CPU (a shard in memory at a time, not the model), so it
+    builds on a host with less memory than the model and leaves the GPU to whatever runs beside it."""
     import torch
+    from safetensors.torch import save_file
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from slothline.builtin import build_byte_tokenizer
 
     tokenizer = build_byte_tokenizer()
-    config = Qwen3Config(**QWEN3_8B_SHAPE, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.set_default_dtype(torch.bfloat16)
-    model = Qwen3ForCausalLM(config)
-    model.save_pretrained(out_dir, max_shard_size="5GB")
+    config = Qwen3Config(**shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         dtype="bfloat16")
+    with torch.device("meta"):
+        shapes = {name: tensor.shape for name, tensor in Qwen3ForCausalLM(config).state_dict().items()}
+    shards, shard, size = [], {}, 0
+    for name, tensor_shape in shapes.items():
+        if shard and size + 2 * math.prod(tensor_shape) > 5e9:
+            shards.append(shard)
+            shard, size = {}, 0
+        shard[name], size = tensor_shape, size + 2 * math.prod(tensor_shape)
+    shards.append(shard)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    weight_map = {}
+    for index, names in enumerate(shards, 1):
+        file = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file({name: (torch.randn(names[name]) * 0.02).to(torch.bfloat16) for name in names}, out_dir / file,
+                  metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(names, file)
+    total = sum(2 * math.prod(tensor_shape) for tensor_shape in shapes.values())
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                      "weight_map": weight_map}, indent=2))
+    config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 
@@ -163,9 +184,10 @@ def markdown(report: dict) -> str:
     if "dag" not in report:
         return export_markdown(report)
     dag = report["dag"]
-    table = ("| stage | command s | DVC's own s | peak RSS GiB | peak GPU GiB | written GiB | outs GiB | outs + cache GiB |\n"
-             "|---|---|---|---|---|---|---|---|\n"
-             + "\n".join(f"| {name} | {s['seconds']} | {s['dvc_own_s']} | {s['peak_rss_gib']} | {s['peak_gpu_gib']} | "
+    table = ("| stage | command s | DVC's own s | peak RSS GiB | of it anonymous GiB | peak GPU GiB | written GiB | outs GiB | "
+             "outs + cache GiB |\n|---|---|---|---|---|---|---|---|---|\n"
+             + "\n".join(f"| {name} | {s['seconds']} | {s['dvc_own_s']} | {s['peak_rss_gib']} | "
+                         f"{s.get('peak_anon_rss_gib', 'not measured')} | {s['peak_gpu_gib']} | "
                          f"{s['written_gib']} | {s['outs_gib']} | {s['outs_and_cache_gib']} |"
                          for name, s in dag["stages"].items()))
     if dag.get("incomplete"):

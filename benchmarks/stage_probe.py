@@ -1,6 +1,10 @@
 """Run one stage module as DVC would (`python -m stages.<name>`) and record what it cost: wall time, peak host
 RSS, peak GPU memory and the bytes the process wrote, appended as one JSON line to $STAGE_PROBE_LOG.
 
+Peak RSS counts the pages of memory-mapped files the process touched (safetensors checkpoints are read, and
+Unsloth's merge writes its shards, through mmap): page cache the kernel can reclaim. Peak anonymous RSS,
+sampled every 0.1 s, is the memory the process itself holds.
+
     python benchmarks/stage_probe.py stages.train      # what benchmarks/pipeline_scale.py puts in dvc.yaml
 """
 
@@ -9,6 +13,7 @@ import os
 import resource
 import runpy
 import sys
+import threading
 import time
 
 
@@ -18,12 +23,28 @@ def written_bytes() -> int:
         return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
 
 
+def anonymous_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:"))
+
+
+def sample_peak(read, peak: list[int], interval: float = 0.1) -> None:
+    """Keep peak[0] at the largest value read() returned, in a daemon thread."""
+    def loop():
+        while True:
+            peak[0] = max(peak[0], read())
+            time.sleep(interval)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
 def main() -> None:
     module = sys.argv[1]
     sys.argv = [module]
     sys.path.insert(0, os.getcwd())
     start, written = time.perf_counter(), written_bytes()
-    status = 0
+    status, anonymous = 0, [0]
+    sample_peak(anonymous_rss_kib, anonymous)
     try:
         runpy.run_module(module, run_name="__main__")
     except SystemExit as exit_:
@@ -36,7 +57,8 @@ def main() -> None:
             gpu = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     record = {"stage": module.removeprefix("stages."), "seconds": round(time.perf_counter() - start, 2),
               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-              "peak_gpu_gib": gpu, "written_gib": round((written_bytes() - written) / 2**30, 3), "status": status}
+              "peak_anon_rss_gib": round(max(anonymous[0], anonymous_rss_kib()) / 2**20, 2), "peak_gpu_gib": gpu,
+              "written_gib": round((written_bytes() - written) / 2**30, 3), "status": status}
     with open(os.environ["STAGE_PROBE_LOG"], "a") as log:
         log.write(json.dumps(record) + "\n")
     sys.exit(status)
