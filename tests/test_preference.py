@@ -20,6 +20,9 @@ GOOD, BAD = "A lime is green!", "A lime is green."
     {"prompt": [USER], "chosen": [{"role": "assistant", "content": GOOD}],
      "rejected": [{"role": "assistant", "content": BAD}]},
     {"chosen": [USER, {"role": "assistant", "content": GOOD}], "rejected": [USER, {"role": "assistant", "content": BAD}]},
+    # HuggingFaceH4/ultrafeedback_binarized: a prompt string, and answers that repeat it as their first turn
+    {"prompt": USER["content"], "chosen": [USER, {"role": "assistant", "content": GOOD}],
+     "rejected": [USER, {"role": "assistant", "content": BAD}]},
 ])
 def test_the_paired_layouts_of_preference_datasets_give_one_record(row):
     assert paired(row) == {"messages": [USER], "chosen": GOOD, "rejected": BAD}
@@ -37,7 +40,10 @@ def test_a_system_turn_stays_in_the_prompt_and_kto_labels_are_booleans():
     ({"prompt": [USER, {"role": "assistant", "content": "x"}], "chosen": GOOD, "rejected": BAD},
      "'prompt' ends with a assistant turn"),
     ({"prompt": "Hi", "chosen": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}],
-      "rejected": BAD}, "'chosen' must be the answer: a string or one assistant message, got 2 turns"),
+      "rejected": BAD}, "'chosen' must be the answer: a string, one assistant message, or the prompt's turns followed "
+                        "by one assistant message; got 2 turns"),
+    ({"prompt": "Hi", "chosen": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": GOOD}],
+      "rejected": BAD}, "the prompt's turns followed by one assistant message; got 2 turns"),  # not this prompt
     ({"chosen": [USER, {"role": "assistant", "content": GOOD}],
       "rejected": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": BAD}]},
      "share every turn up to the last user turn"),

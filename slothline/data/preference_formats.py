@@ -2,8 +2,9 @@
 
 - `preference` (paired): {"prompt", "chosen", "rejected"}. Each field is text or OpenAI-style messages, as in
   TRL's preference datasets: a prompt string or a conversation ending with a user turn, answers as a string or
-  one assistant message. Without `prompt` (binarized feedback sets such as UltraFeedback), `chosen` and
-  `rejected` are whole conversations whose shared opening is the prompt.
+  one assistant message. Without `prompt` (binarized feedback sets such as trl-lib/ultrafeedback_binarized),
+  `chosen` and `rejected` are whole conversations whose shared opening is the prompt; with it, they may be
+  too (HuggingFaceH4/ultrafeedback_binarized: the prompt's turns, then the answer).
 - `kto` (unpaired): {"prompt", "completion", "label"}: one answer, labelled desirable (true) or not (false).
 
 Each converter returns {"messages": the prompt's turns (ending with a user turn), ...the answers as text} or
@@ -30,7 +31,8 @@ def paired(row: dict) -> dict:
                            "to the last user turn and differ only in the one assistant answer after it")
         record = {"messages": chosen[:shared], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}
     else:
-        record = {"messages": prompt_turns(row), "chosen": answer(row, "chosen"), "rejected": answer(row, "rejected")}
+        prompt = prompt_turns(row)
+        record = {"messages": prompt, "chosen": answer(row, "chosen", prompt), "rejected": answer(row, "rejected", prompt)}
     if record["chosen"].strip() == record["rejected"].strip():
         raise RowError("'chosen' and 'rejected' are the same answer, so the pair prefers nothing; drop the row")
     return record
@@ -41,7 +43,8 @@ def unpaired(row: dict) -> dict:
     if row.get("label") not in LABELS or isinstance(row.get("label"), float):
         raise RowError(f"field 'label' must be true (a desirable answer) or false (an undesirable one), got "
                        f"{row.get('label')!r}")
-    return {"messages": prompt_turns(row), "completion": answer(row, "completion"), "label": LABELS[row["label"]]}
+    prompt = prompt_turns(row)
+    return {"messages": prompt, "completion": answer(row, "completion", prompt), "label": LABELS[row["label"]]}
 
 
 def prompt_turns(row: dict) -> list[dict]:
@@ -57,15 +60,18 @@ def prompt_turns(row: dict) -> list[dict]:
     return turns
 
 
-def answer(row: dict, field: str) -> str:
-    """An answer field: text, or a list holding one assistant message."""
+def answer(row: dict, field: str, prompt: list[dict]) -> str:
+    """An answer field: text, one assistant message, or the prompt's turns followed by one assistant message."""
     value = row.get(field)
     if isinstance(value, str):
         return required_text(row, field)
     turns = conversation(row, field)
+    same = lambda a, b: a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
+    if len(turns) == len(prompt) + 1 and all(map(same, turns, prompt)):
+        turns = turns[-1:]
     if len(turns) != 1 or turns[0]["role"] != "assistant":
-        raise RowError(f"'{field}' must be the answer: a string or one assistant message, got "
-                       f"{len(turns)} turns ({', '.join(t['role'] for t in turns)})")
+        raise RowError(f"'{field}' must be the answer: a string, one assistant message, or the prompt's turns followed "
+                       f"by one assistant message; got {len(turns)} turns ({', '.join(t['role'] for t in turns)})")
     return turns[0]["content"]
 
 
