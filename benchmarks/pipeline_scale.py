@@ -125,10 +125,12 @@ def export_alone(checkpoint_dir: Path) -> dict:
     for shard in checkpoint_dir.glob("*.safetensors"):
         with safe_open(shard, "pt") as f:
             largest = max([largest, *(2 * math.prod(f.get_slice(n).get_shape()) for n in f.keys())])
-    code = ("import json, resource, sys, time; from pathlib import Path; from slothline.export.gguf import write_gguf;"
+    # peak RSS as VmHWM: getrusage's ru_maxrss of a started process includes its parent's RSS (Linux carries it
+    # over the exec), here the 8B checkpoint this process built
+    code = ("import json, sys, time; from pathlib import Path; from slothline.export.gguf import write_gguf;"
             "start = time.perf_counter(); write_gguf(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]);"
-            "print(json.dumps({'seconds': round(time.perf_counter() - start, 1),"
-            " 'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))")
+            "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'));"
+            "print(json.dumps({'seconds': round(time.perf_counter() - start, 1), 'peak_rss_gib': round(hwm / 2**20, 2)}))")
     runs = {}
     for quantization in ("f16", "q8_0"):
         out = checkpoint_dir.parent / f"export-{quantization}.gguf"

@@ -10,7 +10,6 @@ sampled every 0.1 s, is the memory the process itself holds.
 
 import json
 import os
-import resource
 import runpy
 import sys
 import threading
@@ -23,9 +22,11 @@ def written_bytes() -> int:
         return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
 
 
-def anonymous_rss_kib() -> int:
+def status_kib(field: str) -> int:
+    """A memory field of /proc/self/status, in KiB (VmHWM: peak RSS of this process alone, where getrusage's
+    ru_maxrss also counts the RSS of the parent that started it)."""
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:"))
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
 def sample_peak(read, peak: list[int], interval: float = 0.1) -> None:
@@ -44,7 +45,7 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     start, written = time.perf_counter(), written_bytes()
     status, anonymous = 0, [0]
-    sample_peak(anonymous_rss_kib, anonymous)
+    sample_peak(lambda: status_kib("RssAnon"), anonymous)
     try:
         runpy.run_module(module, run_name="__main__")
     except SystemExit as exit_:
@@ -56,8 +57,8 @@ def main() -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             gpu = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     record = {"stage": module.removeprefix("stages."), "seconds": round(time.perf_counter() - start, 2),
-              "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-              "peak_anon_rss_gib": round(max(anonymous[0], anonymous_rss_kib()) / 2**20, 2), "peak_gpu_gib": gpu,
+              "peak_rss_gib": round(status_kib("VmHWM") / 2**20, 2),
+              "peak_anon_rss_gib": round(max(anonymous[0], status_kib("RssAnon")) / 2**20, 2), "peak_gpu_gib": gpu,
               "written_gib": round((written_bytes() - written) / 2**30, 3), "status": status}
     with open(os.environ["STAGE_PROBE_LOG"], "a") as log:
         log.write(json.dumps(record) + "\n")
