@@ -224,8 +224,8 @@ def main() -> None:
                           "`unsloth` answer the first 32 prompts (two batches of 16)", "models": {}}
     shapes = [("Qwen3-4B shape", Path("/tmp/qwen3-4b-shape"), train_backends.build_checkpoint, TEXT_PATHS, False)]
     earlier = RESULTS / "generate_speed.json"
-    if args.vision_only and earlier.is_file():
-        report, shapes = json.loads(earlier.read_text()), []
+    if args.vision_only:
+        report, shapes = json.loads(earlier.read_text()) if earlier.is_file() else report, []
     if args.vision or args.vision_only:
         shapes.append(("Qwen3-VL-2B shape, one 448x448 picture per prompt", Path("/tmp/qwen3-vl-2b-shape"),
                        vision_backends.build_checkpoint, VISION_PATHS, True))

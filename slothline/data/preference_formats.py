@@ -67,12 +67,10 @@ def answer(row: dict, field: str, prompt: list[dict]) -> str:
         return required_text(row, field)
     turns = conversation(row, field)
     same = lambda a, b: a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
-    if len(turns) == len(prompt) + 1 and all(map(same, turns, prompt)):
-        turns = turns[-1:]
-    if len(turns) != 1 or turns[0]["role"] != "assistant":
-        raise RowError(f"'{field}' must be the answer: a string, one assistant message, or the prompt's turns followed "
-                       f"by one assistant message; got {len(turns)} turns ({', '.join(t['role'] for t in turns)})")
-    return turns[0]["content"]
+    if turns[-1]["role"] == "assistant" and len(turns) - 1 in (0, len(prompt)) and all(map(same, turns[:-1], prompt)):
+        return turns[-1]["content"]
+    raise RowError(f"'{field}' must be the answer: a string, one assistant message, or the prompt's turns followed "
+                   f"by one assistant message; got {len(turns)} turns ({', '.join(t['role'] for t in turns)})")
 
 
 def conversation(row: dict, field: str) -> list[dict]:
