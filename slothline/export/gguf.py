@@ -248,7 +248,8 @@ def converted(shard: Path, hf_name: str, shape: tuple, kind, rotary_heads: int |
 
     def rows(start: int | None = None, stop: int | None = None) -> np.ndarray:
         with safe_open(shard, "pt") as f:
-            return f.get_slice(hf_name)[start:stop].float().numpy() + np.float32(shift)
+            block = f.get_slice(hf_name)[start:stop].float().numpy()
+        return block + np.float32(shift) if shift else block  # a shifted copy only where there is a shift
 
     if rotary_heads:
         return encode_rows(permute_rotary(rows(), rotary_heads), kind)
