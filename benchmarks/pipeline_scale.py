@@ -128,9 +128,10 @@ def export_alone(checkpoint_dir: Path) -> dict:
     # peak RSS as VmHWM: getrusage's ru_maxrss of a started process includes its parent's RSS (Linux carries it
     # over the exec), here the 8B checkpoint this process built
     code = ("import json, sys, time; from pathlib import Path; from slothline.export.gguf import write_gguf;"
+            "from benchmarks.stage_probe import status_kib;"
             "start = time.perf_counter(); write_gguf(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]);"
-            "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'));"
-            "print(json.dumps({'seconds': round(time.perf_counter() - start, 1), 'peak_rss_gib': round(hwm / 2**20, 2)}))")
+            "print(json.dumps({'seconds': round(time.perf_counter() - start, 1),"
+            " 'peak_rss_gib': round(status_kib('VmHWM') / 2**20, 2)}))")
     runs = {}
     for quantization in ("f16", "q8_0"):
         out = checkpoint_dir.parent / f"export-{quantization}.gguf"

@@ -670,3 +670,4 @@ def test_a_gpu_plan_counts_the_tokens_each_picture_expands_to(processor):
     assert expanded == [len(processor(text=[prompt], images=images)["input_ids"][0]) for images in pictures]
     assert expanded[0] > expanded[1] > text[1] + 10
     assert prompt_lengths(on("cuda", "a_family_without_a_rule"), processor, [prompt] * 2, images=pictures) == expanded
+    assert prompt_lengths(on("cuda"), processor, [prompt] * 2, images=iter(pictures)) == expanded  # read row by row

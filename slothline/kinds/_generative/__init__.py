@@ -125,7 +125,8 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
         print(long_answers_note(too_long, len(rows), settings.max_new_tokens, max(needed)))
 
     longest = max(len(encode(processor, row["text"])) for row in rows)
-    pictures = [images(row) for row in rows] if images and model.device.type == "cuda" else None  # GPU plans count them
+    # GPU plans count each row's pictures, read one row at a time (not every test picture held at once)
+    pictures = (images(row) for row in rows) if images and model.device.type == "cuda" else None
     lengths = prompt_lengths(model, processor, [row["prompt"] for row in rows],
                              [literal_spans(row, "prompt") for row in rows], pictures)
 

@@ -1,6 +1,7 @@
 """Batched generation (left padding; on a GPU a compiled static KV cache and the adapter merged in place) and
 the teacher-forced loss on answers, for evaluate."""
 
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -194,7 +195,7 @@ def generate(model, processor, prompts: list[str], settings, chosen: dict | None
 
 
 def prompt_lengths(model, processor, prompts: list[str], literals: list | None = None,
-                   images: list[list] | None = None) -> list[int]:
+                   images: Iterable[list] | None = None) -> list[int]:
     """Each prompt's tokens, which order the batches (longest first) and, on a GPU, size them: with images on a
     GPU, each picture as the processor expands it (hundreds of tokens where the text holds one placeholder),
     counted from its size by the model family's image-token rule (the processor run on it where the family has
