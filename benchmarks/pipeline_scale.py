@@ -2,10 +2,12 @@
 
 In a scratch copy of this checkout (git + DVC, the project's .dvc/config and its cache types), with params
 for a short run at the checkpoint's size (a few hundred rows, a few dozen steps, f16 + q8_0 GGUF export),
-each stage runs as `dvc repro -s <stage>` with its command wrapped by benchmarks/stage_probe.py. Per stage:
-wall time of the stage command, peak host RSS (and the anonymous part of it), peak GPU memory, bytes
-written; DVC's own time (the `dvc repro -s` call minus its command); and after it, the disk the outs take and the disk outs and DVC
-cache take together (hard links counted once). Then a no-op `dvc repro`. `--export-8b` adds the export
+one `dvc repro` runs the DAG as a user does, each stage's command wrapped by benchmarks/stage_probe.py. Per
+stage: wall time of the stage command, peak host RSS (and the anonymous part of it), peak GPU memory, bytes
+written; DVC's own time after it (its command's end to the next command's start: hashing and committing its
+outs); and once DVC committed it, the disk the outs take and the disk outs and DVC cache take together (hard
+links counted once). DVC's own time in all is `dvc repro`'s wall time minus the stage commands; against it, how
+long md5 (DVC's hash) of all the outs takes on one core of the host. Then a no-op `dvc repro`. `--export-8b` adds the export
 alone on a Qwen3-8B-shape checkpoint (f16 and q8_0): its peak host RSS against its largest tensor.
 Writes benchmarks/results/pipeline_scale.{json,md}.
 
@@ -16,6 +18,7 @@ Writes benchmarks/results/pipeline_scale.{json,md}.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -23,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +35,6 @@ import yaml
 from harness import RESULTS, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("check_params", "prepare", "train", "preference", "evaluate", "merge", "export", "push")
 OUTS = ("data/prepared", "models", "metrics", "dvclive")
 QWEN3_8B_SHAPE = dict(hidden_size=4096, num_hidden_layers=36, intermediate_size=12288, num_attention_heads=32,
                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=False,
@@ -85,36 +88,83 @@ def dvc(project: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
+def watch_disk(project: Path, probes: Path, disk: dict, stop: threading.Event) -> None:
+    """While `dvc repro` runs: when a stage's command starts, DVC has committed the stage before it, so record
+    the disk its outs and the cache take (disk[stage] = (outs KiB, outs + cache KiB))."""
+    while not stop.wait(0.2):
+        started = [r["stage"] for r in map(json.loads, probes.read_text().splitlines()) if "seconds" not in r] \
+            if probes.exists() else []
+        for before in started[:-1]:
+            if before not in disk:
+                disk[before] = (disk_kib(project, *OUTS), disk_kib(project, *OUTS, ".dvc/cache"))
+
+
 def run_dag(checkpoint: str, steps: int, progress) -> dict:
-    """The DAG stage by stage; `progress(partial)` is called after each stage, so a run cut short keeps what it
-    measured."""
+    """The DAG as a user runs it, one `dvc repro`; `progress(partial)` is called as stages end, so a run cut short
+    keeps what it measured. DVC's own time after a stage is the gap between its command's end and the next
+    command's start (or the end of `dvc repro`): hashing and committing its outs, then checking the next stage."""
     project = scratch_project(checkpoint, steps)
     probes = project / "stage_probe.jsonl"
     os.environ["STAGE_PROBE_LOG"] = str(probes)
-    stages = {}
-    for stage in STAGES:
-        seconds = dvc(project, "repro", "-s", stage)
-        probe = json.loads(probes.read_text().splitlines()[-1])
-        outs = disk_kib(project, *OUTS)
-        stages[stage] = {**probe, "dvc_repro_s": round(seconds, 2), "dvc_own_s": round(seconds - probe["seconds"], 2),
-                         "outs_gib": round(outs / 2**20, 3),
-                         "outs_and_cache_gib": round(disk_kib(project, *OUTS, ".dvc/cache") / 2**20, 3)}
-        print(stage, json.dumps(stages[stage]), flush=True)
-        progress({"checkpoint": checkpoint, "train_steps": steps, "stages": stages, "incomplete": True})
+    disk, stop = {}, threading.Event()
+    threading.Thread(target=watch_disk, args=(project, probes, disk, stop), daemon=True).start()
+    started_at = time.time()
+    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    reported = 0
+    for _ in repro.stdout:  # DVC's log, read so it never blocks on a full pipe; progress as stages end
+        ended = [r for r in map(json.loads, probes.read_text().splitlines()) if "seconds" in r] if probes.exists() else []
+        if len(ended) > reported:
+            reported = len(ended)
+            progress({"checkpoint": checkpoint, "train_steps": steps, "incomplete": True,
+                      "stages": stage_table(ended, disk, None)})
+    ended_at = time.time()
+    stop.set()
+    records = [r for r in map(json.loads, probes.read_text().splitlines()) if "seconds" in r]
+    if repro.wait() != 0 or any(r["status"] for r in records):
+        sys.exit(f"dvc repro failed after {[r['stage'] for r in records]}")
+    disk[records[-1]["stage"]] = (disk_kib(project, *OUTS), disk_kib(project, *OUTS, ".dvc/cache"))
+    stages = stage_table(records, disk, ended_at)
     noop = dvc(project, "repro")
-    total = sum(s["dvc_repro_s"] for s in stages.values())
-    own = sum(s["dvc_own_s"] for s in stages.values())
-    last = stages[STAGES[-1]]
+    total = ended_at - started_at
+    own = total - sum(r["seconds"] for r in records)
+    last = stages[records[-1]["stage"]]
     cache_type = subprocess.run([sys.executable, "-m", "dvc", "config", "cache.type"], cwd=project,
                                 capture_output=True, text=True).stdout.strip()
+    md5_s_per_gib = md5_seconds_per_gib(max((f for f in (project / "models").rglob("*") if f.is_file()),
+                                            key=lambda f: f.stat().st_size))
     result = {"checkpoint": checkpoint, "train_steps": steps, "cache_type": cache_type, "stages": stages,
-              "dag_s": round(total, 1), "dvc_own_s": round(own, 1), "dvc_own_fraction": round(own / total, 3),
-              "noop_repro_s": round(noop, 2),
+              "dag_s": round(total, 1), "dvc_start_s": round(records[0]["started_at"] - started_at, 2),
+              "dvc_own_s": round(own, 1), "dvc_own_fraction": round(own / total, 3), "noop_repro_s": round(noop, 2),
+              "md5_s_per_gib": round(md5_s_per_gib, 2), "md5_floor_s": round(md5_s_per_gib * last["outs_gib"], 1),
               "disk_outs_and_cache_over_outs": round(last["outs_and_cache_gib"] / max(last["outs_gib"], 1e-9), 3),
               "eval": json.loads((project / "metrics/eval.json").read_text()).get("settings"),
               "export": json.loads((project / "metrics/export.json").read_text())}
     shutil.rmtree(project)
     return result
+
+
+def md5_seconds_per_gib(path: Path) -> float:
+    """Seconds per GiB that md5 takes on one core of this host (hashlib over 1 MiB reads, as DVC hashes outs), on
+    a file just written (in page cache, as DVC finds its outs)."""
+    digest, start = hashlib.md5(), time.perf_counter()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return (time.perf_counter() - start) / (path.stat().st_size / 2**30)
+
+
+def stage_table(records: list[dict], disk: dict, ended_at: float | None) -> dict:
+    """Per stage: its probe record, DVC's own seconds after it, and the disk after DVC committed it (where known)."""
+    stages = {}
+    for record, after in zip(records, [*(r["started_at"] for r in records[1:]), ended_at]):
+        outs, with_cache = disk.get(record["stage"], (None, None))
+        stages[record["stage"]] = {
+            **{k: v for k, v in record.items() if k not in ("stage", "started_at", "ended_at")},
+            "dvc_own_s": None if after is None else round(after - record["ended_at"], 2),
+            "outs_gib": None if outs is None else round(outs / 2**20, 3),
+            "outs_and_cache_gib": None if with_cache is None else round(with_cache / 2**20, 3)}
+    return stages
 
 
 def export_alone(checkpoint_dir: Path) -> dict:
@@ -187,7 +237,7 @@ def markdown(report: dict) -> str:
     if "dag" not in report:
         return export_markdown(report)
     dag = report["dag"]
-    table = ("| stage | command s | DVC's own s | peak RSS GiB | of it anonymous GiB | peak GPU GiB | written GiB | outs GiB | "
+    table = ("| stage | command s | DVC's own s after it | peak RSS GiB | of it anonymous GiB | peak GPU GiB | written GiB | outs GiB | "
              "outs + cache GiB |\n|---|---|---|---|---|---|---|---|---|\n"
              + "\n".join(f"| {name} | {s['seconds']} | {s['dvc_own_s']} | {s['peak_rss_gib']} | "
                          f"{s.get('peak_anon_rss_gib', 'not measured')} | {s['peak_gpu_gib']} | "
@@ -198,7 +248,10 @@ def markdown(report: dict) -> str:
                 f"{dag['train_steps']} train steps, on {report['device']}.\n\n{table}\n" + export_markdown(report))
     text = (f"# The DAG at real size\n\n{dag['checkpoint']}, {dag['train_steps']} train steps, cache.type "
             f"{dag['cache_type']}, on {report['device']}.\n\n{table}\n\n"
-            f"- DAG {dag['dag_s']} s, of which DVC's own {dag['dvc_own_s']} s ({dag['dvc_own_fraction']:.1%})\n"
+            f"- DAG {dag['dag_s']} s (one `dvc repro`), of which DVC's own {dag['dvc_own_s']} s "
+            f"({dag['dvc_own_fraction']:.1%}; {dag['dvc_start_s']} s of it before the first stage)\n"
+            f"- md5 of every out byte on one core of this host ({dag['md5_s_per_gib']} s/GiB): "
+            f"{dag['md5_floor_s']} s (DVC hashes several files of an out at once, one file on one core)\n"
             f"- no-op `dvc repro`: {dag['noop_repro_s']} s\n"
             f"- outs + DVC cache over outs: {dag['disk_outs_and_cache_over_outs']}\n")
     return text + export_markdown(report)

@@ -1,5 +1,6 @@
-"""Run one stage module as DVC would (`python -m stages.<name>`) and record what it cost: wall time, peak host
-RSS, peak GPU memory and the bytes the process wrote, appended as one JSON line to $STAGE_PROBE_LOG.
+"""Run one stage module as DVC would (`python -m stages.<name>`) and record what it cost: wall time (and when it
+started and ended), peak host RSS, peak GPU memory and the bytes the process wrote, appended as JSON lines to
+$STAGE_PROBE_LOG: {"stage", "started_at"} as it starts, the whole record as it ends.
 
 Peak RSS counts the pages of memory-mapped files the process touched (safetensors checkpoints are read, and
 Unsloth's merge writes its shards, through mmap): page cache the kernel can reclaim. Peak anonymous RSS,
@@ -43,6 +44,8 @@ def main() -> None:
     module = sys.argv[1]
     sys.argv = [module]
     sys.path.insert(0, os.getcwd())
+    started_at = time.time()
+    log_line({"stage": module.removeprefix("stages."), "started_at": started_at})
     start, written = time.perf_counter(), written_bytes()
     status, anonymous = 0, [0]
     sample_peak(lambda: status_kib("RssAnon"), anonymous)
@@ -57,12 +60,17 @@ def main() -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             gpu = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     record = {"stage": module.removeprefix("stages."), "seconds": round(time.perf_counter() - start, 2),
+              "started_at": started_at, "ended_at": time.time(),
               "peak_rss_gib": round(status_kib("VmHWM") / 2**20, 2),
               "peak_anon_rss_gib": round(max(anonymous[0], status_kib("RssAnon")) / 2**20, 2), "peak_gpu_gib": gpu,
               "written_gib": round((written_bytes() - written) / 2**30, 3), "status": status}
+    log_line(record)
+    sys.exit(status)
+
+
+def log_line(record: dict) -> None:
     with open(os.environ["STAGE_PROBE_LOG"], "a") as log:
         log.write(json.dumps(record) + "\n")
-    sys.exit(status)
 
 
 if __name__ == "__main__":

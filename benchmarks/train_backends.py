@@ -58,8 +58,8 @@ def build_checkpoint(out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def chat_rows(tokenizer, fixed_length: bool) -> list[dict]:
-    """Chats of 64..2048 tokens (or all of about 2048), the same rows for every backend."""
+def chat_rows(tokenizer, row_tokens: int | None) -> list[dict]:
+    """Chats of 64..2048 tokens (or all of about `row_tokens`), the same rows for every backend."""
     rng = random.Random(0)
     words = ["alpha", "beta", "gamma", "delta", "sloth", "lora", "tensor", "graph", "cache", "token"]
     cost = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
@@ -73,22 +73,25 @@ def chat_rows(tokenizer, fixed_length: bool) -> list[dict]:
 
     rows = []
     for _ in range(ROWS):
-        budget = MAX_LEN - 64 if fixed_length else rng.randint(64, MAX_LEN - 64)
+        budget = row_tokens - 64 if row_tokens else rng.randint(64, MAX_LEN - 64)
         messages = [{"role": "user", "content": text(budget // 2)}, {"role": "assistant", "content": text(budget // 2)}]
         rows.append({"text": tokenizer.apply_chat_template(messages, tokenize=False)})
     assert max(len(tokenizer(r["text"])["input_ids"]) for r in rows) <= MAX_LEN
     return rows
 
 
-MODES = {  # name: (packing, fixed_length, train.padding_free for Slothline's runs)
-    "padded": (False, False, False),  # varying lengths, padded batches (the default before padding-free)
-    "unpacked": (False, False, "auto"),  # varying lengths, the default: padding-free on a GPU
-    "packed": (True, False, "auto"),
-    "fixed-length": (False, True, False),  # every row as long: no padding to waste
+MODES = {  # name: (packing, every row's length or None for 64..MAX_LEN, train.padding_free for Slothline's runs)
+    "padded": (False, None, False),  # varying lengths, padded batches (the default before padding-free)
+    "unpacked": (False, None, "auto"),  # varying lengths, the default: padding-free on a GPU
+    "packed": (True, None, "auto"),
+    "fixed-length": (False, MAX_LEN, False),  # every row as long: no padding to waste
+    # every row as long as unpacked rows are on average (their text budget is 64..MAX_LEN - 64 tokens): an
+    # unpacked step's tokens without padding, which tells padding waste from the cost of shorter steps
+    "fixed-mean": (False, MAX_LEN // 2 + 64, False),
 }
 
 
-def slothline_trainer(backend: str, packing: bool, fixed_length: bool, padding_free, checkpoint: str):
+def slothline_trainer(backend: str, packing: bool, row_tokens: int | None, padding_free, checkpoint: str):
     """The train stage's own code (runtime.resolve, backends.load_for_training, the causal_lm kind's
     build_trainer); the one place that calls Slothline. Returns (trainer, loss name).
 
@@ -115,7 +118,7 @@ def slothline_trainer(backend: str, packing: bool, fixed_length: bool, padding_f
         runtime = replace(runtime, attention="sdpa")
     backend_module = backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT
     model, tokenizer = backends.load_for_training(causal_lm, runtime, params)
-    rows = chat_rows(tokenizer, fixed_length)
+    rows = chat_rows(tokenizer, row_tokens)
     trainer = causal_lm.build_trainer(backend_module, runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [])
     if backend == "hf-model-loss":
         trainer.__class__ = training.model_loss_trainer_class()
@@ -132,7 +135,7 @@ def same_workload(packing: bool) -> dict:
                 save_strategy="no", include_num_input_tokens_seen="non_padding", report_to="none")
 
 
-def unsloth_notebook_trainer(packing: bool, fixed_length: bool, checkpoint: str):
+def unsloth_notebook_trainer(packing: bool, row_tokens: int | None, checkpoint: str):
     """Unsloth's Qwen3 notebook (Qwen3_(4B)-Instruct) on these rows, through public options only.
 
     From the notebook: get_peft_model's settings, use_gradient_checkpointing="unsloth", the SFTConfig
@@ -157,7 +160,7 @@ def unsloth_notebook_trainer(packing: bool, fixed_length: bool, checkpoint: str)
     trainer = SFTTrainer(
         model=model,
         processing_class=tokenizer,
-        train_dataset=Dataset.from_list(chat_rows(tokenizer, fixed_length)),
+        train_dataset=Dataset.from_list(chat_rows(tokenizer, row_tokens)),
         eval_dataset=None,
         args=SFTConfig(dataset_text_field="text", warmup_steps=5, learning_rate=2e-4, optim="adamw_8bit",
                        weight_decay=0.001, lr_scheduler_type="linear", seed=3407, **same_workload(packing)),
@@ -166,7 +169,7 @@ def unsloth_notebook_trainer(packing: bool, fixed_length: bool, checkpoint: str)
     return trainer, "Unsloth's patched SFTTrainer"
 
 
-def trl_peft_trainer(packing: bool, fixed_length: bool, checkpoint: str):
+def trl_peft_trainer(packing: bool, row_tokens: int | None, checkpoint: str):
     """transformers + PEFT + TRL as their docs use them: SFTTrainer with a LoraConfig and SFTConfig's defaults
     (adamw_torch_fused, sdpa attention, TRL's loss), but for the workload and the learning rate of every run.
 
@@ -186,7 +189,7 @@ def trl_peft_trainer(packing: bool, fixed_length: bool, checkpoint: str):
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(learning_rate=2e-4, **same_workload(packing)),
-        train_dataset=tokenized(chat_rows(tokenizer, fixed_length), tokenizer, CHATML),
+        train_dataset=tokenized(chat_rows(tokenizer, row_tokens), tokenizer, CHATML),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=16, lora_alpha=16, target_modules=TARGET_MODULES, task_type="CAUSAL_LM"),
     )
@@ -196,13 +199,13 @@ def trl_peft_trainer(packing: bool, fixed_length: bool, checkpoint: str):
 
 def run_one(backend: str, mode: str, checkpoint: str) -> dict:
     """Train STEPS steps in this process; time the steps after warm-up."""
-    packing, fixed_length, padding_free = MODES[mode]
+    packing, row_tokens, padding_free = MODES[mode]
     if backend == "unsloth-notebook":
-        trainer, loss = unsloth_notebook_trainer(packing, fixed_length, checkpoint)
+        trainer, loss = unsloth_notebook_trainer(packing, row_tokens, checkpoint)
     elif backend == "trl-peft":
-        trainer, loss = trl_peft_trainer(packing, fixed_length, checkpoint)
+        trainer, loss = trl_peft_trainer(packing, row_tokens, checkpoint)
     else:
-        trainer, loss = slothline_trainer(backend, packing, fixed_length, padding_free, checkpoint)
+        trainer, loss = slothline_trainer(backend, packing, row_tokens, padding_free, checkpoint)
     import torch
 
     tokens, seconds = train_timed(trainer, WARMUP_STEPS)
@@ -283,7 +286,7 @@ def markdown(report: dict) -> str:
     )
     speed = lambda mode, run: report["modes"].get(mode, {}).get("runs", {}).get(run, {}).get("tokens_per_s")
     for run in ("unsloth", "hf"):  # what padding-free batching gains, each backend against itself
-        for mode in ("padded", "fixed-length"):
+        for mode in ("padded", "fixed-length", "fixed-mean"):
             if speed("unpacked", run) and speed(mode, run):
                 summary += f"\n- {run}: unpacked / {mode} = {speed('unpacked', run) / speed(mode, run):.2f}x tokens/s"
     return (
@@ -291,7 +294,8 @@ def markdown(report: dict) -> str:
         f"{WARMUP_STEPS} warm-up steps. padded: chats of 64..{MAX_LEN} tokens in padded batches "
         f"(`train.padding_free: false`); unpacked: the same chats, the default (`train.padding_free: auto`: each "
         f"batch's rows concatenated on a GPU); packed: the same with `train.packing: true`; fixed-length: every "
-        f"chat about {MAX_LEN} tokens, padded batches (no padding to waste). hf: the hf backend as "
+        f"chat about {MAX_LEN} tokens, padded batches (no padding to waste); fixed-mean: every chat about "
+        f"{MODES['fixed-mean'][1]} tokens, the unpacked chats' mean, so a step holds what an unpacked step holds. hf: the hf backend as "
         f"it trains (TRL's chunked loss kernel); hf-dense: the same on torch's default SDPA (a dense document "
         f"mask for packed rows, cuDNN on); hf-model-loss: the same with the model's own cross-entropy "
         f"over full logits, as a plain transformers loop computes it; unsloth-notebook: Unsloth's Qwen3 notebook "
