@@ -43,7 +43,8 @@ CHATML = ("<|im_start|>user\n", "<|im_start|>assistant\n")  # the builtin templa
 
 
 def build_checkpoint(out_dir: Path) -> None:
-    """Random Qwen3-4B-shape weights in bf16 plus the builtin tokenizer and chat template."""
+    """Random Qwen3-4B-shape weights in bf16 plus the builtin tokenizer and chat template, in 5 GB shards as Hub
+    checkpoints come (transformers 5 would write one 8 GB file, which DVC hashes on one core)."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -54,7 +55,7 @@ def build_checkpoint(out_dir: Path) -> None:
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = Qwen3ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, max_shard_size="5GB")
     tokenizer.save_pretrained(out_dir)
 
 
