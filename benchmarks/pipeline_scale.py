@@ -88,15 +88,30 @@ def dvc(project: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
-def watch_disk(project: Path, probes: Path, disk: dict, stop: threading.Event) -> None:
+def probe_records(probes: Path) -> list[dict]:
+    """The lines stage_probe.py wrote so far: a stage's {"stage", "started_at"} as it starts, its record as it ends."""
+    return [json.loads(line) for line in probes.read_text().splitlines()] if probes.exists() else []
+
+
+def committed_disk(project: Path) -> tuple[int, int]:
+    """KiB the outs take, and the outs and DVC cache together."""
+    return disk_kib(project, *OUTS), disk_kib(project, *OUTS, ".dvc/cache")
+
+
+def watch(project: Path, probes: Path, disk: dict, stop: threading.Event, progress) -> None:
     """While `dvc repro` runs: when a stage's command starts, DVC has committed the stage before it, so record
-    the disk its outs and the cache take (disk[stage] = (outs KiB, outs + cache KiB))."""
+    disk[that stage] = committed_disk(); as stages end, progress(their records)."""
+    reported = 0
     while not stop.wait(0.2):
-        started = [r["stage"] for r in map(json.loads, probes.read_text().splitlines()) if "seconds" not in r] \
-            if probes.exists() else []
+        records = probe_records(probes)
+        started = [r["stage"] for r in records if "seconds" not in r]
         for before in started[:-1]:
             if before not in disk:
-                disk[before] = (disk_kib(project, *OUTS), disk_kib(project, *OUTS, ".dvc/cache"))
+                disk[before] = committed_disk(project)
+        ended = [r for r in records if "seconds" in r]
+        if len(ended) > reported:
+            reported = len(ended)
+            progress(ended)
 
 
 def run_dag(checkpoint: str, steps: int, progress) -> dict:
@@ -107,26 +122,19 @@ def run_dag(checkpoint: str, steps: int, progress) -> dict:
     probes = project / "stage_probe.jsonl"
     os.environ["STAGE_PROBE_LOG"] = str(probes)
     disk, stop = {}, threading.Event()
-    threading.Thread(target=watch_disk, args=(project, probes, disk, stop), daemon=True).start()
+    partial = lambda ended: progress({"checkpoint": checkpoint, "train_steps": steps, "incomplete": True,
+                                      "stages": stage_table(ended, disk, None)})
+    watcher = threading.Thread(target=watch, args=(project, probes, disk, stop, partial), daemon=True)
+    watcher.start()
     started_at = time.time()
-    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    reported = 0
-    for _ in repro.stdout:  # DVC's log, read so it never blocks on a full pipe; progress as stages end
-        ended = [r for r in map(json.loads, probes.read_text().splitlines()) if "seconds" in r] if probes.exists() else []
-        if len(ended) > reported:
-            reported = len(ended)
-            progress({"checkpoint": checkpoint, "train_steps": steps, "incomplete": True,
-                      "stages": stage_table(ended, disk, None)})
+    total = dvc(project, "repro")  # a failing stage fails it, with DVC's output
     ended_at = time.time()
     stop.set()
-    records = [r for r in map(json.loads, probes.read_text().splitlines()) if "seconds" in r]
-    if repro.wait() != 0 or any(r["status"] for r in records):
-        sys.exit(f"dvc repro failed after {[r['stage'] for r in records]}")
-    disk[records[-1]["stage"]] = (disk_kib(project, *OUTS), disk_kib(project, *OUTS, ".dvc/cache"))
+    watcher.join()
+    records = [r for r in probe_records(probes) if "seconds" in r]
+    disk[records[-1]["stage"]] = committed_disk(project)
     stages = stage_table(records, disk, ended_at)
     noop = dvc(project, "repro")
-    total = ended_at - started_at
     own = total - sum(r["seconds"] for r in records)
     last = stages[records[-1]["stage"]]
     cache_type = subprocess.run([sys.executable, "-m", "dvc", "config", "cache.type"], cwd=project,
