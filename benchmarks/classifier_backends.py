@@ -69,7 +69,7 @@ def rows(tokenizer) -> list[dict]:
 
 def run_one(backend: str, method: str, checkpoint: str) -> dict:
     """Train STEPS steps in this process with the train stage's code; time the steps after warm-up."""
-    from slothline import backends
+    from slothline import backends, training
     from slothline.kinds import classifier
     from slothline.runtime import probe, resolve
 
@@ -87,6 +87,7 @@ def run_one(backend: str, method: str, checkpoint: str) -> dict:
     backend_module = backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT
     model, tokenizer = backends.load_for_training(classifier, runtime, params, LABELS)
     trainer = classifier.build_trainer(backend_module, runtime, params, model, tokenizer, rows(tokenizer), [], "/tmp/bench-out", [])
+    training.prepare_trainer(trainer, model, backend_module, runtime, params)
     import torch
 
     tokens, seconds = train_timed(trainer, WARMUP_STEPS)

@@ -33,10 +33,13 @@ def print_result(result: dict) -> None:
 
 def train_timed(trainer, warmup_steps: int) -> tuple[int, float]:
     """`trainer.train()` with the peak-memory counter reset first; the input tokens (the trainer's
-    `num_input_tokens_seen`) and seconds of the steps after `warmup_steps`. It imports transformers
-    when called, after the backend has loaded (Unsloth patches transformers first)."""
+    `num_input_tokens_seen`) and seconds of the steps after `warmup_steps`, which must be a logging step (the
+    train stage reads the token count only where it logs: training.count_tokens_on_device). It imports
+    transformers when called, after the backend has loaded (Unsloth patches transformers first)."""
     import torch
     from transformers import TrainerCallback
+
+    assert warmup_steps % trainer.args.logging_steps == 0, "the token count is read at logging steps only"
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

@@ -46,7 +46,7 @@ def tokens_per_pair(tokenizer, rows: list[dict]) -> float:
 
 
 def slothline_trainer(backend: str, checkpoint: str):
-    from slothline import backends
+    from slothline import backends, training
     from slothline.kinds import causal_lm
     from slothline.kinds.causal_lm import preference
     from slothline.runtime import probe, resolve
@@ -64,6 +64,7 @@ def slothline_trainer(backend: str, checkpoint: str):
     model, tokenizer = backends.load_for_training(causal_lm, runtime, params)
     rows = pairs(tokenizer)
     trainer = preference.build_trainer(backend_module, runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [])
+    training.prepare_trainer(trainer, model, backend_module, runtime, params)
     return trainer, tokenizer, rows
 
 

@@ -35,7 +35,7 @@ QWEN3_4B_SHAPE = dict(
     num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
     max_position_embeddings=40960, rope_theta=1000000.0,
 )
-STEPS, WARMUP_STEPS, BATCH, MAX_LEN, ROWS, LOGGING_STEPS = 30, 5, 4, 2048, 320, 10
+STEPS, WARMUP_STEPS, BATCH, MAX_LEN, ROWS, LOGGING_STEPS = 30, 10, 4, 2048, 320, 10
 BACKENDS = ("unsloth", "hf", "hf-dense", "hf-model-loss", "unsloth-notebook", "trl-peft")
 BASELINES = ("hf", "hf-dense", "hf-model-loss", "unsloth-notebook", "trl-peft")  # the report gives unsloth / each of them
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -121,6 +121,7 @@ def slothline_trainer(backend: str, packing: bool, row_tokens: int | None, paddi
     model, tokenizer = backends.load_for_training(causal_lm, runtime, params)
     rows = chat_rows(tokenizer, row_tokens)
     trainer = causal_lm.build_trainer(backend_module, runtime, params, model, tokenizer, rows, [], "/tmp/bench-out", [])
+    training.prepare_trainer(trainer, model, backend_module, runtime, params)
     if backend == "hf-model-loss":
         trainer.__class__ = training.model_loss_trainer_class()
         return trainer, "model cross-entropy"

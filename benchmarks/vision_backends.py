@@ -108,7 +108,7 @@ def picture_rows(processor, folder: Path) -> list[dict]:
 
 def run_one(backend: str, checkpoint: str) -> dict:
     """Train STEPS steps with the train stage's code in this process; time the steps after warm-up."""
-    from slothline import backends
+    from slothline import backends, training
     from slothline.kinds import vision
     from slothline.runtime import probe, resolve
 
@@ -125,6 +125,7 @@ def run_one(backend: str, checkpoint: str) -> dict:
     model, processor = backends.load_for_training(vision, runtime, params)
     rows = picture_rows(processor, Path(checkpoint) / "pictures")
     trainer = vision.build_trainer(backend_module, runtime, params, model, processor, rows, [], "/tmp/vision-bench-out", [])
+    training.prepare_trainer(trainer, model, backend_module, runtime, params)
     import torch
 
     started = time.perf_counter()

@@ -174,6 +174,54 @@ def warmup_warning():
     return WarmupWarning()
 
 
+def prepare_trainer(trainer, model, backend, runtime, params) -> None:
+    """What every training stage does to the trainer its kind built: DDP's unused-weight search off where it can
+    be (`skip_unused_weight_search`), and the input-token count read only when used (`count_tokens_on_device`)."""
+    skip_unused_weight_search(trainer, model, backend, runtime, params)
+    count_tokens_on_device(trainer)
+
+
+def count_tokens_on_device(trainer) -> None:
+    """Add up the input tokens each step trains (transformers' `include_num_input_tokens_seen`, counted the same
+    way) on the device, and move the sum into `trainer.state.num_input_tokens_seen` only where something reads it:
+    a log, a save, an evaluation, the end of an epoch or of the run. transformers reads the count every step
+    (`.item()`), which makes the CPU wait for the GPU before it queues the next step; where launching a step's
+    kernels takes the CPU about as long as the GPU takes to run them (Unsloth, a few thousand tokens a step),
+    the GPU then idles part of every step (benchmarks/results/train_exploration)."""
+    import torch
+    from transformers import TrainerCallback
+
+    pending = [torch.zeros((), dtype=torch.int64, device=trainer.args.device)]
+
+    def track(inputs) -> None:  # transformers' Trainer._track_num_input_tokens, without the .item()
+        mode, name = trainer.args.include_num_input_tokens_seen, getattr(trainer.model, "main_input_name", "input_ids")
+        if mode == "no" or name not in inputs:
+            return
+        pad = getattr(trainer.processing_class, "pad_token_id", None)
+        if mode != "non_padding":
+            count = inputs[name].numel()
+        elif "attention_mask" in inputs:
+            count = inputs["attention_mask"].sum()
+        else:
+            count = (inputs[name] != pad).sum() if pad is not None else inputs[name].numel()
+        pending[0] += count
+
+    def read(state) -> None:  # on every process alike: the gather is a collective under DDP
+        state.num_input_tokens_seen += int(trainer.accelerator.gather(pending[0]).sum().item())
+        pending[0].zero_()
+
+    class ReadTokenCount(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # after transformers' flow callback set these
+            if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop:
+                read(state)
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            read(state)
+
+    trainer._track_num_input_tokens = track
+    trainer.add_callback(ReadTokenCount())
+
+
 def skip_unused_weight_search(trainer, model, backend, runtime, params) -> None:
     """Under DDP, where every trainable weight trains in every step, tell DDP not to search each step's graph
     for unused weights (find_unused_parameters=False; transformers asks for the search for every PEFT model).

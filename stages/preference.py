@@ -48,7 +48,7 @@ def tune(params, runtime, sft: Manifest) -> None:
                                    resumed=resume_from is not None)
     trainer = preference.build_trainer(backend, runtime, params, model, tokenizer, train_rows, val_rows,
                                        str(PREFERENCE_CHECKPOINTS_DIR), callbacks)
-    training.skip_unused_weight_search(trainer, model, backend, runtime, params)
+    training.prepare_trainer(trainer, model, backend, runtime, params)
     if resume_from and runtime.is_main_process:
         print(f"resuming from {resume_from}")
     training.reset_peak_memory(runtime)

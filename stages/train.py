@@ -34,7 +34,7 @@ def train(params, runtime) -> None:
     callbacks = training.callbacks(params.train, runtime, LIVE_DIR, resumed=resume_from is not None)
     trainer = task.build_trainer(backend, runtime, params, model, processor, train_rows, val_rows,
                                  str(CHECKPOINTS_DIR), callbacks)
-    training.skip_unused_weight_search(trainer, model, backend, runtime, params)
+    training.prepare_trainer(trainer, model, backend, runtime, params)
     if resume_from and runtime.is_main_process:
         print(f"resuming from {resume_from}")
     tokens_before = checkpoints.tokens_seen_at(resume_from)  # before training deletes that checkpoint

@@ -166,6 +166,47 @@ def test_padding_free_batches_train_as_the_padded_ones(workdir, tiny_qwen3, toke
     assert all(torch.allclose(a, b, atol=5e-4) for a, b in zip(padded_weights, joined_weights))  # Adam: lr-sized steps
 
 
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_the_token_count_is_read_where_it_is_used_and_matches_transformers(workdir, tokenizer, padding_free):
+    """prepare_trainer counts the input tokens on the device and reads them only at logs, saves, evaluations and
+    epoch ends (transformers reads them every step, making the CPU wait for the GPU); the counts, those logged
+    included, are transformers' own, for padded batches (attention masks) and concatenated ones (none)."""
+    from transformers import TrainerCallback
+
+    from slothline import training
+
+    rows = [{"text": f"<|im_start|>user\nRepeat {w}.<|im_end|>\n<|im_start|>assistant\n{' '.join([w] * (i % 5 + 1))}"
+                     "<|im_end|>\n"} for i, w in enumerate(PAIRS[:10])]
+
+    class SeenAtStepEnd(TrainerCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seen.append(state.num_input_tokens_seen)
+
+    def run(lazy: bool):
+        setting = load(train={"epochs": 2, "per_device_batch_size": 3, "padding_free": padding_free,
+                              "logging_steps": 3, "save_steps": 5})
+        runtime = resolve(setting, CPU)
+        backend = backends.get(runtime)
+        model, _ = backends.load_for_training(causal_lm, runtime, setting, None)
+        trainer = causal_lm.build_trainer(backend, runtime, setting, model, tokenizer, rows, [],
+                                          str(workdir.path / f"out{lazy}"), [])
+        if lazy:
+            training.prepare_trainer(trainer, model, backend, runtime, setting)
+        seen = SeenAtStepEnd()
+        trainer.add_callback(seen)  # after the count's own callback, as the dvclive one
+        trainer.train()
+        logged = [log["num_input_tokens_seen"] for log in trainer.state.log_history if "loss" in log]
+        return trainer.state.num_input_tokens_seen, logged, seen.seen
+
+    total, logged, seen = run(lazy=True)
+    assert (total, logged) == run(lazy=False)[:2] and total > 0
+    # 8 steps, 4 an epoch: read at the logs (3, 6), the save (5), the epoch ends (4, 8); not at steps 1, 2, 7
+    assert seen[0] == seen[1] == 0 and seen[6] == seen[5] < seen[7] == total
+
+
 def test_hf_run_writes_adapter_and_metrics(trained, tiny_qwen3):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -410,9 +451,13 @@ def test_a_resumed_run_keeps_its_best_model_bookkeeping(workdir):
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     assert checkpoint.is_file() and not (workdir.path / TRAIN_METRICS).exists()
+    tokens_saved = {p: json.loads(p.read_text())["num_input_tokens_seen"]
+                    for p in (workdir.path / CHECKPOINTS_DIR).glob("checkpoint-*/trainer_state.json")}
     subprocess.run(STAGE, cwd=workdir.path, check=True, capture_output=True)
     resumed = json.loads((workdir.path / TRAIN_METRICS).read_text())
     assert resumed["resumed_from_step"] >= kill_step
+    resumed_from = workdir.path / CHECKPOINTS_DIR / f"checkpoint-{resumed['resumed_from_step']}/trainer_state.json"
+    assert tokens_saved[resumed_from] + resumed["train_tokens"] == whole["train_tokens"]  # each checkpoint's count exact
     assert {k: resumed[k] for k in ("steps", "best_step", "stopped_early")} == {
         k: whole[k] for k in ("steps", "best_step", "stopped_early")}
     assert resumed["best_metric"] == pytest.approx(whole["best_metric"], rel=1e-4)

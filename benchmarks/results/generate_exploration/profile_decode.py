@@ -1,0 +1,91 @@
+"""Where evaluate's generation time goes (Qwen3-4B shape, 128 prompts of 100-400 tokens, 128 new tokens,
+the plain model as the merged adapter leaves it, a compiled static cache): the whole call, the prefill alone
+(max_new_tokens=1), and a profile of a steady call: top CUDA kernels, GPU busy time, kernels per decode step.
+`--attn` picks the attention for the decode steps: grouped (evaluate's), sdpa, flex_attention.
+
+    python benchmarks/results/generate_exploration/profile_decode.py                 # grouped, then flex_attention
+    python benchmarks/results/generate_exploration/profile_decode.py --one grouped   # one, in this process
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import generate_speed  # noqa: E402
+
+
+def one(attn: str, rows: int | None, checkpoint: str) -> None:
+    import torch
+    import transformers
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from slothline.backends import attention
+    from slothline.kinds._generative.generation import generate, plan, prompt_lengths
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, device_map={"": 0})
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    model.set_attn_implementation(attention.register_grouped_attention() if attn == "grouped" else attn)
+    model.eval()
+    prompts = generate_speed.text_prompts(tokenizer)
+    lengths = prompt_lengths(model, tokenizer, prompts)
+    how = plan(model, lengths, generate_speed.settings("auto"))
+    how = replace(how, rows=rows) if rows else how
+    new = generate_speed.NEW_TOKENS
+
+    def timed(max_new: int) -> float:
+        settings = generate_speed.settings(how.rows).model_copy(update={"max_new_tokens": max_new})
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        generate(model, tokenizer, prompts, settings, how=how)
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    first = timed(new)
+    steady = timed(new)
+    prefill = timed(1)
+    batches = -(-len(prompts) // how.rows)
+    decode_ms = (steady - prefill) * 1000 / batches / (new - 1)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        timed(new)
+    kernels = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy, end = 0.0, -1.0
+    for a, b in sorted(kernels):
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    print(json.dumps({"attn": attn, "rows": how.rows, "cache_length": how.cache_length, "first_s": round(first, 2),
+                      "steady_s": round(steady, 2), "tokens_per_s": round(len(prompts) * new / steady),
+                      "prefill_s": round(prefill, 2), "decode_ms_per_step": round(decode_ms, 2),
+                      "profiled_gpu_busy_s": round(busy / 1e6, 2), "kernels": len(kernels)}))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=80))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--runs", default="grouped,flex_attention")
+    parser.add_argument("--checkpoint", default="/tmp/qwen3-4b-shape")
+    args = parser.parse_args()
+    if args.one:
+        one(args.one, args.rows, args.checkpoint)
+        return
+    if not Path(args.checkpoint, "config.json").exists():
+        import train_backends
+
+        train_backends.build_checkpoint(Path(args.checkpoint))
+    for run in args.runs.split(","):
+        attn, _, rows = run.partition("@")
+        done = subprocess.run([sys.executable, __file__, "--one", attn, "--checkpoint", args.checkpoint]
+                              + (["--rows", rows] if rows else []), capture_output=True, text=True)
+        print(f"===== {run} (exit {done.returncode})", done.stdout, done.stderr[-2500:] if done.returncode else "",
+              sep="\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

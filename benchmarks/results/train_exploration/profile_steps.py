@@ -1,0 +1,119 @@
+"""Where a training step's time goes, per mode (unsloth backend, Qwen3-4B shape, the train benchmark's rows).
+
+Runs train_backends' Slothline trainer for 12 steps in a child process per (mode, token count) and profiles
+steps 9-11: wall time per step, the time the GPU runs kernels (the union of kernel intervals), kernels
+launched per step, the top CUDA kernels and CPU ops. `nosync` runs the same with
+include_num_input_tokens_seen off (the Trainer's per-step `.item()` on the token count; the runs of 10:29 UTC,
+before the train stage stopped reading it every step), `fused` with torch's fused AdamW instead of the 8-bit
+one, and `noprof` times 20 steps after 10 without the profiler (tokens/s from the trainer's count).
+
+    python benchmarks/results/train_exploration/profile_steps.py                # every mode below
+    python benchmarks/results/train_exploration/profile_steps.py --one unpacked # one, in this process
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import train_backends  # noqa: E402
+
+RUNS = ["fixed-length", "fixed-mean", "unpacked", "fixed-mean:nosync", "unpacked:nosync"]
+STEPS, FROM, TO = 12, 8, 11
+
+
+def busy_us(kernels) -> float:
+    total, end = 0.0, -1.0
+    for start, stop in sorted(kernels):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def one(run: str, checkpoint: str) -> dict:
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    mode, *variants = run.split(":")
+    if "noprof" in variants:
+        return unprofiled(mode, variants, checkpoint)
+    train_backends.STEPS = STEPS
+    packing, row_tokens, padding_free = train_backends.MODES[mode]
+    trainer, _ = train_backends.slothline_trainer("unsloth", packing, row_tokens, padding_free, checkpoint)
+    if "nosync" in variants:
+        trainer.args.include_num_input_tokens_seen = "no"
+    out = {}
+
+    class Profile(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == FROM:
+                torch.cuda.synchronize()
+                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.prof.__enter__()
+                self.start = time.perf_counter()
+            elif state.global_step == TO:
+                torch.cuda.synchronize()
+                out["window_s"] = time.perf_counter() - self.start
+                self.prof.__exit__(None, None, None)
+
+    callback = Profile()
+    trainer.add_callback(callback)
+    trainer.train()
+    prof = callback.prof
+    events = prof.events()
+    kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
+    steps = TO - FROM
+    out |= {"run": run, "steps": steps, "ms_per_step": round(out["window_s"] * 1000 / steps, 1),
+            "gpu_busy_ms_per_step": round(busy_us(kernels) / 1000 / steps, 1),
+            "kernels_per_step": len(kernels) // steps}
+    print(json.dumps(out))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70))
+    return out
+
+
+def unprofiled(mode: str, variants: list[str], checkpoint: str) -> dict:
+    from harness import train_timed
+
+    train_backends.STEPS = 30
+    packing, row_tokens, padding_free = train_backends.MODES[mode]
+    trainer, _ = train_backends.slothline_trainer("unsloth", packing, row_tokens, padding_free, checkpoint)
+    if "fused" in variants:
+        trainer.args.optim = "adamw_torch_fused"
+    tokens, seconds = train_timed(trainer, 10)
+    out = {"window_s": round(seconds, 2), "run": ":".join([mode, *variants]), "steps": 20,
+           "ms_per_step": round(seconds * 50, 1), "tokens_per_s": round(tokens / seconds), "optim": str(trainer.args.optim)}
+    print(json.dumps(out))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one")
+    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--checkpoint", default="/tmp/qwen3-4b-shape")
+    args = parser.parse_args()
+    if args.one:
+        one(args.one, args.checkpoint)
+        return
+    if not Path(args.checkpoint, "config.json").exists():
+        train_backends.build_checkpoint(Path(args.checkpoint))
+    summary = []
+    for run in args.runs.split(","):
+        done = subprocess.run([sys.executable, __file__, "--one", run, "--checkpoint", args.checkpoint],
+                              capture_output=True, text=True)
+        lines = done.stdout.splitlines()
+        print(f"===== {run} (exit {done.returncode})", *[l for l in lines if "it/s]" not in l and "s/it]" not in l],
+              done.stderr[-1500:] if done.returncode else "", sep="\n", flush=True)
+        summary += [json.loads(l) for l in lines if l.startswith('{"window_s"')]
+    print("SUMMARY", *[json.dumps(s) for s in summary], sep="\n")
+
+
+if __name__ == "__main__":
+    main()
