@@ -193,14 +193,12 @@ def count_tokens_on_device(trainer) -> None:
 
     pending = [torch.zeros((), dtype=torch.int64, device=trainer.args.device)]
 
-    def track(inputs) -> None:  # transformers' Trainer._track_num_input_tokens, without the .item()
-        mode, name = trainer.args.include_num_input_tokens_seen, getattr(trainer.model, "main_input_name", "input_ids")
-        if mode == "no" or name not in inputs:
+    def track(inputs) -> None:  # Trainer._track_num_input_tokens for "non_padding" (training_config's), no .item()
+        name = getattr(trainer.model, "main_input_name", "input_ids")
+        if name not in inputs:  # e.g. preference pairs (prompt_input_ids, ...), which transformers skips too
             return
         pad = getattr(trainer.processing_class, "pad_token_id", None)
-        if mode != "non_padding":
-            count = inputs[name].numel()
-        elif "attention_mask" in inputs:
+        if "attention_mask" in inputs:
             count = inputs["attention_mask"].sum()
         else:
             count = (inputs[name] != pad).sum() if pad is not None else inputs[name].numel()
