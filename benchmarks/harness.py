@@ -59,6 +59,20 @@ def train_timed(trainer, warmup_steps: int) -> tuple[int, float]:
     return timer.tokens, timer.seconds
 
 
+def kernel_time(prof) -> tuple[float, int]:
+    """Of a finished torch.profiler profile: the seconds in which the GPU ran at least one kernel (the union of the
+    kernels' intervals), and how many kernels ran."""
+    from torch.autograd import DeviceType
+
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    busy_us, end = 0.0, -1.0
+    for start, stop in kernels:
+        if stop > end:
+            busy_us += stop - max(start, end)
+            end = stop
+    return busy_us / 1e6, len(kernels)
+
+
 def write_results(name: str, report: dict, markdown: str) -> None:
     """benchmarks/results/`name`.json and .md, and the report on stdout."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -191,7 +191,7 @@ def count_tokens_on_device(trainer) -> None:
     import torch
     from transformers import TrainerCallback
 
-    pending = [torch.zeros((), dtype=torch.int64, device=trainer.args.device)]
+    pending = torch.zeros((), dtype=torch.int64, device=trainer.args.device)
 
     def track(inputs) -> None:  # Trainer._track_num_input_tokens for "non_padding" (training_config's), no .item()
         name = getattr(trainer.model, "main_input_name", "input_ids")
@@ -202,11 +202,11 @@ def count_tokens_on_device(trainer) -> None:
             count = inputs["attention_mask"].sum()
         else:
             count = (inputs[name] != pad).sum() if pad is not None else inputs[name].numel()
-        pending[0] += count
+        pending.add_(count)
 
     def read(state) -> None:  # on every process alike: the gather is a collective under DDP
-        state.num_input_tokens_seen += int(trainer.accelerator.gather(pending[0]).sum().item())
-        pending[0].zero_()
+        state.num_input_tokens_seen += int(trainer.accelerator.gather(pending).sum().item())
+        pending.zero_()
 
     class ReadTokenCount(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # after transformers' flow callback set these

@@ -21,7 +21,7 @@ import generate_speed  # noqa: E402
 def one(attn: str, rows: int | None, checkpoint: str) -> None:
     import torch
     import transformers
-    from torch.autograd import DeviceType
+    from harness import kernel_time
     from torch.profiler import ProfilerActivity, profile
 
     from slothline.backends import attention
@@ -52,16 +52,11 @@ def one(attn: str, rows: int | None, checkpoint: str) -> None:
     decode_ms = (steady - prefill) * 1000 / batches / (new - 1)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         timed(new)
-    kernels = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
-    busy, end = 0.0, -1.0
-    for a, b in sorted(kernels):
-        if b > end:
-            busy += b - max(a, end)
-            end = b
+    busy_s, kernels = kernel_time(prof)
     print(json.dumps({"attn": attn, "rows": how.rows, "cache_length": how.cache_length, "first_s": round(first, 2),
                       "steady_s": round(steady, 2), "tokens_per_s": round(len(prompts) * new / steady),
                       "prefill_s": round(prefill, 2), "decode_ms_per_step": round(decode_ms, 2),
-                      "profiled_gpu_busy_s": round(busy / 1e6, 2), "kernels": len(kernels)}))
+                      "profiled_gpu_busy_s": round(busy_s, 2), "kernels": kernels}))
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=80))
 
 

@@ -24,19 +24,9 @@ RUNS = ["fixed-length", "fixed-mean", "unpacked", "fixed-mean:nosync", "unpacked
 STEPS, FROM, TO = 12, 8, 11
 
 
-def busy_us(kernels) -> float:
-    total, end = 0.0, -1.0
-    for start, stop in sorted(kernels):
-        if stop <= end:
-            continue
-        total += stop - max(start, end)
-        end = stop
-    return total
-
-
 def one(run: str, checkpoint: str) -> dict:
     import torch
-    from torch.autograd import DeviceType
+    from harness import kernel_time
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
@@ -66,12 +56,10 @@ def one(run: str, checkpoint: str) -> dict:
     trainer.add_callback(callback)
     trainer.train()
     prof = callback.prof
-    events = prof.events()
-    kernels = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA]
+    busy_s, kernels = kernel_time(prof)
     steps = TO - FROM
     out |= {"run": run, "steps": steps, "ms_per_step": round(out["window_s"] * 1000 / steps, 1),
-            "gpu_busy_ms_per_step": round(busy_us(kernels) / 1000 / steps, 1),
-            "kernels_per_step": len(kernels) // steps}
+            "gpu_busy_ms_per_step": round(busy_s * 1000 / steps, 1), "kernels_per_step": kernels // steps}
     print(json.dumps(out))
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70))
