@@ -18,12 +18,15 @@ Tokens/s counts every row's NEW_TOKENS (a batch runs until its last row ends, an
 practically never stop early). A compiled path is timed twice: the first call includes compiling (what one evaluate run pays once per
 model), the second is the steady speed. Each path reports generated tokens/s and the fraction of the
 memory-bandwidth floor at its batch (each decode step must read every weight once: weight bytes / the
-GPU's bandwidth), and against the floor that also counts the KV cache each step reads. `--vision` runs the same on a Qwen3-VL-2B-shape checkpoint with one 448x448 picture per
+GPU's bandwidth), against the floor that also counts the KV cache each step reads, and against the roofline of
+the whole call: each batch's prefill at the GPU's peak bf16 FLOP/s (2 FLOPs per weight per real prompt token,
+no padding) plus each decode step reading every weight and the keys and values of the tokens each row really
+holds at that step. `--vision` runs the same on a Qwen3-VL-2B-shape checkpoint with one 448x448 picture per
 prompt (images keep a dynamic cache; their rows follow the token budget, each picture counted as the processor
 expands it: `before` vs `evaluate`). Writes benchmarks/results/generate_speed.{json,md}.
 
-    python benchmarks/generate_speed.py                 # text, every path
-    python benchmarks/generate_speed.py --vision        # adds the vision model to the same report
+    python benchmarks/generate_speed.py                 # text, every path (the vision model's earlier result kept)
+    python benchmarks/generate_speed.py --vision        # both models
     python benchmarks/generate_speed.py --vision-only   # the vision model again, the text model's earlier result kept
     python benchmarks/generate_speed.py --path evaluate # one path here (used internally)
 """
@@ -38,6 +41,7 @@ from harness import RESULTS, measure_in_child, print_result, write_results
 
 PROMPTS, NEW_TOKENS, SHORTEST, LONGEST = 128, 128, 100, 400
 BANDWIDTH_TB_S = {"H100": 3.35, "H200": 4.8}  # HBM3 (SXM) and HBM3e
+PEAK_BF16_TFLOPS = {"H100": 989, "H200": 989}  # dense tensor-core bf16, SXM
 TEXT_PATHS = ("before", "merged", "static-sdpa", "evaluate", "unsloth")
 VISION_PATHS = ("before", "evaluate")
 WORDS = "the of and a to in is you that it he was for on are as with his they at be this from have or by".split()
@@ -90,18 +94,45 @@ def timed_generate(model, processor, prompts, how, images=None) -> tuple[list[st
     return answers, time.perf_counter() - start
 
 
-def floor_tokens_per_s(model, rows: int, kv_tokens_per_row: float = 0.0) -> float:
-    """rows / (bytes a decode step must read / bandwidth): every weight once, and with `kv_tokens_per_row` the
-    keys and values of that many cached tokens of each row."""
+def chip_limit(table: dict) -> float | None:
+    """This GPU's entry of BANDWIDTH_TB_S or PEAK_BF16_TFLOPS (None for another chip or the CPU)."""
     import torch
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    bandwidth = next((tb for chip, tb in BANDWIDTH_TB_S.items() if chip in name), None)
+    return next((value for chip, value in table.items() if chip in name), None)
+
+
+def floor_tokens_per_s(model, rows: int, kv_tokens_per_row: float = 0.0) -> float:
+    """rows / (bytes a decode step must read / bandwidth): every weight once, and with `kv_tokens_per_row` the
+    keys and values of that many cached tokens of each row."""
     from slothline.kinds._generative.generation import kv_bytes_per_token
 
+    bandwidth = chip_limit(BANDWIDTH_TB_S)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     kv_bytes = rows * kv_tokens_per_row * kv_bytes_per_token(model)
     return rows / ((weight_bytes + kv_bytes) / (bandwidth * 1e12)) if bandwidth else float("nan")
+
+
+def roofline_tokens_per_s(model, lengths: list[int], rows: int) -> float:
+    """Generated tokens / the least time the GPU can take for them: per batch (longest prompts first), a prefill of
+    2 FLOPs per weight per real prompt token at peak bf16 FLOP/s (embeddings left out: a lookup, and logits of the
+    last token only; a vision tower counted as if it ran per token), then NEW_TOKENS - 1 decode steps, each reading
+    every weight and the keys and values of each row's prompt and the tokens it has made so far."""
+    from slothline.kinds._generative.generation import kv_bytes_per_token
+
+    bandwidth, peak = chip_limit(BANDWIDTH_TB_S), chip_limit(PEAK_BF16_TFLOPS)
+    if not bandwidth:
+        return float("nan")
+    heads = {id(m.weight): m.weight.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings())}
+    weights = sum(p.numel() for p in model.parameters()) - sum(heads.values())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    ordered = sorted(lengths, reverse=True)
+    seconds = 0.0
+    for batch in (ordered[i:i + rows] for i in range(0, len(ordered), rows)):
+        seconds += 2 * weights * sum(batch) / (peak * 1e12)
+        kv_tokens = sum(batch) * (NEW_TOKENS - 1) + len(batch) * NEW_TOKENS * (NEW_TOKENS - 1) / 2
+        seconds += ((NEW_TOKENS - 1) * weight_bytes + kv_tokens * kv_bytes_per_token(model)) / (bandwidth * 1e12)
+    return len(lengths) * NEW_TOKENS / seconds
 
 
 def run_path(path: str, checkpoint: str, vision: bool) -> dict:
@@ -152,6 +183,7 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     batches = [sorted(lengths, reverse=True)[i] for i in range(0, len(lengths), how.rows)]
     cached = how.cache_length if how.cache == "static" else sum(batches) / len(batches) + NEW_TOKENS / 2
     floor_kv = floor_tokens_per_s(model, how.rows, cached)
+    roofline = roofline_tokens_per_s(model, lengths, how.rows)
     return {
         "path": path, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "rows_per_batch": how.rows, "kv_cache": how.cache,
         "adapter_merged": how.merged, "prompts": len(prompts), "new_tokens": NEW_TOKENS,
@@ -161,6 +193,8 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
         "floor_tokens_per_s": round(floor, 1), "fraction_of_floor": round(len(prompts) * NEW_TOKENS / seconds / floor, 3),
         "floor_with_kv_tokens_per_s": round(floor_kv, 1),
         "fraction_of_floor_with_kv": round(len(prompts) * NEW_TOKENS / seconds / floor_kv, 3),
+        "roofline_tokens_per_s": round(roofline, 1),
+        "fraction_of_roofline": round(len(prompts) * NEW_TOKENS / seconds / roofline, 3),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "answers": answers[:32],
     }
@@ -195,13 +229,16 @@ def markdown(report: dict) -> str:
     lines = []
     for model_name, runs in report["models"].items():
         lines.append(f"\n## {model_name}\n\n| path | device | rows/batch | cache | merged | first call tok/s | tok/s | "
-                     f"floor tok/s | of floor | with KV: floor, of it | peak GiB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+                     f"floor tok/s | of floor | with KV: floor, of it | roofline, of it | peak GiB |\n"
+                     "|---|---|---|---|---|---|---|---|---|---|---|---|")
         for path, run in runs["runs"].items():
             lines.append(f"| {path} | {run['device']} | {run['rows_per_batch']} | {run['kv_cache']} | "
                          f"{run['adapter_merged']} | {run['first_call_tokens_per_s']:,.0f} | {run['tokens_per_s']:,.0f} | "
                          f"{run['floor_tokens_per_s']:,.0f} | {run['fraction_of_floor']:.0%} | "
                          + (f"{run['floor_with_kv_tokens_per_s']:,.0f}, {run['fraction_of_floor_with_kv']:.0%}"
-                            if "floor_with_kv_tokens_per_s" in run else "") + f" | {run['peak_mem_gib']} |")
+                            if "floor_with_kv_tokens_per_s" in run else "") + " | "
+                         + (f"{run['roofline_tokens_per_s']:,.0f}, {run['fraction_of_roofline']:.0%}"
+                            if "roofline_tokens_per_s" in run else "") + f" | {run['peak_mem_gib']} |")
         lines.append("\n" + "\n".join(f"- {key}: {value}" for key, value in runs.items() if key != "runs"))
     return f"# Generation speed\n\n{report['workload']}\n" + "\n".join(lines) + "\n"
 
@@ -210,7 +247,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", choices=TEXT_PATHS, help="run one path in this process (used internally)")
     parser.add_argument("--vision", action="store_true")
-    parser.add_argument("--vision-only", action="store_true", help="the vision model alone, added to the earlier report")
+    parser.add_argument("--vision-only", action="store_true", help="the vision model alone (the text model's earlier "
+                                                                    "result kept)")
     parser.add_argument("--checkpoint")
     args = parser.parse_args()
     if args.path:
@@ -219,13 +257,13 @@ def main() -> None:
     import train_backends
     import vision_backends
 
-    report = {"workload": f"{PROMPTS} prompts of {SHORTEST}-{LONGEST} tokens, {NEW_TOKENS} new tokens each, greedy, "
+    earlier = RESULTS / "generate_speed.json"  # each model measured now replaces its entry; the others are kept
+    report = json.loads(earlier.read_text()) if earlier.is_file() else {"models": {}}
+    report["workload"] = (f"{PROMPTS} prompts of {SHORTEST}-{LONGEST} tokens, {NEW_TOKENS} new tokens each, greedy, "
                           "random bf16 weights with a random LoRA adapter (r=16, all 7 projections); `before` and "
-                          "`unsloth` answer the first 32 prompts (two batches of 16)", "models": {}}
-    shapes = [("Qwen3-4B shape", Path("/tmp/qwen3-4b-shape"), train_backends.build_checkpoint, TEXT_PATHS, False)]
-    earlier = RESULTS / "generate_speed.json"
-    if args.vision_only:
-        report, shapes = json.loads(earlier.read_text()) if earlier.is_file() else report, []
+                          "`unsloth` answer the first 32 prompts (two batches of 16)")
+    shapes = [] if args.vision_only else [("Qwen3-4B shape", Path("/tmp/qwen3-4b-shape"), train_backends.build_checkpoint,
+                                           TEXT_PATHS, False)]
     if args.vision or args.vision_only:
         shapes.append(("Qwen3-VL-2B shape, one 448x448 picture per prompt", Path("/tmp/qwen3-vl-2b-shape"),
                        vision_backends.build_checkpoint, VISION_PATHS, True))

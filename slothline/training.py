@@ -45,6 +45,7 @@ def training_config(config_class, backend, runtime, params, output_dir: str, eva
             report_to="none",
             disable_tqdm=False,
             dataloader_num_workers=0,
+            accelerator_config={"non_blocking": True},  # batches go to the GPU from pinned memory without a wait
             **extra,
         )
     except ValueError as err:  # e.g. an lr_scheduler name transformers does not know
@@ -176,9 +177,11 @@ def warmup_warning():
 
 def prepare_trainer(trainer, model, backend, runtime, params) -> None:
     """What every training stage does to the trainer its kind built: DDP's unused-weight search off where it can
-    be (`skip_unused_weight_search`), and the input-token count read only when used (`count_tokens_on_device`)."""
+    be (`skip_unused_weight_search`), the input-token count read only when used (`count_tokens_on_device`), and
+    the backend's own settings (`backend.prepare_trainer`)."""
     skip_unused_weight_search(trainer, model, backend, runtime, params)
     count_tokens_on_device(trainer)
+    backend.prepare_trainer(trainer)
 
 
 def count_tokens_on_device(trainer) -> None:

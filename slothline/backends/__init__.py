@@ -13,6 +13,7 @@ and what differs between them, for the kinds and the trainer settings:
   TRAINER_CHECKPOINTING    whether gradient checkpointing is the Trainer's (else the backend's own)
   response_only(trainer, markers) -> trainer     the backend's own response-only training, if any
   vision_collator(model, processor, markers)     the backend's own vision collator, or None
+  prepare_trainer(trainer) -> None                the backend's own settings on the trainer a stage built
 """
 
 import json

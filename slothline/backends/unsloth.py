@@ -93,6 +93,26 @@ def vision_collator(model, processor, markers):
                                      instruction_part=markers and markers[0], response_part=markers and markers[1])
 
 
+def prepare_trainer(trainer) -> None:
+    """Concatenated batches (padding-free or packed) reach the model with their row lengths (`packed_seq_lengths`)
+    on the host, read back from the GPU once as the step starts, where Unsloth's own batch count already waits for
+    the GPU. Unsloth (2026.10.7) reads them back itself in the first layer of every forward (the longest row, the
+    row lengths, the last boundary), and each read makes the CPU wait for the GPU mid-step; with the lengths on the
+    host, `host_row_lengths` gives its varlen attention the same values without a wait. Other batches: unchanged."""
+    if not host_row_lengths():
+        return
+    prepare_inputs = trainer._prepare_inputs
+
+    def prepare_inputs_lengths_on_host(inputs):
+        inputs = prepare_inputs(inputs)
+        lengths = inputs.get("packed_seq_lengths")
+        if isinstance(lengths, torch.Tensor) and lengths.device.type != "cpu":
+            inputs["packed_seq_lengths"] = lengths.cpu()
+        return inputs
+
+    trainer._prepare_inputs = prepare_inputs_lengths_on_host
+
+
 def for_inference(model, task) -> None:
     fast_class(task).for_inference(model)
 
@@ -155,4 +175,59 @@ def use_torch_varlen() -> bool:
         return varlen_attn(*args, **kwargs)
 
     dispatch._TORCH_VARLEN_ATTN = varlen_attn_implied_gqa
+    return True
+
+
+PACKING_INTERNALS = ("get_packed_info_from_kwargs", "_PACKED_INFO_CACHE", "_SEGMENT_LENGTHS_CACHE",
+                     "_PADDED_CU_SEQLENS_CACHE", "packed_segment_lengths", "cover_padded_cu_seqlens")
+
+
+def host_row_lengths() -> bool:
+    """Have Unsloth's varlen attention take concatenated rows' lengths from a host tensor without reading the GPU.
+
+    Unsloth (2026.10.7) turns `packed_seq_lengths` into (lengths, cu_seqlens, longest) in
+    `unsloth.utils.packing.get_packed_info_from_kwargs`, reading the longest back with `.item()`, and its
+    attention then reads the lengths (`packed_segment_lengths`) and the last boundary (`cover_padded_cu_seqlens`),
+    each result cached for the batch. Given host lengths, the wrapper here computes all three on the host and fills
+    those caches, so none reads the GPU; lengths on the GPU go to Unsloth's own function. Returns whether the
+    wrapper is in place: False, with a warning, when Unsloth's internals moved (training is then as fast as
+    Unsloth's own code makes it)."""
+    import sys
+    import warnings
+
+    packing = importlib.import_module("unsloth.utils.packing")
+    original = packing.get_packed_info_from_kwargs
+    if getattr(original, "host_row_lengths", False):
+        return True
+    missing = [name for name in PACKING_INTERNALS if not hasattr(packing, name)]
+    if missing:
+        warnings.warn(f"Unsloth {getattr(unsloth, '__version__', 'unknown')} has no unsloth.utils.packing."
+                      f"{', '.join(missing)}: concatenated rows train without the host row lengths (slower); "
+                      "unsloth==2026.10.7 has them", stacklevel=2)
+        return False
+
+    def packed_info_from_host(kwargs, device):
+        seq_lengths = kwargs.get("packed_seq_lengths")
+        if not isinstance(seq_lengths, torch.Tensor) or seq_lengths.device.type != "cpu":
+            return original(kwargs, device)
+        entry = packing._PACKED_INFO_CACHE.get(device)
+        if entry is not None and entry["seq_lengths"] is seq_lengths:
+            return entry["result"]
+        host = seq_lengths.to(torch.int32)
+        host_cu_seqlens = torch.nn.functional.pad(host.cumsum(0, dtype=torch.int32), (1, 0))
+        lengths = host.pin_memory().to(device, non_blocking=True)
+        cu_seqlens = host_cu_seqlens.pin_memory().to(device, non_blocking=True)
+        result = (lengths, cu_seqlens, int(host.max()))
+        total = int(host_cu_seqlens[-1])  # rows with no pad tail after them; a batch with one misses the caches
+        packing._PACKED_INFO_CACHE[device] = {"seq_lengths": seq_lengths, "result": result}
+        packing._SEGMENT_LENGTHS_CACHE[lengths.device] = (lengths, total, tuple(host.tolist()))
+        packing._PADDED_CU_SEQLENS_CACHE[cu_seqlens.device] = {"cu_seqlens": cu_seqlens, "total": total,
+                                                               "result": (cu_seqlens, result[2])}
+        return result
+
+    packed_info_from_host.host_row_lengths = True
+    for module in list(sys.modules.values()):  # the model families import the function by name
+        if getattr(module, "__name__", "").startswith("unsloth") and \
+                getattr(module, "get_packed_info_from_kwargs", None) is original:
+            module.get_packed_info_from_kwargs = packed_info_from_host
     return True

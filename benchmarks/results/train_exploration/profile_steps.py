@@ -6,6 +6,14 @@ launched per step, the top CUDA kernels and CPU ops. `nosync` runs the same with
 include_num_input_tokens_seen off (the Trainer's per-step `.item()` on the token count; the runs of 10:29 UTC,
 before the train stage stopped reading it every step), `fused` with torch's fused AdamW instead of the 8-bit
 one, and `noprof` times 20 steps after 10 without the profiler (tokens/s from the trainer's count).
+`syncs` lists where the profiled steps make the CPU wait for the GPU (torch's sync debug mode, with the Python
+stack of each wait) and `workers` collates batches in two DataLoader workers. Two switches undo what the train
+stage now does against those waits: `blocking` copies batches to the GPU with a wait (accelerate's default) and
+`devicelengths` leaves concatenated rows' lengths on the GPU for Unsloth to read back itself
+(backends.unsloth.prepare_trainer off). Logs: profile_steps_syncs.log (the waits before those two; its
+`cpulengths` run was a first cut of the hook, which gave Unsloth only the longest row from the host, on a host
+whose CPU made every mode slower), profile_steps_syncs_hooks.log (the waits left with them) and
+profile_steps_host_lengths.log (with and without each, unprofiled, one H100 host).
 
     python benchmarks/results/train_exploration/profile_steps.py                # every mode below
     python benchmarks/results/train_exploration/profile_steps.py --one unpacked # one, in this process
@@ -38,6 +46,8 @@ def one(run: str, checkpoint: str) -> dict:
     trainer, _ = train_backends.slothline_trainer("unsloth", packing, row_tokens, padding_free, checkpoint)
     if "nosync" in variants:
         trainer.args.include_num_input_tokens_seen = "no"
+    if "syncs" in variants:
+        return sync_census(trainer, run)
     out = {}
 
     class Profile(TrainerCallback):
@@ -74,9 +84,52 @@ def unprofiled(mode: str, variants: list[str], checkpoint: str) -> dict:
     trainer, _ = train_backends.slothline_trainer("unsloth", packing, row_tokens, padding_free, checkpoint)
     if "fused" in variants:
         trainer.args.optim = "adamw_torch_fused"
+    if "workers" in variants:
+        trainer.args.dataloader_num_workers = 2
+    if "blocking" in variants:
+        trainer.accelerator.dataloader_config.non_blocking = False
+    if "devicelengths" in variants:
+        trainer.__dict__.pop("_prepare_inputs", None)  # the hook backends.unsloth.prepare_trainer put there
     tokens, seconds = train_timed(trainer, 10)
     out = {"window_s": round(seconds, 2), "run": ":".join([mode, *variants]), "steps": 20,
            "ms_per_step": round(seconds * 50, 1), "tokens_per_s": round(tokens / seconds), "optim": str(trainer.args.optim)}
+    print(json.dumps(out))
+    return out
+
+
+def sync_census(trainer, run: str) -> dict:
+    """Each place that makes the CPU wait for the GPU during steps FROM..TO, by Python stack, with its count."""
+    import collections
+    import traceback
+    import warnings
+
+    import torch
+    from transformers import TrainerCallback
+
+    stacks = collections.Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            frames = [f for f in traceback.extract_stack()[:-1] if "/warnings.py" not in f.filename][-7:]
+            stacks["\n".join(f"    {f.filename.split('site-packages/')[-1].split('site312/')[-1]}:{f.lineno} {f.name}: "
+                              f"{(f.line or '').strip()[:90]}" for f in frames)] += 1
+
+    class Census(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == FROM:
+                warnings.simplefilter("always")
+                warnings.showwarning = record
+                torch.cuda.set_sync_debug_mode("warn")
+            elif state.global_step == TO:
+                torch.cuda.set_sync_debug_mode("default")
+
+    trainer.add_callback(Census())
+    trainer.train()
+    steps = TO - FROM
+    for stack, count in stacks.most_common():
+        print(f"{count / steps:g} per step:\n{stack}")
+    out = {"window_s": 0, "run": run, "steps": steps, "syncs_per_step": sum(stacks.values()) / steps,
+           "places": len(stacks)}
     print(json.dumps(out))
     return out
 
