@@ -1,4 +1,5 @@
-"""The attention path for training: the registered varlen attention and the Unsloth varlen hook."""
+"""The attention path for training: the registered varlen attention, the Unsloth varlen hook and the unsloth
+backend's host row lengths."""
 
 import importlib
 import sys
@@ -270,3 +271,126 @@ def test_varlen_kernel_on_cuda_matches_per_document_sdpa(tiny_qwen3, tokenizer):
     assert (logits - ref_logits).norm() / ref_logits.norm() < 0.1
     for grad, ref in zip(grads, ref_grads):
         assert (grad - ref).norm() / ref.norm() < 0.1
+
+
+# The unsloth backend's host row lengths, against a stand-in for `unsloth.utils.packing` that keeps Unsloth
+# 2026.10.7's per-batch caches and reads (`.item()`, `.tolist()`) as its own functions do.
+
+def unsloth_packing_module():
+    packing = types.ModuleType("unsloth.utils.packing")
+    packing._PACKED_INFO_CACHE, packing._SEGMENT_LENGTHS_CACHE, packing._PADDED_CU_SEQLENS_CACHE = {}, {}, {}
+    packing.reads = []  # what the stand-in read back from the device
+
+    def get_packed_info_from_kwargs(kwargs, device):
+        seq_lengths = kwargs.get("packed_seq_lengths")
+        if seq_lengths is None:
+            return None
+        entry = packing._PACKED_INFO_CACHE.get(device)
+        if entry is not None and entry["seq_lengths"] is seq_lengths:
+            return entry["result"]
+        packing.reads.append("longest")
+        lengths = seq_lengths.to(device=device, dtype=torch.int32)
+        cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+        result = (lengths, cu_seqlens, int(lengths.max().item()))
+        packing._PACKED_INFO_CACHE[device] = {"seq_lengths": seq_lengths, "result": result}
+        return result
+
+    def packed_segment_lengths(seq_info, total_tokens=None):
+        entry = packing._SEGMENT_LENGTHS_CACHE.get(seq_info[0].device)
+        if entry is not None and entry[0] is seq_info[0] and entry[1] == total_tokens:
+            return entry[2]
+        packing.reads.append("lengths")
+        lengths = tuple(seq_info[0].tolist())
+        return lengths + ((total_tokens - sum(lengths),) if total_tokens and total_tokens > sum(lengths) else ())
+
+    def cover_padded_cu_seqlens(seq_info, total_tokens):
+        _, cu_seqlens, longest = seq_info
+        entry = packing._PADDED_CU_SEQLENS_CACHE.get(cu_seqlens.device)
+        if entry is not None and entry["cu_seqlens"] is cu_seqlens and entry["total"] == total_tokens:
+            return entry["result"]
+        packing.reads.append("last boundary")
+        padding = total_tokens - int(cu_seqlens[-1].item())
+        if padding > 0:
+            return torch.cat([cu_seqlens, torch.tensor([total_tokens], dtype=torch.int32)]), max(longest, padding)
+        return cu_seqlens, longest
+
+    packing.get_packed_info_from_kwargs = get_packed_info_from_kwargs
+    packing.packed_segment_lengths = packed_segment_lengths
+    packing.cover_padded_cu_seqlens = cover_padded_cu_seqlens
+    return packing
+
+
+@pytest.fixture
+def fake_packing(fake_unsloth, monkeypatch):
+    """`unsloth.utils.packing`, and a model family module that imported its function by name (as Unsloth's do)."""
+    packing = unsloth_packing_module()
+    family = types.ModuleType("unsloth.models.qwen3")
+    family.get_packed_info_from_kwargs = packing.get_packed_info_from_kwargs
+    monkeypatch.setitem(sys.modules, packing.__name__, packing)
+    monkeypatch.setitem(sys.modules, family.__name__, family)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)  # no CUDA here
+    return packing, family
+
+
+def unsloth_backend():
+    return importlib.import_module("slothline.backends.unsloth")
+
+
+@pytest.mark.parametrize("pad_tail", [0, 3])
+def test_host_row_lengths_give_unsloths_values_without_reading_the_device(fake_packing, pad_tail):
+    packing, family = fake_packing
+    lengths = torch.tensor([5, 3, 7])
+    original = packing.get_packed_info_from_kwargs
+    expected = original({"packed_seq_lengths": lengths.clone()}, torch.device("cpu"))
+    total = 15 + pad_tail
+    expected_segments = packing.packed_segment_lengths(expected, total)
+    expected_cover = packing.cover_padded_cu_seqlens(expected, total)
+    packing.reads.clear()
+
+    assert unsloth_backend().host_row_lengths() is True
+    assert family.get_packed_info_from_kwargs is packing.get_packed_info_from_kwargs is not original
+    kwargs = {"packed_seq_lengths": lengths}  # on the host, as prepare_trainer leaves them
+    info = family.get_packed_info_from_kwargs(kwargs, torch.device("cpu"))
+    assert [x.tolist() if torch.is_tensor(x) else x for x in info] == [[5, 3, 7], [0, 5, 8, 15], 7]
+    assert family.get_packed_info_from_kwargs(kwargs, torch.device("cpu")) is info  # one batch, one computation
+    assert packing.packed_segment_lengths(info, total) == expected_segments
+    cover = packing.cover_padded_cu_seqlens(info, total)
+    assert cover[0].tolist() == expected_cover[0].tolist() and cover[1] == expected_cover[1]
+    # nothing read back, except where a pad tail follows the rows (Unsloth's own code then, as before)
+    assert packing.reads == ([] if not pad_tail else ["lengths", "last boundary"])
+
+
+def test_host_row_lengths_leave_device_lengths_to_unsloth(fake_packing):
+    packing, _ = fake_packing
+    calls = []
+    packing.get_packed_info_from_kwargs = lambda kwargs, device: calls.append(kwargs)  # Unsloth's own, recorded
+    assert unsloth_backend().host_row_lengths() is True
+    on_device = {"packed_seq_lengths": torch.tensor([2, 2], device="meta")}
+    packing.get_packed_info_from_kwargs(on_device, torch.device("cpu"))
+    packing.get_packed_info_from_kwargs({}, torch.device("cpu"))
+    assert calls == [on_device, {}]
+
+
+def test_host_row_lengths_step_aside_with_a_warning_when_unsloths_internals_moved(fake_packing):
+    packing, family = fake_packing
+    del packing._SEGMENT_LENGTHS_CACHE
+    before = family.get_packed_info_from_kwargs
+    with pytest.warns(UserWarning, match=r"unsloth\.utils\.packing\._SEGMENT_LENGTHS_CACHE.*unsloth==2026\.10\.7"):
+        assert unsloth_backend().host_row_lengths() is False
+    assert family.get_packed_info_from_kwargs is before
+
+
+def test_unsloth_prepare_trainer_hands_the_model_host_row_lengths(fake_packing, monkeypatch):
+    class Trainer:
+        def _prepare_inputs(self, inputs):  # transformers moves every tensor to the device
+            return dict(inputs, prepared=True)
+
+    trainer = Trainer()
+    unsloth_backend().prepare_trainer(trainer)
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self: ("host copy of", self.device.type))
+    on_device = torch.tensor([4, 2], device="meta")
+    inputs = trainer._prepare_inputs({"input_ids": torch.zeros(1, 6), "packed_seq_lengths": on_device})
+    assert inputs["prepared"] and inputs["packed_seq_lengths"] == ("host copy of", "meta")
+    on_host = torch.tensor([4, 2])
+    assert trainer._prepare_inputs({"packed_seq_lengths": on_host})["packed_seq_lengths"] is on_host
+    assert trainer._prepare_inputs({"input_ids": torch.zeros(2, 3)}).keys() == {"input_ids", "prepared"}
