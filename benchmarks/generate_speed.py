@@ -102,15 +102,19 @@ def chip_limit(table: dict) -> float | None:
     return next((value for chip, value in table.items() if chip in name), None)
 
 
+def weight_bytes(model) -> int:
+    """The bytes of every weight: what each decode step reads once."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def floor_tokens_per_s(model, rows: int, kv_tokens_per_row: float = 0.0) -> float:
     """rows / (bytes a decode step must read / bandwidth): every weight once, and with `kv_tokens_per_row` the
     keys and values of that many cached tokens of each row."""
     from slothline.kinds._generative.generation import kv_bytes_per_token
 
     bandwidth = chip_limit(BANDWIDTH_TB_S)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     kv_bytes = rows * kv_tokens_per_row * kv_bytes_per_token(model)
-    return rows / ((weight_bytes + kv_bytes) / (bandwidth * 1e12)) if bandwidth else float("nan")
+    return rows / ((weight_bytes(model) + kv_bytes) / (bandwidth * 1e12)) if bandwidth else float("nan")
 
 
 def roofline_tokens_per_s(model, lengths: list[int], rows: int) -> float:
@@ -125,13 +129,13 @@ def roofline_tokens_per_s(model, lengths: list[int], rows: int) -> float:
         return float("nan")
     heads = {id(m.weight): m.weight.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings())}
     weights = sum(p.numel() for p in model.parameters()) - sum(heads.values())
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    step_bytes, token_bytes = weight_bytes(model), kv_bytes_per_token(model)
     ordered = sorted(lengths, reverse=True)
     seconds = 0.0
     for batch in (ordered[i:i + rows] for i in range(0, len(ordered), rows)):
         seconds += 2 * weights * sum(batch) / (peak * 1e12)
         kv_tokens = sum(batch) * (NEW_TOKENS - 1) + len(batch) * NEW_TOKENS * (NEW_TOKENS - 1) / 2
-        seconds += ((NEW_TOKENS - 1) * weight_bytes + kv_tokens * kv_bytes_per_token(model)) / (bandwidth * 1e12)
+        seconds += ((NEW_TOKENS - 1) * step_bytes + kv_tokens * token_bytes) / (bandwidth * 1e12)
     return len(lengths) * NEW_TOKENS / seconds
 
 

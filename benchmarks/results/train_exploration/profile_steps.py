@@ -107,12 +107,16 @@ def sync_census(trainer, run: str) -> dict:
     from transformers import TrainerCallback
 
     stacks = collections.Counter()
+    roots = sorted((str(Path(p).resolve()) + "/" for p in sys.path if p), key=len, reverse=True)
+
+    def where(filename: str) -> str:  # relative to the import root it came from
+        return next((filename.removeprefix(root) for root in roots if filename.startswith(root)), filename)
 
     def record(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" in str(message):
             frames = [f for f in traceback.extract_stack()[:-1] if "/warnings.py" not in f.filename][-7:]
-            stacks["\n".join(f"    {f.filename.split('site-packages/')[-1].split('site312/')[-1]}:{f.lineno} {f.name}: "
-                              f"{(f.line or '').strip()[:90]}" for f in frames)] += 1
+            stacks["\n".join(f"    {where(f.filename)}:{f.lineno} {f.name}: {(f.line or '').strip()[:90]}"
+                              for f in frames)] += 1
 
     class Census(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
