@@ -344,6 +344,28 @@ def test_static_cache_filled_batches_and_a_merged_adapter_answer_as_the_plain_pa
     assert base != plain  # the adapter changes the answers: merging it changed nothing else
 
 
+def test_the_stop_flag_is_read_a_step_late_on_cuda_only():
+    """transformers' DeferredStopCheck (the host queues the next decode step before the last one ends) is on for
+    CUDA inside the block, as transformers has it for mps, and its own gate is back after the block, error or
+    not. If transformers turns it on for CUDA itself, the first assertion fails: the switch can go."""
+    import torch
+    from transformers.generation.utils import DeferredStopCheck
+
+    from slothline.kinds._generative.generation import stop_read_a_step_late
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    supported = lambda device, assistant=False: DeferredStopCheck.is_supported(device, None, False, is_assistant=assistant)
+    assert not supported(cuda)
+    with stop_read_a_step_late(cuda):
+        assert supported(cuda) and not supported(cuda, assistant=True) and not supported(cpu)
+    assert not supported(cuda)
+    with stop_read_a_step_late(cpu):
+        assert not supported(cuda)
+    with pytest.raises(ValueError), stop_read_a_step_late(cuda):
+        raise ValueError
+    assert not supported(cuda)
+
+
 def test_generation_plan_follows_the_device_and_the_token_budget(tiny_qwen3):
     from types import SimpleNamespace
 

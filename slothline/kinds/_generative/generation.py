@@ -154,6 +154,30 @@ def merged_adapter(model, merge: bool):
         model.unmerge_adapter()
 
 
+@contextmanager
+def stop_read_a_step_late(device: torch.device):
+    """On a GPU, decode steps queued without waiting for the last one: after each step transformers (5.17) reads
+    back whether every row has stopped, which leaves the GPU idle while the host prepares the next step. Its
+    DeferredStopCheck reads that flag one step late (the extra step undone, the same tokens) but is switched on
+    only for Apple GPUs; this switches it on for the block on CUDA. Elsewhere, or where transformers lacks it:
+    unchanged."""
+    from transformers.generation import utils
+
+    gate = getattr(getattr(utils, "DeferredStopCheck", None), "__dict__", {}).get("is_supported")
+    if device.type != "cuda" or not isinstance(gate, staticmethod):
+        yield
+        return
+
+    def is_supported(device, *args, **kwargs):
+        return gate.__func__(torch.device("mps") if device.type == "cuda" else device, *args, **kwargs)
+
+    utils.DeferredStopCheck.is_supported = staticmethod(is_supported)
+    try:
+        yield
+    finally:
+        utils.DeferredStopCheck.is_supported = gate
+
+
 def generate(model, processor, prompts: list[str], settings, chosen: dict | None = None, desc: str = "generate",
              images: list[list] | None = None, literals: list | None = None, how: Plan | None = None) -> list[str]:
     """Answers to `prompts` (rendered, generation prompt included), generated as `plan` decides (or `how`),
@@ -178,7 +202,7 @@ def generate(model, processor, prompts: list[str], settings, chosen: dict | None
     if how.cache == "static":  # one shape for every batch: a fixed cache length, the last batch filled up
         options |= {"cache_implementation": "static", "max_cache_len": how.cache_length}
     stops = stop_ids(processor, model.generation_config)
-    with merged_adapter(model, how.merged), torch.inference_mode():
+    with merged_adapter(model, how.merged), stop_read_a_step_late(model.device), torch.inference_mode():
         for start in tqdm(range(0, len(order), how.rows), desc=desc):
             batch = order[start : start + how.rows]
             filled = batch + [batch[-1]] * (how.rows - len(batch)) if how.cache == "static" else batch
