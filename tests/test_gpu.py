@@ -312,7 +312,7 @@ def test_loftq(prepared, backend):
 
 PACKED_LOSSES = """
 import dataclasses, json, sys
-from slothline import backends, kinds
+from slothline import backends, kinds, training
 from slothline.artifacts import read_split
 from slothline.backends import attention
 from slothline.params import load_params
@@ -333,9 +333,24 @@ elif runtime.attention == attention.VARLEN_FLASH:
     from transformers import AttentionInterface
     AttentionInterface.register(attention.VARLEN_ATTENTION, lambda *a, **k: calls.append(1) or function(*a, **k))
 trainer = task.build_trainer(backend, runtime, params, model, tokenizer, read_split("train"), [], "out", [])
+training.prepare_trainer(trainer, model, backend, runtime, params)  # as the train stage does
+host_lengths = []  # batches whose row lengths reach the model on the host (backends.unsloth.prepare_trainer)
+prepare_inputs = trainer._prepare_inputs
+def counted(inputs):
+    inputs = prepare_inputs(inputs)
+    lengths = inputs.get("packed_seq_lengths")
+    host_lengths.append(lengths is not None and lengths.device.type == "cpu")
+    return inputs
+trainer._prepare_inputs = counted
 trainer.train()
+unsloth_reads = None
+if runtime.backend == "unsloth":
+    import unsloth.models.qwen3 as family
+    unsloth_reads = not getattr(family.get_packed_info_from_kwargs, "host_row_lengths", False)
 print(json.dumps({"losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
-                  "varlen_calls": len(calls), "padding_free": trainer.args.padding_free}))
+                  "varlen_calls": len(calls), "padding_free": trainer.args.padding_free,
+                  "batches": len(host_lengths), "host_length_batches": sum(host_lengths),
+                  "unsloth_reads_lengths": unsloth_reads}))
 """
 
 
@@ -363,6 +378,9 @@ def test_padding_free_unpacked_rows_train_like_padded_batches(prepared, backend)
     print({"padding_free": joined, "padded": padded})
     assert joined["padding_free"] and not padded["padding_free"]
     assert joined["varlen_calls"] > 0 and padded["varlen_calls"] == 0
+    if backend == "unsloth":  # the row lengths reach Unsloth's attention from the host (prepare_trainer)
+        assert joined["host_length_batches"] == joined["batches"] >= 10, joined
+        assert joined["unsloth_reads_lengths"] is False, joined
     assert len(joined["losses"]) == len(padded["losses"]) == 10
     for a, b in zip(joined["losses"], padded["losses"]):
         assert abs(a - b) <= 1e-3 * max(1.0, abs(b)), (joined["losses"], padded["losses"])

@@ -13,7 +13,9 @@ stage now does against those waits: `blocking` copies batches to the GPU with a 
 (backends.unsloth.prepare_trainer off). Logs: profile_steps_syncs.log (the waits before those two; its
 `cpulengths` run was a first cut of the hook, which gave Unsloth only the longest row from the host, on a host
 whose CPU made every mode slower), profile_steps_syncs_hooks.log (the waits left with them) and
-profile_steps_host_lengths.log (with and without each, unprofiled, one H100 host).
+profile_steps_host_lengths.log (with and without each, unprofiled, one H100 host). `plaingc` checkpoints
+without offloading (use_gradient_checkpointing=True instead of "unsloth"): profile_steps_checkpointing.log, on a
+third H100 host whose CPU slowed short steps most (the run's time limit stopped it before fixed-length:plaingc).
 
     python benchmarks/results/train_exploration/profile_steps.py                # every mode below
     python benchmarks/results/train_exploration/profile_steps.py --one unpacked # one, in this process
@@ -81,6 +83,8 @@ def unprofiled(mode: str, variants: list[str], checkpoint: str) -> dict:
 
     train_backends.STEPS = 30
     packing, row_tokens, padding_free = train_backends.MODES[mode]
+    if "plaingc" in variants:
+        checkpointing_without_offloading()
     trainer, _ = train_backends.slothline_trainer("unsloth", packing, row_tokens, padding_free, checkpoint)
     if "fused" in variants:
         trainer.args.optim = "adamw_torch_fused"
@@ -95,6 +99,19 @@ def unprofiled(mode: str, variants: list[str], checkpoint: str) -> dict:
            "ms_per_step": round(seconds * 50, 1), "tokens_per_s": round(tokens / seconds), "optim": str(trainer.args.optim)}
     print(json.dumps(out))
     return out
+
+
+def checkpointing_without_offloading() -> None:
+    """get_peft_model with use_gradient_checkpointing=True (plain checkpointing, the saved layer inputs kept on
+    the GPU) where the train stage asks for "unsloth" (the saved inputs offloaded to host memory)."""
+    import unsloth
+
+    get_peft_model = unsloth.FastLanguageModel.get_peft_model
+
+    def instead(model, *args, use_gradient_checkpointing="unsloth", **kwargs):
+        return get_peft_model(model, *args, use_gradient_checkpointing=True, **kwargs)
+
+    unsloth.FastLanguageModel.get_peft_model = staticmethod(instead)
 
 
 def sync_census(trainer, run: str) -> dict:
