@@ -11,7 +11,8 @@ other; `unsloth` runs in a child process (Unsloth patches transformers' Qwen3 cl
 - `static-sdpa`: merged, transformers' static cache with compiled decode steps (CUDA graphs), every batch one
   shape, transformers' sdpa (which copies keys and values for each query head whenever a mask is given);
 - `evaluate`: what evaluate does now (`generation.plan`): `static-sdpa` with the decode steps through the
-  grouped attention (backends.attention), the base pass (adapter disabled) first as in evaluate;
+  grouped attention (backends.attention) and the stop flag read a step late (`generation.stop_read_a_step_late`;
+  the other paths read it after every step), the base pass (adapter disabled) first as in evaluate;
 - `unsloth`: the unsloth backend's path before (FastLanguageModel, the adapter, for_inference, 16 rows).
 
 Tokens/s counts every row's NEW_TOKENS (a batch runs until its last row ends, and random weights
@@ -32,10 +33,12 @@ expands it: `before` vs `evaluate`). Writes benchmarks/results/generate_speed.{j
 """
 
 import argparse
+import contextlib
 import json
 import random
 import time
 from pathlib import Path
+from unittest import mock
 
 from harness import RESULTS, measure_in_child, print_result, write_results
 
@@ -144,6 +147,7 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     import torch
 
     from slothline.backends import attention
+    from slothline.kinds._generative import generation
     from slothline.kinds._generative.generation import Plan, plan, prompt_lengths
 
     if path == "unsloth":
@@ -180,8 +184,11 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
         model.set_attn_implementation("sdpa")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    answers, first = timed_generate(model, processor, prompts, how, images)
-    seconds = timed_generate(model, processor, prompts, how, images)[1] if how.cache == "static" else first
+    # the paths before evaluate's read the stop flag back after every step, as transformers does on CUDA
+    with contextlib.nullcontext() if path == "evaluate" else \
+            mock.patch.object(generation, "stop_read_a_step_late", contextlib.nullcontext):
+        answers, first = timed_generate(model, processor, prompts, how, images)
+        seconds = timed_generate(model, processor, prompts, how, images)[1] if how.cache == "static" else first
     floor = floor_tokens_per_s(model, how.rows)
     # a static cache is read whole at each step; a dynamic one holds a batch's longest prompt and the tokens so far
     batches = [sorted(lengths, reverse=True)[i] for i in range(0, len(lengths), how.rows)]
