@@ -3,8 +3,8 @@
 A randomly initialised checkpoint of Qwen3-4B's shape (bf16) with a random LoRA adapter (r=16 on all 7
 projections, B not zero, so the adapter changes every weight it touches) answers 128 chat prompts of 100-400
 tokens with 128 new tokens each, greedily (random weights almost never produce a stop token, so every row
-runs to the end). Every path generates through evaluate's own `generate()` in one process, one after the
-other; `unsloth` runs in a child process (Unsloth patches transformers' Qwen3 classes for the whole process):
+runs to the end). Every path generates through evaluate's own `generate()`, each in a child process of its own,
+one after the other (`unsloth` needs one: Unsloth patches transformers' Qwen3 classes for the whole process):
 
 - `before`: what evaluate did before: the PEFT adapter unmerged, a dynamic cache, 16 rows per batch, sdpa;
 - `merged`: the adapter merged in place, a dynamic cache, evaluate's rows per batch (its token budget);
