@@ -23,8 +23,9 @@ GPU's bandwidth), against the floor that also counts the KV cache each step read
 the whole call: each batch's prefill at the GPU's peak bf16 FLOP/s (2 FLOPs per weight per real prompt token,
 no padding) plus each decode step reading every weight and the keys and values of the tokens each row really
 holds at that step. `--vision` runs the same on a Qwen3-VL-2B-shape checkpoint with one 448x448 picture per
-prompt (images keep a dynamic cache; their rows follow the token budget, each picture counted as the processor
-expands it: `before` vs `evaluate`). Writes benchmarks/results/generate_speed.{json,md}.
+prompt (rows by the token budget, each picture counted as the processor expands it): `before`, `evaluate` and
+`evaluate-dynamic`, evaluate's path on a dynamic cache (what it did for pictures before their decode steps were
+compiled too). Writes benchmarks/results/generate_speed.{json,md}.
 
     python benchmarks/generate_speed.py                 # text, every path (the vision model's earlier result kept)
     python benchmarks/generate_speed.py --vision        # both models
@@ -37,6 +38,7 @@ import contextlib
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -46,7 +48,7 @@ PROMPTS, NEW_TOKENS, SHORTEST, LONGEST = 128, 128, 100, 400
 BANDWIDTH_TB_S = {"H100": 3.35, "H200": 4.8}  # HBM3 (SXM) and HBM3e
 PEAK_BF16_TFLOPS = {"H100": 989, "H200": 989}  # dense tensor-core bf16, SXM
 TEXT_PATHS = ("before", "merged", "static-sdpa", "evaluate", "unsloth")
-VISION_PATHS = ("before", "evaluate")
+VISION_PATHS = ("before", "evaluate-dynamic", "evaluate")
 WORDS = "the of and a to in is you that it he was for on are as with his they at be this from have or by".split()
 
 
@@ -170,13 +172,13 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     prompts = prompts if path not in ("before", "unsloth") or vision else prompts[:32]  # the slow paths: 2 batches
     images = images and images[: len(prompts)]
     lengths = prompt_lengths(model, processor, prompts, images=images)
-    evaluate_plan = plan(model, lengths, settings("auto"), images is not None)
+    evaluate_plan = plan(model, lengths, settings("auto"))
     longest = max(lengths) + NEW_TOKENS
     how = {"before": Plan(16, "dynamic", longest, merged=False), "unsloth": Plan(16, "dynamic", longest, merged=False),
            "merged": Plan(evaluate_plan.rows, "dynamic", longest, merged=True),
            "static-sdpa": Plan(evaluate_plan.rows, "static", longest, merged=True),
-           "evaluate": evaluate_plan}[path]
-    if path == "evaluate":
+           "evaluate": evaluate_plan, "evaluate-dynamic": replace(evaluate_plan, cache="dynamic")}[path]
+    if path.startswith("evaluate"):
         model.set_attn_implementation(attention.register_grouped_attention())
         with model.disable_adapter():  # evaluate's base pass comes first: its own compiled graph
             timed_generate(model, processor, prompts, Plan(how.rows, how.cache, longest, merged=False), images)
@@ -185,7 +187,7 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     # the paths before evaluate's read the stop flag back after every step, as transformers does on CUDA
-    with contextlib.nullcontext() if path == "evaluate" else \
+    with contextlib.nullcontext() if path.startswith("evaluate") else \
             mock.patch.object(generation, "stop_read_a_step_late", contextlib.nullcontext):
         answers, first = timed_generate(model, processor, prompts, how, images)
         seconds = timed_generate(model, processor, prompts, how, images)[1] if how.cache == "static" else first
@@ -228,11 +230,11 @@ def vision_prompts(processor) -> tuple[list[str], list[list]]:
     return prompts, images
 
 
-def agreement(runs: dict, path: str) -> float | None:
-    """The share of `path`'s answers (of the prompts both ran) equal to `before`'s."""
-    if "before" not in runs or path not in runs:
+def agreement(runs: dict, path: str, against: str = "before") -> float | None:
+    """The share of `path`'s answers (of the prompts both ran) equal to `against`'s."""
+    if against not in runs or path not in runs:
         return None
-    pairs = list(zip(runs["before"]["answers"], runs[path]["answers"]))
+    pairs = list(zip(runs[against]["answers"], runs[path]["answers"]))
     return round(sum(a == b for a, b in pairs) / len(pairs), 3)
 
 
@@ -256,7 +258,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", choices=TEXT_PATHS, help="run one path in this process (used internally)")
+    parser.add_argument("--path", choices=sorted(set(TEXT_PATHS + VISION_PATHS)), help="run one path in this process (used internally)")
     parser.add_argument("--vision", action="store_true")
     parser.add_argument("--vision-only", action="store_true", help="the vision model alone (the text model's earlier "
                                                                     "result kept)")
@@ -289,6 +291,10 @@ def main() -> None:
         summary = {f"{path}_vs_before_tokens_per_s": round(runs[path]["tokens_per_s"] / runs["before"]["tokens_per_s"], 2)
                    for path in compared}
         summary |= {f"{path}_answers_equal_to_before": agreement(runs, path) for path in compared}
+        if {"evaluate", "evaluate-dynamic"} <= runs.keys():  # the static cache against the dynamic one, same plan
+            summary |= {"evaluate_vs_evaluate-dynamic_tokens_per_s":
+                        round(runs["evaluate"]["tokens_per_s"] / runs["evaluate-dynamic"]["tokens_per_s"], 2),
+                        "evaluate_answers_equal_to_evaluate-dynamic": agreement(runs, "evaluate", "evaluate-dynamic")}
         summary |= {"failed": failed} if failed else {}
         report["models"][name] = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs, **summary}
         write_results("generate_speed", report, markdown(report))  # after each model: a later one may not finish

@@ -671,3 +671,37 @@ def test_a_gpu_plan_counts_the_tokens_each_picture_expands_to(processor):
     assert expanded[0] > expanded[1] > text[1] + 10
     assert prompt_lengths(on("cuda", "a_family_without_a_rule"), processor, [prompt] * 2, images=pictures) == expanded
     assert prompt_lengths(on("cuda"), processor, [prompt] * 2, images=iter(pictures)) == expanded  # read row by row
+
+
+def test_pictures_decode_on_a_compiled_static_cache_as_on_a_dynamic_one(tiny_qwen3_vl, processor):
+    """On a GPU, prompts with pictures take the text's path: a static cache, every batch one shape, the decode
+    steps compiled (the pictures go in with the prefill, which runs uncompiled). Compiled here on the CPU
+    (transformers compiles on CUDA alone unless told): batches of differently sized pictures, and a last batch
+    filled up, make one graph, and the answers are the dynamic cache's."""
+    from dataclasses import replace
+
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForImageTextToText, CompileConfig
+
+    from slothline.kinds._generative.generation import Plan, generate, prompt_lengths
+    from slothline.kinds._generative.params import GenerationEvaluate
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl).eval()
+    model.generation_config.compile_config = CompileConfig()
+    model.generation_config.compile_config._compile_all_devices = True
+    sizes = [64, 256, 96, 128, 200, 64, 160]
+    pictures = [[Image.new("RGB", (size, size), ("red", "blue", "green")[i % 3])] for i, size in enumerate(sizes)]
+    questions = [[{"type": "image"}, {"type": "text", "text": "Which colour " + "is it " * (i % 4 + 1)}] for i in range(len(sizes))]
+    prompts = [processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+               for question in questions]
+    settings = GenerationEvaluate(batch_size=3, max_new_tokens=10, seed=0)
+    dynamic = Plan(3, "dynamic", max(prompt_lengths(model, processor, prompts)) + 10, merged=False)
+    static = replace(dynamic, cache="static", cache_length=300)  # the pictures' tokens and the answers
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        answers = generate(model, processor, prompts, settings, images=pictures, how=dynamic)
+        assert generate(model, processor, prompts, settings, images=pictures, how=static) == answers and any(answers)
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()

@@ -5,7 +5,8 @@ steps 9-11: wall time per step, the time the GPU runs kernels (the union of kern
 launched per step, the top CUDA kernels and CPU ops. `nosync` runs the same with
 include_num_input_tokens_seen off (the Trainer's per-step `.item()` on the token count; the runs of 10:29 UTC,
 before the train stage stopped reading it every step), `fused` with torch's fused AdamW instead of the 8-bit
-one, and `noprof` times 20 steps after 10 without the profiler (tokens/s from the trainer's count).
+one, and `noprof` times 20 steps after 10 without the profiler (tokens/s from the trainer's count; the peak GPU
+memory of training).
 `syncs` lists where the profiled steps make the CPU wait for the GPU (torch's sync debug mode, with the Python
 stack of each wait) and `workers` collates batches in two DataLoader workers. Two switches undo what the train
 stage now does against those waits: `blocking` copies batches to the GPU with a wait (accelerate's default) and
@@ -15,7 +16,8 @@ stage now does against those waits: `blocking` copies batches to the GPU with a 
 whose CPU made every mode slower), profile_steps_syncs_hooks.log (the waits left with them) and
 profile_steps_host_lengths.log (with and without each, unprofiled, one H100 host). `plaingc` checkpoints
 without offloading (use_gradient_checkpointing=True instead of "unsloth"): profile_steps_checkpointing.log, on a
-third H100 host whose CPU slowed short steps most (the run's time limit stopped it before fixed-length:plaingc).
+third H100 host whose CPU slowed short steps most (the run's time limit stopped it before fixed-length:plaingc),
+and profile_steps_checkpointing_memory.log, on a fourth, with the peak memory.
 
     python benchmarks/results/train_exploration/profile_steps.py                # every mode below
     python benchmarks/results/train_exploration/profile_steps.py --one unpacked # one, in this process
@@ -79,6 +81,7 @@ def one(run: str, checkpoint: str) -> dict:
 
 
 def unprofiled(mode: str, variants: list[str], checkpoint: str) -> dict:
+    import torch
     from harness import train_timed
 
     train_backends.STEPS = 30
@@ -96,7 +99,8 @@ def unprofiled(mode: str, variants: list[str], checkpoint: str) -> dict:
         trainer.__dict__.pop("_prepare_inputs", None)  # the hook backends.unsloth.prepare_trainer put there
     tokens, seconds = train_timed(trainer, 10)
     out = {"window_s": round(seconds, 2), "run": ":".join([mode, *variants]), "steps": 20,
-           "ms_per_step": round(seconds * 50, 1), "tokens_per_s": round(tokens / seconds), "optim": str(trainer.args.optim)}
+           "ms_per_step": round(seconds * 50, 1), "tokens_per_s": round(tokens / seconds), "optim": str(trainer.args.optim),
+           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     print(json.dumps(out))
     return out
 

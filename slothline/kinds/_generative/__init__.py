@@ -131,7 +131,7 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
                              [literal_spans(row, "prompt") for row in rows], pictures)
 
     def run(scored_model):
-        how = plan(scored_model, lengths, settings, images is not None)
+        how = plan(scored_model, lengths, settings)
         answers = answers_of(scored_model, processor, rows, params, how)
         size = loss_rows(scored_model, settings, longest)
         batches = (collate(rows[i : i + size]) for i in range(0, len(rows), size))

@@ -69,12 +69,13 @@ class Plan:
         return {"batch_rows": self.rows, "kv_cache": self.cache, "adapter_merged": self.merged}
 
 
-def plan(model, prompt_lengths: list[int], settings, images: bool = False) -> Plan:
+def plan(model, prompt_lengths: list[int], settings) -> Plan:
     """The fastest exact enough way to generate on this device, as benchmarks/generate_speed.py measured it.
 
     On a GPU: the adapter merged in place (PEFT's merge_adapter; not into 4-bit weights, where merging rounds:
     those keep the unmerged, exact path), a static cache with compiled decode steps (not for 4-bit models,
-    which transformers does not compile, nor yet for prompts with images), and as many rows per batch as
+    which transformers does not compile; with images too: the pictures go in with the prefill, which runs
+    uncompiled, and the decode steps are text), and as many rows per batch as
     `evaluate.batch_tokens` holds (rows x (longest prompt + max_new_tokens), images counted as the processor
     expands them: see `prompt_lengths`; auto: the tokens whose KV cache fits in half the free GPU memory), at
     most 256. On the CPU: `evaluate.batch_size` rows (auto: 16), a dynamic cache, the adapter unmerged: the
@@ -83,7 +84,7 @@ def plan(model, prompt_lengths: list[int], settings, images: bool = False) -> Pl
     cuda = model.device.type == "cuda"
     quantized = getattr(inner_model(model), "hf_quantizer", None) is not None
     rows = min(rows_per_batch(model, settings, longest), max(1, len(prompt_lengths)))
-    static = cuda and not quantized and not images and getattr(inner_model(model), "_can_compile_fullgraph", False)
+    static = cuda and not quantized and getattr(inner_model(model), "_can_compile_fullgraph", False)
     return Plan(rows, "static" if static else "dynamic", longest,
                 merged=cuda and not quantized and adapter_active(model), order=tuple(longest_first(prompt_lengths)))
 
@@ -194,7 +195,7 @@ def generate(model, processor, prompts: list[str], settings, chosen: dict | None
     tokenizer.padding_side = "left"
     literals = literals or [()] * len(prompts)
     lengths = None if how and how.order else prompt_lengths(model, processor, prompts, literals, images)
-    how = how or plan(model, lengths, settings, images is not None)
+    how = how or plan(model, lengths, settings)
     order = list(how.order) or longest_first(lengths)  # a plan's own order: its prompts are not measured twice
     assert len(order) == len(prompts), "generate was handed a plan made for other prompts"
     answers = [""] * len(prompts)
