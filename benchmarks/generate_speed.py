@@ -12,7 +12,8 @@ one after the other (`unsloth` needs one: Unsloth patches transformers' Qwen3 cl
   shape, transformers' sdpa (which copies keys and values for each query head whenever a mask is given);
 - `evaluate`: what evaluate does now (`generation.plan`): `static-sdpa` with the decode steps through the
   grouped attention (backends.attention) and the stop flag read a step late (`generation.stop_read_a_step_late`;
-  the other paths read it after every step), the base pass (adapter disabled) first as in evaluate;
+  the other paths read it after every step), the base pass (adapter disabled) first as in evaluate (timed:
+  `base_pass_s`, where a compiled path compiles first);
 - `unsloth`: the unsloth backend's path before (FastLanguageModel, the adapter, for_inference, 16 rows).
 
 Tokens/s counts every row's NEW_TOKENS (a batch runs until its last row ends, and random weights
@@ -181,7 +182,7 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     if path.startswith("evaluate"):
         model.set_attn_implementation(attention.register_grouped_attention())
         with model.disable_adapter():  # evaluate's base pass comes first: its own compiled graph
-            timed_generate(model, processor, prompts, Plan(how.rows, how.cache, longest, merged=False), images)
+            base_pass = timed_generate(model, processor, prompts, replace(how, merged=False), images)[1]
     elif path != "unsloth":
         model.set_attn_implementation("sdpa")
     if torch.cuda.is_available():
@@ -201,6 +202,7 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
         "path": path, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "rows_per_batch": how.rows, "kv_cache": how.cache,
         "adapter_merged": how.merged, "prompts": len(prompts), "new_tokens": NEW_TOKENS,
         "first_call_s": round(first, 2), "seconds": round(seconds, 2),
+        **({"base_pass_s": round(base_pass, 2)} if path.startswith("evaluate") else {}),
         "tokens_per_s": round(len(prompts) * NEW_TOKENS / seconds, 1),
         "first_call_tokens_per_s": round(len(prompts) * NEW_TOKENS / first, 1),
         "floor_tokens_per_s": round(floor, 1), "fraction_of_floor": round(len(prompts) * NEW_TOKENS / seconds / floor, 3),
