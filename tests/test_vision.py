@@ -683,7 +683,7 @@ def test_pictures_decode_on_a_compiled_static_cache_as_on_a_dynamic_one(tiny_qwe
     from torch._dynamo.utils import counters
     from transformers import AutoModelForImageTextToText, CompileConfig
 
-    from slothline.kinds._generative.generation import Plan, generate, prompt_lengths
+    from slothline.kinds._generative.generation import Plan, generate
     from slothline.kinds._generative.params import GenerationEvaluate
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl).eval()
@@ -695,7 +695,7 @@ def test_pictures_decode_on_a_compiled_static_cache_as_on_a_dynamic_one(tiny_qwe
     prompts = [processor.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
                for question in questions]
     settings = GenerationEvaluate(batch_size=3, max_new_tokens=10, seed=0)
-    dynamic = Plan(3, "dynamic", max(prompt_lengths(model, processor, prompts)) + 10, merged=False)
+    dynamic = Plan(3, "dynamic", 0, merged=False)  # a dynamic cache grows as it needs
     static = replace(dynamic, cache="static", cache_length=300)  # the pictures' tokens and the answers
     torch._dynamo.reset()
     counters.clear()
