@@ -55,6 +55,46 @@ def load(kind: str = "causal_lm", **sections):
     return kinds.get(kind).Params.model_validate(merged(kind_defaults(kind), sections))
 
 
+def compiled_decode_against_sdpa(head_dim: int, heads: int, kv_heads: int, device: str, dtype):
+    """A random 2-layer Qwen3 of these attention shapes answers 4 left-padded prompts (300 tokens at most; 2, 1
+    and 0 whole blocks of 128 keys padded) with 8 greedy tokens: on a static cache of 400 tokens with compiled decode
+    steps through the grouped attention (compiled off CUDA too), and through sdpa on a dynamic cache. Returns whether
+    the compiled steps went through `attention.flex_decode`, then (sequences, stacked logits) of each path."""
+    import torch
+    from transformers import AutoModelForCausalLM, CompileConfig, Qwen3Config
+
+    from slothline.backends import attention
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim)
+    model = AutoModelForCausalLM.from_config(config).to(device, dtype).eval()
+    lengths = torch.tensor([300, 130, 20, 257], device=device)
+    mask = (torch.arange(300, device=device) >= 300 - lengths[:, None]).long()
+    ids = torch.randint(3, 500, (4, 300), device=device) * mask
+
+    def generate(**options):
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                                 pad_token_id=0, output_logits=True, return_dict_in_generate=True, **options)
+        return out.sequences, torch.stack(out.logits)
+
+    reference = generate()
+    used = {}
+    flex_decode = attention.flex_decode
+    attention.flex_decode = lambda *args: used.setdefault("flex", True) and flex_decode(*args)
+    model.set_attn_implementation(attention.register_grouped_attention())
+    model.generation_config.compile_config = CompileConfig()
+    model.generation_config.compile_config._compile_all_devices = True  # transformers compiles on CUDA alone
+    torch._dynamo.reset()
+    try:
+        compiled = generate(cache_implementation="static", max_cache_len=400)
+    finally:
+        attention.flex_decode = flex_decode
+        torch._dynamo.reset()
+    return bool(used), compiled, reference
+
+
 @pytest.fixture(scope="session", autouse=True)
 def builtin_cache(tmp_path_factory):
     """Build builtin models once per test session, in a private cache shared with subprocesses, which also

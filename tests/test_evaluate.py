@@ -8,7 +8,7 @@ from slothline.artifacts import (CONFUSION_FILE, EVAL_CHART, EVAL_METRICS, LOSS_
                                  SAMPLES_FILE, TUNED_DIR, Manifest)
 from slothline.errors import SlothlineError
 from slothline.params import load_params
-from tests.conftest import evaluating, write_params
+from tests.conftest import compiled_decode_against_sdpa, evaluating, write_params
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +318,20 @@ def test_grouped_attention_decodes_as_sdpa(tiny_qwen3, tokenizer, monkeypatch):
     assert any(folded) and not all(folded)  # decode steps folded, the prefill through sdpa
     assert torch.equal(grouped_sequences, sequences)
     assert torch.allclose(grouped, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 8])
+def test_compiled_decode_steps_attend_through_flex_attention_as_sdpa(kv_heads):
+    """Compiled decode steps (the static cache's, compiled here on the CPU) attend through FlexAttention over the key
+    blocks that hold keys to attend, grouped (2 key/value heads for 8 query heads) or not: rows left-padded past
+    whole key blocks, and the cache's unwritten tail, give sdpa's greedy tokens and logits."""
+    import torch
+
+    used, (flex_sequences, flex), (sequences, reference) = compiled_decode_against_sdpa(
+        head_dim=16, heads=8, kv_heads=kv_heads, device="cpu", dtype=torch.float32)
+    assert used
+    assert torch.equal(flex_sequences, sequences)
+    assert torch.allclose(flex, reference, atol=1e-5)
 
 
 def test_static_cache_filled_batches_and_a_merged_adapter_answer_as_the_plain_path(tiny_qwen3, tokenizer):

@@ -473,3 +473,20 @@ print(processor.batch_decode(model.generate(**inputs, max_new_tokens=8)[:, input
 """
     print(python(prepared_vision, "-c", f"MERGED_DIR = {str(MERGED_DIR)!r}\n" + check))
     assert stage(prepared_vision, "export") == {}  # vision models offer no export format: models/merged is it
+
+
+@pytest.mark.parametrize("head_dim, heads, kv_heads", [(128, 32, 8), (64, 8, 8), (80, 12, 4), (256, 8, 4)])
+def test_compiled_decode_steps_attend_through_flex_attention_as_sdpa_on_cuda(head_dim, heads, kv_heads):
+    """On CUDA, compiled decode steps run inductor's FlexAttention kernels (decoding where the query heads per
+    key/value head are a power of two, its general kernel where not: 12 for 4) for head sizes of Qwen3 and
+    Llama (128), small models (64), Phi-2 (80) and Gemma (256), and give sdpa's greedy tokens and, in float32,
+    its logits."""
+    import torch
+
+    from tests.conftest import compiled_decode_against_sdpa
+
+    used, (flex_sequences, flex), (sequences, reference) = compiled_decode_against_sdpa(
+        head_dim=head_dim, heads=heads, kv_heads=kv_heads, device="cuda", dtype=torch.float32)
+    assert used
+    assert torch.equal(flex_sequences, sequences)
+    assert torch.allclose(flex, reference, atol=1e-4), (flex - reference).abs().max()

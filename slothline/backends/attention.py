@@ -5,7 +5,8 @@ sequence length, so batches of varying length never go through it. Concatenated 
 through torch's own varlen FlashAttention, `torch.nn.attention.varlen.varlen_attn`: on the hf backend
 through the attention implementation registered here, on unsloth through Unsloth's own varlen branch
 (which the unsloth backend turns on). Full-length batches keep torch's default SDPA; generation on a GPU
-runs decode steps through the grouped attention registered here (no per-head copies of keys and values).
+runs decode steps through the grouped attention registered here (no per-head copies of keys and values; compiled
+steps through FlexAttention, reading only the key blocks that hold keys to attend).
 Nothing here imports transformers or Unsloth at module level.
 """
 
@@ -58,6 +59,7 @@ def register_varlen_attention() -> str:
 
 
 GROUPED_ATTENTION = "sdpa_grouped"  # generation: decode steps without copying keys and values per query head
+KEY_BLOCK = 128  # keys per block of a compiled decode step's FlexAttention; blocks with no key to attend are skipped
 
 
 def register_grouped_attention() -> str:
@@ -72,22 +74,53 @@ def register_grouped_attention() -> str:
 
 
 def grouped_query_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """transformers attention function: in a decode step (one query token) the query heads that share a key/value
-    head attend as one group, folded into that head's query length. transformers' sdpa copies the keys and values
-    once per query head whenever a mask is given (every step with a static cache): at batch 64 that copy moves more
-    bytes than the weights. Other calls are sdpa. Query (B, H, 1, D), key / value (B, H_kv, S, D); returns
-    (B, 1, H, D) and no weights."""
+    """transformers attention function for generation. A decode step (one query token) that is being compiled (the
+    static cache's steps) attends through FlexAttention (`flex_decode`); one that is not, with more query than
+    key/value heads, through SDPA with the query heads that share a key/value head folded into that head's query
+    length (transformers' sdpa copies the keys and values once per query head whenever a mask is given: at batch 64
+    that copy moves more bytes than the weights). Other calls are sdpa. Query (B, H, 1, D), key / value
+    (B, H_kv, S, D); returns (B, 1, H, D) and no weights."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, heads, length, head_dim = query.shape
     kv_heads = key.shape[1]
-    if length != 1 or kv_heads == heads or kwargs.get("position_bias") is not None:
+    plain = kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+    mask_fits = attention_mask is None or attention_mask.dtype == torch.bool
+    if length == 1 and not plain and mask_fits and torch.compiler.is_compiling():
+        return flex_decode(query, key, value, attention_mask, scaling), None
+    if length != 1 or kv_heads == heads or plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     grouped = query.view(batch, kv_heads, heads // kv_heads, head_dim)  # head h = kv * groups + g, as repeat_kv
     out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
                                                            dropout_p=dropout, scale=scaling)
     return out.reshape(batch, 1, heads, head_dim), None
+
+
+def flex_decode(query, key, value, attention_mask, scaling):
+    """One compiled decode step through FlexAttention, which inductor turns into its split-key decoding kernel (query
+    heads of one key/value head in one program): it reads only the blocks of KEY_BLOCK keys that hold a key to attend
+    (a static cache's unwritten tail and a short prompt's left padding are skipped), masks the rest by
+    `attention_mask` (bool, True: attend; None: every key). torch SDPA's kernels (cuDNN on an H100) run one query
+    token like a prompt's tile and read every key. Returns (B, 1, H, D)."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    batch, length = query.shape[0], key.shape[2]
+    grouped = key.shape[1] != query.shape[1]
+    if attention_mask is None:
+        return flex_attention(query, key, value, scale=scaling, enable_gqa=grouped).transpose(1, 2)
+    attend = attention_mask[:, 0, -1, :].expand(batch, length)  # (B, S): the one query's keys
+
+    def mask_mod(b, h, q, k):
+        return attend[b, k]
+
+    blocks = -(-length // KEY_BLOCK)
+    used = torch.nn.functional.pad(attend, (0, blocks * KEY_BLOCK - length)).view(batch, blocks, KEY_BLOCK).any(-1)
+    counts = used.sum(-1, dtype=torch.int32)[:, None, None]  # (B, 1 head, 1 query block)
+    indices = torch.argsort(used.logical_not().to(torch.int8), dim=-1, stable=True).to(torch.int32)[:, None, None, :]
+    block_mask = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=KEY_BLOCK, mask_mod=mask_mod,
+                                          seq_lengths=(1, length))
+    return flex_attention(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=grouped).transpose(1, 2)
 
 
 def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,

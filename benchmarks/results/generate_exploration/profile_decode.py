@@ -3,17 +3,22 @@ the plain model as the merged adapter leaves it, a compiled static cache): the w
 (max_new_tokens=1), and a profile of a steady call: top CUDA kernels, GPU busy time, kernels per decode step.
 A run names the attention for the decode steps: grouped (evaluate's), sdpa, flex_attention; `@N` sets the rows
 per batch; `:stopeachstep` reads whether every row has stopped back from the GPU after each step, as transformers
-5.17 does on CUDA (evaluate reads it a step late: generation.stop_read_a_step_late).
+5.17 does on CUDA (evaluate reads it a step late: generation.stop_read_a_step_late). grouped's compiled decode steps
+attend through FlexAttention over the key blocks that hold keys to attend (attention.flex_decode); `:sdpadecode`
+gives them grouped SDPA instead (cuDNN on an H100: evaluate's decode attention before), `:flexdense` FlexAttention
+over every key (the mask as a score modification). `graph_launches` counts CUDA graph launches in the profiled call. Each run compiles with empty compile caches.
 
-    python benchmarks/results/generate_exploration/profile_decode.py                 # grouped with and without the step-late stop read, then flex_attention
+    python benchmarks/results/generate_exploration/profile_decode.py                 # grouped's decode attention: SDPA, FlexAttention (evaluate's), dense FlexAttention
     python benchmarks/results/generate_exploration/profile_decode.py --one grouped   # one, in this process
 """
 import argparse
 import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +41,10 @@ def one(run: str, rows: int | None, checkpoint: str) -> None:
         from slothline.kinds._generative import generation
 
         generation.stop_read_a_step_late = contextlib.nullcontext
+    if "sdpadecode" in variants:
+        attention.flex_decode = grouped_sdpa
+    if "flexdense" in variants:
+        attention.flex_decode = dense_flex
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, device_map={"": 0})
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
     model.set_attn_implementation(attention.register_grouped_attention() if attn == "grouped" else attn)
@@ -65,18 +74,44 @@ def one(run: str, rows: int | None, checkpoint: str) -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         timed(new)
     busy_s, kernels = kernel_time(prof)
+    launches = sum(event.count for event in prof.key_averages() if event.key == "cudaGraphLaunch")
     print(json.dumps({"attn": run, "rows": how.rows, "cache_length": how.cache_length, "first_s": round(first, 2),
                       "steady_s": round(steady, 2), "tokens_per_s": round(len(prompts) * new / steady),
                       "prefill_s": round(prefill, 2), "decode_ms_per_step": round(decode_ms, 2),
-                      "profiled_gpu_busy_s": round(busy_s, 2), "kernels": kernels, "answers_sha256": digest}))
+                      "profiled_gpu_busy_s": round(busy_s, 2), "kernels": kernels, "graph_launches": launches,
+                      "answers_sha256": digest}))
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=80))
+
+
+def grouped_sdpa(query, key, value, attention_mask, scaling):
+    """A decode step's attention as evaluate ran it before FlexAttention: SDPA, query heads folded per key head."""
+    import torch
+
+    batch, heads, _, head_dim = query.shape
+    grouped = query.view(batch, key.shape[1], heads // key.shape[1], head_dim)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(batch, 1, heads, head_dim)
+
+
+def dense_flex(query, key, value, attention_mask, scaling):
+    """FlexAttention over every key of the cache, the mask applied as a score modification."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    attend = attention_mask[:, 0, -1, :]
+
+    def masked(score, b, h, q, k):
+        return torch.where(attend[b, k], score, -float("inf"))
+
+    return flex_attention(query, key, value, score_mod=masked, scale=scaling,
+                          enable_gqa=key.shape[1] != query.shape[1]).transpose(1, 2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one")
     parser.add_argument("--rows", type=int)
-    parser.add_argument("--runs", default="grouped:stopeachstep,grouped,flex_attention")
+    parser.add_argument("--runs", default="grouped:sdpadecode,grouped,grouped:flexdense")
     parser.add_argument("--checkpoint", default="/tmp/qwen3-4b-shape")
     args = parser.parse_args()
     if args.one:
@@ -88,8 +123,10 @@ def main() -> None:
         train_backends.build_checkpoint(Path(args.checkpoint))
     for run in args.runs.split(","):
         attn, _, rows = run.partition("@")
-        done = subprocess.run([sys.executable, __file__, "--one", attn, "--checkpoint", args.checkpoint]
-                              + (["--rows", rows] if rows else []), capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as cold:  # every run compiles from nothing: first_s compares
+            env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": f"{cold}/inductor", "TRITON_CACHE_DIR": f"{cold}/triton"}
+            done = subprocess.run([sys.executable, __file__, "--one", attn, "--checkpoint", args.checkpoint]
+                                  + (["--rows", rows] if rows else []), capture_output=True, text=True, env=env)
         print(f"===== {run} (exit {done.returncode})", done.stdout, done.stderr[-2500:] if done.returncode else "",
               sep="\n", flush=True)
 
