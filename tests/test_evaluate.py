@@ -335,8 +335,9 @@ def test_compiled_decode_steps_attend_through_flex_attention_as_sdpa(kv_heads):
 
 
 def test_static_cache_filled_batches_and_a_merged_adapter_answer_as_the_plain_path(tiny_qwen3, tokenizer):
-    """The GPU's plan (a static cache, every batch filled to one shape, the adapter merged in place) gives the
-    answers of the plain path (dynamic cache, adapter unmerged), and leaves the adapter unmerged."""
+    """The GPU's plan (a static cache, every batch filled to one shape, the adapter merged in place, the norms and
+    MLPs compiled) gives the answers of the plain path (dynamic cache, adapter unmerged), and leaves the adapter
+    unmerged."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -351,6 +352,8 @@ def test_static_cache_filled_batches_and_a_merged_adapter_answer_as_the_plain_pa
     plain = generate(model, tokenizer, PROMPTS, evaluating(4, 12), GREEDY, how=Plan(4, "dynamic", 0, merged=False))
     fast = generate(model, tokenizer, PROMPTS, evaluating(3, 12), GREEDY, how=Plan(3, "static", 64, merged=True))
     assert fast == plain and any(plain)
+    compiled = [name for name, m in model.named_modules() if m._compiled_call_impl is not None]
+    assert compiled and all(name.endswith(("mlp", "norm")) for name in compiled)
     assert all(torch.allclose(p, weights[name], atol=1e-6) for name, p in model.named_parameters())
     assert not any(getattr(m, "merged", False) for m in model.modules())
     with model.disable_adapter():

@@ -6,9 +6,10 @@ per batch; `:stopeachstep` reads whether every row has stopped back from the GPU
 5.17 does on CUDA (evaluate reads it a step late: generation.stop_read_a_step_late). grouped's compiled decode steps
 attend through FlexAttention over the key blocks that hold keys to attend (attention.flex_decode); `:sdpadecode`
 gives them grouped SDPA instead (cuDNN on an H100: evaluate's decode attention before), `:flexdense` FlexAttention
-over every key (the mask as a score modification). `graph_launches` counts CUDA graph launches in the profiled call. Each run compiles with empty compile caches.
+over every key (the mask as a score modification); `:eagerprefill` leaves the norms and MLPs uncompiled (evaluate compiles them:
+generation.compile_norms_and_mlps), so the prefill's elementwise kernels run eagerly as before. `graph_launches` counts CUDA graph launches in the profiled call. Each run compiles with empty compile caches.
 
-    python benchmarks/results/generate_exploration/profile_decode.py                 # grouped's decode attention: SDPA, FlexAttention (evaluate's), dense FlexAttention
+    python benchmarks/results/generate_exploration/profile_decode.py                 # evaluate's path before (SDPA decode steps, eager norms and MLPs), each change added
     python benchmarks/results/generate_exploration/profile_decode.py --one grouped   # one, in this process
 """
 import argparse
@@ -34,13 +35,14 @@ def one(run: str, rows: int | None, checkpoint: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from slothline.backends import attention
+    from slothline.kinds._generative import generation
     from slothline.kinds._generative.generation import generate, plan, prompt_lengths
 
     attn, *variants = run.split(":")
     if "stopeachstep" in variants:  # transformers' own stop check on CUDA: the flag read back after every step
-        from slothline.kinds._generative import generation
-
         generation.stop_read_a_step_late = contextlib.nullcontext
+    if "eagerprefill" in variants:  # the norms and MLPs uncompiled: the prefill's elementwise kernels eager
+        generation.compile_norms_and_mlps = lambda model: None
     if "sdpadecode" in variants:
         attention.flex_decode = grouped_sdpa
     if "flexdense" in variants:
@@ -111,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one")
     parser.add_argument("--rows", type=int)
-    parser.add_argument("--runs", default="grouped:sdpadecode,grouped,grouped:flexdense")
+    parser.add_argument("--runs", default="grouped:sdpadecode:eagerprefill,grouped:eagerprefill,grouped")
     parser.add_argument("--checkpoint", default="/tmp/qwen3-4b-shape")
     args = parser.parse_args()
     if args.one:
