@@ -336,19 +336,22 @@ def test_compiled_decode_steps_attend_through_flex_attention_as_sdpa(kv_heads):
 
 def test_static_cache_filled_batches_and_a_merged_adapter_answer_as_the_plain_path(tiny_qwen3, tokenizer):
     """The GPU's plan (a static cache, every batch filled to one shape, the adapter merged in place, the norms and
-    MLPs compiled) gives the answers of the plain path (dynamic cache, adapter unmerged), and leaves the adapter
-    unmerged."""
+    MLPs compiled) gives the answers of the plain path (dynamic cache, adapter unmerged), leaves the adapter
+    unmerged, and the teacher-forced loss after it (through the compiled norms and MLPs) is the loss before."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from slothline.kinds._generative.generation import Plan, generate
+    from slothline.kinds._generative.generation import Plan, generate, summed_loss
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen3),
                            LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
     model.eval()
     weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    encoded = dict(tokenizer(PROMPTS, return_tensors="pt", padding=True))
+    labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+    loss = summed_loss(model, encoded, labels)
     plain = generate(model, tokenizer, PROMPTS, evaluating(4, 12), GREEDY, how=Plan(4, "dynamic", 0, merged=False))
     fast = generate(model, tokenizer, PROMPTS, evaluating(3, 12), GREEDY, how=Plan(3, "static", 64, merged=True))
     assert fast == plain and any(plain)
@@ -356,6 +359,7 @@ def test_static_cache_filled_batches_and_a_merged_adapter_answer_as_the_plain_pa
     assert compiled and all(name.endswith(("mlp", "norm")) for name in compiled)
     assert all(torch.allclose(p, weights[name], atol=1e-6) for name, p in model.named_parameters())
     assert not any(getattr(m, "merged", False) for m in model.modules())
+    assert summed_loss(model, encoded, labels) == pytest.approx(loss, rel=1e-5)
     with model.disable_adapter():
         base = generate(model, tokenizer, PROMPTS, evaluating(4, 12), GREEDY, how=Plan(4, "dynamic", 0, merged=False))
     assert base != plain  # the adapter changes the answers: merging it changed nothing else
