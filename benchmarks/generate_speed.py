@@ -9,7 +9,8 @@ one after the other (`unsloth` needs one: Unsloth patches transformers' Qwen3 cl
 - `before`: what evaluate did before: the PEFT adapter unmerged, a dynamic cache, 16 rows per batch, sdpa;
 - `merged`: the adapter merged in place, a dynamic cache, evaluate's rows per batch (its token budget);
 - `static-sdpa`: merged, transformers' static cache with compiled decode steps (CUDA graphs) and the norms and
-  MLPs compiled (`generation.compile_norms_and_mlps`), every batch one shape, transformers' sdpa (which copies keys and values for each query head whenever a mask is given);
+  MLPs compiled (`generation.compile_norms_and_mlps`), every batch one shape, transformers' sdpa (which copies
+  keys and values for each query head whenever a mask is given);
 - `evaluate`: what evaluate does now (`generation.plan`): `static-sdpa` with the decode steps through the
   grouped attention (backends.attention: FlexAttention over the key blocks that hold keys to attend, in the
   compiled steps) and the stop flag read a step late (`generation.stop_read_a_step_late`;

@@ -82,7 +82,7 @@ def grouped_query_attention(module, query, key, value, attention_mask, dropout=0
     (B, H_kv, S, D); returns (B, 1, H, D) and no weights."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    batch, heads, length, head_dim = query.shape
+    _, heads, length, _ = query.shape
     kv_heads = key.shape[1]
     plain = kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
     mask_fits = attention_mask is None or attention_mask.dtype == torch.bool
@@ -91,10 +91,17 @@ def grouped_query_attention(module, query, key, value, attention_mask, dropout=0
     if length != 1 or kv_heads == heads or plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    grouped = query.view(batch, kv_heads, heads // kv_heads, head_dim)  # head h = kv * groups + g, as repeat_kv
+    return grouped_sdpa(query, key, value, attention_mask, scaling, dropout), None
+
+
+def grouped_sdpa(query, key, value, attention_mask, scaling, dropout=0.0):
+    """One decode step through SDPA, the query heads that share a key/value head folded into that head's query
+    length (no per-head copies of keys and values). Returns (B, 1, H, D)."""
+    batch, heads, _, head_dim = query.shape
+    grouped = query.view(batch, key.shape[1], heads // key.shape[1], head_dim)  # head h = kv * groups + g, as repeat_kv
     out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
                                                            dropout_p=dropout, scale=scaling)
-    return out.reshape(batch, 1, heads, head_dim), None
+    return out.reshape(batch, 1, heads, head_dim)
 
 
 def flex_decode(query, key, value, attention_mask, scaling):

@@ -5,11 +5,13 @@ A run names the attention for the decode steps: grouped (evaluate's), sdpa, flex
 per batch; `:stopeachstep` reads whether every row has stopped back from the GPU after each step, as transformers
 5.17 does on CUDA (evaluate reads it a step late: generation.stop_read_a_step_late). grouped's compiled decode steps
 attend through FlexAttention over the key blocks that hold keys to attend (attention.flex_decode); `:sdpadecode`
-gives them grouped SDPA instead (cuDNN on an H100: evaluate's decode attention before), `:flexdense` FlexAttention
-over every key (the mask as a score modification); `:eagerprefill` leaves the norms and MLPs uncompiled (evaluate compiles them:
-generation.compile_norms_and_mlps), so the prefill's elementwise kernels run eagerly as before. `graph_launches` counts CUDA graph launches in the profiled call. Each run compiles with empty compile caches.
+gives them grouped SDPA instead (attention.grouped_sdpa, cuDNN on an H100: evaluate's decode attention before),
+`:flexdense` FlexAttention over every key (the mask as a score modification); `:eagerprefill` leaves the norms and
+MLPs uncompiled (evaluate compiles them: generation.compile_norms_and_mlps), so the prefill's elementwise kernels
+run eagerly as before. `graph_launches` counts CUDA graph launches in the profiled call. Each run compiles with
+empty compile caches.
 
-    python benchmarks/results/generate_exploration/profile_decode.py                 # evaluate's path before (SDPA decode steps, eager norms and MLPs), each change added
+    python benchmarks/results/generate_exploration/profile_decode.py                 # evaluate before, then each change
     python benchmarks/results/generate_exploration/profile_decode.py --one grouped   # one, in this process
 """
 import argparse
@@ -44,7 +46,7 @@ def one(run: str, rows: int | None, checkpoint: str) -> None:
     if "eagerprefill" in variants:  # the norms and MLPs uncompiled: the prefill's elementwise kernels eager
         generation.compile_norms_and_mlps = lambda model: None
     if "sdpadecode" in variants:
-        attention.flex_decode = grouped_sdpa
+        attention.flex_decode = attention.grouped_sdpa
     if "flexdense" in variants:
         attention.flex_decode = dense_flex
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, device_map={"": 0})
@@ -83,16 +85,6 @@ def one(run: str, rows: int | None, checkpoint: str) -> None:
                       "profiled_gpu_busy_s": round(busy_s, 2), "kernels": kernels, "graph_launches": launches,
                       "answers_sha256": digest}))
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=80))
-
-
-def grouped_sdpa(query, key, value, attention_mask, scaling):
-    """A decode step's attention as evaluate ran it before FlexAttention: SDPA, query heads folded per key head."""
-    import torch
-
-    batch, heads, _, head_dim = query.shape
-    grouped = query.view(batch, key.shape[1], heads // key.shape[1], head_dim)
-    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
-    return out.reshape(batch, 1, heads, head_dim)
 
 
 def dense_flex(query, key, value, attention_mask, scaling):
