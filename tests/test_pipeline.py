@@ -18,6 +18,11 @@ pytestmark = pytest.mark.e2e
 
 
 def dvc(project, *args, check=True, env=None):
+    env = dict(env or os.environ)
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # other workers share the CPU: OpenMP threads that spin while they wait then make the tiny model's
+        # training two to three times slower (as in test_vision's dvc); alone, spinning is the faster
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -75,8 +80,7 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
 
     # a push target reruns push alone (export does not read export.push_to_hub): the real files reach the hub
     set_params(dvc_project, push={"repo_id": "me/tiny", "what": ["merged", "gguf"]})
-    pushed = subprocess.run(["dvc", "repro"], cwd=dvc_project, env=hub_env(hub.endpoint, dvc_project.parent / "hf"),
-                            capture_output=True, text=True)
+    pushed = dvc(dvc_project, "repro", check=False, env=hub_env(hub.endpoint, dvc_project.parent / "hf"))
     assert ran_stages(pushed.stdout) == ["check_params", "push"], pushed.stdout + pushed.stderr
     [commit] = hub.commits
     for local, remote in [("models/merged/model.safetensors", "model.safetensors"),
@@ -109,8 +113,9 @@ def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect
     tuned = json.loads((dvc_project / EVAL_METRICS).read_text())["tuned"]
     assert tuned["preference_accuracy"] >= 0.9 and tuned["exact_match"] >= 50, tuned
     assert json.loads((dvc_project / "metrics/preference.json").read_text())["started_from"] == "sft"
-    experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32", "-S", "train.max_steps=10",
-                     "-S", "evaluate.max_samples=20", "-S", "evaluate.compare_base=false")
+    # the adapter's shape is what this checks: two steps and four samples show it as well as more would
+    experiment = dvc(dvc_project, "exp", "run", "-S", "lora.r=32", "-S", "train.max_steps=2",
+                     "-S", "evaluate.max_samples=4", "-S", "evaluate.compare_base=false")
     assert ran_stages(experiment.stdout) == ["check_params", "train", "preference", "evaluate", "merge", "export", "push"]
     assert json.loads((dvc_project / TRAIN_METRICS).read_text())["trainable_params"] == 2 * trained[
         "trainable_params"]
