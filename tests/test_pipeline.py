@@ -18,11 +18,6 @@ pytestmark = pytest.mark.e2e
 
 
 def dvc(project, *args, check=True, env=None):
-    env = dict(env or os.environ)
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-        # other workers share the CPU: OpenMP threads that spin while they wait then make the tiny model's
-        # training two to three times slower (as in test_vision's dvc); alone, spinning is the faster
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")

@@ -599,10 +599,6 @@ def test_merged_vision_model_loads_with_plain_transformers_and_matches_the_adapt
 # --- the vision default, end to end ---------------------------------------------------------------------
 
 def dvc(project, *args, env=None):
-    # On a CPU shared with other busy processes, OpenMP threads that spin while they wait make the tiny
-    # model's training about ten times slower (850 s for the DAG instead of 94 s, measured); waiting
-    # passively costs nothing here.
-    env = {**(env or os.environ), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
