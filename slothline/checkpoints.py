@@ -28,13 +28,12 @@ def run_fingerprint(params, world_size: int, stage: str = "train") -> str:
     return digest.hexdigest()
 
 
-def check_inputs_unchanged(started, fingerprint: str, world_size: int, stage: str = "train") -> None:
-    """Fail when params.yaml's training settings or the stage's inputs changed while the run trained (another
-    command rewrote them): DVC would record the new ones beside outputs that the old ones made."""
+def check_inputs_unchanged(started, now, fingerprint: str, world_size: int, stage: str = "train") -> None:
+    """Fail when params.yaml's training settings (`started`: as the run read them, `now`: read again at its end) or
+    the stage's inputs changed while the run trained (another command rewrote them): DVC would record the new ones
+    beside outputs that the old ones made."""
     from slothline.conf import flat
-    from slothline.params import load_params
 
-    now = load_params()
     if run_fingerprint(now, world_size, stage) == fingerprint:
         return
     sections, files = RUN_INPUTS[stage]

@@ -57,7 +57,7 @@ def tune(params, runtime, sft: Manifest) -> None:
     peak_mem_gib = max(gather(runtime, training.peak_memory_gib(runtime)))
     if not runtime.is_main_process:
         return
-    checkpoints.check_inputs_unchanged(params, fingerprint, runtime.world_size, "preference")
+    checkpoints.check_inputs_unchanged(params, load_params(), fingerprint, runtime.world_size, "preference")
     if "ref" in model.peft_config:  # TRL's frozen copy of the starting adapter: the reference model
         model.delete_adapter("ref")
     with atomic_dir(TUNED_DIR) as staging:

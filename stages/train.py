@@ -44,7 +44,7 @@ def train(params, runtime) -> None:
     peak_mem_gib = max(gather(runtime, training.peak_memory_gib(runtime)))  # a collective: every rank saved
     if not runtime.is_main_process:
         return
-    checkpoints.check_inputs_unchanged(params, fingerprint, runtime.world_size)
+    checkpoints.check_inputs_unchanged(params, load_params(), fingerprint, runtime.world_size)
     method = backends.method_of(model)
     with atomic_dir(SFT_DIR) as staging:
         backends.save_trained(model, processor, staging)

@@ -336,7 +336,7 @@ def test_sentencepiece_user_defined_tokens_are_matched_and_printed_as_text(tmp_p
     from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
-    from slothline.export.gguf import load_without_weight_repacking
+    from slothline.export.checkpoint import load_without_weight_repacking
     import llama_cpp
 
     model_dir = tiny_family_model(tmp_path / "gemma", "gemma3_text")

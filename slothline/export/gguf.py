@@ -19,6 +19,7 @@ from slothline.artifacts import ADAPTER_GGUF_FILE, BASE_GGUF_FILE, GGUF_FILE, MA
 from slothline.errors import SlothlineError
 from slothline.export import (PYTHON_QUANTIZATIONS, gguf_refusal, k_quant_refusal, lora_gguf_refusal, rope_of,
                               text_config)
+from slothline.export.checkpoint import checkpoint_config, checkpoint_tensors, load_without_weight_repacking
 from slothline.export.gguf_vision import MMPROJ_FILE, image_reference, vision_check, write_mmproj
 from slothline.export.gguf_vocab import write_vocab
 from slothline.export.ollama import modelfile
@@ -180,18 +181,6 @@ def write_lora_gguf(adapter_dir: Path, base_dir: Path, out_file: Path) -> None:
     writer.close()
 
 
-def checkpoint_config(model_dir: Path) -> dict:
-    """config.json as transformers reads it today: a config written by transformers 4 (a base model's on the hub)
-    gets `rope_parameters` from `rope_scaling` and Gemma 3's `layer_types` from its `sliding_window_pattern`."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(model_dir).to_dict()
-    except (KeyError, ValueError, TypeError, AttributeError) as err:  # transformers' validation of its fields
-        raise SlothlineError(f"{model_dir}/config.json: transformers cannot read it ({err.__class__.__name__}: "
-                             f"{err}); fix or replace the file") from None
-
-
 def language_model_tensors(model_dir: Path, config: dict):
     """(shard, name, name as in a text-only checkpoint, shape) of the language model's tensors: a vision-language
     checkpoint's under its recipe's `text_prefix` (the vision encoder goes to the mmproj file), without an
@@ -203,20 +192,6 @@ def language_model_tensors(model_dir: Path, config: dict):
         if prefix and not name.startswith(prefix) and name != "lm_head.weight":
             continue
         yield shard, name, name.replace(prefix, "model.", 1) if prefix else name, shape
-
-
-def checkpoint_tensors(model_dir: Path):
-    """(shard, name, shape) of every tensor of the checkpoint, shard by shard in file order: the shards the
-    index names, or model*.safetensors (not other formats' files beside them, such as Mistral's
-    consolidated.safetensors)."""
-    from safetensors import safe_open
-
-    index = model_dir / "model.safetensors.index.json"
-    shards = sorted({model_dir / name for name in json.loads(index.read_text())["weight_map"].values()}) \
-        if index.is_file() else sorted(model_dir.glob("model*.safetensors"))
-    for shard in shards:
-        with safe_open(shard, "pt") as f:
-            yield from ((shard, name, tuple(f.get_slice(name).get_shape())) for name in f.keys())
 
 
 def gguf_name(names, hf_name: str, model_dir: Path) -> str:
@@ -434,25 +409,3 @@ def greedy_tokens(model, prompt_ids: list[int], count: int) -> list[int]:
             generated.append(int(step.logits[0, -1].argmax()))
             inputs = torch.tensor([generated[-1:]])
     return generated
-
-
-def load_without_weight_repacking(llama_cpp, gguf_file: Path, lora_file: Path | None = None):
-    """A llama.cpp model whose weights stay as the file stores them.
-
-    By default llama.cpp repacks quantized weights into extra buffer types for the CPU's matrix units;
-    on a Xeon with AMX that segfaults in the first decode of a q8_0 file of the tiny model. The check
-    needs no speed, and llama-cpp-python exposes the model parameter (`use_extra_bufts`) only through
-    its defaults, so those are switched off while the model loads.
-    """
-    defaults = llama_cpp.llama_cpp.llama_model_default_params
-
-    def plain_buffers():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    llama_cpp.llama_cpp.llama_model_default_params = plain_buffers
-    try:
-        return llama_cpp.Llama(model_path=str(gguf_file), lora_path=lora_file and str(lora_file), n_ctx=512, verbose=False)
-    finally:
-        llama_cpp.llama_cpp.llama_model_default_params = defaults

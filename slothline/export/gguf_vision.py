@@ -11,6 +11,7 @@ import numpy as np
 
 from slothline.errors import SlothlineError
 from slothline.export import text_config
+from slothline.export.checkpoint import checkpoint_config, checkpoint_tensors, load_without_weight_repacking
 from slothline.families import family
 
 MMPROJ_FILE = "mmproj.gguf"
@@ -22,7 +23,6 @@ def write_mmproj(model_dir: Path, out_file: Path) -> None:
     tensor at a time."""
     import gguf
 
-    from slothline.export.gguf import checkpoint_config
 
     config = checkpoint_config(model_dir)
     vision, text = config["vision_config"], text_config(config)
@@ -65,7 +65,6 @@ def vision_tensors(model_dir: Path, vision: dict):
     convolutions, the merger as llama.cpp's projector, deepstack mergers under the layer they read."""
     import gguf
 
-    from slothline.export.gguf import checkpoint_tensors
 
     if vision.get("temporal_patch_size", 2) != 2:
         raise SlothlineError("mmproj: llama.cpp's Qwen-VL encoder takes a temporal patch of 2 frames")
@@ -158,7 +157,6 @@ def vision_check(text_gguf: Path, mmproj_file: Path, reference: ImageReference) 
     import llama_cpp
     import llama_cpp.mtmd_cpp as mtmd
 
-    from slothline.export.gguf import load_without_weight_repacking
 
     prompt, picture, expected = reference.prompt, reference.picture, reference.expected
     llm = load_without_weight_repacking(llama_cpp, text_gguf)
