@@ -23,7 +23,6 @@ def write_mmproj(model_dir: Path, out_file: Path) -> None:
     tensor at a time."""
     import gguf
 
-
     config = checkpoint_config(model_dir)
     vision, text = config["vision_config"], text_config(config)
     image = image_processor_config(model_dir)
@@ -64,7 +63,6 @@ def vision_tensors(model_dir: Path, vision: dict):
     """(GGUF name, loader, shape) of each vision tensor: the patch embedding's two time steps as two 2-D
     convolutions, the merger as llama.cpp's projector, deepstack mergers under the layer they read."""
     import gguf
-
 
     if vision.get("temporal_patch_size", 2) != 2:
         raise SlothlineError("mmproj: llama.cpp's Qwen-VL encoder takes a temporal patch of 2 frames")
@@ -156,7 +154,6 @@ def vision_check(text_gguf: Path, mmproj_file: Path, reference: ImageReference) 
     llama-cpp-python): how many of transformers' greedy tokens it generates."""
     import llama_cpp
     import llama_cpp.mtmd_cpp as mtmd
-
 
     prompt, picture, expected = reference.prompt, reference.picture, reference.expected
     llm = load_without_weight_repacking(llama_cpp, text_gguf)
