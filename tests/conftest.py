@@ -47,6 +47,20 @@ def write_params(directory: Path, kind: str = "causal_lm", **sections) -> dict:
     return params
 
 
+def dvc(project, *args, check=True, env=None):
+    """`dvc *args` in `project` (the environment: `env`, else this process's); with `check`, fail the test with
+    its output unless it succeeds."""
+    result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` printed as run, in order."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
 def evaluating(batch_size, max_new_tokens: int, seed: int = 0):
     """A generating kind's `evaluate` settings, as generation.generate takes them."""
     from slothline.kinds._generative.params import GenerationEvaluate

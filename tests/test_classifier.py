@@ -575,7 +575,7 @@ def test_full_finetuning_trains_every_weight_and_scores_against_a_fresh_base(wor
 @pytest.mark.e2e
 def test_classifier_default_dvc_exp_run(dvc_project, tmp_path):
     from tests.test_dvc_contract import check_import_closure, logging_imports
-    from tests.test_vision import dvc, ran_stages
+    from tests.conftest import dvc, ran_stages
 
     started = time.monotonic()  # as README says
     log = tmp_path / "imports.jsonl"

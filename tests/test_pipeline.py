@@ -10,18 +10,11 @@ import pytest
 import yaml
 
 from slothline.artifacts import CHECKPOINTS_DIR, DATA_METRICS, EVAL_METRICS, EXPORT_METRICS, LIVE_DIR, REPORT_FILE, TRAIN_METRICS
-from tests.conftest import merged
+from tests.conftest import dvc, merged, ran_stages
 from tests.test_dvc_contract import check_import_closure, logging_imports
 from tests.hub_server import hub_env
 
 pytestmark = pytest.mark.e2e
-
-
-def dvc(project, *args, check=True, env=None):
-    result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def set_params(project, **sections):
@@ -29,10 +22,6 @@ def set_params(project, **sections):
     path = project / "params.yaml"
     path.write_text(yaml.safe_dump(merged(yaml.safe_load(path.read_text()), sections), sort_keys=False))
     subprocess.run(["git", "commit", "-qam", "params"], cwd=project, check=True)
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_repro_then_nothing_to_do_then_param_changes_rerun_only_what_they_affect(dvc_project, hub, tmp_path):

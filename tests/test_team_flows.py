@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.test_pipeline import dvc, ran_stages, set_params
+from tests.conftest import dvc, ran_stages
+from tests.test_pipeline import set_params
 
 pytestmark = pytest.mark.e2e
 

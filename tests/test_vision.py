@@ -6,7 +6,6 @@ import importlib.util
 import io
 import json
 import os
-import subprocess
 import time
 
 import numpy as np
@@ -26,7 +25,7 @@ from slothline.kinds.vision.formats import CONVERTERS
 from slothline.kinds.vision.images import open_rgb, store_image
 from slothline.params import load_params
 from stages import prepare
-from tests.conftest import ROOT, load, write_params
+from tests.conftest import ROOT, dvc, load, ran_stages, write_params
 
 QUESTION = [{"type": "image", "image": "red.png"}, {"type": "text", "text": "What colour is it?"}]
 ORIENTATION = 0x0112  # EXIF tag
@@ -597,16 +596,6 @@ def test_merged_vision_model_loads_with_plain_transformers_and_matches_the_adapt
 
 
 # --- the vision default, end to end ---------------------------------------------------------------------
-
-def dvc(project, *args, env=None):
-    result = subprocess.run(["dvc", *args], cwd=project, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
 
 @pytest.mark.e2e
 def test_vision_default_learns_the_bundled_pictures(dvc_project, tmp_path):

@@ -1,8 +1,9 @@
 """How fast evaluate's decode-step attention (attention.flex_decode) reads the KV cache, per FlexAttention kernel
 option, against the GPU's memory bandwidth: one layer of the Qwen3-4B shape (32 query heads, 8 key/value heads,
 head_dim 128, bf16) at evaluate's batch of 128 rows, prompts of 100-400 tokens left-padded to 417 and 128 new tokens
-(a static cache of 545), at decode step 64. Each option set is compiled and then timed over 200 calls with CUDA
-events; `bytes_read` counts the keys and values of the blocks the kernel reads. `{}` is inductor's default: SPLIT_KV
+(a static cache of 545), at decode step 64. Each option set is compiled, then timed replayed in a CUDA graph
+(`us_per_call`) and, kernel by kernel, under the profiler over 20 calls (`attention_kernel_us`: inductor's
+attention kernel); `bytes_read` counts the keys and values of the blocks the kernel reads. `{}` is inductor's default: SPLIT_KV
 = 2 * SMs // (batch * kv heads), i.e. 1 here, and BLOCK_N 64, num_stages 1, num_warps 2 on an H100: one key block
 in flight per program (inductor's CUDA heuristics pick 3 stages for sm_90, then an `else` meant for another chip
 overwrites that choice; read from torch 2.14's source).
