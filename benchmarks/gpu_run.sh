@@ -18,6 +18,9 @@
 #   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{train,eval,export}.json, gpu_dvc_repro_report.md
 #              `dvc repro` of the whole DAG on the tiny default (train.backend: auto -> unsloth),
 #              in a scratch copy of the checkout
+#   evaluate-kv-cache  gpu_dvc_evaluate_kv_cache.log, gpu_dvc_evaluate_kv_cache_{auto,static,static_warm}.json:
+#              the tiny default's evaluate stage timed with evaluate.kv_cache: auto (the dynamic cache for its
+#              one short batch a pass), then static on a cold and on a warm compile cache (a fresh host)
 #   dvc-vision, dvc-classifier   gpu_dvc_repro_<kind>.log, gpu_dvc_repro_<kind>_{train,eval}.json,
 #              gpu_dvc_repro_<kind>_report.md: the same for `dvc exp run -S kind=<kind>`
 #   preference preference_backends.{json,md,log}: benchmarks/preference_backends.py (DPO, Qwen3-4B shape:
@@ -65,6 +68,19 @@ for part in "${parts[@]}"; do
       python3 -m pytest -m gpu tests/test_classifier.py -v -s -p no:cacheprovider 2>&1 | tee "$results/classifier_gpu_tests.log"
       python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
     dvc) repro gpu_dvc_repro ;;
+    evaluate-kv-cache)
+      scratch=$(mktemp -d)
+      tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
+      (cd "$scratch" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm scratch
+       timed() { local began=$(date +%s.%N); "$@"; echo "TIMED $(python3 -c "print(round($(date +%s.%N) - $began, 1))") s: $*"; }
+       timed python3 -m dvc repro preference
+       for run in auto static static_warm; do
+         echo "=== evaluate, kv_cache: $run"
+         [[ $run == static ]] && sed -i 's/^  kv_cache: auto$/  kv_cache: static/' params.yaml
+         timed python3 -m dvc repro $([[ $run == static_warm ]] && echo -f -s) evaluate
+         cp metrics/eval.json "$results/gpu_dvc_evaluate_kv_cache_$run.json"
+       done) 2>&1 | tee "$results/gpu_dvc_evaluate_kv_cache.log"
+      rm -rf "$scratch" ;;
     dvc-vision|dvc-classifier) repro "gpu_dvc_repro_${part#dvc-}" -S "kind=${part#dvc-}" ;;
     scale) python3 benchmarks/pipeline_scale.py 2>&1 | tee "$results/pipeline_scale.log" ;;
     export-8b) python3 benchmarks/pipeline_scale.py --export-8b --no-dag 2>&1 | tee "$results/pipeline_scale_export_8b.log" ;;

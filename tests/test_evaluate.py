@@ -407,6 +407,50 @@ def test_generation_plan_follows_the_device_and_the_token_budget(tiny_qwen3):
     assert rows_per_batch(gpu, evaluating(32, 100), longest=400) == 32
 
 
+def test_the_static_cache_is_taken_where_its_compile_pays(tiny_qwen3, monkeypatch, capsys):
+    """`evaluate.kv_cache: auto` compiles a static cache on a GPU only for passes of STATIC_CACHE_FROM_STEPS decode
+    steps or more (batches x max_new_tokens); `static` forces it where the model compiles (the CPU included),
+    `dynamic` never takes it, and a model transformers does not compile (4-bit) stays dynamic with a note."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from slothline.kinds._generative import generation
+    from slothline.kinds._generative.generation import STATIC_CACHE_FROM_STEPS, kv_cache
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    assert [kv_cache(model, setting, 10**6) for setting in ("auto", "static", "dynamic")] == ["dynamic", "static", "dynamic"]
+    gpu = lambda **inner: SimpleNamespace(**{"device": SimpleNamespace(type="cuda"), "hf_quantizer": None,
+                                             "_can_compile_fullgraph": True, **inner})
+    assert kv_cache(gpu(), "auto", STATIC_CACHE_FROM_STEPS) == "static"
+    assert kv_cache(gpu(), "auto", STATIC_CACHE_FROM_STEPS - 1) == "dynamic"
+    assert kv_cache(gpu(), "static", 1) == "static" and kv_cache(gpu(), "dynamic", 10**6) == "dynamic"
+    assert kv_cache(gpu(_can_compile_fullgraph=False), "auto", 10**6) == "dynamic"
+    capsys.readouterr()
+    assert kv_cache(gpu(hf_quantizer=object()), "static", 10**6) == "dynamic"
+    assert "evaluate.kv_cache: static: transformers does not compile SimpleNamespace in 4-bit" in capsys.readouterr().out
+
+    steps = []
+    monkeypatch.setattr(generation, "kv_cache", lambda model, setting, decode_steps: steps.append(decode_steps) or "dynamic")
+    generation.plan(model, [30] * 40, evaluating(16, 12))  # 3 batches of 12 new tokens
+    generation.plan(model, [30] * 40, evaluating(40, 12))
+    assert steps == [36, 12]
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "vision"])
+def test_a_static_cache_of_4bit_weights_is_refused_before_training(kind):
+    """The kind's own check (check_params runs it; on a CPU machine 4-bit is refused before it)."""
+    from slothline import kinds
+    from tests.conftest import load
+
+    check = kinds.get(kind).check
+    check(load(kind, model={"load_in_4bit": True}))
+    check(load(kind, evaluate={"kv_cache": "static"}))
+    with pytest.raises(SlothlineError, match="evaluate.kv_cache: static compiles the decode steps, which transformers "
+                                             "does not do for 4-bit weights .* set evaluate.kv_cache: auto or dynamic"):
+        check(load(kind, model={"load_in_4bit": True}, evaluate={"kv_cache": "static"}))
+
+
 def test_loss_batches_hold_their_logits_to_a_budget(tiny_qwen3):
     """The teacher-forced loss materialises every position's logits: a batch as large as generation's (up to
     256 rows on a GPU) of a 151,936-token vocabulary would not fit, so its rows follow the logits' size."""

@@ -8,7 +8,9 @@ attend through FlexAttention over the key blocks that hold keys to attend (atten
 gives them grouped SDPA instead (attention.grouped_sdpa, cuDNN on an H100: evaluate's decode attention before),
 `:flexdense` FlexAttention over every key (the mask as a score modification); `:eagerprefill` leaves the norms and
 MLPs uncompiled (evaluate compiles them: generation.compile_norms_and_mlps), so the prefill's elementwise kernels
-run eagerly as before. `graph_launches` counts CUDA graph launches in the profiled call. Each run compiles with
+run eagerly as before; `:maxautotune` compiles the decode steps with inductor's max-autotune mode (its matrix
+product templates benchmarked for each shape, CUDA graphs kept) where transformers asks for reduce-overhead.
+`graph_launches` counts CUDA graph launches in the profiled call. Each run compiles with
 empty compile caches.
 
     python benchmarks/results/generate_exploration/profile_decode.py                 # evaluate before, then each change
@@ -51,6 +53,8 @@ def one(run: str, rows: int | None, checkpoint: str) -> None:
         attention.flex_decode = dense_flex
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, device_map={"": 0})
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    if "maxautotune" in variants:
+        model.generation_config.compile_config = transformers.CompileConfig(mode="max-autotune")
     model.set_attn_implementation(attention.register_grouped_attention() if attn == "grouped" else attn)
     model.eval()
     prompts = generate_speed.text_prompts(tokenizer)

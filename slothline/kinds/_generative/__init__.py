@@ -45,6 +45,13 @@ class AnswerCollator:
         return dict(batch)
 
 
+def check_decoding(params) -> None:
+    """What evaluate's generation cannot do (check_params): a compiled static cache for 4-bit weights."""
+    if params.evaluate.kv_cache == "static" and params.model.load_in_4bit:
+        raise SlothlineError("evaluate.kv_cache: static compiles the decode steps, which transformers does not do for "
+                             "4-bit weights (model.load_in_4bit: true); set evaluate.kv_cache: auto or dynamic")
+
+
 def finish_lengths(splits: dict[str, list[dict]], lengths: dict[str, list[tuple[int, int | None]]],
                    max_length: int, keep: Callable[[int, int | None], bool], none_kept: str) -> dict:
     """Token statistics per split from each row's (length, answer start), taken before the train and val rows

@@ -69,24 +69,46 @@ class Plan:
         return {"batch_rows": self.rows, "kv_cache": self.cache, "adapter_merged": self.merged}
 
 
+STATIC_CACHE_FROM_STEPS = 1_000
+"""Decode steps a pass (one model's answers: batches x max_new_tokens) from which `evaluate.kv_cache: auto` takes
+the compiled static cache. On empty compile caches, a Qwen3-4B-shape evaluate on an H100 compiled for 77 s more over
+its two passes than on the dynamic cache and then saved 39 ms a decode step of 128 rows: even at about 1,000 steps a
+pass (benchmarks/results/generate_speed_cold_{dynamic,static}.log); pictures (Qwen3-VL-2B shape), at about 1,300."""
+
+
 def plan(model, prompt_lengths: list[int], settings) -> Plan:
     """The fastest exact enough way to generate on this device, as benchmarks/generate_speed.py measured it.
 
     On a GPU: the adapter merged in place (PEFT's merge_adapter; not into 4-bit weights, where merging rounds:
-    those keep the unmerged, exact path), a static cache with compiled decode steps (not for 4-bit models,
-    which transformers does not compile; with images too: the pictures go in with the prefill, which runs
-    uncompiled, and the decode steps are text), and as many rows per batch as
+    those keep the unmerged, exact path), the KV cache `kv_cache` chooses, and as many rows per batch as
     `evaluate.batch_tokens` holds (rows x (longest prompt + max_new_tokens), images counted as the processor
     expands them: see `prompt_lengths`; auto: the tokens whose KV cache fits in half the free GPU memory), at
-    most 256. On the CPU: `evaluate.batch_size` rows (auto: 16), a dynamic cache, the adapter unmerged: the
-    answers of every earlier release."""
+    most 256. On the CPU: `evaluate.batch_size` rows (auto: 16), a dynamic cache unless `evaluate.kv_cache:
+    static`, the adapter unmerged: the answers of every earlier release."""
     longest = max(prompt_lengths, default=0) + settings.max_new_tokens
     cuda = model.device.type == "cuda"
     quantized = getattr(inner_model(model), "hf_quantizer", None) is not None
     rows = min(rows_per_batch(model, settings, longest), max(1, len(prompt_lengths)))
-    static = cuda and not quantized and getattr(inner_model(model), "_can_compile_fullgraph", False)
-    return Plan(rows, "static" if static else "dynamic", longest,
+    steps = -(-len(prompt_lengths) // rows) * settings.max_new_tokens
+    return Plan(rows, kv_cache(model, settings.kv_cache, steps), longest,
                 merged=cuda and not quantized and adapter_active(model), order=tuple(longest_first(prompt_lengths)))
+
+
+def kv_cache(model, setting: str, decode_steps: int) -> str:
+    """`evaluate.kv_cache` for this model and pass: "static" (every batch one shape, the decode steps compiled with
+    CUDA graphs on a GPU) where the model compiles (not 4-bit models, which transformers does not compile; with
+    images too: the pictures go in with the prefill, which runs uncompiled, and the decode steps are text); auto
+    takes it on a GPU for passes of STATIC_CACHE_FROM_STEPS `decode_steps` or more, where the faster steps repay
+    the compile. Else "dynamic"."""
+    inner = inner_model(model)
+    quantized = getattr(inner, "hf_quantizer", None) is not None
+    if setting == "dynamic" or quantized or not getattr(inner, "_can_compile_fullgraph", False):
+        if setting == "static":
+            print(f"note: evaluate.kv_cache: static: transformers does not compile {type(inner).__name__}"
+                  f"{' in 4-bit' if quantized else ''}; it generates on the dynamic cache")
+        return "dynamic"
+    on_gpu = model.device.type == "cuda"
+    return "static" if setting == "static" or on_gpu and decode_steps >= STATIC_CACHE_FROM_STEPS else "dynamic"
 
 
 def longest_first(lengths: list[int]) -> list[int]:
