@@ -34,6 +34,7 @@ compiled too). Writes benchmarks/results/generate_speed.{json,md}.
     python benchmarks/generate_speed.py --vision        # both models
     python benchmarks/generate_speed.py --vision-only   # the vision model again, the text model's earlier result kept
     python benchmarks/generate_speed.py --path evaluate # one path here (used internally)
+    python benchmarks/generate_speed.py --path evaluate --checkpoint /tmp/qwen3-4b-shape --rows 16  # at 16 rows a batch
 """
 
 import argparse
@@ -150,8 +151,9 @@ def roofline_tokens_per_s(model, lengths: list[int], rows: int) -> float:
     return len(lengths) * NEW_TOKENS / seconds
 
 
-def run_path(path: str, checkpoint: str, vision: bool) -> dict:
-    """Generate with one path in this process; time it (twice where it compiles)."""
+def run_path(path: str, checkpoint: str, vision: bool, rows: int | None = None) -> dict:
+    """Generate with one path in this process; time it (twice where it compiles). `rows`: evaluate's rows per
+    batch in place of its token budget's."""
     import torch
 
     from slothline.backends import attention
@@ -179,6 +181,7 @@ def run_path(path: str, checkpoint: str, vision: bool) -> dict:
     images = images and images[: len(prompts)]
     lengths = prompt_lengths(model, processor, prompts, images=images)
     evaluate_plan = plan(model, lengths, settings("auto"))
+    evaluate_plan = replace(evaluate_plan, rows=rows) if rows else evaluate_plan
     longest = max(lengths) + NEW_TOKENS
     how = {"before": Plan(16, "dynamic", longest, merged=False), "unsloth": Plan(16, "dynamic", longest, merged=False),
            "merged": Plan(evaluate_plan.rows, "dynamic", longest, merged=True),
@@ -270,9 +273,10 @@ def main() -> None:
     parser.add_argument("--vision-only", action="store_true", help="the vision model alone (the text model's earlier "
                                                                     "result kept)")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--rows", type=int, help="with --path: evaluate's rows per batch (default: its token budget's)")
     args = parser.parse_args()
     if args.path:
-        print_result(run_path(args.path, args.checkpoint, args.vision))
+        print_result(run_path(args.path, args.checkpoint, args.vision, args.rows))
         return
     import train_backends
     import vision_backends

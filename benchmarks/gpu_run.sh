@@ -21,6 +21,9 @@
 #   evaluate-kv-cache  gpu_dvc_evaluate_kv_cache.log, gpu_dvc_evaluate_kv_cache_{auto,static,static_warm}.json:
 #              the tiny default's evaluate stage timed with evaluate.kv_cache: auto (the dynamic cache for its
 #              one short batch a pass), then static on a cold and on a warm compile cache (a fresh host)
+#   kv-cache-threshold  generate_speed_kv_cache_threshold.log: evaluate's text path (Qwen3-4B shape) on the dynamic
+#              and on the static cache at 32 and 16 rows a batch (4 and 8 batches of 128 new tokens a pass), each
+#              on empty compile caches: both passes' time either side of generation.STATIC_CACHE_FROM_STEPS
 #   dvc-vision, dvc-classifier   gpu_dvc_repro_<kind>.log, gpu_dvc_repro_<kind>_{train,eval}.json,
 #              gpu_dvc_repro_<kind>_report.md: the same for `dvc exp run -S kind=<kind>`
 #   preference preference_backends.{json,md,log}: benchmarks/preference_backends.py (DPO, Qwen3-4B shape:
@@ -81,6 +84,15 @@ for part in "${parts[@]}"; do
          cp metrics/eval.json "$results/gpu_dvc_evaluate_kv_cache_$run.json"
        done) 2>&1 | tee "$results/gpu_dvc_evaluate_kv_cache.log"
       rm -rf "$scratch" ;;
+    kv-cache-threshold)
+      [[ -f /tmp/qwen3-4b-shape/config.json ]] || python3 -c "from pathlib import Path; import sys; sys.path.insert(0, 'benchmarks'); import train_backends; train_backends.build_checkpoint(Path('/tmp/qwen3-4b-shape'))"
+      for run in 32:evaluate-dynamic 32:evaluate 16:evaluate-dynamic 16:evaluate; do
+        cold=$(mktemp -d)
+        echo "=== ${run#*:}, ${run%%:*} rows a batch"
+        TORCHINDUCTOR_CACHE_DIR=$cold/inductor TRITON_CACHE_DIR=$cold/triton python3 benchmarks/generate_speed.py \
+          --path "${run#*:}" --checkpoint /tmp/qwen3-4b-shape --rows "${run%%:*}"
+        rm -rf "$cold"
+      done 2>&1 | tee "$results/generate_speed_kv_cache_threshold.log" ;;
     dvc-vision|dvc-classifier) repro "gpu_dvc_repro_${part#dvc-}" -S "kind=${part#dvc-}" ;;
     scale) python3 benchmarks/pipeline_scale.py 2>&1 | tee "$results/pipeline_scale.log" ;;
     export-8b) python3 benchmarks/pipeline_scale.py --export-8b --no-dag 2>&1 | tee "$results/pipeline_scale_export_8b.log" ;;
