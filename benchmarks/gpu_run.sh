@@ -18,7 +18,8 @@
 #   dvc        gpu_dvc_repro.log, gpu_dvc_repro_{train,eval,export}.json, gpu_dvc_repro_report.md
 #              `dvc repro` of the whole DAG on the tiny default (train.backend: auto -> unsloth),
 #              in a scratch copy of the checkout
-#   evaluate-kv-cache  gpu_dvc_evaluate_kv_cache.log, gpu_dvc_evaluate_kv_cache_{auto,static,static_warm}.json:
+#   evaluate-kv-cache  gpu_dvc_evaluate_kv_cache.log, gpu_dvc_evaluate_kv_cache_{auto,static,static_warm}.json and
+#              gpu_dvc_evaluate_kv_cache_samples_{auto,static_warm}.json:
 #              the tiny default's evaluate stage timed with evaluate.kv_cache: auto (the dynamic cache for its
 #              one short batch a pass), then static on a cold and on a warm compile cache (a fresh host)
 #   kv-cache-threshold  generate_speed_kv_cache_threshold.log: evaluate's text path (Qwen3-4B shape) on the dynamic
@@ -75,6 +76,7 @@ for part in "${parts[@]}"; do
       scratch=$(mktemp -d)
       tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
       (cd "$scratch" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm scratch
+       export TORCHINDUCTOR_CACHE_DIR=$scratch/.compile/inductor TRITON_CACHE_DIR=$scratch/.compile/triton  # cold at first
        timed() { local began=$(date +%s.%N); "$@"; echo "TIMED $(python3 -c "print(round($(date +%s.%N) - $began, 1))") s: $*"; }
        timed python3 -m dvc repro preference
        for run in auto static static_warm; do
@@ -82,6 +84,7 @@ for part in "${parts[@]}"; do
          [[ $run == static ]] && sed -i 's/^  kv_cache: auto$/  kv_cache: static/' params.yaml
          timed python3 -m dvc repro $([[ $run == static_warm ]] && echo -f -s) evaluate
          cp metrics/eval.json "$results/gpu_dvc_evaluate_kv_cache_$run.json"
+         [[ $run == static ]] || cp metrics/samples.json "$results/gpu_dvc_evaluate_kv_cache_samples_$run.json"
        done) 2>&1 | tee "$results/gpu_dvc_evaluate_kv_cache.log"
       rm -rf "$scratch" ;;
     kv-cache-threshold)

@@ -255,10 +255,11 @@ def resolve_optim(optim: str, caps: Capabilities) -> str:
 
 
 def evaluation_runtime(manifest, caps: Capabilities) -> Runtime:
-    """evaluate: `inference_runtime` on the hf backend, whichever backend trained the model. transformers'
-    compiled static cache generates several times faster than Unsloth's generate (2026.10.7 forces a dynamic
-    cache and its own eager decode kernels; benchmarks/generate_speed.py), and a process that never imports
-    Unsloth keeps transformers' own model classes and compile settings. Both backends write the same adapter."""
+    """evaluate: `inference_runtime` on the hf backend, whichever backend trained the model. transformers with the
+    adapter merged generates many times faster than Unsloth's generate, more so on a compiled static cache
+    (Unsloth 2026.10.7 forces a dynamic cache and its own eager decode kernels; benchmarks/generate_speed.py), and
+    a process that never imports Unsloth keeps transformers' own model classes and compile settings. Both backends
+    write the same adapter."""
     from dataclasses import replace
 
     return replace(inference_runtime(manifest, caps), backend="hf")

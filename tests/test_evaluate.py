@@ -409,32 +409,40 @@ def test_generation_plan_follows_the_device_and_the_token_budget(tiny_qwen3):
 
 def test_the_static_cache_is_taken_where_its_compile_pays(tiny_qwen3, monkeypatch, capsys):
     """`evaluate.kv_cache: auto` compiles a static cache on a GPU only for passes of STATIC_CACHE_FROM_STEPS decode
-    steps or more (batches x max_new_tokens); `static` forces it where the model compiles (the CPU included),
-    `dynamic` never takes it, and a model transformers does not compile (4-bit) stays dynamic with a note."""
+    steps or more (batches x max_new_tokens); `static` takes it where the model compiles (the CPU included),
+    `dynamic` never does, and a model transformers does not compile (quantized) stays dynamic, with a note where
+    `static` asked for more."""
     from types import SimpleNamespace
 
     from transformers import AutoModelForCausalLM
 
     from slothline.kinds._generative import generation
-    from slothline.kinds._generative.generation import STATIC_CACHE_FROM_STEPS, kv_cache
+    from slothline.kinds._generative.generation import STATIC_CACHE_FROM_STEPS, choose_kv_cache
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
-    assert [kv_cache(model, setting, 10**6) for setting in ("auto", "static", "dynamic")] == ["dynamic", "static", "dynamic"]
+    assert [choose_kv_cache(model, setting, 10**6) for setting in ("auto", "static", "dynamic")] == \
+        ["dynamic", "static", "dynamic"]
     gpu = lambda **inner: SimpleNamespace(**{"device": SimpleNamespace(type="cuda"), "hf_quantizer": None,
                                              "_can_compile_fullgraph": True, **inner})
-    assert kv_cache(gpu(), "auto", STATIC_CACHE_FROM_STEPS) == "static"
-    assert kv_cache(gpu(), "auto", STATIC_CACHE_FROM_STEPS - 1) == "dynamic"
-    assert kv_cache(gpu(), "static", 1) == "static" and kv_cache(gpu(), "dynamic", 10**6) == "dynamic"
-    assert kv_cache(gpu(_can_compile_fullgraph=False), "auto", 10**6) == "dynamic"
+    assert choose_kv_cache(gpu(), "auto", STATIC_CACHE_FROM_STEPS) == "static"
+    assert choose_kv_cache(gpu(), "auto", STATIC_CACHE_FROM_STEPS - 1) == "dynamic"
+    assert choose_kv_cache(gpu(), "static", 1) == "static" and choose_kv_cache(gpu(), "dynamic", 10**6) == "dynamic"
     capsys.readouterr()
-    assert kv_cache(gpu(hf_quantizer=object()), "static", 10**6) == "dynamic"
-    assert "evaluate.kv_cache: static: transformers does not compile SimpleNamespace in 4-bit" in capsys.readouterr().out
+    for setting in ("auto", "dynamic"):
+        assert choose_kv_cache(gpu(_can_compile_fullgraph=False), setting, 10**6) == "dynamic"
+        assert choose_kv_cache(gpu(hf_quantizer=object()), setting, 10**6) == "dynamic"
+    assert capsys.readouterr().out == ""
+    assert choose_kv_cache(gpu(hf_quantizer=object()), "static", 10**6) == "dynamic"
+    assert ("evaluate.kv_cache: static: transformers does not compile this quantized SimpleNamespace, so it generates "
+            "on the dynamic cache; set evaluate.kv_cache: auto") in capsys.readouterr().out
 
-    steps = []
-    monkeypatch.setattr(generation, "kv_cache", lambda model, setting, decode_steps: steps.append(decode_steps) or "dynamic")
+    asked = []
+    monkeypatch.setattr(generation, "choose_kv_cache",
+                        lambda model, setting, steps: asked.append((setting, steps)) or "dynamic")
     generation.plan(model, [30] * 40, evaluating(16, 12))  # 3 batches of 12 new tokens
-    generation.plan(model, [30] * 40, evaluating(40, 12))
-    assert steps == [36, 12]
+    generation.plan(model, [30] * 40, evaluating(64, 12).model_copy(update={"kv_cache": "static"}))  # one batch of 40
+    generation.plan(model, [], evaluating("auto", 12))
+    assert asked == [("auto", 36), ("static", 12), ("auto", 0)]
 
 
 @pytest.mark.parametrize("kind", ["causal_lm", "vision"])
@@ -447,7 +455,8 @@ def test_a_static_cache_of_4bit_weights_is_refused_before_training(kind):
     check(load(kind, model={"load_in_4bit": True}))
     check(load(kind, evaluate={"kv_cache": "static"}))
     with pytest.raises(SlothlineError, match="evaluate.kv_cache: static compiles the decode steps, which transformers "
-                                             "does not do for 4-bit weights .* set evaluate.kv_cache: auto or dynamic"):
+                                             "does not do for 4-bit weights .* set evaluate.kv_cache: auto or dynamic, "
+                                             "or model.load_in_4bit: false"):
         check(load(kind, model={"load_in_4bit": True}, evaluate={"kv_cache": "static"}))
 
 

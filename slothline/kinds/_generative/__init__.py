@@ -45,11 +45,12 @@ class AnswerCollator:
         return dict(batch)
 
 
-def check_decoding(params) -> None:
-    """What evaluate's generation cannot do (check_params): a compiled static cache for 4-bit weights."""
+def check_kv_cache(params) -> None:
+    """Refuse a compiled static cache for 4-bit weights (check_params)."""
     if params.evaluate.kv_cache == "static" and params.model.load_in_4bit:
         raise SlothlineError("evaluate.kv_cache: static compiles the decode steps, which transformers does not do for "
-                             "4-bit weights (model.load_in_4bit: true); set evaluate.kv_cache: auto or dynamic")
+                             "4-bit weights (model.load_in_4bit: true); set evaluate.kv_cache: auto or dynamic, or "
+                             "model.load_in_4bit: false")
 
 
 def finish_lengths(splits: dict[str, list[dict]], lengths: dict[str, list[tuple[int, int | None]]],

@@ -1,6 +1,7 @@
 """Batched generation (left padding; on a GPU a compiled static KV cache and the adapter merged in place) and
 the teacher-forced loss on answers, for evaluate."""
 
+import math
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,19 +71,20 @@ class Plan:
 
 
 STATIC_CACHE_FROM_STEPS = 1_000
-"""Decode steps a pass (one model's answers: batches x max_new_tokens) from which `evaluate.kv_cache: auto` takes
-the compiled static cache. On empty compile caches, a Qwen3-4B-shape evaluate on an H100 compiled for 77 s more over
-its two passes than on the dynamic cache and then saved 39 ms a decode step of 128 rows: even at about 1,000 steps a
-pass (benchmarks/results/generate_speed_cold_{dynamic,static}.log); pictures (Qwen3-VL-2B shape), at about 1,300.
-Checked either side on another H100 (generate_speed_kv_cache_threshold.log), both passes: at 512 steps a pass the
-dynamic cache took 63 s against 80, at 1,024 the static one 82 s against 88."""
+"""Decode steps a pass (one model's answers) from which `evaluate.kv_cache: auto` takes the compiled static cache,
+counted as planned: batches x max_new_tokens, an upper bound (a batch ends once all its rows stop). On empty compile
+caches, a Qwen3-4B-shape evaluate on an H100 compiled for 77 s more over its two passes than on the dynamic cache and
+then saved 39 ms a decode step of 128 rows: breaking even at about 1,000 steps a pass
+(benchmarks/results/generate_speed_cold_{dynamic,static}.log). Checked either side on another H100
+(generate_speed_kv_cache_threshold.log), both passes: at 512 steps a pass the dynamic cache took 63 s against 80, at
+1,024 the static one 82 s against 88. Pictures (Qwen3-VL-2B shape) break even at about 1,400 and share this threshold."""
 
 
 def plan(model, prompt_lengths: list[int], settings) -> Plan:
     """The fastest exact enough way to generate on this device, as benchmarks/generate_speed.py measured it.
 
     On a GPU: the adapter merged in place (PEFT's merge_adapter; not into 4-bit weights, where merging rounds:
-    those keep the unmerged, exact path), the KV cache `kv_cache` chooses, and as many rows per batch as
+    those keep the unmerged, exact path), the KV cache `choose_kv_cache` picks, and as many rows per batch as
     `evaluate.batch_tokens` holds (rows x (longest prompt + max_new_tokens), images counted as the processor
     expands them: see `prompt_lengths`; auto: the tokens whose KV cache fits in half the free GPU memory), at
     most 256. On the CPU: `evaluate.batch_size` rows (auto: 16), a dynamic cache unless `evaluate.kv_cache:
@@ -91,26 +93,26 @@ def plan(model, prompt_lengths: list[int], settings) -> Plan:
     cuda = model.device.type == "cuda"
     quantized = getattr(inner_model(model), "hf_quantizer", None) is not None
     rows = min(rows_per_batch(model, settings, longest), max(1, len(prompt_lengths)))
-    steps = -(-len(prompt_lengths) // rows) * settings.max_new_tokens
-    return Plan(rows, kv_cache(model, settings.kv_cache, steps), longest,
+    batches = math.ceil(len(prompt_lengths) / rows)
+    return Plan(rows, choose_kv_cache(model, settings.kv_cache, batches * settings.max_new_tokens), longest,
                 merged=cuda and not quantized and adapter_active(model), order=tuple(longest_first(prompt_lengths)))
 
 
-def kv_cache(model, setting: str, decode_steps: int) -> str:
-    """`evaluate.kv_cache` for this model and pass: "static" (every batch one shape, the decode steps compiled with
-    CUDA graphs on a GPU) where the model compiles (not 4-bit models, which transformers does not compile; with
-    images too: the pictures go in with the prefill, which runs uncompiled, and the decode steps are text); auto
-    takes it on a GPU for passes of STATIC_CACHE_FROM_STEPS `decode_steps` or more, where the faster steps repay
-    the compile. Else "dynamic"."""
+def choose_kv_cache(model, setting: str, decode_steps: int) -> str:
+    """The KV cache `evaluate.kv_cache` (`setting`) asks for, for a pass of `decode_steps` planned steps: "static"
+    (every batch one shape; on a GPU the decode steps compiled with CUDA graphs) where the model compiles (not
+    quantized models; with images too: the pictures go in with the prefill, which runs uncompiled, and the decode
+    steps are text); auto takes it on a GPU from STATIC_CACHE_FROM_STEPS steps, where the faster steps repay the
+    compile. Else "dynamic"."""
     inner = inner_model(model)
     quantized = getattr(inner, "hf_quantizer", None) is not None
     if setting == "dynamic" or quantized or not getattr(inner, "_can_compile_fullgraph", False):
         if setting == "static":
-            print(f"note: evaluate.kv_cache: static: transformers does not compile {type(inner).__name__}"
-                  f"{' in 4-bit' if quantized else ''}; it generates on the dynamic cache")
+            print(f"note: evaluate.kv_cache: static: transformers does not compile this {'quantized ' if quantized else ''}"
+                  f"{type(inner).__name__}, so it generates on the dynamic cache; set evaluate.kv_cache: auto")
         return "dynamic"
     on_gpu = model.device.type == "cuda"
-    return "static" if setting == "static" or on_gpu and decode_steps >= STATIC_CACHE_FROM_STEPS else "dynamic"
+    return "static" if setting == "static" or (on_gpu and decode_steps >= STATIC_CACHE_FROM_STEPS) else "dynamic"
 
 
 def longest_first(lengths: list[int]) -> list[int]:

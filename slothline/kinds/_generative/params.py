@@ -30,8 +30,9 @@ class GenerationEvaluate(EvaluateParams):
                             "the free GPU memory")
     max_new_tokens: int = Field(64, ge=1)
     kv_cache: Literal["auto", "static", "dynamic"] = Field(
-        "auto", description="static: compiled decode steps, which pay for their compile on long evaluations; auto: "
-                            "static on a GPU from about 1,000 decode steps a pass (batches x max_new_tokens)")
+        "auto", description="static: compiled decode steps, which repay their compile on long evaluations; dynamic: "
+                            "never compiled; auto: static on a GPU from 1,000 decode steps a pass (batches x "
+                            "max_new_tokens)")
     sampling: Literal["params", "model"] = Field("params", description="model: the model's generation_config.json")
     temperature: float = Field(0.0, ge=0, description="0: greedy")
     top_p: float = Field(1.0, gt=0, le=1)

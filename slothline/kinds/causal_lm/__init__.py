@@ -23,7 +23,7 @@ STRATIFY_BY = None
 
 
 def check(params) -> None:
-    """What the sources' templates allow, preference tuning, what GGUF export can write and the decoding."""
+    """What the sources' templates allow, preference tuning, what GGUF export can write and the KV cache."""
     templates = {source.template for source in params.data.sources}
     if len(templates) > 1 and params.train.train_on_responses_only:
         raise SlothlineError("data.sources: chat and alpaca templates mixed, but train.train_on_responses_only masks "
@@ -38,7 +38,7 @@ def check(params) -> None:
                              "template: chat")
     PREFERENCE.check(params)
     check_gguf(params)
-    _generative.check_decoding(params)
+    _generative.check_kv_cache(params)
 
 
 def load_processor(source: str, revision: str | None):

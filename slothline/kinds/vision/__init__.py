@@ -41,9 +41,9 @@ MLP_TAGS = ("mlp", "feed_forward", "ffn", "dense", "mixer")
 
 def check(params) -> None:
     """What GGUF export can write: the model's family and tokenizer, and merged weights (a GGUF adapter holds
-    the language model's LoRA alone, not the vision encoder's); and the decoding."""
+    the language model's LoRA alone, not the vision encoder's); and the KV cache."""
     check_gguf(params)
-    _generative.check_decoding(params)
+    _generative.check_kv_cache(params)
     if "gguf" in params.export.formats and params.merge.save_method == "lora":
         raise SlothlineError("export.formats: gguf of a vision model needs merge.save_method: merged_16bit (its "
                              "vision encoder goes to the mmproj file merged), or export.formats: []")
