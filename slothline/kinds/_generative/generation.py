@@ -91,7 +91,7 @@ def plan(model, prompt_lengths: list[int], settings) -> Plan:
     static`, the adapter unmerged: the answers of every earlier release."""
     longest = max(prompt_lengths, default=0) + settings.max_new_tokens
     cuda = model.device.type == "cuda"
-    quantized = getattr(inner_model(model), "hf_quantizer", None) is not None
+    quantized = is_quantized(model)
     rows = min(rows_per_batch(model, settings, longest), max(1, len(prompt_lengths)))
     batches = math.ceil(len(prompt_lengths) / rows)
     return Plan(rows, choose_kv_cache(model, settings.kv_cache, batches * settings.max_new_tokens), longest,
@@ -105,7 +105,7 @@ def choose_kv_cache(model, setting: str, decode_steps: int) -> str:
     steps are text); auto takes it on a GPU from STATIC_CACHE_FROM_STEPS steps, where the faster steps repay the
     compile. Else "dynamic"."""
     inner = inner_model(model)
-    quantized = getattr(inner, "hf_quantizer", None) is not None
+    quantized = is_quantized(model)
     if setting == "dynamic" or quantized or not getattr(inner, "_can_compile_fullgraph", False):
         if setting == "static":
             print(f"note: evaluate.kv_cache: static: transformers does not compile this {'quantized ' if quantized else ''}"
@@ -157,6 +157,11 @@ def kv_bytes_per_token(model) -> int:
 def inner_model(model):
     """The transformers model under a PEFT wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_quantized(model) -> bool:
+    """Whether transformers loaded the model's weights quantized (4-bit bitsandbytes and the like)."""
+    return getattr(inner_model(model), "hf_quantizer", None) is not None
 
 
 def adapter_active(model) -> bool:
