@@ -46,12 +46,18 @@ parts=("$@")
 # NVLink multicast stays off on multi-GPU hosts (the train stage sets the same for the processes it starts)
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} TORCH_SYMM_MEM_DISABLE_MULTICAST=${TORCH_SYMM_MEM_DISABLE_MULTICAST:-1} \
   NVSHMEM_DISABLE_NVLS=${NVSHMEM_DISABLE_NVLS:-1}
-repro() {  # repro NAME [-S OVERRIDE...]: `dvc repro` in a scratch git repository holding this working tree's files
-  local name=$1 scratch     # (its code, data and params, as they are here), or `dvc exp run -S OVERRIDE...`
-  shift
+scratch_repository() {  # a new git repository holding this working tree's files (its code, data and params, as
+  local scratch           # they are here, without models or prepared data); prints its path
   scratch=$(mktemp -d)
   tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
-  (cd "$scratch" && git init -q && git config user.name ci && git config user.email ci@localhost && git add -A && git commit -qm scratch
+  (cd "$scratch" && git init -q && git config user.name ci && git config user.email ci@localhost && git add -A && git commit -qm scratch)
+  echo "$scratch"
+}
+repro() {  # repro NAME [-S OVERRIDE...]: `dvc repro` in a scratch_repository, or `dvc exp run -S OVERRIDE...`
+  local name=$1 scratch
+  shift
+  scratch=$(scratch_repository)
+  (cd "$scratch"
    if [[ $# -eq 0 ]]; then python3 -m dvc repro; else python3 -m dvc exp run "$@"; fi 2>&1 | tee "$results/$name.log"
    for metrics in train preference eval export; do cp metrics/$metrics.json "$results/${name}_$metrics.json"; done
    cp metrics/report.md "$results/${name}_report.md")
@@ -73,9 +79,8 @@ for part in "${parts[@]}"; do
       python3 benchmarks/classifier_backends.py 2>&1 | tee "$results/classifier_backends.log" ;;
     dvc) repro gpu_dvc_repro ;;
     evaluate-kv-cache)
-      scratch=$(mktemp -d)
-      tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
-      (cd "$scratch" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm scratch
+      scratch=$(scratch_repository)
+      (cd "$scratch"
        export TORCHINDUCTOR_CACHE_DIR=$scratch/.compile/inductor TRITON_CACHE_DIR=$scratch/.compile/triton  # cold at first
        timed() { local began=$(date +%s.%N); "$@"; echo "TIMED $(python3 -c "print(round($(date +%s.%N) - $began, 1))") s: $*"; }
        timed python3 -m dvc repro preference
@@ -104,13 +109,12 @@ for part in "${parts[@]}"; do
     multigpu)
       python3 -m pytest -m gpu tests/test_multi_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$results/gpu_tests_multi_gpu.log"
       python3 benchmarks/multi_gpu.py 2>&1 | tee "$results/multi_gpu.log"
-      scratch=$(mktemp -d)
-      tar -c --exclude=./.git --exclude=./.gpu --exclude=./.venv --exclude=./models --exclude=./data/prepared -f - . | tar -x -C "$scratch"
-      (cd "$scratch" && git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm scratch
+      scratch=$(scratch_repository)
+      (cd "$scratch"
        python3 -m dvc exp run -S train.num_gpus=2 2>&1 | tee "$results/gpu_dvc_exp_2gpus.log"
        cp metrics/train.json "$results/gpu_dvc_exp_2gpus_train.json")
       rm -rf "$scratch" ;;
-    *) echo "unknown part $part (tests, train, vision, classifier, generate, generate-vision, dvc, dvc-vision, dvc-classifier, scale, export-8b, preference, dvc-dpo, multigpu)" >&2
+    *) echo "unknown part $part (tests, train, vision, classifier, generate, generate-vision, dvc, evaluate-kv-cache, kv-cache-threshold, dvc-vision, dvc-classifier, scale, export-8b, preference, dvc-dpo, multigpu)" >&2
        exit 2 ;;
   esac
 done
