@@ -196,12 +196,15 @@ def rendered_rows(tokenizer, pairs) -> list[dict]:
     return rows
 
 
-def test_the_kind_evaluates_tuned_and_base_into_one_evaluation(tiny_model, tokenizer, tmp_path):
+def test_the_kind_evaluates_tuned_and_base_into_one_evaluation(tiny_model, tokenizer, tmp_path, monkeypatch):
     from contextlib import contextmanager
 
     from slothline import kinds
-    from slothline.kinds import Evaluation
+    from slothline.kinds import Evaluation, _generative
     from tests.conftest import load
+
+    plans = []  # both passes generate the batches planned once, before the first
+    monkeypatch.setattr(_generative, "plan", lambda *args, plan=_generative.plan: plans.append(plan(*args)) or plans[-1])
 
     task = kinds.get("causal_lm")
     rows = rendered_rows(tokenizer, [("Repeat cat.", "cat cat"), ("What is 2 + 2?", "4")])
@@ -214,7 +217,7 @@ def test_the_kind_evaluates_tuned_and_base_into_one_evaluation(tiny_model, token
         yield tiny_model
 
     evaluation = task.evaluate(tiny_model, tokenizer, rows, params, base, tmp_path)
-    assert isinstance(evaluation, Evaluation) and entered == [True]
+    assert isinstance(evaluation, Evaluation) and entered == [True] and len(plans) == 1
     assert set(evaluation.metrics) == {"tuned", "base"}
     tuned = evaluation.metrics["tuned"]
     assert {"bleu", "chrf", "rougeL", "exact_match", "loss", "perplexity"} <= set(tuned)
@@ -405,6 +408,20 @@ def test_generation_plan_follows_the_device_and_the_token_budget(tiny_qwen3):
     assert rows_per_batch(gpu, budget(10**9), longest=400) == 256
     assert rows_per_batch(gpu, budget(100), longest=400) == 1
     assert rows_per_batch(gpu, evaluating(32, 100), longest=400) == 32
+
+
+def test_the_token_budget_counts_memory_torch_holds_unused_as_free(tiny_qwen3, monkeypatch):
+    """After a pass, torch's allocator keeps its KV cache's memory: free to the next pass, not to the device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slothline.kinds._generative.generation import kv_budget, kv_bytes_per_token
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (6 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 10 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 8 * 2**30)
+    assert kv_budget(model) == 4 * 2**30 // kv_bytes_per_token(model)  # half of 6 GiB free and 2 cached
 
 
 def test_the_static_cache_is_taken_where_its_compile_pays(tiny_qwen3, monkeypatch, capsys):

@@ -235,13 +235,17 @@ def test_qlora_on_unsloth(prepared):
 
 
 def test_full_finetuning_on_unsloth(prepared):
-    configure(prepared, train={"full_finetuning": True, "max_steps": 10, "learning_rate": 1e-4})
+    """Evaluated on the compiled static cache (which `auto` leaves to long evaluations): the base model loaded
+    beside the tuned one, both passes compiled in one process."""
+    configure(prepared, train={"full_finetuning": True, "max_steps": 10, "learning_rate": 1e-4},
+              evaluate={"kv_cache": "static"})
     train = stage(prepared, "train")
     stage(prepared, "preference")  # method none: passes the SFT model on
     assert train["backend"] == "unsloth" and train["steps"] == 10
     tuned_dir = prepared.path / TUNED_DIR
     assert (tuned_dir / "config.json").is_file() and not (tuned_dir / "adapter_config.json").exists()
     evaluation = stage(prepared, "evaluate")
+    assert evaluation["settings"]["kv_cache"] == "static" and not evaluation["settings"]["adapter_merged"]
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
 
 
@@ -451,12 +455,15 @@ print(json.dumps(sorted(tower(n) for n, m in model.named_modules() if hasattr(m,
 
 
 def test_unsloth_vision_train_evaluate_merge(prepared_vision):
-    """The vision chain on unsloth: it learns, and the merged model loads with plain transformers."""
+    """The vision chain on unsloth: it learns (its answers generated on the compiled static cache, pictures in the
+    prefill), and the merged model loads with plain transformers."""
+    configure(prepared_vision, evaluate={"kv_cache": "static"})
     train = stage(prepared_vision, "train")
     stage(prepared_vision, "preference")  # method none: passes the SFT model on
     assert train["kind"] == "vision" and train["backend"] == "unsloth" and train["device"] != "cpu"
     evaluation = stage(prepared_vision, "evaluate")
     print(evaluation)
+    assert evaluation["settings"]["kv_cache"] == "static" and evaluation["settings"]["adapter_merged"]
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
     assert evaluation["tuned"]["exact_match"] > evaluation["base"]["exact_match"] + 20
     assert (prepared_vision.path / THUMBNAILS_DIR).is_dir()

@@ -12,7 +12,8 @@ from slothline.kinds import Evaluation, with_base
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
-from slothline.kinds._generative.generation import answer_loss, generation_settings, loss_rows, plan, prompt_lengths
+from slothline.kinds._generative.generation import (answer_loss, generation_settings, loss_rows, plan, prompt_lengths,
+                                                    same_batches)
 from slothline.kinds._generative.metrics import loss_metrics, text_metrics
 
 
@@ -111,8 +112,8 @@ def coverage_note(coverage: dict, max_length: int) -> str | None:
 
 def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, base, sample: Callable,
              images: Callable | None = None, more_metrics: Callable | None = None) -> Evaluation:
-    """Generated answers of the tuned (and base) model (`answers_of(model, processor, rows, params, plan)`, each
-    model generating as `generation.plan` decides for it) with text metrics against the references, and the
+    """Generated answers of the tuned (and base) model (`answers_of(model, processor, rows, params, plan)`, both
+    models generating the batches `generation.plan` decides for the first) with text metrics against the references, and the
     loss on the reference answers' tokens (the whole text where no known turn markers tell where answers
     are), each row whole up to the model's context: a metric that means the same whatever training's
     max_seq_length. `sample(row, answers)` is one row of the samples table. Each model's metrics count the
@@ -138,8 +139,11 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
     lengths = prompt_lengths(model, processor, [row["prompt"] for row in rows],
                              [literal_spans(row, "prompt") for row in rows], pictures)
 
+    plans = []  # the first pass's plan: the second generates the same batches on the same KV cache
+
     def run(scored_model):
-        how = plan(scored_model, lengths, settings)
+        how = same_batches(plans[0], scored_model) if plans else plan(scored_model, lengths, settings)
+        plans.append(how)
         answers = answers_of(scored_model, processor, rows, params, how)
         size = loss_rows(scored_model, settings, longest)
         batches = (collate(rows[i : i + size]) for i in range(0, len(rows), size))
@@ -152,7 +156,7 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
     results = with_base(model, base, run)
     answers = {name: answered for name, (answered, _, _) in results.items()}
     samples = [sample(row, {name: answers[name][i] for name in answers}) for i, row in enumerate(rows)]
-    tuned_plan = results["tuned"][1]  # what metrics/eval.json records: how the tuned model's answers were made
+    tuned_plan = results["tuned"][1]  # what metrics/eval.json records: the batches and cache of both passes
     return Evaluation(metrics={name: scores for name, (_, _, scores) in results.items()}, samples=samples,
                       confusion={}, report_sections="",
                       settings={**generation_settings(model, settings), **tuned_plan.describe()})

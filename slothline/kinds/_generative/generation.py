@@ -4,7 +4,7 @@ the teacher-forced loss on answers, for evaluate."""
 import math
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -90,12 +90,23 @@ def plan(model, prompt_lengths: list[int], settings) -> Plan:
     most 256. On the CPU: `evaluate.batch_size` rows (auto: 16), a dynamic cache unless `evaluate.kv_cache:
     static`, the adapter unmerged: the answers of every earlier release."""
     longest = max(prompt_lengths, default=0) + settings.max_new_tokens
-    cuda = model.device.type == "cuda"
-    quantized = is_quantized(model)
     rows = min(rows_per_batch(model, settings, longest), max(1, len(prompt_lengths)))
     batches = math.ceil(len(prompt_lengths) / rows)
     return Plan(rows, choose_kv_cache(model, settings.kv_cache, batches * settings.max_new_tokens), longest,
-                merged=cuda and not quantized and adapter_active(model), order=tuple(longest_first(prompt_lengths)))
+                merged=merges_adapter(model), order=tuple(longest_first(prompt_lengths)))
+
+
+def same_batches(how: Plan, model) -> Plan:
+    """`how` for another model's pass over the same prompts (the base model's, the tuned one's): the same batches
+    and KV cache, planned once on the memory free before the first pass, so both generate alike; the adapter
+    merged as `model` allows."""
+    return replace(how, merged=merges_adapter(model))
+
+
+def merges_adapter(model) -> bool:
+    """Whether generation merges `model`'s LoRA adapter in place: on a GPU, an active adapter over weights that
+    are not quantized (merging into 4-bit weights rounds)."""
+    return model.device.type == "cuda" and not is_quantized(model) and adapter_active(model)
 
 
 def choose_kv_cache(model, setting: str, decode_steps: int) -> str:
@@ -142,8 +153,11 @@ def loss_rows(model, settings, longest: int) -> int:
 
 
 def kv_budget(model) -> int:
-    """The tokens whose KV cache fits in half the GPU memory free now."""
-    return int(torch.cuda.mem_get_info(model.device)[0] * 0.5 // kv_bytes_per_token(model))
+    """The tokens whose KV cache fits in half the GPU memory free now: free on the device, and held by torch's
+    allocator for tensors since freed (an earlier pass's cache), which it hands out again."""
+    free = torch.cuda.mem_get_info(model.device)[0]
+    cached = torch.cuda.memory_reserved(model.device) - torch.cuda.memory_allocated(model.device)
+    return int((free + cached) * 0.5 // kv_bytes_per_token(model))
 
 
 def kv_bytes_per_token(model) -> int:
