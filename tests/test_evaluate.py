@@ -204,7 +204,8 @@ def test_the_kind_evaluates_tuned_and_base_into_one_evaluation(tiny_model, token
     from tests.conftest import load
 
     plans = []  # both passes generate the batches planned once, before the first
-    monkeypatch.setattr(_generative, "plan", lambda *args, plan=_generative.plan: plans.append(plan(*args)) or plans[-1])
+    monkeypatch.setattr(_generative, "plan",
+                        lambda *args, plan=_generative.plan: plans.append(plan(*args)) or plans[-1])
 
     task = kinds.get("causal_lm")
     rows = rendered_rows(tokenizer, [("Repeat cat.", "cat cat"), ("What is 2 + 2?", "4")])

@@ -113,8 +113,8 @@ def coverage_note(coverage: dict, max_length: int) -> str | None:
 def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, base, sample: Callable,
              images: Callable | None = None, more_metrics: Callable | None = None) -> Evaluation:
     """Generated answers of the tuned (and base) model (`answers_of(model, processor, rows, params, plan)`, both
-    models generating the batches `generation.plan` decides for the first) with text metrics against the references, and the
-    loss on the reference answers' tokens (the whole text where no known turn markers tell where answers
+    generating the batches `generation.plan` decides for the first) with text metrics against the references, and
+    the loss on the reference answers' tokens (the whole text where no known turn markers tell where answers
     are), each row whole up to the model's context: a metric that means the same whatever training's
     max_seq_length. `sample(row, answers)` is one row of the samples table. Each model's metrics count the
     references longer than evaluate.max_new_tokens (generation stops there, so they cannot score as right),
