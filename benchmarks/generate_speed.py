@@ -11,9 +11,9 @@ one after the other (`unsloth` needs one: Unsloth patches transformers' Qwen3 cl
 - `static-sdpa`: merged, transformers' static cache with compiled decode steps (CUDA graphs) and the norms and
   MLPs compiled (`generation.compile_norms_and_mlps`), every batch one shape, transformers' sdpa (which copies
   keys and values for each query head whenever a mask is given);
-- `evaluate`: what evaluate does now (`generation.plan`, with `evaluate.kv_cache: static`): `static-sdpa` with the decode steps through the
-  grouped attention (backends.attention: FlexAttention over the key blocks that hold keys to attend, in the
-  compiled steps) and the stop flag read a step late (`generation.stop_read_a_step_late`;
+- `evaluate`: what evaluate does now (`generation.plan`, with `evaluate.kv_cache: static`): `static-sdpa` with the
+  decode steps through the grouped attention (backends.attention: FlexAttention over the key blocks that hold keys
+  to attend, in the compiled steps) and the stop flag read a step late (`generation.stop_read_a_step_late`;
   the other paths read it after every step), the base pass (adapter disabled) first as in evaluate (timed:
   `base_pass_s`, where a compiled path compiles first);
 - `unsloth`: the unsloth backend's path before (FastLanguageModel, the adapter, for_inference, 16 rows).
