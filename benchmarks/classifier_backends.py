@@ -24,7 +24,7 @@ import random
 import time
 from pathlib import Path
 
-from harness import measure_in_child, print_result, train_timed, write_results
+from harness import ensure_checkpoint, measure_in_child, print_result, train_timed, write_results
 
 MODERNBERT_BASE_SHAPE = dict(
     vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12,
@@ -121,8 +121,7 @@ def main() -> None:
     if args.run:
         print_result(run_one(args.run, args.methods, args.checkpoint))
         return
-    if not Path(args.checkpoint, "config.json").exists():
-        build_checkpoint(Path(args.checkpoint))
+    ensure_checkpoint(args.checkpoint, build_checkpoint)
     report = {
         "model": "ModernBERT-base shape (" + ", ".join(f"{k}={v}" for k, v in MODERNBERT_BASE_SHAPE.items())
                  + "), random weights, bf16, 4 classes",

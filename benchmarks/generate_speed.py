@@ -46,7 +46,7 @@ from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
-from harness import RESULTS, measure_in_child, print_result, write_results
+from harness import RESULTS, ensure_checkpoint, measure_in_child, print_result, write_results
 
 PROMPTS, NEW_TOKENS, SHORTEST, LONGEST = 128, 128, 100, 400
 BANDWIDTH_TB_S = {"H100": 3.35, "H200": 4.8}  # HBM3 (SXM) and HBM3e
@@ -292,8 +292,7 @@ def main() -> None:
         shapes.append(("Qwen3-VL-2B shape, one 448x448 picture per prompt", Path("/tmp/qwen3-vl-2b-shape"),
                        vision_backends.build_checkpoint, VISION_PATHS, True))
     for name, checkpoint, build, paths, vision in shapes:
-        if not (checkpoint / "config.json").exists():
-            build(checkpoint)
+        ensure_checkpoint(checkpoint, build)
         runs = {path: measure_in_child([__file__, "--path", path, "--checkpoint", str(checkpoint)]
                                        + ["--vision"] * vision, f"{path} ({name})", keep_going=True) for path in paths}
         failed = [path for path, run in runs.items() if run is None]

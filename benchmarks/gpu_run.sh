@@ -93,7 +93,7 @@ for part in "${parts[@]}"; do
        done) 2>&1 | tee "$results/gpu_dvc_evaluate_kv_cache.log"
       rm -rf "$scratch" ;;
     kv-cache-threshold)
-      [[ -f /tmp/qwen3-4b-shape/config.json ]] || python3 -c "from pathlib import Path; import sys; sys.path.insert(0, 'benchmarks'); import train_backends; train_backends.build_checkpoint(Path('/tmp/qwen3-4b-shape'))"
+      python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness, train_backends; harness.ensure_checkpoint('/tmp/qwen3-4b-shape', train_backends.build_checkpoint)"
       for run in 32:evaluate-dynamic 32:evaluate 16:evaluate-dynamic 16:evaluate; do
         cold=$(mktemp -d)
         echo "=== ${run#*:}, ${run%%:*} rows a batch"

@@ -10,6 +10,14 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def ensure_checkpoint(path, build) -> Path:
+    """`path` as a Path, once it holds a checkpoint: `build(path)` writes one unless its config.json is there."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        build(path)
+    return path
+
+
 def measure_in_child(args: list[str], what: str, keep_going: bool = False) -> dict | None:
     """Run `python *args`, echo the end of its output and its RESULT line whole, and return the dict it printed
     after `RESULT `. A child that prints none stops the benchmark, or with `keep_going` gives None."""

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, write_results
-from train_backends import MAX_LEN, chat_rows  # the same chats as the single-GPU benchmark
+from harness import RESULTS, ensure_checkpoint, write_results
+from train_backends import MAX_LEN, build_checkpoint, chat_rows  # the same chats as the single-GPU benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, WARMUP_STEPS, GLOBAL_BATCH = 30, 5, 8
@@ -115,10 +115,7 @@ def main() -> None:
 
     if torch.cuda.device_count() < max(int(g) for g in args.gpus.split(",")):
         sys.exit(f"this benchmark needs {args.gpus.split(',')[-1]} CUDA GPUs; this host has {torch.cuda.device_count()}")
-    if not Path(args.checkpoint, "config.json").exists():
-        from train_backends import build_checkpoint
-
-        build_checkpoint(Path(args.checkpoint))
+    ensure_checkpoint(args.checkpoint, build_checkpoint)
     results_file = RESULTS / "multi_gpu.json"
     report = {
         "model": "Qwen3-4B shape, random weights, bf16, LoRA r=16 on all 7 projections",

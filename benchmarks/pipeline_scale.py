@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import RESULTS, write_results
+from harness import RESULTS, ensure_checkpoint, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTS = ("data/prepared", "models", "metrics", "dvclive")
@@ -290,10 +290,10 @@ def main() -> None:
     report = json.loads(earlier.read_text()) if earlier.is_file() else {}  # each part replaces its own result
     measured = {"device": device, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if not args.no_dag:
-        if not args.checkpoint.startswith("builtin:") and not Path(args.checkpoint, "config.json").exists():
+        if not args.checkpoint.startswith("builtin:"):
             from train_backends import build_checkpoint
 
-            build_checkpoint(Path(args.checkpoint))
+            ensure_checkpoint(args.checkpoint, build_checkpoint)
         partial = lambda dag: write_results("pipeline_scale", report | {"device": device, "dag": {**measured, **dag}},
                                             markdown(report | {"device": device, "dag": dag}))
         report |= {"device": device, "dag": {**measured, **run_dag(args.checkpoint, args.steps, partial)}}

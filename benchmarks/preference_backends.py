@@ -21,9 +21,8 @@ pair); peak GPU memory as torch allocated it. Writes benchmarks/results/preferen
 import argparse
 import random
 import time
-from pathlib import Path
 
-from harness import measure_in_child, print_result, train_timed, write_results
+from harness import ensure_checkpoint, measure_in_child, print_result, train_timed, write_results
 
 STEPS, WARMUP_STEPS, BATCH, MAX_LEN, PAIRS = 25, 5, 4, 1024, 160
 RUNS = ("unsloth", "hf", "trl-peft")
@@ -120,8 +119,7 @@ def main() -> None:
         return
     import train_backends
 
-    if not (Path(args.checkpoint) / "config.json").exists():
-        train_backends.build_checkpoint(Path(args.checkpoint))
+    ensure_checkpoint(args.checkpoint, train_backends.build_checkpoint)
     runs = {run: measure_in_child([__file__, "--run", run, "--checkpoint", args.checkpoint], run, keep_going=True)
             for run in RUNS}
     runs = {run: result for run, result in runs.items() if result is not None}

@@ -28,7 +28,7 @@ import random
 import time
 from pathlib import Path
 
-from harness import RESULTS, measure_in_child, print_result, train_timed, write_results
+from harness import RESULTS, ensure_checkpoint, measure_in_child, print_result, train_timed, write_results
 
 QWEN3_4B_SHAPE = dict(
     hidden_size=2560, num_hidden_layers=36, intermediate_size=9728, num_attention_heads=32,
@@ -256,8 +256,7 @@ def main() -> None:
     if args.backend:
         print_result(run_one(args.backend, args.modes, args.checkpoint))
         return
-    if not Path(args.checkpoint, "config.json").exists():
-        build_checkpoint(Path(args.checkpoint))
+    ensure_checkpoint(args.checkpoint, build_checkpoint)
     results_file = RESULTS / "train_backends.json"
     report = {
         "model": "Qwen3-4B shape, random weights, bf16, LoRA r=16 on all 7 projections",

@@ -30,7 +30,7 @@ import random
 import time
 from pathlib import Path
 
-from harness import RESULTS, measure_in_child, print_result, train_timed, write_results
+from harness import RESULTS, ensure_checkpoint, measure_in_child, print_result, train_timed, write_results
 
 QWEN3_VL_2B_TEXT = dict(
     hidden_size=2048, num_hidden_layers=28, intermediate_size=6144, num_attention_heads=16, num_key_value_heads=8,
@@ -156,8 +156,7 @@ def main() -> None:
     if args.backend:
         print_result(run_one(args.backend, args.checkpoint))
         return
-    if not Path(args.checkpoint, "config.json").exists():
-        build_checkpoint(Path(args.checkpoint))
+    ensure_checkpoint(args.checkpoint, build_checkpoint)
     results_file = RESULTS / "vision_backends.json"
     runs = json.loads(results_file.read_text())["runs"] if results_file.is_file() else {}
     for backend in args.backends.split(","):

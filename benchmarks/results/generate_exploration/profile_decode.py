@@ -115,10 +115,10 @@ def main() -> None:
     if args.one:
         one(args.one, args.rows, args.checkpoint)
         return
-    if not Path(args.checkpoint, "config.json").exists():
-        import train_backends
+    import harness
+    import train_backends
 
-        train_backends.build_checkpoint(Path(args.checkpoint))
+    harness.ensure_checkpoint(args.checkpoint, train_backends.build_checkpoint)
     for run in args.runs.split(","):
         attn, _, rows = run.partition("@")
         with tempfile.TemporaryDirectory() as cold:  # every run compiles from nothing: first_s compares

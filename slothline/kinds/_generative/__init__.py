@@ -139,11 +139,12 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
     lengths = prompt_lengths(model, processor, [row["prompt"] for row in rows],
                              [literal_spans(row, "prompt") for row in rows], pictures)
 
-    plans = []  # the first pass's plan: the second generates the same batches on the same KV cache
+    first_plan = None  # the first pass's: the second generates the same batches on the same KV cache
 
     def run(scored_model):
-        how = same_batches(plans[0], scored_model) if plans else plan(scored_model, lengths, settings)
-        plans.append(how)
+        nonlocal first_plan
+        how = same_batches(first_plan, scored_model) if first_plan else plan(scored_model, lengths, settings)
+        first_plan = first_plan or how
         answers = answers_of(scored_model, processor, rows, params, how)
         size = loss_rows(scored_model, settings, longest)
         batches = (collate(rows[i : i + size]) for i in range(0, len(rows), size))
