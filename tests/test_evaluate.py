@@ -162,7 +162,7 @@ def test_repetition_penalty_changes_greedy_answers(tiny_model, tokenizer):
 def test_decoding_comes_from_params_or_the_model_generation_config():
     from transformers import GenerationConfig
 
-    from slothline.kinds._generative.generation import decoding, ignored_knobs
+    from slothline.kinds._generative.generation import GENERATE_DEFAULTS, decoding, ignored_knobs
     from slothline.kinds._generative.params import GenerationEvaluate as EvaluateParams
 
     qwen3 = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
@@ -174,6 +174,12 @@ def test_decoding_comes_from_params_or_the_model_generation_config():
     assert decoding(model, qwen3) == {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0,
                                       "repetition_penalty": 1.0}
     assert ignored_knobs(model) == [] and ignored_knobs(EvaluateParams(sampling="model", top_k=5)) == ["evaluate.top_k"]
+    # knobs the model's file leaves unset (Llama 3's sets temperature and top_p) are what model.generate() uses
+    llama3 = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9)
+    assert decoding(model, llama3) == {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "top_k": 50, "min_p": 0.0,
+                                       "repetition_penalty": 1.0}
+    transformers_own = GenerationConfig._get_default_generation_params()
+    assert {k: transformers_own.get(k) or 0.0 for k in GENERATE_DEFAULTS} == GENERATE_DEFAULTS
 
 
 @pytest.mark.parametrize(("knob", "value", "message"), [
@@ -236,6 +242,62 @@ def test_the_kind_evaluates_tuned_and_base_into_one_evaluation(tiny_model, token
     alone = task.evaluate(tiny_model, tokenizer, rows, params, None, tmp_path)
     assert set(alone.metrics) == {"tuned"} and all("base" not in sample for sample in alone.samples)
     assert alone.metrics["tuned"] == tuned
+
+
+def test_the_loss_is_scored_before_generating_changes_the_weights(tiny_model, tokenizer):
+    """On a GPU, generating merges the LoRA adapter into the weights in place and unmerges it after, which rounds
+    16-bit weights: each model's loss (and the kind's own scores) come first, so they are the adapter's own."""
+    import copy
+
+    import torch
+
+    from slothline.kinds import _generative
+    from slothline.kinds.causal_lm import answers
+    from tests.conftest import load
+
+    rows = rendered_rows(tokenizer, [("Repeat cat.", "cat cat"), ("What is 2 + 2?", "4")])
+    params = load(evaluate={"max_new_tokens": 4, "batch_size": 2})
+    sample = lambda row, answered: answered
+    model = copy.deepcopy(tiny_model)
+    scored_after = []
+
+    def rounding(model, *args):  # generates, then leaves the weights changed, as unmerging in bfloat16 does
+        answered = answers(model, *args)
+        with torch.no_grad():
+            for weight in model.parameters():
+                weight.mul_(1.01)
+        return answered
+
+    def weights_seen(model):
+        scored_after.append(next(model.parameters()).sum().item())
+        return {}
+
+    no_pad = copy.deepcopy(tokenizer)  # Llama-style: no pad token (evaluate pads with EOS, the loss batches too)
+    no_pad.pad_token = None
+    plain = _generative.evaluate(answers, model, no_pad, rows, params, None, sample).metrics["tuned"]
+    before = next(model.parameters()).sum().item()
+    rounded = _generative.evaluate(rounding, model, tokenizer, rows, params, None, sample,
+                                   more_metrics=weights_seen).metrics["tuned"]
+    assert rounded["loss"] == plain["loss"] and rounded["loss_tokens"] == plain["loss_tokens"]
+    assert scored_after == [before] and next(model.parameters()).sum().item() != before
+
+
+def test_prompts_whose_answers_pass_the_context_are_named_in_a_note(tiny_model, tokenizer, capsys):
+    import copy
+
+    from slothline.kinds import _generative
+    from slothline.kinds.causal_lm import answers
+    from tests.conftest import load
+
+    rows = rendered_rows(tokenizer, [("Repeat cat.", "cat cat"), ("What is two plus two, in words?", "four")])
+    prompts = [len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]) for row in rows]
+    model = copy.deepcopy(tiny_model)
+    model.config.max_position_embeddings = max(prompts) + 3  # the longer prompt's 4 new tokens pass it
+    _generative.evaluate(answers, model, tokenizer, rows, load(evaluate={"max_new_tokens": 4}), None, lambda r, a: a)
+    assert (f"note: 1 of 2 test prompts, with evaluate.max_new_tokens (4) after them, pass the model's context "
+            f"({max(prompts) + 3} tokens, max_position_embeddings; the longest prompt takes {max(prompts)})"
+            in capsys.readouterr().out)
+    assert min(prompts) + 4 <= max(prompts) + 3  # the shorter one fits
 
 
 def test_evaluate_writes_metrics_samples_and_report(workdir, tiny_qwen3):

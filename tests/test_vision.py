@@ -658,6 +658,31 @@ def test_a_gpu_plan_counts_the_tokens_each_picture_expands_to(processor):
     assert prompt_lengths(on("cuda"), processor, [prompt] * 2, images=iter(pictures)) == expanded  # read row by row
 
 
+def test_on_a_gpu_the_loss_batches_count_the_pictures_too(processor):
+    """The longest whole text (prompt and reference answer) sizes evaluate's loss batches: on a GPU it counts each
+    picture as the processor expands it, as generation's prompt lengths do (a 1024x768 picture is some 770 tokens
+    where the text holds one placeholder: batches sized from the text alone would hold logits for 10x the rows
+    that fit)."""
+    from types import SimpleNamespace
+
+    from slothline.kinds._generative import token_lengths
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    rows = [{"prompt": prompt, "text": prompt + answer} for answer in ("red<|im_end|>\n", "a deep red<|im_end|>\n")]
+    pictures = {prompt + "red<|im_end|>\n": [Image.new("RGB", (448, 448))],
+                prompt + "a deep red<|im_end|>\n": [Image.new("RGB", (224, 224))]}
+    images = lambda row: pictures[row["text"]]
+    on = lambda device: SimpleNamespace(device=SimpleNamespace(type=device), config=SimpleNamespace(model_type="qwen3_vl"))
+    expanded = lambda text, row: len(processor(text=[text], images=images(row))["input_ids"][0])
+
+    prompts, longest = token_lengths(on("cuda"), processor, rows, images)
+    assert prompts == [expanded(prompt, row) for row in rows]
+    assert longest == expanded(rows[0]["text"], rows[0]) > expanded(rows[1]["text"], rows[1])  # the big picture's row
+    text_only = lambda text: len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert token_lengths(on("cpu"), processor, rows, images) == ([text_only(prompt)] * 2, text_only(rows[1]["text"]))
+
+
 def test_pictures_decode_on_a_compiled_static_cache_as_on_a_dynamic_one(tiny_qwen3_vl, processor):
     """On a GPU, prompts with pictures take the text's path: a static cache, every batch one shape, the decode
     steps compiled (the pictures go in with the prefill, which runs uncompiled). Compiled here on the CPU

@@ -12,8 +12,8 @@ from slothline.kinds import Evaluation, with_base
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
-from slothline.kinds._generative.generation import (answer_loss, generation_settings, loss_rows, plan, prompt_lengths,
-                                                    same_batches)
+from slothline.kinds._generative.generation import (answer_loss, ensure_pad_token, generation_settings, loss_rows, plan,
+                                                    prompt_lengths, same_batches)
 from slothline.kinds._generative.metrics import loss_metrics, text_metrics
 
 
@@ -120,6 +120,7 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
     references longer than evaluate.max_new_tokens (generation stops there, so they cannot score as right),
     with a note suggesting the setting that fits them all. `more_metrics(model)` adds the kind's own."""
     settings = params.evaluate
+    ensure_pad_token(tokenizer_of(processor))  # the loss batches pad too, before generation would set it
     try:
         markers = turn_markers([row["text"] for row in rows])
     except SlothlineError:
@@ -133,26 +134,27 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
     if too_long:
         print(long_answers_note(too_long, len(rows), settings.max_new_tokens, max(needed)))
 
-    longest = max(len(encode(processor, row["text"])) for row in rows)
-    # GPU plans count each row's pictures, read one row at a time (not every test picture held at once)
-    pictures = (images(row) for row in rows) if images and model.device.type == "cuda" else None
-    lengths = prompt_lengths(model, processor, [row["prompt"] for row in rows],
-                             [literal_spans(row, "prompt") for row in rows], pictures)
+    lengths, longest = token_lengths(model, processor, rows, images)
+    past_context = sum(length + settings.max_new_tokens > context for length in lengths) if context else 0
+    if past_context:
+        print(past_context_note(past_context, len(rows), max(lengths), settings.max_new_tokens, context))
 
     first_plan = None  # the first pass's: the second generates the same batches on the same KV cache
 
     def run(scored_model):
         nonlocal first_plan
-        how = same_batches(first_plan, scored_model) if first_plan else plan(scored_model, lengths, settings)
-        first_plan = first_plan or how
-        answers = answers_of(scored_model, processor, rows, params, how)
+        # scored before generating: merging the adapter in place to generate and unmerging it after rounds 16-bit
+        # weights, so the loss would no longer be the adapter's own
         size = loss_rows(scored_model, settings, longest)
         batches = (collate(rows[i : i + size]) for i in range(0, len(rows), size))
         total, count = answer_loss(scored_model, batches, context)
-        return answers, how, {**text_metrics(answers, references), **loss_metrics(total, count), "loss_tokens": count,
-                              "loss_on": "answers" if markers else "whole text",
-                              "references_longer_than_max_new_tokens": too_long,
-                              **(more_metrics(scored_model) if more_metrics else {})}
+        scores = {**loss_metrics(total, count), "loss_tokens": count, "loss_on": "answers" if markers else "whole text",
+                  "references_longer_than_max_new_tokens": too_long,
+                  **(more_metrics(scored_model) if more_metrics else {})}
+        how = same_batches(first_plan, scored_model) if first_plan else plan(scored_model, lengths, settings)
+        first_plan = first_plan or how
+        answers = answers_of(scored_model, processor, rows, params, how)
+        return answers, how, {**text_metrics(answers, references), **scores}
 
     results = with_base(model, base, run)
     answers = {name: answered for name, (answered, _, _) in results.items()}
@@ -161,6 +163,16 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
     return Evaluation(metrics={name: scores for name, (_, _, scores) in results.items()}, samples=samples,
                       confusion={}, report_sections="",
                       settings={**generation_settings(model, settings), **tuned_plan.describe()})
+
+
+def token_lengths(model, processor, rows: list[dict], images: Callable | None = None) -> tuple[list[int], int]:
+    """Each row's prompt tokens, which order and size generation's batches, and the longest row's whole text
+    (prompt and reference answer), which sizes the loss batches. On a GPU each row's pictures (`images(row)`)
+    count as the processor expands them, read one row at a time: not every test picture held at once."""
+    pictures = lambda: (images(row) for row in rows) if images and model.device.type == "cuda" else None
+    count = lambda field: prompt_lengths(model, processor, [row[field] for row in rows],
+                                         [literal_spans(row, field) for row in rows], pictures())
+    return count("prompt"), max(count("text"))
 
 
 def answer_tokens(processor, row: dict, stops: list[int]) -> int:
@@ -181,6 +193,13 @@ def long_answers_note(count: int, rows: int, max_new_tokens: int, longest: int) 
             f"tokens; the longest takes {longest}): generation stops before their end, so they score as wrong "
             f"(metrics: references_longer_than_max_new_tokens); set evaluate.max_new_tokens: {longest} to let "
             "every answer finish")
+
+
+def past_context_note(count: int, rows: int, longest: int, max_new_tokens: int, context: int) -> str:
+    return (f"note: {count} of {rows} test prompts, with evaluate.max_new_tokens ({max_new_tokens}) after them, pass "
+            f"the model's context ({context} tokens, max_position_embeddings; the longest prompt takes {longest}): "
+            "their answers come from positions the model was not trained for and still count in the metrics; "
+            "shorten those test rows or lower evaluate.max_new_tokens")
 
 
 def question(row: dict) -> str:

@@ -22,12 +22,18 @@ def decoding(settings, generation_config) -> dict:
     `sampling: params` takes temperature (0: greedy), top_p, top_k (0: off), min_p (0: off) and
     repetition_penalty (1: off) from params; `sampling: model` takes the model's generation_config.json,
     the family's recommended settings (Qwen3's: temperature 0.6, top_p 0.95, top_k 20), ignoring those
-    params (see `ignored_knobs`)."""
+    params (see `ignored_knobs`); a knob it leaves unset takes transformers' default, as `model.generate()` would
+    (`GENERATE_DEFAULTS`: Llama 3's file sets temperature and top_p, so top-k 50 filters its samples too)."""
     if settings.sampling == "params":
         return settings.decoding_params()
     chosen = {k: getattr(generation_config, k, None) for k in KNOBS}
-    defaults = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
-    return {"do_sample": bool(generation_config.do_sample), **{k: defaults[k] if v is None else v for k, v in chosen.items()}}
+    return {"do_sample": bool(generation_config.do_sample),
+            **{k: GENERATE_DEFAULTS[k] if v is None else v for k, v in chosen.items()}}
+
+
+GENERATE_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "min_p": 0.0, "repetition_penalty": 1.0}
+"""The decoding knobs transformers' generate() applies where a generation_config.json leaves them unset (5.17's
+GenerationConfig defaults; min_p: None, off, written as 0)."""
 
 
 def generation_settings(model, settings) -> dict:
