@@ -135,7 +135,7 @@ def test_unpaired_test_rows_are_compared_within_their_prompt():
     assert [(good, bad) for _, good, bad in preference.scored_pairs(rows)] == [("good", "bad"), ("good", "worse")]
 
 
-def test_preference_accuracy_counts_the_pairs_whose_preferred_answer_is_likelier(tiny_qwen3, tokenizer):
+def test_preference_accuracy_counts_the_pairs_whose_preferred_answer_is_likelier(tiny_qwen3, tokenizer, capsys):
     """Swapping chosen and rejected turns accuracy a into 1 - a and negates the margin; the log-probabilities
     are those of the answer's tokens after the prompt, whatever else shares the batch."""
     import torch
@@ -149,6 +149,15 @@ def test_preference_accuracy_counts_the_pairs_whose_preferred_answer_is_likelier
     assert scores["preference_pairs"] == 5
     assert scores["preference_accuracy"] + reverse["preference_accuracy"] == pytest.approx(1)
     assert scores["preference_margin"] == pytest.approx(-reverse["preference_margin"], abs=1e-3)
+    assert "note" not in capsys.readouterr().out
+    lengths = [max(len(tokenizer(row["prompt"] + row[answer], add_special_tokens=False)["input_ids"])
+                   for answer in ("chosen_text", "rejected_text")) for row in rows]
+    model.config.max_position_embeddings = max(lengths) - 1  # the pairs with the longest answers pass it
+    preference.preference_metrics(model, tokenizer, rows, evaluating(4, 8))
+    model.config.max_position_embeddings = 2048
+    past = lengths.count(max(lengths))
+    assert 0 < past < 5 and (f"note: {past} of 5 preference test pairs pass the model's context ({max(lengths) - 1} "
+                             f"tokens, max_position_embeddings; the longest takes {max(lengths)})") in capsys.readouterr().out
     alone = preference.answer_log_probs(model, tokenizer, [rows[0]["prompt"]], [rows[0]["chosen_text"]])
     batched = preference.answer_log_probs(model, tokenizer, [r["prompt"] for r in rows], [r["chosen_text"] for r in rows])
     assert batched[0] == pytest.approx(alone[0], abs=1e-4)

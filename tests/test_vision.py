@@ -207,6 +207,18 @@ def test_bad_images_fail_with_file_row_and_image(workdir, name, data, problem):
     assert message.startswith(f"raw/vqa.jsonl:1: {problem}") and "on_error: skip" in message
 
 
+def test_message_text_spelling_the_image_placeholder_is_a_row_error(workdir):
+    """The processor would take a typed `<|image_pad|>` for a picture and fail the whole batch (in training, an
+    error the data loader reads as the end of the epoch): prepare names the row first."""
+    write_image(workdir, "red.png", png("red"))
+    rows = [{"image": "red.png", "question": "Colour?", "answer": "red"},
+            {"image": "red.png", "question": "What does <|image_pad|> mean?", "answer": "a placeholder"}]
+    write_project(workdir, [vqa_source(workdir, rows)])
+    assert prepare_error(workdir).startswith(
+        "raw/vqa.jsonl:2: a user message's text spells '<|image_pad|>', the model's image placeholder, which the "
+        "processor would take for a picture; remove it from the text")
+
+
 def test_bad_images_are_skipped_and_counted_with_on_error_skip(workdir):
     write_image(workdir, "red.png", png("red"))
     rows = [{"image": "red.png", "question": "Colour?", "answer": "red"},
@@ -665,7 +677,7 @@ def test_on_a_gpu_the_loss_batches_count_the_pictures_too(processor):
     that fit)."""
     from types import SimpleNamespace
 
-    from slothline.kinds._generative import token_lengths
+    from slothline.kinds._generative import batch_lengths
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -676,11 +688,36 @@ def test_on_a_gpu_the_loss_batches_count_the_pictures_too(processor):
     on = lambda device: SimpleNamespace(device=SimpleNamespace(type=device), config=SimpleNamespace(model_type="qwen3_vl"))
     expanded = lambda text, row: len(processor(text=[text], images=images(row))["input_ids"][0])
 
-    prompts, longest = token_lengths(on("cuda"), processor, rows, images)
+    prompts, longest = batch_lengths(on("cuda"), processor, rows, images)
     assert prompts == [expanded(prompt, row) for row in rows]
     assert longest == expanded(rows[0]["text"], rows[0]) > expanded(rows[1]["text"], rows[1])  # the big picture's row
     text_only = lambda text: len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-    assert token_lengths(on("cpu"), processor, rows, images) == ([text_only(prompt)] * 2, text_only(rows[1]["text"]))
+    assert batch_lengths(on("cpu"), processor, rows, images) == ([text_only(prompt)] * 2, text_only(rows[1]["text"]))
+
+
+def test_answers_read_each_batchs_pictures_as_the_batch_forms(tiny_qwen3_vl, processor, tmp_path, monkeypatch):
+    """A test split of photos is never held in memory at once: generation reads a batch's pictures as it forms it."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForImageTextToText
+
+    from slothline.kinds._generative.params import GenerationEvaluate
+
+    rows = []
+    for i, colour in enumerate(("red", "green", "blue")):
+        (tmp_path / f"{colour}.png").write_bytes(png(colour))
+        question = [{"type": "image", "image": str(tmp_path / f"{colour}.png")}, {"type": "text", "text": "Colour?"}]
+        messages = [{"role": "user", "content": question}]
+        rows.append({"id": str(i), "messages": messages,
+                     "prompt": processor.apply_chat_template(messages, add_generation_prompt=True)})
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl).eval()
+    events = []
+    monkeypatch.setattr(vision, "load_images", lambda row, read=vision.load_images: events.append("read") or read(row))
+    monkeypatch.setattr(model, "generate", lambda *args, run=model.generate, **kwargs: events.append("generate")
+                        or run(*args, **kwargs))
+    params = SimpleNamespace(evaluate=GenerationEvaluate(batch_size=1, max_new_tokens=2, seed=0))
+    assert len(vision.answers(model, processor, rows, params)) == 3
+    assert events == ["read", "generate"] * 3
 
 
 def test_pictures_decode_on_a_compiled_static_cache_as_on_a_dynamic_one(tiny_qwen3_vl, processor):

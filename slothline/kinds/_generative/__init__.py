@@ -134,7 +134,7 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
     if too_long:
         print(long_answers_note(too_long, len(rows), settings.max_new_tokens, max(needed)))
 
-    lengths, longest = token_lengths(model, processor, rows, images)
+    lengths, longest = batch_lengths(model, processor, rows, images)
     past_context = sum(length + settings.max_new_tokens > context for length in lengths) if context else 0
     if past_context:
         print(past_context_note(past_context, len(rows), max(lengths), settings.max_new_tokens, context))
@@ -165,7 +165,7 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
                       settings={**generation_settings(model, settings), **tuned_plan.describe()})
 
 
-def token_lengths(model, processor, rows: list[dict], images: Callable | None = None) -> tuple[list[int], int]:
+def batch_lengths(model, processor, rows: list[dict], images: Callable | None = None) -> tuple[list[int], int]:
     """Each row's prompt tokens, which order and size generation's batches, and the longest row's whole text
     (prompt and reference answer), which sizes the loss batches. On a GPU each row's pictures (`images(row)`)
     count as the processor expands them, read one row at a time: not every test picture held at once."""

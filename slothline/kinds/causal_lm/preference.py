@@ -255,8 +255,14 @@ def preference_metrics(model, tokenizer, rows: list[dict], settings) -> dict:
         print(f"note: the {len(rows)} preference test rows hold no pair to compare (unpaired rows need a desirable "
               "and an undesirable answer to the same prompt), so no preference metrics are scored")
         return {"preference_pairs": 0}
-    longest = max(len(encode(tokenizer, row["prompt"] + answer)) for row, *answers in pairs for answer in answers)
-    size = max(1, loss_rows(model, settings, longest) // 2)  # two sequences a pair, their logits bounded
+    lengths = [max(len(encode(tokenizer, row["prompt"] + answer)) for answer in answers) for row, *answers in pairs]
+    context = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
+    past_context = sum(length > context for length in lengths) if context else 0
+    if past_context:
+        print(f"note: {past_context} of {len(pairs)} preference test pairs pass the model's context ({context} tokens, "
+              f"max_position_embeddings; the longest takes {max(lengths)}): their answers are scored at positions the "
+              "model was not trained for and still count in preference_accuracy; shorten those test rows")
+    size = max(1, loss_rows(model, settings, max(lengths)) // 2)  # two sequences a pair, their logits bounded
     margins = []
     for start in range(0, len(pairs), size):
         batch = pairs[start : start + size]

@@ -3,6 +3,7 @@ under the prepared data), the model's processor, loss on the assistant's answers
 with images, and text metrics plus the loss on the reference answers."""
 
 import re
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def to_record(row: dict, source, params, processor) -> tuple[dict, dict]:
     `text`, `prompt` and `reference` (as for a causal LM, images as the template's image tokens)."""
     data = params.data
     messages = to_messages(row, source.format, data.system_prompt, CONVERTERS)
+    refuse_spelled_placeholder(messages, processor)
     sources = {}
     max_ratio = aspect_ratio_limit(processor)
     for part in image_parts(messages):
@@ -79,6 +81,21 @@ def to_record(row: dict, source, params, processor) -> tuple[dict, dict]:
     stops = model_stop_tokens(processor, params.model.name, params.model.revision)
     return {"messages": messages}, {**render(messages, processor, "chat", data.enable_thinking, stops),
                                     IMAGE_SOURCES: sources}
+
+
+def refuse_spelled_placeholder(messages: list[dict], processor) -> None:
+    """A RowError for message text that spells the processor's image placeholder (`<|image_pad|>` for Qwen-VL):
+    the processor would take it for a picture and find none for it, failing the batch the row is in (in training,
+    an error the data loader reads as the end of the epoch)."""
+    placeholder = getattr(processor, "image_token", None)
+    for message in messages:
+        content = message["content"]
+        texts = [content] if isinstance(content, str) else [part.get("text") or "" for part in content
+                                                             if part.get("type") == "text"]
+        if placeholder and any(placeholder in text for text in texts):
+            raise RowError(f"a {message['role']} message's text spells {placeholder!r}, the model's image placeholder, "
+                           "which the processor would take for a picture; remove it from the text (a picture goes in "
+                           "as an image part)")
 
 
 def finish_splits(splits: dict[str, list[dict]], processor, params, out_dir: Path) -> dict:
@@ -221,6 +238,20 @@ def load_images(row: dict) -> list:
     return [open_rgb(path) for path in image_paths(row)]
 
 
+class RowPictures(Sequence):
+    """Each row's pictures by the row's index, read from disk when asked for: generation reads a batch's
+    pictures as it forms the batch, so a test split of photos is never held in memory at once."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> list:
+        return load_images(self.rows[index])
+
+
 def predict(model, processor, rows: list[dict], params) -> list[str]:
     return answers(model, processor, rows, params)
 
@@ -232,7 +263,7 @@ def answers(model, processor, rows: list[dict], params, how=None) -> list[str]:
 
     settings = params.evaluate
     return generate(model, processor, [r["prompt"] for r in rows], settings, decoding(settings, model.generation_config),
-                    desc="answers", images=[load_images(row) for row in rows],
+                    desc="answers", images=RowPictures(rows),
                     literals=[literal_spans(r, "prompt") for r in rows], how=how)
 
 
