@@ -2,7 +2,7 @@
 the teacher-forced loss on answers, for evaluate."""
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -241,13 +241,14 @@ def stop_read_a_step_late(device: torch.device):
 
 
 def generate(model, processor, prompts: list[str], settings, chosen: dict | None = None, desc: str = "generate",
-             images: list[list] | None = None, literals: list | None = None, how: Plan | None = None) -> list[str]:
+             images: Sequence[list] | None = None, literals: list | None = None, how: Plan | None = None) -> list[str]:
     """Answers to `prompts` (rendered, generation prompt included), generated as `plan` decides (or `how`),
     `settings.max_new_tokens` at most, decoded as `chosen` (see `decoding`; greedy when None), sampling from
     `settings.seed`, stopping at any of the model's stop tokens (`stops.stop_ids`). `processor` is a tokenizer,
-    or a multimodal processor given each prompt's `images`; `literals` are each prompt's spans of message text
-    spelling special tokens (tokenized as text, see `tokens.encode`). Answers come back in prompt order,
-    without special tokens and without a leading <think> block (one the prompt opens included)."""
+    or a multimodal processor given each prompt's `images` (by the prompt's index, read as its batch forms);
+    `literals` are each prompt's spans of message text spelling special tokens (tokenized as text, see
+    `tokens.encode`). Answers come back in prompt order, without special tokens and without a leading <think>
+    block (one the prompt opens included)."""
     from transformers import set_seed
 
     set_seed(settings.seed)
