@@ -12,8 +12,8 @@ from slothline.kinds import Evaluation, with_base
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
-from slothline.kinds._generative.generation import (answer_loss, ensure_pad_token, generation_settings, loss_rows, plan,
-                                                    prompt_lengths, same_batches)
+from slothline.kinds._generative.generation import (answer_loss, context_length, ensure_pad_token, generation_settings,
+                                                    loss_rows, plan, prompt_lengths, same_batches)
 from slothline.kinds._generative.metrics import loss_metrics, text_metrics
 
 
@@ -127,7 +127,7 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
         markers = None
     stops = stop_ids(processor, model.generation_config)
     collate = AnswerCollator(processor, markers, images, stops)
-    context = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
+    context = context_length(model)
     references = [row["reference"] for row in rows]
     needed = [answer_tokens(processor, row, stops) for row in rows]
     too_long = sum(count > settings.max_new_tokens for count in needed)
@@ -169,10 +169,15 @@ def batch_lengths(model, processor, rows: list[dict], images: Callable | None = 
     """Each row's prompt tokens, which order and size generation's batches, and the longest row's whole text
     (prompt and reference answer), which sizes the loss batches. On a GPU each row's pictures (`images(row)`)
     count as the processor expands them, read one row at a time: not every test picture held at once."""
-    pictures = lambda: (images(row) for row in rows) if images and model.device.type == "cuda" else None
-    count = lambda field: prompt_lengths(model, processor, [row[field] for row in rows],
-                                         [literal_spans(row, field) for row in rows], pictures())
-    return count("prompt"), max(count("text"))
+    text = lambda field: [len(encode(processor, row[field], literal_spans(row, field))) for row in rows]
+    prompts = text("prompt")
+    if images and model.device.type == "cuda":  # each picture read once: what it adds counts for the whole text too
+        pictured = prompt_lengths(model, processor, [row["prompt"] for row in rows],
+                                  [literal_spans(row, "prompt") for row in rows], (images(row) for row in rows))
+    else:
+        pictured = prompts
+    return pictured, max(length + with_pictures - alone for length, with_pictures, alone
+                         in zip(text("text"), pictured, prompts))
 
 
 def answer_tokens(processor, row: dict, stops: list[int]) -> int:
