@@ -88,6 +88,31 @@ def test_sharegpt_vision_markers_become_image_parts():
     assert convert(llava, "sharegpt_vision")[0]["content"] == QUESTION
 
 
+def test_images_embedded_as_hugging_face_datasets_store_them_become_data_uris():
+    """Parquet files and save_to_disk directories of Hugging Face datasets hold images as {"bytes", "path"}; TRL's
+    vision datasets put the images in `images` and leave the image parts without a reference."""
+    inline = lambda data: "data:image;base64," + base64.b64encode(data).decode()
+    embedded = {"bytes": png("red"), "path": "red.png"}
+    vqa = convert({"image": embedded, "question": "What colour is it?", "answer": "red"}, "vqa")
+    assert vqa[0]["content"][0] == {"type": "image", "image": inline(png("red"))}
+    trl = {"images": [embedded, {"bytes": None, "path": "blue.png"}],
+           "messages": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "And?"},
+                                                     {"type": "image", "text": None}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "red, blue", "image": None}]}]}
+    assert convert(trl, "messages") == [
+        {"role": "user", "content": [{"type": "image", "image": inline(png("red"))}, {"type": "text", "text": "And?"},
+                                     {"type": "image", "image": "blue.png"}]},
+        {"role": "assistant", "content": "red, blue"}]
+    picture = Image.open(io.BytesIO(png("green", (8, 4))))  # as datasets decodes an Image column
+    unsloth_style = {"messages": [{"role": "user", "content": [{"type": "image", "image": picture}]},
+                                  {"role": "assistant", "content": "green"}]}
+    stored = convert(unsloth_style, "messages")[0]["content"][0]["image"]
+    assert Image.open(io.BytesIO(base64.b64decode(stored.partition(",")[2]))).tobytes() == picture.tobytes()
+    llava = {"image": embedded, "conversations": [{"from": "human", "value": "<image>Colour?"},
+                                                  {"from": "gpt", "value": "red"}]}
+    assert convert(llava, "sharegpt_vision")[0]["content"][0] == {"type": "image", "image": inline(png("red"))}
+
+
 @pytest.mark.parametrize(("row", "fmt", "message"), [
     ({"conversations": [{"from": "human", "value": "<image> and <image>?"}, {"from": "gpt", "value": "x"}],
       "images": ["a.png"]}, "sharegpt_vision",
@@ -99,8 +124,15 @@ def test_sharegpt_vision_markers_become_image_parts():
      "turn 1 (assistant): an answer cannot hold an image; images belong in user turns"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]},
                    {"role": "assistant", "content": "x"}]}, "messages",
-     'messages[0].content[0]: an image part needs the image\'s path or a data URI, like {"type": "image", "image": '
-     '"picture.png"}'),
+     "messages[0].content[0]: an image needs its path, a data URI or its bytes ({'bytes': ...}, as Hugging Face "
+     'datasets embed one), like {"type": "image", "image": "picture.png"}; got dict \'{}\''),
+    ({"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "image"}]},
+                   {"role": "assistant", "content": "x"}], "images": ["a.png"]}, "messages",
+     "2 image parts without a path but 1 images in the row's 'images'; give each image part its path or data URI, "
+     'like {"type": "image", "image": "picture.png"}, or list the row\'s images in order in \'images\''),
+    ({"image": 7, "question": "Colour?", "answer": "x"}, "vqa",
+     "field 'image': an image needs its path, a data URI or its bytes ({'bytes': ...}, as Hugging Face datasets "
+     'embed one), like {"type": "image", "image": "picture.png"}; got int \'7\''),
     ({"image": "a.png", "question": "", "answer": "x"}, "vqa",
      "missing or empty field 'question'; every row needs a non-empty string there"),
 ])
@@ -178,6 +210,36 @@ def test_prepare_stores_images_by_content_and_reports_their_sizes(workdir):
     assert metrics["images"]["train"] == {"images": 3, "width_min": 32, "width_mean": 65.3, "width_max": 100,
                                           "height_min": 48, "height_mean": 54.0, "height_max": 64}
     assert metrics["tokens"]["train"]["max"] > 4  # image tokens counted
+
+
+def test_prepare_reads_images_embedded_in_parquet_and_save_to_disk_datasets(workdir):
+    """A Hugging Face vision dataset as a user has it: an Image column in a save_to_disk directory (read without
+    decoding: the stored bytes, nothing written into the dataset's folder) and in a Parquet file."""
+    import datasets
+
+    pictures = [Image.open(io.BytesIO(png(colour, (40 + i, 32)))) for i, colour in enumerate(("red", "green", "blue"))]
+    columns = {"image": pictures, "question": ["Colour?"] * 3, "answer": ["red", "green", "blue"]}
+    dataset = datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
+    dataset.save_to_disk(str(workdir.path / "raw/disk"))
+    dataset.to_parquet(str(workdir.path / "raw/vqa.parquet"))
+    trl = datasets.Dataset.from_dict({
+        "images": [[picture] for picture in pictures],
+        "messages": [[{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "And?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+                     for answer in columns["answer"]],
+    }).cast_column("images", datasets.List(datasets.Image()))
+    trl.save_to_disk(str(workdir.path / "raw/trl"))
+    files = lambda: sorted(path.name for path in (workdir.path / "raw").rglob("*"))
+    before = files()
+    write_project(workdir, [{"path": "raw/disk", "format": "vqa"}, {"path": "raw/vqa.parquet", "format": "vqa"},
+                            {"path": "raw/trl", "format": "messages"}],
+                  dedupe=False, val_fraction=0.0, test_fraction=0.0)
+    prepare.main()
+    stored = stored_images(workdir.read_split("train"))
+    assert len(stored) == 9 and len(set(stored)) == 3  # each picture stored once, by its content
+    sizes = {Image.open(workdir.path / path).size for path in stored}
+    assert sizes == {(40, 32), (41, 32), (42, 32)}
+    assert files() == before  # no cache file written into the datasets' folders
 
 
 def prepare_error(workdir) -> str:

@@ -6,6 +6,7 @@ header, comes as a RowError in place of the row. Text files must be UTF-8 (a byt
 is fine); JSONL splits on "\n" only.
 """
 
+import copy
 import csv
 import io
 import json
@@ -210,8 +211,30 @@ def _is_json(text: str) -> bool:
 
 
 def _dataset_rows(name: str, dataset):
-    for number, row in enumerate(dataset, start=1):
+    for number, row in enumerate(_undecoded(dataset), start=1):
         yield f"{name}: row {number}", row
+
+
+def _undecoded(dataset):
+    """`dataset` with its images (and other media) as stored, `{"bytes", "path"}`, as a Parquet file holds them,
+    rather than decoded into PIL images. Each column is cast alone: datasets then changes the features only,
+    where casting the whole dataset would write a cache file into the data's folder."""
+    from datasets.features.features import require_decoding
+
+    for column, feature in dataset.features.items():
+        if require_decoding(feature) and hasattr(feature, "decode_example"):
+            dataset = dataset.cast_column(column, _decoding_off(copy.deepcopy(feature)))
+    return dataset
+
+
+def _decoding_off(feature):
+    """`feature` with every media feature in it (Image, Audio, ...) set not to decode."""
+    if hasattr(feature, "decode"):
+        feature.decode = False
+    for inner in feature.values() if isinstance(feature, dict) else [getattr(feature, "feature", None)]:
+        if inner is not None:
+            _decoding_off(inner)
+    return feature
 
 
 def _load_from_disk(path: Path, split: str):

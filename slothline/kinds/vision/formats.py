@@ -2,8 +2,12 @@
 
 A user or system turn's content is a string or a list of parts, `{"type": "text", "text"}` and
 `{"type": "image", "image": <reference>}`, the reference being what the row wrote (a path, relative to
-the data file, or a data URI); the vision kind resolves, checks and stores the images. Answers are text.
+the data file, or a data URI; an image embedded in the row, as Hugging Face datasets store one, becomes a data
+URI); the vision kind resolves, checks and stores the images. Answers are text.
 """
+
+import base64
+import io
 
 from slothline.data.formats import (IMAGE_PARTS, TEXT_PARTS, check_part, check_turn_order, message_turns,
                                     required_text, sharegpt)
@@ -14,12 +18,25 @@ IMAGE_MARKER = "<image>"
 
 def messages(row: dict) -> list[dict]:
     """OpenAI style, with image parts: `{"type": "image", "image": "pic.png"}`, or
-    `{"type": "image_url", "image_url": {"url": "pic.png" or "data:image/png;base64,..."}}`."""
-    return checked(message_turns(row, content_parts))
+    `{"type": "image_url", "image_url": {"url": "pic.png" or "data:image/png;base64,..."}}`; or, as TRL's
+    vision datasets hold them, image parts without a reference (`{"type": "image"}`) and the row's images in
+    order in `images` (or `image`)."""
+    turns = message_turns(row, content_parts)
+    bare = [part for part in image_parts(turns) if part["image"] is None]
+    images = row_images(row) if bare else []
+    if len(bare) != len(images):
+        raise RowError(f"{len(bare)} image parts without a path but {len(images)} images in the row's 'images'; give "
+                       'each image part its path or data URI, like {"type": "image", "image": "picture.png"}, or '
+                       "list the row's images in order in 'images'")
+    for part, image in zip(bare, images):
+        part["image"] = image
+    return checked(turns)
 
 
 def vqa(row: dict) -> list[dict]:
-    """{"image", "question", "answer"}: one question about one image."""
+    """{"image", "question", "answer"}: one question about one image (a path, a data URI or an embedded image)."""
+    if row.get("image") is not None and not isinstance(row["image"], str):
+        row = {**row, "image": image_text(row["image"], "field 'image'")}
     image, question = {"type": "image", "image": required_text(row, "image")}, required_text(row, "question")
     return checked([
         {"role": "user", "content": [image, {"type": "text", "text": question}]},
@@ -30,13 +47,7 @@ def vqa(row: dict) -> list[dict]:
 def sharegpt_vision(row: dict) -> list[dict]:
     """LLaVA / LLaMA-Factory style: ShareGPT `conversations` whose human turns hold `<image>` markers, and
     the images in order in `images` (a list) or `image` (one path)."""
-    images = row.get("images", [row["image"]] if "image" in row else None)
-    if isinstance(images, str):
-        images = [images]
-    if images is None:
-        images = []
-    elif not isinstance(images, list) or not all(isinstance(image, str) and image.strip() for image in images):
-        raise RowError("field 'images' must be a list of image paths")
+    images = row_images(row)
     turns = sharegpt(row)
     markers = sum(turn["content"].count(IMAGE_MARKER) for turn in turns)
     if markers != len(images):
@@ -59,6 +70,37 @@ def sharegpt_vision(row: dict) -> list[dict]:
 CONVERTERS = {"messages": messages, "vqa": vqa, "sharegpt_vision": sharegpt_vision}
 
 
+def row_images(row: dict) -> list[str]:
+    """The row's images in order, from `images` (a list) or `image` (one), as references (see `image_text`)."""
+    images = row.get("images", row.get("image"))
+    if images is None:
+        return []
+    field = "images" if "images" in row else "image"
+    images = images if isinstance(images, list) else [images]
+    return [image_text(image, f"field {field!r}") for image in images]
+
+
+def image_text(image, where: str) -> str:
+    """An image reference as text: a path or data URI as it is; an image embedded in the row, as Hugging Face
+    datasets store one in Parquet files, `save_to_disk` directories and hub datasets (`{"bytes", "path"}`; a
+    decoded PIL image), as a data URI of its bytes (a PIL image's as PNG)."""
+    from PIL import Image
+
+    if isinstance(image, dict) and ("bytes" in image or "path" in image):
+        if image.get("bytes"):
+            return "data:image;base64," + base64.b64encode(image["bytes"]).decode("ascii")
+        image = image.get("path")
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return image_text({"bytes": buffer.getvalue()}, where)
+    if not isinstance(image, str) or not image.strip():
+        raise RowError(f"{where}: an image needs its path, a data URI or its bytes ({{'bytes': ...}}, as Hugging Face "
+                       f"datasets embed one), like {{\"type\": \"image\", \"image\": \"picture.png\"}}; got "
+                       f"{type(image).__name__} {str(image)[:40]!r}")
+    return image
+
+
 def content_parts(content, where: str):
     """A string, or the list of canonical text and image parts of an OpenAI content list."""
     if not isinstance(content, list):
@@ -79,15 +121,13 @@ def content_parts(content, where: str):
     return parts
 
 
-def image_reference(part: dict, where: str) -> str:
-    """The path or data URI of an image part: `image` (a string), or `image_url` (a string or {"url"})."""
-    reference = part.get("image", part.get("image_url"))
-    if isinstance(reference, dict):
-        reference = reference.get("url")
-    if not isinstance(reference, str) or not reference.strip():
-        raise RowError(f"{where}: an image part needs the image's path or a data URI, like "
-                       '{"type": "image", "image": "picture.png"}')
-    return reference
+def image_reference(part: dict, where: str) -> str | None:
+    """The path or data URI of an image part (see `image_text`): `image`, or `image_url` (a string or {"url"});
+    None for a part without one (its image is the row's, see `messages`)."""
+    reference = part.get("image") if part.get("image") is not None else part.get("image_url")
+    if isinstance(reference, dict) and "url" in reference:
+        reference = reference["url"]
+    return None if reference is None else image_text(reference, where)
 
 
 def checked(turns: list[dict]) -> list[dict]:
