@@ -36,6 +36,7 @@ class Source(Section):
     name: str | None = None
     weight: float = Field(1.0, gt=0)
     split: str = "train"
+    config: str | None = Field(None, description="a hub dataset's configuration (subset), e.g. main for openai/gsm8k")
     max_samples: int | None = Field(None, ge=1)
     on_error: Literal["fail", "skip"] = "fail"
 

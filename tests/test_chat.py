@@ -255,3 +255,23 @@ def test_a_thinking_block_the_prompt_opens_is_stripped_from_generations():
     assert opens_thinking(prompt, "weigh it\n</think>\n\nIt is 4.")
     assert not opens_thinking(prompt + "\n</think>\n\n", "It is 4, not </think>.")
     assert not opens_thinking(prompt, "still thinking")
+
+
+def test_a_conversation_the_chat_template_refuses_is_a_row_error(tokenizer):
+    """Gemma's and Mistral's templates raise (jinja's raise_exception) on turns that do not alternate, some on a
+    system turn: the row is named (and `on_error: skip` skips it), not a jinja traceback."""
+    import copy
+
+    from slothline.errors import RowError
+
+    strict = copy.copy(tokenizer)
+    strict.chat_template = (
+        "{% for m in messages %}{% if loop.index0 > 0 and m.role == messages[loop.index0 - 1].role %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{% endif %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    turns = [{"role": "user", "content": "Q"}, {"role": "user", "content": "Q again"},
+             {"role": "assistant", "content": "A"}]
+    with pytest.raises(RowError, match=r"^the model's chat template cannot render this conversation \(Conversation "
+                                       r"roles must alternate"):
+        render(turns, strict, "chat", False)
+    assert render([turns[0], turns[2]], strict, "chat", False)["reference"] == "A"

@@ -100,6 +100,51 @@ def test_system_prompt_added_only_where_missing():
     assert [m["content"] for m in to_messages(own, "messages", "Be kind.")] == ["Own.", "Q", "A"]
 
 
+def test_llama_factory_alpaca_system_and_history_come_before_the_question():
+    row = {"instruction": "And times two?", "input": "", "output": "14.", "system": "Be brief.",
+           "history": [["What is 3 plus 4?", "7."]]}
+    assert to_messages(row, "alpaca") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "7."},
+        {"role": "user", "content": "And times two?"}, {"role": "assistant", "content": "14."}]
+    with pytest.raises(RowError, match=r"^history\[0\] must be a \[question, answer\] pair of strings"):
+        to_messages({**row, "history": [["only a question"]]}, "alpaca")
+
+
+def test_reasoning_content_opens_the_answer_as_a_think_block():
+    """As Qwen3's chat template writes an assistant turn's reasoning_content."""
+    row = {"messages": [{"role": "user", "content": "What is 27 + 28?"},
+                        {"role": "assistant", "content": "55", "reasoning_content": " I add 27 and 28. "}]}
+    assert to_messages(row, "messages")[1]["content"] == "<think>\nI add 27 and 28.\n</think>\n\n55"
+    row["messages"][1]["content"] = [{"type": "text", "text": "55"}]
+    assert to_messages(row, "messages")[1]["content"] == "<think>\nI add 27 and 28.\n</think>\n\n55"
+
+
+def test_rows_as_parquet_and_datasets_write_them():
+    """Parquet gives every message the keys any message has, None where a row had none: a weight of None is
+    unset, an empty system turn is none, tool_calls of None are no call."""
+    row = {"messages": [
+        {"role": "system", "content": "", "weight": None, "tool_calls": None, "reasoning_content": None},
+        {"role": "user", "content": "Hi", "weight": None, "tool_calls": None, "reasoning_content": None},
+        {"role": "assistant", "content": "Hello", "weight": None, "tool_calls": None, "reasoning_content": None}]}
+    assert to_messages(row, "messages", "Be kind.") == [
+        {"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"}]
+    sharegpt = {"conversations": [{"from": "system", "value": " "}, {"from": "human", "value": "Hi"},
+                                  {"from": "gpt", "value": "Hello"}]}
+    assert [m["role"] for m in to_messages(sharegpt, "sharegpt")] == ["user", "assistant"]
+
+
+def test_tool_calls_are_refused_rather_than_dropped():
+    call = [{"type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}]
+    row = {"messages": [{"role": "user", "content": "2 + 3?"},
+                        {"role": "assistant", "content": "Let me compute that.", "tool_calls": call}]}
+    with pytest.raises(RowError) as caught:
+        to_messages(row, "messages")
+    assert str(caught.value) == ("messages[1]: tool_calls are not supported: answers are trained as their text, so the "
+                                 "call would be lost; drop the row (`on_error: skip` on this source skips such rows)")
+
+
 @pytest.mark.parametrize(("row", "fmt", "expected"), [
     ({"instruction": "Hi"}, "alpaca", "missing or empty field 'output'"),
     ({"body": "Hi", "category": "bug"}, "alpaca", "field 'instruction'; every row needs a non-empty string there "

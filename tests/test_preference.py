@@ -33,6 +33,7 @@ def test_a_system_turn_stays_in_the_prompt_and_kto_labels_are_booleans():
     assert paired({"prompt": [system, USER], "chosen": GOOD, "rejected": BAD})["messages"] == [system, USER]
     assert unpaired({"prompt": "Hi", "completion": "Hello!", "label": "true"})["label"] is True
     assert unpaired({"prompt": "Hi", "completion": "Hello.", "label": 0})["label"] is False
+    assert unpaired({"prompt": "Hi", "completion": "Hello.", "label": "False"})["label"] is False  # pandas' CSV
 
 
 @pytest.mark.parametrize("row, message", [

@@ -245,6 +245,49 @@ def test_a_file_not_in_utf8_names_file_line_and_fix(workdir, name):
     assert "re-save the file as UTF-8" in str(caught.value)
 
 
+def test_a_utf16_file_says_so_and_how_to_convert_it(workdir):
+    (workdir.path / "a.jsonl").write_text(json.dumps(ALPACA[0]) + "\n", encoding="utf-16")  # PowerShell's `>`
+    workdir.write_params([{"path": "a.jsonl", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^a.jsonl: UTF-16 text .*; re-save the file as UTF-8 \(`iconv -f utf-16"):
+        prepare.main()
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json"])
+def test_half_an_emoji_in_json_is_a_row_error_that_skip_skips(workdir, name):
+    rows = [json.dumps({"instruction": f"Question {i}?", "output": f"Answer {i}."}) for i in range(3)]
+    rows[1] = '{"instruction": "What is 3 plus 4? \\ud83d", "output": "7 \\ud83d\\ude00"}'  # a lone high surrogate
+    text = "\n".join(rows) if name.endswith(".jsonl") else "[" + ",\n".join(rows) + "]"
+    (workdir.path / name).write_text(text)
+    workdir.write_params([{"path": name, "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"\b(2|row 2): a string holds '\\ud83d', half of a UTF-16 surrogate pair"):
+        prepare.main()
+    workdir.write_params([{"path": name, "format": "alpaca", "on_error": "skip"}])
+    prepare.main()
+    assert len(workdir.read_split("train")) == 2
+
+
+def test_a_glob_source_path_says_to_list_the_files(workdir):
+    workdir.write_params([{"path": "raw/*.jsonl", "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"^raw/\*.jsonl: no such file or directory; a data source path names one "
+                                             r"file or directory, not a pattern"):
+        prepare.main()
+
+
+def test_a_hub_source_reads_its_config(workdir, monkeypatch):
+    import datasets
+
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: asked.append((args, kwargs))
+                        or datasets.Dataset.from_list(ALPACA))
+    workdir.write_params([{"path": "openai/gsm8k-like", "format": "alpaca", "config": "main"}])
+    prepare.main()
+    assert asked == [(("openai/gsm8k-like", "main"), {"split": "train"})]
+    workdir.write_jsonl("a.jsonl", ALPACA)
+    workdir.write_params([{"path": "a.jsonl", "format": "alpaca", "config": "main"}])
+    with pytest.raises(SlothlineError, match=r"^a.jsonl: a local source takes no `config`"):
+        prepare.main()
+
+
 def test_json_lines_saved_as_json_say_so(workdir):
     (workdir.path / "a.json").write_text("".join(json.dumps(r) + "\n" for r in ALPACA))
     workdir.write_params([{"path": "a.json", "format": "alpaca"}])
@@ -517,8 +560,27 @@ def test_a_two_line_field_that_could_be_two_rows_is_read_with_a_note(workdir, ca
     rows = [row for _, row in read_rows(Source(path="r.csv", format="classification"))]
     assert rows == [{"text": "good", "label": "pos"}, {"text": "great,pos\nmeh", "label": "neg"},
                     {"text": "A review\nover\nthree lines", "label": "pos"}]
-    assert capsys.readouterr().out.startswith("note: r.csv: 1 row(s) span two lines that could each be a row of 2 "
+    assert capsys.readouterr().out.startswith("note: r.csv: 1 row(s) span lines that could each be a row of 2 "
                                               "cells (lines 3-4)")
+
+
+def test_an_answer_over_lines_in_a_two_column_csv_is_read_with_a_note(workdir, capsys):
+    """pandas and Excel write a multi-line answer as one quoted field; in a two-column file each of its lines with
+    one comma looks like a row, so only a note says so."""
+    import csv
+
+    rows = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(3)]
+    rows[1]["output"] = "Here is how.\nFirst, mix the flour and water.\nThen, bake it for 40 minutes."
+    with (workdir.path / "a.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, ["instruction", "output"])
+        writer.writeheader()
+        writer.writerows(rows)
+    from slothline.data.sources import read_rows
+    from slothline.params import Source
+
+    assert [row for _, row in read_rows(Source(path="a.csv", format="alpaca"))] == rows
+    assert capsys.readouterr().out.startswith("note: a.csv: 1 row(s) span lines that could each be a row of 2 cells "
+                                              "(lines 3-5)")
 
 
 def test_csv_quoted_fields_and_trailing_commas_are_data(workdir):

@@ -15,13 +15,23 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 
 
 def alpaca(row: dict) -> list[dict]:
-    """{"instruction", "input" (optional), "output"}: instruction and input become the user turn."""
+    """{"instruction", "input" (optional), "output"}: instruction and input become the user turn. LLaMA-Factory's
+    optional `system` (a system turn) and `history` (earlier [question, answer] pairs, oldest first) come before."""
     instruction = required_text(row, "instruction")
     extra = row.get("input") or ""
     if not isinstance(extra, str):
         raise RowError(f"field 'input' must be a string, got {type(extra).__name__}")
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return _checked([{"role": "user", "content": user}, {"role": "assistant", "content": required_text(row, "output")}])
+    system = row.get("system") or ""
+    if not isinstance(system, str):
+        raise RowError(f"field 'system' must be a string, got {type(system).__name__}")
+    turns = [{"role": "system", "content": system}] if system.strip() else []
+    for i, pair in enumerate(row.get("history") or []):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(text, str) for text in pair)):
+            raise RowError(f"history[{i}] must be a [question, answer] pair of strings")
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return _checked([*turns, {"role": "user", "content": user},
+                     {"role": "assistant", "content": required_text(row, "output")}])
 
 
 def sharegpt(row: dict) -> list[dict]:
@@ -36,20 +46,23 @@ def sharegpt(row: dict) -> list[dict]:
             raise RowError(
                 f"conversations[{i}]: unknown role {turn['from']!r}; use one of {', '.join(SHAREGPT_ROLES)}"
             )
-        messages.append({"role": role, "content": turn["value"]})
+        if role != "system" or not _blank(turn["value"]):  # an empty system prompt is none
+            messages.append({"role": role, "content": turn["value"]})
     return _checked(messages)
 
 
 def messages(row: dict) -> list[dict]:
     """OpenAI style: {"messages": [{"role": system|user|assistant, "content"}, ...]}; content is a string
     or a list of text parts, joined with newlines. An assistant turn's `weight` (OpenAI fine-tuning:
-    0 = no loss on it) may only be 1, since every answer is trained."""
+    0 = no loss on it) may only be 1, since every answer is trained; its `reasoning_content` (as Qwen3's and
+    DeepSeek-R1's datasets hold the thinking) opens its answer as a <think> block, as Qwen3's template writes it."""
     return _checked(message_turns(row, _text_content))
 
 
 def message_turns(row: dict, convert_content) -> list[dict]:
     """The {role, content} turns of an OpenAI-style row, each content passed through
-    `convert_content(content, where)`; roles and assistant weights checked."""
+    `convert_content(content, where)`; roles, assistant weights and tool calls checked, reasoning_content put in
+    the answer (see `messages`), an empty system turn dropped."""
     turns = _list(row, "messages")
     converted = []
     for i, turn in enumerate(turns):
@@ -57,14 +70,41 @@ def message_turns(row: dict, convert_content) -> list[dict]:
             raise RowError(f"messages[{i}] must be an object with 'role' and 'content'")
         if turn["role"] not in ROLES:
             raise RowError(f"messages[{i}]: unknown role {turn['role']!r}; use one of {', '.join(sorted(ROLES))}")
-        weight = turn.get("weight", 1) if turn["role"] == "assistant" else 1
+        if turn["role"] == "system" and _blank(turn["content"]):  # an empty system prompt is none
+            continue
+        weight = turn.get("weight") if turn["role"] == "assistant" and turn.get("weight") is not None else 1
         if weight == 0:
             raise RowError(f"messages[{i}]: weight 0 (no loss on this answer) is not supported: every assistant answer "
                            "is trained; remove the key to train on this answer too, or drop the row")
         if weight != 1:
             raise RowError(f"messages[{i}]: weight must be 0 or 1 (got {weight!r})")
-        converted.append({"role": turn["role"], "content": convert_content(turn["content"], f"messages[{i}]")})
+        calls = [key for key in ("tool_calls", "function_call") if turn.get(key)]
+        if calls:
+            raise RowError(f"messages[{i}]: {calls[0]} are not supported: answers are trained as their text, so the "
+                           "call would be lost; drop the row (`on_error: skip` on this source skips such rows)")
+        content = convert_content(turn["content"], f"messages[{i}]")
+        reasoning = turn.get("reasoning_content") if turn["role"] == "assistant" else None
+        if reasoning is not None and not _blank(reasoning):
+            content = _with_thinking(reasoning, content, f"messages[{i}]")
+        converted.append({"role": turn["role"], "content": content})
     return converted
+
+
+def _with_thinking(reasoning, content, where: str):
+    """An answer's `content` (a string or content parts) opened by its reasoning as a <think> block."""
+    if not isinstance(reasoning, str):
+        raise RowError(f"{where}: 'reasoning_content' must be a string, got {type(reasoning).__name__}")
+    block = f"<think>\n{reasoning.strip()}\n</think>\n\n"
+    if isinstance(content, list):
+        return [{"type": "text", "text": block[:-1]}, *content]  # parts are joined with a newline
+    if content is not None and not isinstance(content, str):
+        return content  # the caller's checks name its type
+    return block + (content or "").lstrip()
+
+
+def _blank(content) -> bool:
+    """Whether turn content is empty: None, or a string of whitespace."""
+    return content is None or isinstance(content, str) and not content.strip()
 
 
 def _text_content(content, where: str):

@@ -40,11 +40,12 @@ def paired(row: dict) -> dict:
 
 def unpaired(row: dict) -> dict:
     """{"messages", "completion", "label"} of a `kto` row."""
-    if row.get("label") not in LABELS or isinstance(row.get("label"), float):
+    label = row.get("label").lower() if isinstance(row.get("label"), str) else row.get("label")  # pandas: True
+    if label not in LABELS or isinstance(label, float):
         raise RowError(f"field 'label' must be true (a desirable answer) or false (an undesirable one), got "
                        f"{row.get('label')!r}")
     prompt = prompt_turns(row)
-    return {"messages": prompt, "completion": answer(row, "completion", prompt), "label": LABELS[row["label"]]}
+    return {"messages": prompt, "completion": answer(row, "completion", prompt), "label": LABELS[label]}
 
 
 def prompt_turns(row: dict) -> list[dict]:

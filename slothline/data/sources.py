@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,13 @@ from slothline.params import Source
 FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 BUNDLED_DIR = Path("data/raw")  # the sample data the project ships
 DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")  # what save_to_disk writes
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of half a UTF-16 surrogate pair
 
 
 def read_rows(source: Source) -> Iterator[tuple[str, object]]:
     path = Path(source.path)
+    if source.config is not None and path.exists():
+        raise SlothlineError(f"{path}: a local source takes no `config` (a hub dataset's configuration); remove it")
     if path.is_dir():
         yield from _dataset_rows(source.path, _load_from_disk(path, source.split))
     elif path.is_file():
@@ -35,7 +39,7 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
             )
         yield from readers[path.suffix](path)
     elif _looks_like_hub_id(source.path):
-        yield from _dataset_rows(source.path, _load_hub(source.path, source.split))
+        yield from _dataset_rows(source.path, _load_hub(source.path, source.config, source.split))
     else:
         raise SlothlineError(_missing(path))
 
@@ -44,6 +48,9 @@ def _missing(path: Path) -> str:
     """Why a source path does not exist, and the fix: a path inside the project may be a file that a queued or
     --temp experiment does not have, since its copy of the project holds only what git or DVC tracks."""
     message = f"{path}: no such file or directory (a data source path); fix the path in params.yaml"
+    if any(wildcard in str(path) for wildcard in "*?["):
+        return (f"{path}: no such file or directory; a data source path names one file or directory, not a pattern: "
+                "list each file as a source of its own, or save them as one dataset (datasets' save_to_disk)")
     if path.is_absolute() or ".." in path.parts:
         return message
     tracked = ("a queued or --temp experiment (`dvc exp run --queue`, `--temp`) gets only the files git or DVC "
@@ -65,7 +72,8 @@ def _jsonl_rows(path: Path):
             if not line.strip():
                 continue
             try:
-                yield f"{path}:{number}", json.loads(line)
+                row = json.loads(line)
+                yield f"{path}:{number}", _unicode_checked(row) if SURROGATE_ESCAPE.search(line) else row
             except json.JSONDecodeError as err:
                 yield f"{path}:{number}", RowError(f"malformed JSON ({_json_problem(err)})")
 
@@ -83,8 +91,20 @@ def _json_rows(path: Path):
         raise SlothlineError(f"{path}:{err.lineno}: malformed JSON ({_json_problem(err)}); {fix}") from None
     if not isinstance(rows, list):
         raise SlothlineError(f"{path}: expected a JSON array of rows; for one object per line use .jsonl")
+    escapes = SURROGATE_ESCAPE.search(text)
     for number, row in enumerate(rows, start=1):
-        yield f"{path}: row {number}", row
+        yield f"{path}: row {number}", _unicode_checked(row) if escapes else row
+
+
+def _unicode_checked(row):
+    """`row`, or a RowError where a string in it holds half of a UTF-16 surrogate pair (JSON's escape "\\ud83d"
+    alone: an emoji cut in two, as scraped chat dumps hold), which no UTF-8 file can store."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        return RowError(f"a string holds {err.object[err.start:err.end]!r}, half of a UTF-16 surrogate pair (an emoji "
+                        "or other character cut in two), which is not text; fix or drop the character")
+    return row
 
 
 def _csv_rows(path: Path):
@@ -92,7 +112,7 @@ def _csv_rows(path: Path):
     unquoted comma in a field) or fewer (a missing comma, a line break in an unquoted field) comes as a RowError,
     as does a row the csv module cannot parse. A quote that is never closed, which would read the rest of the
     file as one field, fails, as does one closed rows later where every line it spans looks like a row (two
-    lines so: a note)."""
+    lines so, or the answer of a two-column file: a note)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long document in one cell is data, not an error
     text = _decode(path, path.read_bytes())
     lines = io.StringIO(text, newline="").readlines()  # the physical lines, as the reader numbers them
@@ -131,7 +151,7 @@ def _csv_rows(path: Path):
             continue
         end = reader.line_num
         if end > start and _each_a_row(lines[start - 1 : end], len(header)):
-            if end - start >= 2:
+            if end - start >= 2 and not _multiline_answer(cells, len(header)):
                 raise SlothlineError(
                     f"{path}:{start}: lines {start}-{end} read as one row, because a quote opened on line {start} "
                     f"closes only on line {end}, yet each of those lines has the header's {len(header)} cells as a "
@@ -148,11 +168,17 @@ def _each_a_row(lines: list[str], width: int) -> bool:
                              for line in lines)
 
 
+def _multiline_answer(cells: list[str], width: int) -> bool:
+    """Whether a row of a two-column file (question, answer) spans lines in its last cell only: an answer over
+    lines, where any line of prose with one comma looks like a row of two cells."""
+    return width == 2 and "\n" in cells[-1] and not any("\n" in cell for cell in cells[:-1])
+
+
 def _stray_quote_note(path: Path, spans: list[tuple[int, int]], width: int) -> str:
     shown = ", ".join(f"{first}-{last}" for first, last in spans[:5]) + (", ..." if len(spans) > 5 else "")
-    return (f"note: {path}: {len(spans)} row(s) span two lines that could each be a row of {width} cells (lines "
-            f"{shown}): a quoted field holds a line break there; if a quote is stray instead, the row below it is "
-            "lost into that field: remove the quote, or write it as two (\"\") inside a quoted field")
+    return (f"note: {path}: {len(spans)} row(s) span lines that could each be a row of {width} cells (lines "
+            f"{shown}): a quoted field holds a line break there; if a quote is stray instead, the lines after it are "
+            "read into that field: remove the quote, or write it as two (\"\") inside a quoted field")
 
 
 def _cells_row(cells: list[str], header: list[str]):
@@ -188,6 +214,9 @@ def _parquet_rows(path: Path):
 def _decode(path: Path, data: bytes, line: int = 1) -> str:
     """`data` (starting at `line` of `path`) as UTF-8 text, without a byte order mark; a clear error
     naming the line when it is not UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SlothlineError(f"{path}: UTF-16 text (it starts with UTF-16's byte order mark; Windows PowerShell and "
+                             "Excel's Unicode Text write it); re-save the file as UTF-8 (`iconv -f utf-16 -t utf-8`)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -257,11 +286,11 @@ def _load_from_disk(path: Path, split: str):
     return loaded
 
 
-def _load_hub(name: str, split: str):
+def _load_hub(name: str, config: str | None, split: str):
     import datasets
 
     try:
-        return datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, config, split=split)
     except Exception as err:  # the hub client raises many types; all mean "cannot get it"
         raise SlothlineError(
             f"data.sources path {name!r}: not a local file, and loading it as a hub dataset failed "

@@ -15,6 +15,8 @@ Rows whose messages spell no special token have no `literals` and tokenize exact
 
 import re
 
+from jinja2.exceptions import TemplateError
+
 from slothline.errors import RowError, SlothlineError
 from slothline.families import CHAT_FORMATS
 from slothline.kinds._generative.tokens import LITERALS, encode, literal_spans, tokenizer_of
@@ -58,7 +60,7 @@ def render(messages: list[dict], processor, template: str, enable_thinking: bool
         try:
             text = processor.apply_chat_template(guarded, tokenize=False, **options)
             prompt = processor.apply_chat_template(history, tokenize=False, add_generation_prompt=True, **options)
-        except (TypeError, ValueError) as err:  # a template that cannot render this conversation
+        except (TypeError, ValueError, TemplateError) as err:  # a template that refuses this conversation
             raise RowError(f"the model's chat template cannot render this conversation ({err})") from None
     text, text_spans = guard.restore(with_eos(text, tokenizer.eos_token, stop_tokens))
     prompt, prompt_spans = guard.restore(prompt)
