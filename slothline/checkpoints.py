@@ -80,4 +80,16 @@ def step_of(checkpoint: str | None) -> int:
 def tokens_seen_at(checkpoint: str | None) -> int:
     if not checkpoint:
         return 0
-    return json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+    return _state(checkpoint).get("num_input_tokens_seen", 0)
+
+
+def finished_at(checkpoint: str | None) -> bool:
+    """Whether the run had finished at `checkpoint` (its last steps, early stopping or train.max_steps, and then
+    stopped before writing its outputs): transformers records the stop in the checkpoint's TrainerControl, but
+    trains on when resumed from it."""
+    control = _state(checkpoint).get("stateful_callbacks", {}).get("TrainerControl", {}) if checkpoint else {}
+    return bool(control.get("args", {}).get("should_training_stop"))
+
+
+def _state(checkpoint: str) -> dict:
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())

@@ -2,10 +2,10 @@
 chat format (found by the special token that marks its turns). Adding a family is adding a record here.
 
 A family record says which kind its models are, which layers `lora.target_modules: null` means, how GGUF
-export writes it (a `GGUFRecipe`: llama.cpp's architecture and what differs from Hugging Face's layout) and,
-for vision models, how many tokens an image becomes. A chat format record gives the turn markers that
-response-only training masks by and the conversation in Ollama's template form (stop tokens come from the
-model's own files). `PRE_TOKENIZERS` are llama.cpp's
+export writes it (a `GGUFRecipe`: llama.cpp's architecture and what differs from Hugging Face's layout),
+for vision models how many tokens an image becomes, and for encoders whether positions start after the padding
+id. A chat format record gives the turn markers that response-only training masks by and the conversation in
+Ollama's template form (stop tokens come from the model's own files). `PRE_TOKENIZERS` are llama.cpp's
 byte-level pre-tokenizers, told apart by what each makes of a probe text.
 """
 
@@ -51,6 +51,7 @@ class Family:
     lora_targets: tuple[str, ...] | None = None  # lora.target_modules: null (None: the backend's own choice)
     gguf: GGUFRecipe | None = None  # None: GGUF export not written
     image_tokens: Callable | None = None  # vision: (processor, width, height) -> tokens of one image
+    positions_after_padding: bool = False  # position ids start at pad_token_id + 1 (RoBERTa's 514 hold 512 tokens)
 
 
 FAMILIES = {
@@ -69,8 +70,11 @@ FAMILIES = {
     "qwen2_5_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
     "qwen2_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
     "modernbert": Family("classifier", ("Wqkv", "Wo", "Wi")),  # attn.Wqkv, attn.Wo, mlp.Wi, mlp.Wo
-    **{name: Family("classifier", BERT_LAYERS) for name in ("bert", "roberta", "xlm-roberta", "electra")},
-    **{name: Family("classifier") for name in ("deberta", "deberta-v2", "distilbert")},
+    **{name: Family("classifier", BERT_LAYERS) for name in ("bert", "electra")},
+    **{name: Family("classifier", BERT_LAYERS, positions_after_padding=True)
+       for name in ("roberta", "xlm-roberta", "camembert")},
+    "distilbert": Family("classifier", ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")),
+    **{name: Family("classifier") for name in ("deberta", "deberta-v2")},
 }
 UNKNOWN = Family(kind="")
 

@@ -53,6 +53,27 @@ def training_config(config_class, backend, runtime, params, output_dir: str, eva
                              f"train.optim): {err}") from None
 
 
+def check_training(task, params) -> None:
+    """The refusals of `kinds.check` that concern training: a best-model metric the kind measures and a val split
+    to measure it on, names transformers knows, a machine that can run it, `lora.target_modules` the model has.
+    `train` runs them itself: `dvc repro train` does not run check_params."""
+    from slothline import runtime
+    from slothline.backends.lora import check_target_names
+
+    train = params.train
+    if train.tracks_best_model and params.data.val_fraction == 0:
+        raise SlothlineError("train.load_best_model_at_end and train.early_stopping_patience judge the model on the "
+                             "val split, which data.val_fraction: 0 leaves empty; set data.val_fraction > 0, or turn "
+                             "them off")
+    if train.metric_for_best_model not in ("auto", *task.VAL_METRICS):
+        raise SlothlineError(f"train.metric_for_best_model: {task.NAME} models are measured on the val split by "
+                             f"{', '.join(task.VAL_METRICS)}, not {train.metric_for_best_model}; use one of those, "
+                             "or auto")
+    check_names(train)
+    runtime.check_machine(params, runtime.probe())
+    check_target_names(task, params)
+
+
 def check_names(train) -> None:
     """Refuse a `train.lr_scheduler` or `train.optim` transformers does not know, with the closest name, and a
     scheduler that cannot be built from `train.lr_scheduler_kwargs` (some need arguments of their own)."""
@@ -133,9 +154,10 @@ def model_loss_trainer_class():
     return ModelLossSFTTrainer
 
 
-def callbacks(train, runtime, live_dir, resumed: bool) -> list:
+def callbacks(train, runtime, live_dir, resumed_at: int) -> list:
     """The callbacks of every run: a warning when warm-up lasts the whole run, early stopping when asked for,
-    and (on the main process, its one writer) the loss curve in dvclive."""
+    and (on the main process, its one writer) the loss curve in dvclive, continued from step `resumed_at` (0: a
+    fresh run)."""
     from dvclive import Live
 
     chosen = [warmup_warning()]
@@ -144,8 +166,22 @@ def callbacks(train, runtime, live_dir, resumed: bool) -> list:
 
         chosen.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
     if runtime.is_main_process:  # dvclive writes (and on a fresh run clears) its directory
-        chosen.append(dvclive_callback(Live(str(live_dir), resume=resumed, dvcyaml=False, save_dvc_exp=False)))
+        if resumed_at:
+            drop_points_after(live_dir, resumed_at)
+        chosen.append(dvclive_callback(Live(str(live_dir), resume=bool(resumed_at), dvcyaml=False,
+                                            save_dvc_exp=False)))
     return chosen
+
+
+def drop_points_after(live_dir, step: int) -> None:
+    """Remove the curve points a stopped run logged after `step`, the checkpoint its resumed run starts from (that
+    run logs those steps again)."""
+    from pathlib import Path
+
+    for table in Path(live_dir).glob("plots/metrics/**/*.tsv"):
+        header, *rows = table.read_text().splitlines(keepends=True)
+        column = header.rstrip("\n").split("\t").index("step")
+        table.write_text(header + "".join(row for row in rows if int(row.split("\t")[column]) <= step))
 
 
 def dvclive_callback(live):
@@ -242,9 +278,44 @@ def skip_unused_weight_search(trainer, model, backend, runtime, params) -> None:
             "promise; set train.gradient_checkpointing: false, or train.backend: hf")
 
 
+def train(trainer, resume_from: str | None):
+    """trainer.train(), resumed from the checkpoint `resume_from` (None: from the start); a run that had finished
+    at that checkpoint is not trained further (see `checkpoints.finished_at`): its weights and state come back from
+    it (the best checkpoint's weights where train.load_best_model_at_end), as the finished run would have ended."""
+    from slothline.checkpoints import finished_at
+
+    if not finished_at(resume_from):
+        return trainer.train(resume_from_checkpoint=resume_from)
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer.state = TrainerState.load_from_json(f"{resume_from}/trainer_state.json")
+    trainer._load_from_checkpoint(resume_from)
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        trainer._load_best_model()
+    return TrainOutput(trainer.state.global_step, 0.0, {"train_runtime": 0.0})
+
+
+def run_loss_average(result, state, resumed_from_step: int) -> float:
+    """The mean training loss over the run's steps. transformers' `training_loss` sums the loss since the resume
+    but divides by every step; a resumed run adds the steps before it from the losses logged for them."""
+    if not resumed_from_step:
+        return result.training_loss
+    after = result.training_loss * state.global_step
+    before, last = 0.0, 0
+    for log in state.log_history:
+        if "loss" in log and log["step"] <= resumed_from_step:
+            before, last = before + log["loss"] * (log["step"] - last), log["step"]
+    if not last:  # nothing logged before the resume: the mean of the steps after it
+        return after / max(state.global_step - resumed_from_step, 1)
+    before *= resumed_from_step / last  # steps after the last log before the resume, at the logged mean
+    return (before + after) / state.global_step
+
+
 def train_metrics(trainer, result, runtime, model, tokens_before: int, resumed_from_step: int, val_loss,
                   peak_mem_gib: float) -> dict:
-    """What metrics/train.json records of a finished run."""
+    """What metrics/train.json records of a finished run; tokens and time count what this process trained (none
+    where it resumed a finished run)."""
     state, args = trainer.state, trainer.args
     tokens = state.num_input_tokens_seen - tokens_before  # counted on every process (the Trainer gathers)
     runtime_s = result.metrics["train_runtime"]
@@ -261,7 +332,7 @@ def train_metrics(trainer, result, runtime, model, tokens_before: int, resumed_f
         "epochs": round(state.epoch, 3),
         "resumed_from_step": resumed_from_step,
         "train_loss": round(logged_loss, 4),
-        "train_loss_avg": round(result.training_loss, 4),
+        "train_loss_avg": round(run_loss_average(result, state, resumed_from_step), 4),
         "val_loss": round(val_loss, 4) if val_loss is not None else None,
         "metric_for_best_model": args.metric_for_best_model,
         "best_metric": state.best_metric,
@@ -269,7 +340,7 @@ def train_metrics(trainer, result, runtime, model, tokens_before: int, resumed_f
         "stopped_early": state.global_step < state.max_steps,
         "runtime_s": round(runtime_s, 2),
         "train_tokens": tokens,
-        "train_tokens_per_s": round(tokens / runtime_s, 1),
+        "train_tokens_per_s": round(tokens / runtime_s, 1) if runtime_s else None,
         "peak_mem_gib": round(peak_mem_gib, 3),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),

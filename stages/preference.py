@@ -45,14 +45,14 @@ def tune(params, runtime, sft: Manifest) -> None:
     resume_from = main_process_result(runtime, lambda: preference.resume_point(PREFERENCE_CHECKPOINTS_DIR, fingerprint,
                                                                                runtime.world_size))
     callbacks = training.callbacks(preference.schedule(params).train, runtime, PREFERENCE_LIVE_DIR,
-                                   resumed=resume_from is not None)
+                                   checkpoints.step_of(resume_from))
     trainer = preference.build_trainer(backend, runtime, params, model, tokenizer, train_rows, val_rows,
                                        str(PREFERENCE_CHECKPOINTS_DIR), callbacks)
     training.prepare_trainer(trainer, model, backend, runtime, params)
     if resume_from and runtime.is_main_process:
         print(f"resuming from {resume_from}")
     training.reset_peak_memory(runtime)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    result = training.train(trainer, resume_from)
     val = trainer.evaluate() if val_rows else {}
     peak_mem_gib = max(gather(runtime, training.peak_memory_gib(runtime)))
     if not runtime.is_main_process:

@@ -25,13 +25,14 @@ def train(params, runtime) -> None:
     """Train in this process (alone, or as one rank of a DDP job); the main process writes the outputs."""
     backend = backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT before they load
     task = kinds.get(params.kind)
+    training.check_training(task, params)  # `dvc repro train` does not run check_params
     train_rows, val_rows = read_split("train"), read_split("val")
     labels = task.labels(train_rows)
     model, processor = backends.load_for_training(task, runtime, params, labels)
     fingerprint = checkpoints.run_fingerprint(params, runtime.world_size)
     resume_from = main_process_result(
         runtime, lambda: checkpoints.resume_point(CHECKPOINTS_DIR, fingerprint, runtime.world_size))
-    callbacks = training.callbacks(params.train, runtime, LIVE_DIR, resumed=resume_from is not None)
+    callbacks = training.callbacks(params.train, runtime, LIVE_DIR, checkpoints.step_of(resume_from))
     trainer = task.build_trainer(backend, runtime, params, model, processor, train_rows, val_rows,
                                  str(CHECKPOINTS_DIR), callbacks)
     training.prepare_trainer(trainer, model, backend, runtime, params)
@@ -39,7 +40,7 @@ def train(params, runtime) -> None:
         print(f"resuming from {resume_from}")
     tokens_before = checkpoints.tokens_seen_at(resume_from)  # before training deletes that checkpoint
     training.reset_peak_memory(runtime)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    result = training.train(trainer, resume_from)
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
     peak_mem_gib = max(gather(runtime, training.peak_memory_gib(runtime)))  # a collective: every rank saved
     if not runtime.is_main_process:

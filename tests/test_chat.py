@@ -275,3 +275,38 @@ def test_a_conversation_the_chat_template_refuses_is_a_row_error(tokenizer):
                                        r"roles must alternate"):
         render(turns, strict, "chat", False)
     assert render([turns[0], turns[2]], strict, "chat", False)["reference"] == "A"
+
+
+def test_response_only_training_refuses_rows_whose_answer_the_mask_cannot_find(tokenizer):
+    """A tokenizer that merges the response marker's line break with an answer's leading one (Qwen's and Llama 3's
+    vocabularies hold "\\n\\n") hides the marker from the answer mask: such rows would train on nothing, and TRL
+    drops them unsaid."""
+    import copy
+
+    from slothline.kinds._generative.chat import turn_markers
+
+    merging = copy.deepcopy(tokenizer)
+    merging.add_tokens(["\n\n"])
+    rows = [{"source": "code", "reference": answer,
+             "text": f"<|im_start|>user\nShow it.<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"}
+            for answer in ("x = 1", "\n```python\nx = 1\n```")]
+    markers = turn_markers([row["text"] for row in rows])
+    causal_lm.check_answers_found(rows, tokenizer, markers, None)
+    causal_lm.check_answers_found(rows[:1], merging, markers, None)
+    with pytest.raises(SlothlineError, match=r"^train.train_on_responses_only: the answers of 1 of 2 train rows cannot be "
+                                             r"found after the response marker '<\|im_start\|>assistant\\n' .*first: "
+                                             r"source 'code', .*remove the leading line breaks"):
+        causal_lm.check_answers_found(rows, merging, markers, None)
+
+
+def test_templates_that_write_todays_date_get_a_fixed_one(tokenizer):
+    """Llama 3.2's template writes strftime_now's date unless given `date_string`: prepared data would change by
+    the day it is rendered."""
+    import copy
+
+    dated = copy.copy(tokenizer)
+    dated.chat_template = ('{%- if not date_string is defined %}{%- set date_string = strftime_now("%d %b %Y") %}'
+                           '{%- endif %}Today Date: {{ date_string }}\n{% for m in messages %}{{ m.content }}\n'
+                           '{% endfor %}')
+    rendered = render([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], dated, "chat", False)
+    assert rendered["text"].startswith("Today Date: 26 Jul 2024\n")

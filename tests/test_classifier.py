@@ -85,6 +85,9 @@ def test_rows_become_text_and_label_records(row, labels, expected):
                                                      "class id 0..1"),
     ({"text": "a", "label": 2}, ["bad", "good"], "label 2 is neither one of data.labels"),
     ({"text": "a", "label": "²"}, ["bad", "good"], "label '²' is neither one of data.labels"),  # a digit, not a number
+    ({"sentence1": "a", "sentence2": "b", "label": 1}, None,  # GLUE's field names
+     "missing or empty field 'text'; every row needs a non-empty string there (this row's fields: sentence1, "
+     "sentence2, label); name the text 'text' and a second text, such as GLUE's sentence2, 'text_pair'"),
 ])
 def test_bad_rows_are_refused_with_the_field_and_the_fix(row, labels, message):
     with pytest.raises(RowError) as error:
@@ -336,6 +339,194 @@ def test_target_modules_that_match_nothing_list_the_encoders_layers(targets, unm
     with pytest.raises(SlothlineError, match=rf"lora.target_modules: {unmatched} matched no layer of this model; "
                                              r"its linear layers are: Wi, Wo, Wqkv, classifier, dense$"):
         cpu_load(classifier_params(lora={"target_modules": targets}))
+
+
+# real encoder families (and a decoder classifier): tiny random checkpoints built here
+
+
+def tiny_checkpoint(directory, config_class: str, auto_class: str = "AutoModelForMaskedLM", tokenizer=None,
+                    max_length: int = 512, **config) -> str:
+    """A tiny random checkpoint of `config_class` (hidden 32, 2 layers, 64 positions unless `config` says) saved as
+    its `auto_class` model (a masked LM: no classification head, as most encoders are published), with `tokenizer`,
+    by default the builtin WordPiece one (`max_length` tokens); returns its directory."""
+    import torch
+    import transformers
+
+    from slothline.builtin import build_wordpiece_tokenizer
+
+    tokenizer = tokenizer or build_wordpiece_tokenizer(max_length)
+    settings = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "intermediate_size": 64, "max_position_embeddings": 64, "pad_token_id": tokenizer.pad_token_id,
+                **config}
+    torch.manual_seed(0)
+    model = getattr(transformers, auto_class).from_config(getattr(transformers, config_class)(**settings))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+TEXTS = [{"text": "the lamp is great"}, {"text": "the box is grey and it is blue, and the mug is too"}]
+
+
+def test_deberta_loads_and_predicts_on_eager_attention(tmp_path, builtin_cache):
+    """DeBERTa (and MPNet) have no sdpa attention: they load and predict on eager, which attention_of picks."""
+    from slothline.backends import hf
+
+    name = tiny_checkpoint(tmp_path / "deberta", "DebertaV2Config", relative_attention=True,
+                           position_biased_input=False, pos_att_type=["p2c", "c2p"], type_vocab_size=0)
+    model, tokenizer = cpu_load(classifier_params(model={"name": name}))
+    assert model.config._attn_implementation == "eager"
+    hf.for_inference(model, classifier)
+    assert set(classifier.predict(model, tokenizer, TEXTS, classifier_params())) <= set(LABELS)
+
+
+@pytest.mark.parametrize("softcap, attention", [(50.0, "eager"), (None, "sdpa")])
+def test_attention_logit_soft_capping_runs_eager(tmp_path, builtin_cache, softcap, attention):
+    """sdpa would skip Gemma 2's attn_logit_softcapping without a word: such a model loads and generates on eager;
+    one without soft-capping keeps sdpa (the CPU's attention for generation)."""
+    from slothline.backends import ModelSpec, hf
+    from slothline.builtin import build_byte_tokenizer
+    from slothline.runtime import Capabilities, resolve
+
+    causal_lm = kinds.get("causal_lm")
+    name = tiny_checkpoint(tmp_path / "gemma2", "Gemma2Config", "AutoModelForCausalLM", build_byte_tokenizer(),
+                           head_dim=16, num_key_value_heads=1, attn_logit_softcapping=softcap)
+    model, _ = hf.load(causal_lm, ModelSpec(name, None, 64), resolve(load(), Capabilities(cuda=False)))
+    assert model.config._attn_implementation == attention
+    hf.for_inference(model, causal_lm)
+    assert model.config._attn_implementation == attention
+
+
+@pytest.mark.parametrize("head, note", [
+    ({"id2label": {0: "NEGATIVE", 1: "POSITIVE"}}, "has 2 output(s) (NEGATIVE, POSITIVE); a new head for the 3 "
+                                                   "classes replaces it, starting from a fixed seed"),
+    ({"num_labels": 1, "problem_type": "regression"}, "has 1 output(s) (LABEL_0); a new head for the 3 classes"),
+    ({"id2label": {0: "toxic", 1: "insult", 2: "threat"}, "problem_type": "multi_label_classification"}, None),
+], ids=["two-labels", "regression", "multi-label"])
+def test_a_checkpoints_own_head_is_replaced_or_trained_for_one_class_per_row(tmp_path, capsys, builtin_cache, head,
+                                                                              note):
+    """A checkpoint with a head of another size (an SST-2 model, a regression head) gets a new head, with a note; a
+    multi-label head of the same size is trained with one class per row (cross-entropy over the classes)."""
+    import torch
+
+    name = tiny_checkpoint(tmp_path / "bert", "BertConfig", "AutoModelForSequenceClassification", **head)
+    model, tokenizer = cpu_load(classifier_params(model={"name": name}))
+    printed = capsys.readouterr().out
+    assert f"note: model.name: the checkpoint's classification head {note}" in printed if note else (
+        "classification head" not in printed)
+    assert model.config.problem_type == "single_label_classification"
+    assert model.config.id2label == dict(enumerate(LABELS))
+    inputs = tokenizer([row["text"] for row in TEXTS], padding=True, return_tensors="pt")
+    assert model(**inputs, labels=torch.tensor([2, 0])).loss.ndim == 0
+
+
+def test_a_decoder_classifier_without_a_pad_token_pads_with_eos(tmp_path, builtin_cache):
+    """Llama's tokenizer has no pad token: the classifier pads with EOS (the config's pad_token_id too, by which the
+    head finds each row's last token); a tokenizer with neither is refused by check_params."""
+    from slothline.builtin import build_byte_tokenizer
+
+    tokenizer = build_byte_tokenizer()
+    tokenizer.pad_token = None
+    name = tiny_checkpoint(tmp_path / "llama", "LlamaConfig", "AutoModelForSequenceClassification", tokenizer,
+                           num_key_value_heads=1, num_labels=3)
+    params = classifier_params(model={"name": name, "max_seq_length": 64})
+    model, processor = cpu_load(params)
+    assert processor.pad_token == processor.eos_token and model.config.pad_token_id == processor.eos_token_id
+    assert set(classifier.predict(model, processor, TEXTS, params)) <= set(LABELS)
+    kinds.check(classifier, params)
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(name)
+    with pytest.raises(SlothlineError, match=r"model.name: the tokenizer of '.*llama' has neither a pad token nor an "
+                                             r"EOS token, .*; set `pad_token` in its tokenizer_config.json"):
+        kinds.check(classifier, params)
+
+
+def test_distilbert_adapts_its_family_layers_and_a_family_without_defaults_is_refused(tmp_path, monkeypatch,
+                                                                                      builtin_cache):
+    """DistilBERT's layers (PEFT has no default for them) are its family record's; for a model type that neither
+    families.py nor PEFT gives default layers, check_params asks for lora.target_modules, listing the layers."""
+    from slothline import families
+
+    name = tiny_checkpoint(tmp_path / "distilbert", "DistilBertConfig", hidden_dim=64)
+    model, _ = cpu_load(classifier_params(model={"name": name}))
+    assert model.peft_config["default"].target_modules == {"q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"}
+    monkeypatch.setitem(families.FAMILIES, "distilbert", families.Family("classifier"))
+    with pytest.raises(SlothlineError, match=r"^lora.target_modules: null takes the default layers of the model's "
+                                             r"family, but there is none for distilbert models; list the layers to "
+                                             r"adapt, from its linear layers: classifier, k_lin, lin1, lin2, out_lin, "
+                                             r"pre_classifier, q_lin, v_lin$"):
+        kinds.check(classifier, classifier_params(model={"name": name, "max_seq_length": 64}))
+
+
+@pytest.mark.parametrize("family", ["distilbert", "llama"])
+def test_onnx_export_takes_only_the_inputs_the_models_forward_names(tmp_path, builtin_cache, family):
+    """A BERT tokenizer returns token_type_ids, which DistilBERT's forward does not take: export and its check
+    leave them out. A decoder classifier exports without its KV cache."""
+    import onnxruntime
+
+    from slothline.builtin import build_byte_tokenizer, build_wordpiece_tokenizer
+    from slothline.kinds.classifier.onnx import check_onnx, write_onnx
+
+    merged = tmp_path / "merged"
+    if family == "distilbert":
+        tokenizer = build_wordpiece_tokenizer(512)
+        tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+        tiny_checkpoint(merged, "DistilBertConfig", "AutoModelForSequenceClassification", tokenizer, hidden_dim=64,
+                        num_labels=3)
+    else:
+        tiny_checkpoint(merged, "LlamaConfig", "AutoModelForSequenceClassification", build_byte_tokenizer(),
+                        num_key_value_heads=1, num_labels=3)
+    write_onnx(merged, tmp_path / "onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    assert check_onnx(tmp_path / "onnx" / "model.onnx", merged, TEXTS)["max_abs_logit_diff"] <= 1e-4
+
+
+def test_roberta_positions_start_after_the_padding_id(tmp_path, builtin_cache):
+    """RoBERTa's position ids start at pad_token_id + 1 (here 0 + 1: 66 positions hold 65 tokens): check_params
+    allows that many, and evaluate cuts a longer test row there, though the tokenizer sets no model_max_length."""
+    name = tiny_checkpoint(tmp_path / "roberta", "RobertaConfig", max_length=int(1e30), type_vocab_size=1,
+                           max_position_embeddings=66)
+    with pytest.raises(SlothlineError, match=rf"^model.max_seq_length: 66 is above the 65 positions {name} has "
+                                             r"\(max_position_embeddings, less pad_token_id \+ 1: positions start "
+                                             r"after it\); set it to at most 65$"):
+        kinds.check(classifier, classifier_params(model={"name": name, "max_seq_length": 66}))
+    params = classifier_params(model={"name": name, "max_seq_length": 65})
+    kinds.check(classifier, params)
+    model, tokenizer = cpu_load(params)
+    assert classifier.predict(model, tokenizer, [{"text": "the lamp is great " * 40}], params)[0] in LABELS
+
+
+def test_max_seq_length_above_the_tokenizers_limit_is_refused(tmp_path, builtin_cache):
+    """A tokenizer's model_max_length below the positions (64) is the context check_params, evaluate and the ONNX
+    check share."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    name = tiny_checkpoint(tmp_path / "bert", "BertConfig", max_length=16)
+    config, tokenizer = AutoConfig.from_pretrained(name).to_dict(), AutoTokenizer.from_pretrained(name)
+    assert classifier.context_length(config, tokenizer) == 16
+    with pytest.raises(SlothlineError, match=rf"^model.max_seq_length: 32 is above the 16 tokens {name}'s tokenizer "
+                                             r"takes \(model_max_length\); set it to at most 16$"):
+        kinds.check(classifier, classifier_params(model={"name": name, "max_seq_length": 32}))
+
+
+def test_weights_the_checkpoint_lacks_are_saved_with_the_adapter(tmp_path, builtin_cache):
+    """A BERT masked-LM checkpoint has no pooler, which transformers initialises at random: the adapter carries it
+    (modules_to_save) with the head, so the adapter on a base loaded with any seed is the trained model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    name = tiny_checkpoint(tmp_path / "bert", "BertConfig")
+    model, tokenizer = cpu_load(classifier_params(model={"name": name}))
+    assert {"classifier", "bert.pooler.dense"} <= set(model.peft_config["default"].modules_to_save)
+    model.save_pretrained(tmp_path / "adapter")
+    torch.manual_seed(3)
+    reloaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(name, num_labels=3),
+                                         str(tmp_path / "adapter"))
+    inputs = tokenizer([row["text"] for row in TEXTS], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(**inputs).logits, model.eval()(**inputs).logits)
 
 
 def test_macro_f1_averages_the_classes_the_test_split_or_the_predictions_have():

@@ -412,6 +412,14 @@ def test_best_model_settings_that_cannot_work_are_refused(tmp_path, train_settin
         load_params(tmp_path / "params.yaml")
 
 
+def test_train_checks_the_params_itself(workdir):
+    """`dvc repro train` runs prepare and train, not check_params: train refuses what check_params would, before
+    it reads data or loads a model, not in transformers' EarlyStoppingCallback."""
+    write_params(workdir.path, data={"val_fraction": 0.0}, train={"early_stopping_patience": 2})
+    with pytest.raises(SlothlineError, match=r"data.val_fraction: 0 leaves empty"):
+        train.main()
+
+
 def test_best_model_needs_a_val_split_and_a_metric_the_kind_measures():
     """Refused at params time (check_params), before prepare and train run."""
     task = kinds.get("causal_lm")
@@ -422,6 +430,39 @@ def test_best_model_needs_a_val_split_and_a_metric_the_kind_measures():
     with pytest.raises(SlothlineError, match="causal_lm models are measured on the val split by loss, not accuracy"):
         kinds.check(task, load(train={"load_best_model_at_end": True, "metric_for_best_model": "accuracy",
                                       "save_steps": 50, "eval_steps": 50}))
+
+
+@pytest.mark.parametrize("stop", ["early_stopping", "max_steps"])
+def test_a_run_stopped_after_its_last_checkpoint_is_not_trained_further(workdir, monkeypatch, stop):
+    """A run that dies after the checkpoint of its last step (early stopping's, or train.max_steps') but before its
+    outputs: resumed, it ends as the whole run did. transformers would train on from that checkpoint (it resets
+    the stop the checkpoint records), so the steps, the best step, the weights and the mean loss would differ."""
+    from safetensors.torch import load_file
+
+    from stages import prepare
+
+    settings = DIVERGING if stop == "early_stopping" else {**DIVERGING, "early_stopping_patience": None, "max_steps": 6}
+    set_up(workdir, repeat_rows(PAIRS), val_fraction=0.25, **settings)
+    prepare.main()
+    train.main()
+    whole = json.loads((workdir.path / TRAIN_METRICS).read_text())
+    weights = load_file(workdir.path / SFT_DIR / "adapter_model.safetensors")
+
+    def lost_machine(*args, **kwargs):  # the run dies as it starts writing its outputs
+        raise SystemExit("lost")
+
+    with monkeypatch.context() as patched, pytest.raises(SystemExit):
+        patched.setattr(train, "atomic_dir", lost_machine)
+        train.main()
+    assert (workdir.path / CHECKPOINTS_DIR / f"checkpoint-{whole['steps']}").is_dir()
+    train.main()
+    resumed = json.loads((workdir.path / TRAIN_METRICS).read_text())
+    assert resumed["resumed_from_step"] == whole["steps"] and resumed["train_tokens"] == 0
+    assert {k: resumed[k] for k in ("steps", "best_step", "stopped_early", "train_loss")} == {
+        k: whole[k] for k in ("steps", "best_step", "stopped_early", "train_loss")}
+    assert resumed["train_loss_avg"] == pytest.approx(whole["train_loss_avg"], rel=1e-3)
+    again = load_file(workdir.path / SFT_DIR / "adapter_model.safetensors")
+    assert all(torch.equal(again[name], tensor) for name, tensor in weights.items())
 
 
 def test_a_resumed_run_keeps_its_best_model_bookkeeping(workdir):

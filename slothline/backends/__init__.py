@@ -25,7 +25,7 @@ from pathlib import Path
 from slothline.artifacts import Manifest
 from slothline.backends.lora import check_lora_targets, lora_targets
 from slothline.errors import SlothlineError
-from slothline.models import resolve_model
+from slothline.models import model_config, resolve_model
 
 NEW_WEIGHTS_SEED = 0  # weights a checkpoint lacks (a new classification head) start alike on every load
 
@@ -58,6 +58,8 @@ def load_for_training(task, runtime, params, labels: list[str] | None = None):
     backend = get(runtime)
     spec = ModelSpec(resolve_model(params.model.name), params.model.revision, params.model.max_seq_length,
                      params.model.load_in_4bit, label_arguments(labels))
+    if labels and (note := replaced_head(model_config(params.model.name, params.model.revision), labels)):
+        print(note)
     model, processor = backend.load(task, spec, runtime, full_finetuning=params.train.full_finetuning)
     if params.train.full_finetuning:
         return model, processor
@@ -77,11 +79,25 @@ def load_for_preference(task, runtime, params, sft: Manifest, sft_dir: Path):
 
 
 def label_arguments(labels: list[str] | None) -> dict:
-    """from_pretrained arguments that give a model one output per label, named."""
+    """from_pretrained arguments that give a model one output per label, named, trained with one class per row
+    (whatever `problem_type` the checkpoint names); a checkpoint's head of another size is replaced."""
     if not labels:
         return {}
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)}}
+            "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True,
+            "problem_type": "single_label_classification"}
+
+
+def replaced_head(config: dict, labels: list[str]) -> str | None:
+    """A note when the checkpoint (its config.json as `config`) has a classification head of another size than
+    `labels`, which label_arguments replaces; None otherwise."""
+    head = config.get("id2label") or {}
+    classifies = any(name.endswith("ForSequenceClassification") for name in config.get("architectures") or [])
+    if not classifies or len(head) == len(labels):
+        return None
+    return (f"note: model.name: the checkpoint's classification head has {len(head)} output(s) "
+            f"({', '.join(map(str, head.values()))}); a new head for the {len(labels)} classes replaces it, "
+            "starting from a fixed seed")
 
 
 def method_of(model) -> str:

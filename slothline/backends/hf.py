@@ -26,18 +26,33 @@ def load(task, spec, runtime, full_finetuning: bool = False):
         if spec.load_in_4bit else None
     )
     attention.set_sdpa_backends(runtime.attention)
-    implementation = attention.register_varlen_attention() if runtime.attention == attention.VARLEN_FLASH else "sdpa"
+    auto_class = getattr(transformers, task.AUTO_CLASS)
     torch.manual_seed(NEW_WEIGHTS_SEED)
     try:
+        config = transformers.AutoConfig.from_pretrained(spec.source, revision=spec.revision)
+        implementation = (attention.register_varlen_attention() if runtime.attention == attention.VARLEN_FLASH
+                          else attention_of(auto_class._model_mapping.get(type(config), None), config))
         processor = task.load_processor(spec.source, spec.revision)
-        model = getattr(transformers, task.AUTO_CLASS).from_pretrained(
+        model, loading = auto_class.from_pretrained(
             spec.source, revision=spec.revision, dtype=dtype, quantization_config=quantization,
             attn_implementation=implementation, device_map={"": runtime.local_rank} if runtime.device == "cuda" else None,
-            **spec.model_kwargs,
+            output_loading_info=True, **spec.model_kwargs,
         )
     except OSError as err:
         raise SlothlineError(f"model.name: cannot load {spec.source!r}: {err}") from None
+    # the weights initialised here, not read (missing from the checkpoint, or of another size): kinds save them
+    model.new_weights = sorted(loading["missing_keys"] | {key for key, *_ in loading["mismatched_keys"]})
+    if spec.model_kwargs.get("id2label") and model.config.pad_token_id is None:  # a decoder's classification head
+        model.config.pad_token_id = processor.pad_token_id  # finds each row's last token by it
     return model, processor
+
+
+def attention_of(model, config) -> str:
+    """sdpa where the model (or its class) has it (DeBERTa and MPNet have not; None: a config the auto class does not
+    know, which from_pretrained then names), else eager; eager too where the config caps attention logits (Gemma 2's
+    attn_logit_softcapping), which sdpa would skip without a word."""
+    capped = getattr(config.get_text_config(), "attn_logit_softcapping", None) is not None
+    return "sdpa" if getattr(model, "_supports_sdpa", True) and not capped else "eager"
 
 
 def attach_lora(model, task, params):
@@ -76,8 +91,12 @@ def prepare_trainer(trainer) -> None:
 
 def for_inference(model, task) -> None:
     """Generation with a KV cache runs on sdpa, whatever attention training used; on a GPU its decode steps
-    attend through the grouped attention (no per-head copies of keys and values, see backends.attention)."""
-    model.set_attn_implementation(attention.register_grouped_attention() if model.device.type == "cuda" else "sdpa")
+    attend through the grouped attention (no per-head copies of keys and values, see backends.attention). Models
+    that sdpa does not serve (`attention_of`) run eager."""
+    implementation = attention_of(model, model.config)
+    if implementation == "sdpa" and model.device.type == "cuda":
+        implementation = attention.register_grouped_attention()
+    model.set_attn_implementation(implementation)
     model.eval()
 
 

@@ -95,8 +95,7 @@ def check(task: Task, params) -> None:
     that later stages need, transformers knows the scheduler and optimizer, this machine can run what is
     asked (GPU-only settings, GPU counts), `lora.target_modules` name layers the model has; then the kind's
     own `check`."""
-    from slothline import runtime, training
-    from slothline.backends.lora import check_target_names
+    from slothline import training
     from slothline.models import kind_of_config, model_config
 
     config = model_config(params.model.name, params.model.revision)
@@ -104,10 +103,11 @@ def check(task: Task, params) -> None:
     if inferred and inferred != task.NAME:
         raise SlothlineError(f"kind: {task.NAME}, but {params.model.name}'s config is that of a {inferred} model; "
                              f"switch with `dvc exp run -S kind={inferred}` (or set kind: {inferred})")
-    context = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    context = positions(config)
     if context and params.model.max_seq_length > context:
+        offset = "" if context == max_positions(config) else ", less pad_token_id + 1: positions start after it"
         raise SlothlineError(f"model.max_seq_length: {params.model.max_seq_length} is above the {context} positions "
-                             f"{params.model.name} has (max_position_embeddings); set it to at most {context}")
+                             f"{params.model.name} has (max_position_embeddings{offset}); set it to at most {context}")
     for i, source in enumerate(params.data.sources):
         if source.format not in task.FORMATS:
             raise SlothlineError(f"data.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
@@ -120,19 +120,24 @@ def check(task: Task, params) -> None:
     if params.data.test_fraction == 0:
         raise SlothlineError("data.test_fraction: 0 leaves no test split, but evaluate scores the tuned model on it; "
                              "set it above 0 (e.g. 0.1)")
-    train = params.train
-    if train.tracks_best_model and params.data.val_fraction == 0:
-        raise SlothlineError("train.load_best_model_at_end and train.early_stopping_patience judge the model on the "
-                             "val split, which data.val_fraction: 0 leaves empty; set data.val_fraction > 0, or turn "
-                             "them off")
-    if train.metric_for_best_model not in ("auto", *task.VAL_METRICS):
-        raise SlothlineError(f"train.metric_for_best_model: {task.NAME} models are measured on the val split by "
-                             f"{', '.join(task.VAL_METRICS)}, not {train.metric_for_best_model}; use one of those, "
-                             "or auto")
-    training.check_names(train)
-    runtime.check_machine(params, runtime.probe())
+    training.check_training(task, params)
     task.check(params)
-    check_target_names(task, params)
+
+
+def max_positions(config: dict) -> int | None:
+    """max_position_embeddings of a config.json (a vision model's in its text_config); None where it has none."""
+    return config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+
+
+def positions(config: dict) -> int | None:
+    """The tokens a model's position embeddings hold: `max_positions`, less pad_token_id + 1 for the families whose
+    position ids start after the padding id (RoBERTa's and XLM-R's 514 hold 512)."""
+    from slothline.families import family
+
+    count = max_positions(config)
+    if count and family(config.get("model_type")).positions_after_padding:
+        count -= (config.get("pad_token_id") or 0) + 1
+    return count
 
 
 def check_export_formats(task: Task, formats: list[str]) -> None:

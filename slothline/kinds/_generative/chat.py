@@ -29,6 +29,7 @@ ALPACA_PROMPT = (
 TURN_MARKERS = {**{name: chat.turns for name, chat in CHAT_FORMATS.items()},
                 "alpaca": ("### Instruction:\n", "### Response:\n")}
 THINK_TAGS = ("<think>", "</think>")
+TEMPLATE_DATE = "26 Jul 2024"  # the date Llama 3's templates write when given none: prepared data stays the same by day
 
 
 def render(messages: list[dict], processor, template: str, enable_thinking: bool,
@@ -57,6 +58,8 @@ def render(messages: list[dict], processor, template: str, enable_thinking: bool
         multimodal = hasattr(processor, "tokenizer")
         options = ({"enable_thinking": enable_thinking}
                    if not multimodal or "enable_thinking" in processor.chat_template else {})
+        if "date_string" in processor.chat_template:  # Llama 3.1-3.3's: today's date unless given one
+            options["date_string"] = TEMPLATE_DATE
         try:
             text = processor.apply_chat_template(guarded, tokenize=False, **options)
             prompt = processor.apply_chat_template(history, tokenize=False, add_generation_prompt=True, **options)

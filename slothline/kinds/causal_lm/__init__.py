@@ -104,6 +104,8 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[d
     data_markers = markers if backend.RESPONSE_MASKS_IN_DATA else None
     args = sft_config(backend, runtime, params, output_dir, bool(val_rows), VAL_METRICS[0], params.train.packing)
     stops = stop_ids(tokenizer, model.generation_config)
+    if markers:
+        check_answers_found(train_rows, tokenizer, markers, stops)
     trainer = sft_trainer_class(runtime)(
         model=model,
         args=args,
@@ -113,6 +115,26 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[d
         callbacks=callbacks,
     )
     return backend.response_only(trainer, markers) if markers else trainer
+
+
+def check_answers_found(rows: list[dict], tokenizer, markers: tuple[str, str], stop_ids: list[int]) -> None:
+    """Refuse response-only training where the answer mask finds no answer token in a row: the tokenizer splits
+    the response marker otherwise inside the text than alone, and such a row would train on nothing (TRL drops
+    it unsaid, and with every row gone fails deep inside the data loader)."""
+    mask = AnswerMask(tokenizer, markers, stop_ids)
+    lost = [row for row, ids in zip(rows, encode_rows(tokenizer, rows)) if all(x == -100 for x in mask.labels(ids))]
+    if not lost:
+        return
+    if all(row.get("reference", "")[:1].isspace() for row in lost):
+        why = ("their answers start with whitespace, which this tokenizer merges with the marker's last characters; "
+               "remove the leading line breaks and spaces of those answers in the data")
+    else:
+        why = ("this tokenizer splits the marker otherwise inside a text than alone (a SentencePiece tokenizer marks "
+               "a word's start); set train.train_on_responses_only: false to train on the whole texts")
+    raise SlothlineError(
+        f"train.train_on_responses_only: the answers of {len(lost)} of {len(rows)} train rows cannot be found after "
+        f"the response marker {markers[1]!r} among their tokens, so they would train on nothing (first: source "
+        f"{lost[0].get('source')!r}, answer {lost[0].get('reference', '')[:40]!r}): {why}")
 
 
 def loss_coverage(model, tokenizer, params, train_rows: list[dict], val_rows: list[dict]) -> dict:

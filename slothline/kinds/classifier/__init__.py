@@ -2,10 +2,11 @@
 label, a sequence-classification head trained with transformers' Trainer (LoRA with the head in
 `modules_to_save`, or full fine-tuning), batched prediction, and accuracy, F1 and a confusion matrix."""
 
+import inspect
 import re
 
 from slothline.errors import RowError, SlothlineError
-from slothline.kinds import Evaluation, with_base
+from slothline.kinds import Evaluation, positions, with_base
 from slothline.kinds.classifier.metrics import classification_metrics
 from slothline.kinds.classifier.params import Params, is_number  # noqa: F401 (Params: the protocol's name)
 
@@ -21,13 +22,55 @@ REPORT_MISCLASSIFIED = 10
 
 
 def check(params) -> None:
-    """Nothing beyond what the classifier params models refuse."""
+    """Beyond what the classifier params models refuse: `lora.target_modules: null` where no default names the
+    layers to adapt, a tokenizer that cannot pad, and model.max_seq_length above the tokenizer's model_max_length
+    (kinds.check refused it above the positions already)."""
+    from slothline.models import model_config, resolve_model
+
+    config = model_config(params.model.name, params.model.revision)
+    if not params.lora.target_modules and not params.train.full_finetuning:
+        check_default_targets(params, config)
+    tokenizer = load_processor(resolve_model(params.model.name), params.model.revision)
+    context = context_length(config, tokenizer)
+    if context and params.model.max_seq_length > context:
+        raise SlothlineError(f"model.max_seq_length: {params.model.max_seq_length} is above the {context} tokens "
+                             f"{params.model.name}'s tokenizer takes (model_max_length); set it to at most {context}")
+
+
+def check_default_targets(params, config: dict) -> None:
+    """Refuse `lora.target_modules: null` for a model type that neither its family record (families.py) nor PEFT
+    gives default layers, listing the model's linear layers (read from its config on the meta device)."""
+    import torch
+    import transformers
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    from slothline.backends.lora import linear_layer_names
+    from slothline.families import family
+    from slothline.models import resolve_model
+
+    model_type = config.get("model_type")
+    if family(model_type).lora_targets or model_type in PEFT_DEFAULTS:
+        return
+    with torch.device("meta"):
+        model = getattr(transformers, AUTO_CLASS).from_config(
+            transformers.AutoConfig.from_pretrained(resolve_model(params.model.name), revision=params.model.revision))
+    raise SlothlineError(f"lora.target_modules: null takes the default layers of the model's family, but there is "
+                         f"none for {model_type} models; list the layers to adapt, from its linear layers: "
+                         f"{', '.join(linear_layer_names(model))}")
 
 
 def load_processor(source: str, revision: str | None):
+    """The tokenizer; one without a pad token (Llama's) pads with its EOS token, as the generating kinds do."""
     from slothline.models import load_tokenizer
 
-    return load_tokenizer(source, revision)
+    tokenizer = load_tokenizer(source, revision)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise SlothlineError(f"model.name: the tokenizer of {source!r} has neither a pad token nor an EOS token, "
+                                 "and batches of rows of different lengths need one to pad with; set `pad_token` in "
+                                 "its tokenizer_config.json")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def to_record(row: dict, source, params, tokenizer) -> tuple[dict, dict]:
@@ -36,7 +79,9 @@ def to_record(row: dict, source, params, tokenizer) -> tuple[dict, dict]:
         raise RowError(f"expected an object with 'text' and 'label', got {type(row).__name__}")
     text = row.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise RowError("missing or empty field 'text'; every row needs a non-empty string there")
+        fields = "" if "text" in row else (f" (this row's fields: {', '.join(map(str, row))}); name the text 'text' "
+                                           "and a second text, such as GLUE's sentence2, 'text_pair'")
+        raise RowError(f"missing or empty field 'text'; every row needs a non-empty string there{fields}")
     record = {"text": text}
     pair = row.get("text_pair")
     if pair not in (None, ""):
@@ -147,6 +192,22 @@ def labels(rows: list[dict]) -> list[str]:
     return [label for _, label in sorted({(row["label_id"], row["label"]) for row in rows})]
 
 
+def context_length(config: dict, tokenizer) -> int | None:
+    """The most tokens of a row the model takes (`config`: its config.json): its positions (kinds.positions:
+    RoBERTa's 514 hold 512), or the tokenizer's model_max_length where that is fewer. check_params refuses a
+    longer model.max_seq_length; evaluate and the ONNX check cut each row there."""
+    limits = [limit for limit in (positions(config), tokenizer.model_max_length) if limit]
+    return min(limits) if limits else None
+
+
+def forward_inputs(model, inputs) -> dict:
+    """The tokenizer's `inputs` that the model's forward names (DistilBERT's takes no token_type_ids); a PEFT
+    model's are its base model's."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    taken = inspect.signature(base.forward).parameters
+    return {name: value for name, value in inputs.items() if name in taken}
+
+
 def encode(tokenizer, rows: list[dict], max_length: int | None) -> list[dict]:
     """The model inputs of each row's text (and text_pair), cut to `max_length` tokens (None: not cut)."""
     return [dict(tokenizer(row["text"], row.get("text_pair"), truncation=max_length is not None,
@@ -165,9 +226,13 @@ def lora_extras(params, model) -> dict:
 
 
 def head_modules(model) -> list[str]:
-    """The modules with weights outside the encoder: ModernBERT's `head` and `classifier`, BERT's `classifier`."""
-    return [name for name, child in model.named_children()
-            if name != model.base_model_prefix and list(child.parameters())]
+    """The modules with weights outside the encoder (ModernBERT's `head` and `classifier`, BERT's `classifier`), and
+    those holding weights the checkpoint lacks (`new_weights`, from the hf backend's load: BERT's pooler after a
+    masked-LM checkpoint), so that the adapter holds every weight the base's files do not."""
+    outside = [name for name, child in model.named_children()
+               if name != model.base_model_prefix and list(child.parameters())]
+    new = {key.rpartition(".")[0] for key in getattr(model, "new_weights", ())}
+    return outside + sorted(name for name in new if name and name.split(".")[0] not in outside)
 
 
 def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[dict], val_rows: list[dict],
@@ -221,8 +286,7 @@ def predict(model, tokenizer, rows: list[dict], params) -> list[str]:
     import torch
     from tqdm.auto import tqdm
 
-    context = min(tokenizer.model_max_length, model.config.max_position_embeddings)
-    encoded = encode(tokenizer, rows, context)
+    encoded = encode(tokenizer, rows, context_length(model.config.to_dict(), tokenizer))
     order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]["input_ids"]))
     names = model.config.id2label
     predicted = [""] * len(rows)
@@ -230,7 +294,7 @@ def predict(model, tokenizer, rows: list[dict], params) -> list[str]:
     batch_size = params.evaluate.batch_size
     for start in tqdm(range(0, len(order), batch_size), desc="predictions"):
         chunk = order[start : start + batch_size]
-        inputs = batch(tokenizer, [encoded[i] for i in chunk]).to(model.device)
+        inputs = forward_inputs(model, batch(tokenizer, [encoded[i] for i in chunk]).to(model.device))
         with torch.inference_mode():
             classes = model(**inputs).logits.argmax(-1).tolist()
         for i, k in zip(chunk, classes):

@@ -14,30 +14,34 @@ import sys
 from pathlib import Path
 
 from slothline.errors import SlothlineError, run_stage
-from slothline.kinds.classifier import batch, encode
+from slothline.kinds.classifier import batch, context_length, encode, forward_inputs
 
 ONNX_TOLERANCE = 1e-4  # largest absolute logit difference accepted
 EXAMPLE = [{"text": "An example."}, {"text": "A longer example, so that the batch is padded."}]
 
 
 def load(model_dir: Path):
+    """The merged model in float32, without a KV cache among a decoder's outputs (torch.export cannot return one),
+    and its tokenizer."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    if getattr(model.config, "use_cache", False):
+        model.config.use_cache = False
     return model.eval(), AutoTokenizer.from_pretrained(model_dir)
 
 
 def write_onnx(model_dir: Path, out_dir: Path) -> None:
-    """`out_dir`/model.onnx (float32; batch and sequence length dynamic; the tokenizer's inputs in, `logits`
-    out) with the tokenizer and config (id2label) beside it; the same bytes on every run (see the module's
-    doc), written by a child process unless this one's hashing is already fixed (PYTHONHASHSEED=0)."""
+    """`out_dir`/model.onnx (float32; batch and sequence length dynamic; the tokenizer's inputs that the model's
+    forward takes in, `logits` out) with the tokenizer and config (id2label) beside it; the same bytes on every run
+    (see the module's doc), written by a child process unless this one's hashing is already fixed (PYTHONHASHSEED=0)."""
     if sys.flags.hash_randomization:
         return in_fixed_hash_process(model_dir, out_dir)
     import torch
 
     model, tokenizer = load(model_dir)
-    example = dict(batch(tokenizer, encode(tokenizer, EXAMPLE, None)))
+    example = forward_inputs(model, batch(tokenizer, encode(tokenizer, EXAMPLE, None)))
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
     out_dir.mkdir(parents=True)
     try:
@@ -113,10 +117,10 @@ def check_onnx(onnx_file: Path, model_dir: Path, rows: list[dict], batch_size: i
     model, tokenizer = load(model_dir)
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     wanted = [i.name for i in session.get_inputs()]
-    context = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    context = context_length(model.config.to_dict(), tokenizer)
     largest, agree = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        inputs = batch(tokenizer, encode(tokenizer, rows[start : start + batch_size], context))
+        inputs = forward_inputs(model, batch(tokenizer, encode(tokenizer, rows[start : start + batch_size], context)))
         with torch.inference_mode():
             expected = model(**inputs).logits.numpy()
         got = session.run(["logits"], {name: inputs[name].numpy() for name in wanted})[0]
