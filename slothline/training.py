@@ -3,6 +3,7 @@ SFTTrainer as the generating kinds configure it, the callbacks every run gets (w
 stopping, the dvclive loss curve), DDP's unused-weight search, and what metrics/train.json records."""
 
 import resource
+from pathlib import Path
 
 from slothline.errors import SlothlineError
 
@@ -179,9 +180,15 @@ def drop_points_after(live_dir, step: int) -> None:
     from pathlib import Path
 
     for table in Path(live_dir).glob("plots/metrics/**/*.tsv"):
-        header, *rows = table.read_text().splitlines(keepends=True)
-        column = header.rstrip("\n").split("\t").index("step")
-        table.write_text(header + "".join(row for row in rows if int(row.split("\t")[column]) <= step))
+        header, *rows = table.read_text().splitlines() or [""]
+        names = header.split("\t")
+        if "step" not in names:  # a file the stopped run left unwritten
+            table.unlink()
+            continue
+        at = names.index("step")
+        kept = [row for row in rows if len(cells := row.split("\t")) == len(names) and cells[at].isdigit()
+                and int(cells[at]) <= step]  # a row cut short by the stop is dropped too
+        table.write_text("".join(f"{line}\n" for line in [header, *kept]))
 
 
 def dvclive_callback(live):
@@ -289,9 +296,13 @@ def train(trainer, resume_from: str | None):
     from transformers.trainer_callback import TrainerState
     from transformers.trainer_utils import TrainOutput
 
-    trainer.state = TrainerState.load_from_json(f"{resume_from}/trainer_state.json")
+    state = TrainerState.load_from_json(f"{resume_from}/trainer_state.json")  # as the main process saved it
+    state.is_world_process_zero = trainer.is_world_process_zero()
+    state.is_local_process_zero = trainer.is_local_process_zero()
+    trainer.state = state
     trainer._load_from_checkpoint(resume_from)
-    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+    best = state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
         trainer._load_best_model()
     return TrainOutput(trainer.state.global_step, 0.0, {"train_runtime": 0.0})
 

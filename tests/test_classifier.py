@@ -826,6 +826,7 @@ def test_classifier_default_on_unsloth(workdir, method):
     print(train)
     assert train["backend"] == "unsloth" and train["device"] != "cpu" and train["method"] == method
     assert (train["trainable_params"] == train["total_params"]) == (method == "full")
+    stage(workdir, "preference")  # method none: passes the trained model on
     evaluation = stage(workdir, "evaluate")
     print({name: evaluation[name] for name in ("tuned", "base")})
     assert evaluation["tuned"]["accuracy"] >= evaluation["base"]["accuracy"] + 30

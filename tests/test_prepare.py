@@ -266,6 +266,20 @@ def test_half_an_emoji_in_json_is_a_row_error_that_skip_skips(workdir, name):
     assert len(workdir.read_split("train")) == 2
 
 
+def test_a_datasets_json_column_keeps_its_values(workdir):
+    """datasets' `load_dataset("json")` makes a column whose type varies by row a Json feature: its values are the
+    data (only media columns are read undecoded), so a number in an answer is still refused as one."""
+    import datasets
+
+    features = datasets.Features({"instruction": datasets.Value("string"), "output": datasets.Json()})
+    datasets.Dataset.from_dict({"instruction": ["Say x.", "Six times seven?"], "output": ["x", 42]},
+                               features=features).save_to_disk(str(workdir.path / "disk"))
+    from slothline.data.sources import read_rows
+    from slothline.params import Source
+
+    assert [row["output"] for _, row in read_rows(Source(path="disk", format="alpaca"))] == ["x", 42]
+
+
 def test_a_glob_source_path_says_to_list_the_files(workdir):
     workdir.write_params([{"path": "raw/*.jsonl", "format": "alpaca"}])
     with pytest.raises(SlothlineError, match=r"^raw/\*.jsonl: no such file or directory; a data source path names one "

@@ -103,11 +103,11 @@ def test_images_embedded_as_hugging_face_datasets_store_them_become_data_uris():
         {"role": "user", "content": [{"type": "image", "image": inline(png("red"))}, {"type": "text", "text": "And?"},
                                      {"type": "image", "image": "blue.png"}]},
         {"role": "assistant", "content": "red, blue"}]
-    picture = Image.open(io.BytesIO(png("green", (8, 4))))  # as datasets decodes an Image column
+    picture = Image.new("CMYK", (8, 4), (0, 255, 255, 0))  # decoded, in a mode PNG cannot hold
     unsloth_style = {"messages": [{"role": "user", "content": [{"type": "image", "image": picture}]},
                                   {"role": "assistant", "content": "green"}]}
     stored = convert(unsloth_style, "messages")[0]["content"][0]["image"]
-    assert Image.open(io.BytesIO(base64.b64decode(stored.partition(",")[2]))).tobytes() == picture.tobytes()
+    assert Image.open(io.BytesIO(base64.b64decode(stored.partition(",")[2]))).getpixel((0, 0)) == (255, 0, 0)
     llava = {"image": embedded, "conversations": [{"from": "human", "value": "<image>Colour?"},
                                                   {"from": "gpt", "value": "red"}]}
     assert convert(llava, "sharegpt_vision")[0]["content"][0] == {"type": "image", "image": inline(png("red"))}
@@ -129,7 +129,13 @@ def test_images_embedded_as_hugging_face_datasets_store_them_become_data_uris():
     ({"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "image"}]},
                    {"role": "assistant", "content": "x"}], "images": ["a.png"]}, "messages",
      "2 image parts without a path but 1 images in the row's 'images'; give each image part its path or data URI, "
-     'like {"type": "image", "image": "picture.png"}, or list the row\'s images in order in \'images\''),
+     'like {"type": "image", "image": "picture.png"}, or list the row\'s images in order in \'images\', one for each '
+     "part without a path (rows whose text holds <image> markers are the sharegpt_vision format's)"),
+    ({"messages": [{"role": "user", "content": "<image>Who is it?"}, {"role": "assistant", "content": "x"}],
+      "images": ["a.png"]}, "messages",
+     "0 image parts without a path but 1 images in the row's 'images'; give each image part its path or data URI, "
+     'like {"type": "image", "image": "picture.png"}, or list the row\'s images in order in \'images\', one for each '
+     "part without a path (rows whose text holds <image> markers are the sharegpt_vision format's)"),
     ({"image": 7, "question": "Colour?", "answer": "x"}, "vqa",
      "field 'image': an image needs its path, a data URI or its bytes ({'bytes': ...}, as Hugging Face datasets "
      'embed one), like {"type": "image", "image": "picture.png"}; got int \'7\''),
@@ -217,7 +223,12 @@ def test_prepare_reads_images_embedded_in_parquet_and_save_to_disk_datasets(work
     decoding: the stored bytes, nothing written into the dataset's folder) and in a Parquet file."""
     import datasets
 
-    pictures = [Image.open(io.BytesIO(png(colour, (40 + i, 32)))) for i, colour in enumerate(("red", "green", "blue"))]
+    jpegs = []
+    for i, colour in enumerate(("red", "green", "blue")):
+        buffer = io.BytesIO()
+        Image.new("RGB", (40 + i, 32), colour).save(buffer, format="JPEG")
+        jpegs.append(buffer.getvalue())
+    pictures = [Image.open(io.BytesIO(data)) for data in jpegs]
     columns = {"image": pictures, "question": ["Colour?"] * 3, "answer": ["red", "green", "blue"]}
     dataset = datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
     dataset.save_to_disk(str(workdir.path / "raw/disk"))
@@ -237,8 +248,7 @@ def test_prepare_reads_images_embedded_in_parquet_and_save_to_disk_datasets(work
     prepare.main()
     stored = stored_images(workdir.read_split("train"))
     assert len(stored) == 9 and len(set(stored)) == 3  # each picture stored once, by its content
-    sizes = {Image.open(workdir.path / path).size for path in stored}
-    assert sizes == {(40, 32), (41, 32), (42, 32)}
+    assert sorted((workdir.path / path).read_bytes() for path in set(stored)) == sorted(jpegs)  # as stored, not decoded
     assert files() == before  # no cache file written into the datasets' folders
 
 

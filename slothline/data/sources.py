@@ -6,7 +6,6 @@ header, comes as a RowError in place of the row. Text files must be UTF-8 (a byt
 is fine); JSONL splits on "\n" only.
 """
 
-import copy
 import csv
 import io
 import json
@@ -245,25 +244,25 @@ def _dataset_rows(name: str, dataset):
 
 
 def _undecoded(dataset):
-    """`dataset` with its images (and other media) as stored, `{"bytes", "path"}`, as a Parquet file holds them,
-    rather than decoded into PIL images. Each column is cast alone: datasets then changes the features only,
-    where casting the whole dataset would write a cache file into the data's folder."""
-    from datasets.features.features import require_decoding
-
-    for column, feature in dataset.features.items():
-        if require_decoding(feature) and hasattr(feature, "decode_example"):
-            dataset = dataset.cast_column(column, _decoding_off(copy.deepcopy(feature)))
-    return dataset
+    """`dataset` with its media (images, audio, ...) as stored, `{"bytes", "path"}`, as a Parquet file holds them,
+    rather than decoded into PIL images: prepare reads the bytes itself. Cast in memory: a cast on disk would write a
+    cache file into the data's folder."""
+    features = dataset.features.copy()
+    if not any(_decoding_off(feature) for feature in features.values()):
+        return dataset
+    return dataset.cast(features, keep_in_memory=True)
 
 
-def _decoding_off(feature):
-    """`feature` with every media feature in it (Image, Audio, ...) set not to decode."""
-    if hasattr(feature, "decode"):
-        feature.decode = False
-    for inner in feature.values() if isinstance(feature, dict) else [getattr(feature, "feature", None)]:
-        if inner is not None:
-            _decoding_off(inner)
-    return feature
+def _decoding_off(feature) -> bool:
+    """Set every media feature in `feature` (a column's, nested in lists and dicts) not to decode; whether any did.
+    Json columns keep decoding: their values are the data."""
+    from datasets import Audio, Image, Video
+
+    if isinstance(feature, (Audio, Image, Video)):
+        decoded, feature.decode = feature.decode, False
+        return decoded
+    inner = feature.values() if isinstance(feature, dict) else [getattr(feature, "feature", None)]
+    return any([_decoding_off(child) for child in inner if child is not None])
 
 
 def _load_from_disk(path: Path, split: str):

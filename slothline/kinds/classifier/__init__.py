@@ -192,11 +192,15 @@ def labels(rows: list[dict]) -> list[str]:
     return [label for _, label in sorted({(row["label_id"], row["label"]) for row in rows})]
 
 
-def context_length(config: dict, tokenizer) -> int | None:
-    """The most tokens of a row the model takes (`config`: its config.json): its positions (kinds.positions:
-    RoBERTa's 514 hold 512), or the tokenizer's model_max_length where that is fewer. check_params refuses a
-    longer model.max_seq_length; evaluate and the ONNX check cut each row there."""
-    limits = [limit for limit in (positions(config), tokenizer.model_max_length) if limit]
+def context_length(config, tokenizer) -> int | None:
+    """The most tokens of a row the model takes (`config`: its config.json as a dict, or a loaded model's config):
+    its positions (kinds.positions: RoBERTa's 514 hold 512), or the tokenizer's model_max_length where that is fewer
+    (a tokenizer that sets none has transformers' 1e30). check_params refuses a longer model.max_seq_length;
+    evaluate and the ONNX check cut each row there."""
+    if not isinstance(config, dict):  # its attribute names map GPT-2's n_positions to max_position_embeddings
+        config = {**config.to_dict(), "max_position_embeddings": getattr(config, "max_position_embeddings", None)}
+    set_by_tokenizer = tokenizer.model_max_length if tokenizer.model_max_length < 10**12 else None
+    limits = [limit for limit in (positions(config), set_by_tokenizer) if limit]
     return min(limits) if limits else None
 
 
@@ -286,7 +290,7 @@ def predict(model, tokenizer, rows: list[dict], params) -> list[str]:
     import torch
     from tqdm.auto import tqdm
 
-    encoded = encode(tokenizer, rows, context_length(model.config.to_dict(), tokenizer))
+    encoded = encode(tokenizer, rows, context_length(model.config, tokenizer))
     order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]["input_ids"]))
     names = model.config.id2label
     predicted = [""] * len(rows)

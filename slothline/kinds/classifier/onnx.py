@@ -117,7 +117,7 @@ def check_onnx(onnx_file: Path, model_dir: Path, rows: list[dict], batch_size: i
     model, tokenizer = load(model_dir)
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     wanted = [i.name for i in session.get_inputs()]
-    context = context_length(model.config.to_dict(), tokenizer)
+    context = context_length(model.config, tokenizer)
     largest, agree = 0.0, 0
     for start in range(0, len(rows), batch_size):
         inputs = forward_inputs(model, batch(tokenizer, encode(tokenizer, rows[start : start + batch_size], context)))

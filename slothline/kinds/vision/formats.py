@@ -12,6 +12,7 @@ import io
 from slothline.data.formats import (IMAGE_PARTS, TEXT_PARTS, check_part, check_turn_order, message_turns,
                                     required_text, sharegpt)
 from slothline.errors import RowError
+from slothline.kinds.vision.images import as_viewed
 
 IMAGE_MARKER = "<image>"
 
@@ -23,11 +24,12 @@ def messages(row: dict) -> list[dict]:
     order in `images` (or `image`)."""
     turns = message_turns(row, content_parts)
     bare = [part for part in image_parts(turns) if part["image"] is None]
-    images = row_images(row) if bare else []
+    images = row_images(row)
     if len(bare) != len(images):
         raise RowError(f"{len(bare)} image parts without a path but {len(images)} images in the row's 'images'; give "
                        'each image part its path or data URI, like {"type": "image", "image": "picture.png"}, or '
-                       "list the row's images in order in 'images'")
+                       "list the row's images in order in 'images', one for each part without a path (rows whose "
+                       "text holds <image> markers are the sharegpt_vision format's)")
     for part, image in zip(bare, images):
         part["image"] = image
     return checked(turns)
@@ -92,7 +94,7 @@ def image_text(image, where: str) -> str:
         image = image.get("path")
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        as_viewed(image).save(buffer, format="PNG")  # 8-bit RGB: PNG holds no CMYK
         return image_text({"bytes": buffer.getvalue()}, where)
     if not isinstance(image, str) or not image.strip():
         raise RowError(f"{where}: an image needs its path, a data URI or its bytes ({{'bytes': ...}}, as Hugging Face "
