@@ -32,3 +32,18 @@ def undeclared(stage: str, file: Path) -> str | None:
     return (f"{file} is not under a dependency of the {stage} stage in {DVC_FILE} "
             f"({', '.join(deps)}), so DVC would not rerun {stage} when it changes; move it under one of "
             f"those, or add `- {file}` to the deps of {stage} in {DVC_FILE}")
+
+
+def require_model_declared(name: str, stages: list[str]) -> None:
+    """Fail unless model.name, where it is a local directory, lies under a dependency of each of `stages` (those that
+    read its files): its weights or tokenizer changing then reruns them. A hub id is pinned by model.revision, a
+    builtin by its code."""
+    if name.startswith("builtin:") or not Path(name).is_dir():
+        return
+    missing = [stage for stage in stages if undeclared(stage, Path(name))]
+    if missing:
+        which = " and ".join(missing) + (" stages" if len(missing) > 1 else " stage")
+        raise SlothlineError(
+            f"model.name: {name} is a local directory that no dependency of the {which} in {DVC_FILE} covers, so DVC "
+            f"would not rerun them when its files change; add `- {name}` to the deps of the {which} in {DVC_FILE} "
+            "(DVC then hashes it)")

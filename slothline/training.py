@@ -56,9 +56,8 @@ def training_config(config_class, backend, runtime, params, output_dir: str, eva
 
 def check_training(task, params) -> None:
     """The refusals of `kinds.check` that concern training: a best-model metric the kind measures and a val split
-    to measure it on, names transformers knows, a machine that can run it, `lora.target_modules` the model has.
-    `train` runs them itself: `dvc repro train` does not run check_params."""
-    from slothline import runtime
+    to measure it on, names transformers knows, `lora.target_modules` the model has. `train` runs them itself
+    (`dvc repro train` does not run check_params), after `run_job` has checked the machine."""
     from slothline.backends.lora import check_target_names
 
     train = params.train
@@ -71,7 +70,6 @@ def check_training(task, params) -> None:
                              f"{', '.join(task.VAL_METRICS)}, not {train.metric_for_best_model}; use one of those, "
                              "or auto")
     check_names(train)
-    runtime.check_machine(params, runtime.probe())
     check_target_names(task, params)
 
 

@@ -10,6 +10,7 @@ from slothline import backends, checkpoints, kinds, plots, training
 from slothline.artifacts import (PREFERENCE_CHECKPOINTS_DIR, PREFERENCE_LIVE_DIR, PREFERENCE_LOSS_PLOT, PREFERENCE_METRICS,
                                  PREFERENCE_SPLITS_DIR, SFT_DIR, TUNED_DIR, Manifest, atomic_dir, link_tree, read_split,
                                  write_json)
+from slothline.dvcfile import require_model_declared
 from slothline.errors import run_stage
 from slothline.params import load_params
 from slothline.runtime import gather, main_process_result, run_job
@@ -20,6 +21,7 @@ def main() -> None:
     sft = Manifest.read(SFT_DIR)
     if params.preference.method == "none":
         return pass_on(sft)
+    require_model_declared(params.model.name, ["preference"])
     run_job(params, "stages.preference", lambda params, runtime: tune(params, runtime, sft), "preference tuning")
 
 

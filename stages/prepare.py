@@ -15,7 +15,7 @@ from slothline.artifacts import (DATA_METRICS, PREFERENCE_SPLITS_DIR, PREPARED_D
                                  write_jsonl)
 from slothline.data.records import read_sources
 from slothline.data.mixing import mix
-from slothline.dvcfile import require_declared
+from slothline.dvcfile import require_declared, require_model_declared
 from slothline.errors import SlothlineError, run_stage
 from slothline.models import resolve_model
 from slothline.params import load_params
@@ -27,6 +27,7 @@ def main() -> None:
     task = kinds.get(params.kind)
     require_declared("prepare", {f"data.sources[{i}].path": Path(source.path)
                                  for i, source in enumerate(data.sources) if Path(source.path).exists()})
+    require_model_declared(params.model.name, ["prepare"])
     processor = task.load_processor(resolve_model(params.model.name), params.model.revision)
     by_source, report, keys = read_sources(task, params, processor)
     splits = mix(by_source, {s.label: s.weight for s in data.sources}, data.total, data.val_fraction,

@@ -9,6 +9,7 @@ the manifest alone, and nothing trains), models/checkpoints/
 from slothline import backends, checkpoints, kinds, plots, training
 from slothline.artifacts import (CHECKPOINTS_DIR, LIVE_DIR, LOSS_PLOT, SFT_DIR, TRAIN_METRICS, Manifest,
                                  atomic_dir, read_split, write_json)
+from slothline.dvcfile import require_model_declared
 from slothline.errors import run_stage
 from slothline.params import load_params
 from slothline.runtime import gather, main_process_result, run_job
@@ -18,6 +19,7 @@ def main() -> None:
     params = load_params()
     if not getattr(params.train, "sft", True):
         return skip(params)
+    require_model_declared(params.model.name, ["train"])
     run_job(params, "stages.train", train, "training")
 
 

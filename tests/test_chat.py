@@ -95,7 +95,8 @@ def test_markers_in_every_role_and_in_alpaca_are_text(tokenizer):
     ids = encode(tokenizer, row["text"], literal_spans(row, "text"))
     assert tokenizer.decode(ids) == row["text"] and len(literal_spans(row, "text")) == 3
     assert ids.count(tokenizer.convert_tokens_to_ids("<|endoftext|>")) == 0
-    labels = AnswerMask(tokenizer, turn_markers([row["text"]])).labels(ids)
+    labelled, labels = AnswerMask(tokenizer, turn_markers([row["text"]])).labels(row["text"], literal_spans(row, "text"))
+    assert labelled == ids
     assert trained_text(tokenizer, ids, labels) == "<think>\n\n</think>\n\n<|im_end|><|im_end|>"
     assert [token for token, label in zip(ids, labels) if label != -100].count(
         tokenizer.convert_tokens_to_ids("<|im_end|>")) == 1  # the answer's one is text; the turn's end is not
@@ -183,10 +184,10 @@ def test_no_eos_after_a_turn_that_ends_with_a_stop_token_of_the_model(workdir, t
     # ... and the answer mask ends the answer there
     stops = stop_ids(tokenizer, json.loads((workdir.path / "gemma/generation_config.json").read_text()))
     assert stops == tokenizer.convert_tokens_to_ids(["<eos>", "<end_of_turn>"])
-    ids = encode(tokenizer, row["text"] + "<start_of_turn>user\nmore<eos>")
-    labels = AnswerMask(tokenizer, turn_markers([row["text"]]), stops).labels(ids)
+    text = row["text"] + "<start_of_turn>user\nmore<eos>"
+    ids, labels = AnswerMask(tokenizer, turn_markers([row["text"]]), stops).labels(text)
     assert trained_text(tokenizer, ids, labels) == "Hello!<end_of_turn>"
-    assert trained_text(tokenizer, ids, AnswerMask(tokenizer, turn_markers([row["text"]])).labels(ids)) \
+    assert trained_text(tokenizer, *AnswerMask(tokenizer, turn_markers([row["text"]])).labels(text)) \
         == "Hello!<end_of_turn>\n"  # the tokenizer's EOS alone: the answer runs on to the next turn
 
 
@@ -218,8 +219,7 @@ def test_the_template_turn_end_is_a_stop_token_where_the_model_files_name_anothe
     assert row["text"].endswith("Hello!<|im_end|>\n")  # no <|im_start|> trained after the answer
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_ids(tokenizer, None)
     mask = AnswerMask(tokenizer, turn_markers([row["text"]]), stop_ids(tokenizer, None))
-    ids = encode(tokenizer, row["text"])
-    assert trained_text(tokenizer, ids, mask.labels(ids)).endswith("Hello!<|im_end|>")
+    assert trained_text(tokenizer, *mask.labels(row["text"])).endswith("Hello!<|im_end|>")
 
 
 def test_a_template_whose_turn_end_the_tokenizer_lacks_is_refused(workdir, tiny_qwen3):
@@ -277,26 +277,46 @@ def test_a_conversation_the_chat_template_refuses_is_a_row_error(tokenizer):
     assert render([turns[0], turns[2]], strict, "chat", False)["reference"] == "A"
 
 
-def test_response_only_training_refuses_rows_whose_answer_the_mask_cannot_find(tokenizer):
+def test_the_answer_mask_finds_answers_a_tokenizer_merges_with_the_marker(tokenizer):
     """A tokenizer that merges the response marker's line break with an answer's leading one (Qwen's and Llama 3's
-    vocabularies hold "\\n\\n") hides the marker from the answer mask: such rows would train on nothing, and TRL
-    drops them unsaid."""
+    vocabularies hold "\n\n") hides the marker among the tokens: the mask finds the answer in the text and
+    trains the merged token, which holds the answer's first character."""
     import copy
-
-    from slothline.kinds._generative.chat import turn_markers
 
     merging = copy.deepcopy(tokenizer)
     merging.add_tokens(["\n\n"])
-    rows = [{"source": "code", "reference": answer,
-             "text": f"<|im_start|>user\nShow it.<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"}
-            for answer in ("x = 1", "\n```python\nx = 1\n```")]
-    markers = turn_markers([row["text"] for row in rows])
-    causal_lm.check_answers_found(rows, tokenizer, markers, None)
-    causal_lm.check_answers_found(rows[:1], merging, markers, None)
-    with pytest.raises(SlothlineError, match=r"^train.train_on_responses_only: the answers of 1 of 2 train rows cannot be "
-                                             r"found after the response marker '<\|im_start\|>assistant\\n' .*first: "
-                                             r"source 'code', .*remove the leading line breaks"):
-        causal_lm.check_answers_found(rows, merging, markers, None)
+    answer = "\n```python\nx = 1\n```"
+    row = {"text": f"<|im_start|>user\nShow it.<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"}
+    markers = turn_markers([row["text"]])
+    for tok in (tokenizer, merging):
+        [example] = causal_lm.tokenized([row], tok, markers)
+        trained = [t for t, m in zip(example["input_ids"], example["assistant_masks"]) if m]
+        assert trained and tok.decode(trained).endswith(answer + "<|im_end|>")
+    merged = merging.convert_tokens_to_ids("\n\n")
+    assert merged in example["input_ids"] and merged == trained[0]
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_the_answer_mask_finds_alpaca_answers_with_a_sentencepiece_tokenizer(tmp_path, legacy):
+    """SentencePiece tokenizers (Llama 2, Mistral, TinyLlama) write "### Response:" with a word-start mark alone
+    but not after a line break: a mask matching the marker's tokens found no answer in any row."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny_families import tiny_family_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_family_model(tmp_path / "mistral", "mistral", legacy=legacy))
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red, like a rose."}]
+    row = render(messages, tokenizer, "alpaca", False)
+    markers = turn_markers([row["text"]])
+    alone = tokenizer(markers[1], add_special_tokens=False)["input_ids"]
+    ids = encode(tokenizer, row["text"])
+    assert not any(ids[i : i + len(alone)] == alone for i in range(len(ids)))  # the marker's tokens are not there
+    [example] = causal_lm.tokenized([row], tokenizer, markers)
+    assert example["input_ids"] == ids
+    trained = tokenizer.decode([t for t, m in zip(ids, example["assistant_masks"]) if m])
+    assert trained.strip() == "Red, like a rose.</s>"
+    [(length, answer_start)] = token_lengths([row], tokenizer)
+    assert tokenizer.decode(ids[answer_start:]).strip() == "Red, like a rose.</s>" and length == len(ids)
 
 
 def test_templates_that_write_todays_date_get_a_fixed_one(tokenizer):

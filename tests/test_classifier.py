@@ -13,7 +13,7 @@ from slothline import kinds
 from slothline.artifacts import (CONFUSION_FILE, DATA_METRICS, EVAL_CHART, EVAL_METRICS, EXPORT_METRICS, MANIFEST_FILE,
                                  MERGED_DIR, ONNX_DIR, PARAMS_FILE, REPORT_FILE, TRAIN_METRICS, TUNED_DIR)
 from slothline.errors import RowError, SlothlineError
-from slothline.kinds import classifier
+from slothline.kinds import classifier, context_length
 from slothline.params import load_params
 from tests.conftest import ROOT, kind_defaults, load, write_params
 
@@ -420,9 +420,10 @@ def test_a_checkpoints_own_head_is_replaced_or_trained_for_one_class_per_row(tmp
     assert model(**inputs, labels=torch.tensor([2, 0])).loss.ndim == 0
 
 
-def test_a_decoder_classifier_without_a_pad_token_pads_with_eos(tmp_path, builtin_cache):
+def test_a_decoder_classifier_without_a_pad_token_pads_with_eos(tmp_path, monkeypatch, builtin_cache):
     """Llama's tokenizer has no pad token: the classifier pads with EOS (the config's pad_token_id too, by which the
     head finds each row's last token); a tokenizer with neither is refused by check_params."""
+    monkeypatch.chdir(tmp_path)  # outside the project: a local model.name need not be a dependency here
     from slothline.builtin import build_byte_tokenizer
 
     tokenizer = build_byte_tokenizer()
@@ -446,6 +447,8 @@ def test_distilbert_adapts_its_family_layers_and_a_family_without_defaults_is_re
     """DistilBERT's layers (PEFT has no default for them) are its family record's; for a model type that neither
     families.py nor PEFT gives default layers, check_params asks for lora.target_modules, listing the layers."""
     from slothline import families
+
+    monkeypatch.chdir(tmp_path)  # outside the project: a local model.name need not be a dependency here
 
     name = tiny_checkpoint(tmp_path / "distilbert", "DistilBertConfig", hidden_dim=64)
     model, _ = cpu_load(classifier_params(model={"name": name}))
@@ -482,9 +485,10 @@ def test_onnx_export_takes_only_the_inputs_the_models_forward_names(tmp_path, bu
     assert check_onnx(tmp_path / "onnx" / "model.onnx", merged, TEXTS)["max_abs_logit_diff"] <= 1e-4
 
 
-def test_roberta_positions_start_after_the_padding_id(tmp_path, builtin_cache):
+def test_roberta_positions_start_after_the_padding_id(tmp_path, monkeypatch, builtin_cache):
     """RoBERTa's position ids start at pad_token_id + 1 (here 0 + 1: 66 positions hold 65 tokens): check_params
     allows that many, and evaluate cuts a longer test row there, though the tokenizer sets no model_max_length."""
+    monkeypatch.chdir(tmp_path)  # outside the project: a local model.name need not be a dependency here
     name = tiny_checkpoint(tmp_path / "roberta", "RobertaConfig", max_length=int(1e30), type_vocab_size=1,
                            max_position_embeddings=66)
     with pytest.raises(SlothlineError, match=rf"^model.max_seq_length: 66 is above the 65 positions {name} has "
@@ -497,14 +501,15 @@ def test_roberta_positions_start_after_the_padding_id(tmp_path, builtin_cache):
     assert classifier.predict(model, tokenizer, [{"text": "the lamp is great " * 40}], params)[0] in LABELS
 
 
-def test_max_seq_length_above_the_tokenizers_limit_is_refused(tmp_path, builtin_cache):
+def test_max_seq_length_above_the_tokenizers_limit_is_refused(tmp_path, monkeypatch, builtin_cache):
     """A tokenizer's model_max_length below the positions (64) is the context check_params, evaluate and the ONNX
     check share."""
+    monkeypatch.chdir(tmp_path)  # outside the project: a local model.name need not be a dependency here
     from transformers import AutoConfig, AutoTokenizer
 
     name = tiny_checkpoint(tmp_path / "bert", "BertConfig", max_length=16)
     config, tokenizer = AutoConfig.from_pretrained(name).to_dict(), AutoTokenizer.from_pretrained(name)
-    assert classifier.context_length(config, tokenizer) == 16
+    assert context_length(config, tokenizer) == 16
     with pytest.raises(SlothlineError, match=rf"^model.max_seq_length: 32 is above the 16 tokens {name}'s tokenizer "
                                              r"takes \(model_max_length\); set it to at most 16$"):
         kinds.check(classifier, classifier_params(model={"name": name, "max_seq_length": 32}))

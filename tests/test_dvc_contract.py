@@ -4,6 +4,7 @@ committed tree, and a file outside a stage's deps is refused instead of silently
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import pytest
 import yaml
 
 from slothline import kinds
-from slothline.dvcfile import require_declared
+from slothline.dvcfile import require_declared, require_model_declared
 from slothline.errors import SlothlineError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 KINDS = tuple(kinds.names())
@@ -140,3 +141,25 @@ def test_data_outside_the_stage_deps_is_refused(tmp_path, monkeypatch):
                                              r"dependency of the prepare stage in dvc.yaml \(data/raw\).*add "
                                              r"`- data/extra/mine.jsonl` to the deps of prepare"):
         require_declared("prepare", {"data.sources[1].path": Path("data/extra/mine.jsonl")})
+
+
+def test_a_local_model_must_be_a_dependency_of_the_stages_that_read_it(tmp_path, monkeypatch, tiny_qwen3):
+    """A local directory as model.name changes without DVC noticing unless the stages that read its files
+    depend on it: check_params and those stages refuse it, naming the stages and the dvc.yaml line to add."""
+    monkeypatch.chdir(tmp_path)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
+    model = shutil.copytree(tiny_qwen3, tmp_path / "checkpoints" / "qwen")
+    with pytest.raises(SlothlineError, match=rf"^model.name: {model} is a local directory that no dependency of the "
+                                             r"prepare and train stages in dvc.yaml covers, .*add `- "):
+        kinds.check(kinds.get("causal_lm"), load(model={"name": str(model)}))
+    with pytest.raises(SlothlineError, match=r"of the preference stage in dvc.yaml"):
+        require_model_declared(str(model), ["preference"])
+    for stage in ("prepare", "train"):
+        stages["stages"][stage]["deps"].append("checkpoints")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
+    kinds.check(kinds.get("causal_lm"), load(model={"name": str(model)}))
+    with pytest.raises(SlothlineError, match=r"preference stage"):  # preference tuning reads it too
+        kinds.check(kinds.get("causal_lm"), load(model={"name": str(model)}, preference={"method": "dpo"}))
+    for name in ("builtin:tiny-qwen3", "Qwen/Qwen3-0.6B"):  # pinned by code or by model.revision
+        require_model_declared(name, ["prepare", "train", "preference"])

@@ -104,8 +104,8 @@ def compare_merged(workdir) -> dict:
 
 
 def test_unsloth_labels_match_the_hf_backend_masks(prepared):
-    """Unsloth's train_on_responses_only and our answer mask (the hf backend's assistant_masks) train on exactly
-    the same tokens."""
+    """Unsloth's SFTTrainer turns the answer mask (the dataset's assistant_masks, as on hf) into labels on exactly
+    the answers' tokens: it neither drops, cuts nor re-masks a row."""
     from slothline import backends, kinds
     from slothline.kinds._generative.chat import turn_markers
     from slothline.kinds.causal_lm import tokenized

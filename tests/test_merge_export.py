@@ -393,7 +393,8 @@ def check(**sections) -> None:
     kinds.check(kinds.get("causal_lm"), load(**sections))
 
 
-def test_a_family_without_a_gguf_record_is_refused_at_params_time(tmp_path, tiny_qwen3):
+def test_a_family_without_a_gguf_record_is_refused_at_params_time(tmp_path, monkeypatch, tiny_qwen3):
+    monkeypatch.chdir(tmp_path)  # outside the project: a local model.name need not be a dependency here
     olmo = model_directory(tmp_path / "olmo", tiny_qwen3, "olmo2")
     with pytest.raises(SlothlineError, match=r"export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama, "
                                              r"mistral, gemma3_text, phi3, qwen3_vl models, not 'olmo2'; set export.formats: \[\]"):

@@ -541,23 +541,24 @@ def test_labels_are_the_answers_only(processor, tmp_path):
     assert (everything[batch["attention_mask"] == 1] == -100).sum() == 8  # only the image tokens
 
 
-class MarkerTokens:
-    """A tokenizer that knows only the two turn markers: user = [1, 2], assistant = [1, 3]; end of turn 9."""
+class EndOfTurn:
+    """A tokenizer whose end of turn (EOS) is <eot>: all the answer mask asks of it before tokenizing."""
 
     eos_token = "<eot>"
-    MARKERS = {"<user>": [1, 2], "<assistant>": [1, 3]}
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": self.MARKERS[text]}
 
     def convert_tokens_to_ids(self, token):
         return 9
 
+    def decode(self, ids):
+        return "<eot>"
 
-def test_answer_labels_stop_at_the_end_of_turn_or_the_next_marker():
-    mask = AnswerMask(MarkerTokens(), ("<user>", "<assistant>"))
-    ids = [1, 2, 5, 9, 1, 3, 6, 7, 9, 4, 1, 3, 8]  # user 5 <eos> assistant 6 7 <eos> 4 assistant 8 (cut off)
-    assert mask.labels(ids) == [-100] * 6 + [6, 7, 9, -100, -100, -100, 8]
+
+def test_answers_stop_at_the_end_of_turn_or_the_next_marker():
+    mask = AnswerMask(EndOfTurn(), ("<user>", "<assistant>"))
+    text = "<user>5<eot><assistant>67<eot>4<assistant>8<user>9<assistant>x"  # the last answer is cut off
+    assert [text[s:e] for s, e in mask.spans(text)] == ["67<eot>", "8", "x"]
+    literal = text.index("<eot>", text.index("67"))  # an <eot> that message text spells is text
+    assert [text[s:e] for s, e in mask.spans(text, [[literal, literal + 5]])] == ["67<eot>4", "8", "x"]
 
 
 # --- model, LoRA, params -----------------------------------------------------------------------------------

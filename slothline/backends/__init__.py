@@ -9,9 +9,7 @@ transformers (nothing in this package's top, nor in a kind's, imports it). Each 
   for_inference(model, task) -> None
   merge(task, spec, runtime, adapter_dir, out_dir, save_method) -> None   (LoRA into the base weights)
 and what differs between them, for the kinds and the trainer settings:
-  RESPONSE_MASKS_IN_DATA   whether response-only loss comes from the dataset's `assistant_masks`
   TRAINER_CHECKPOINTING    whether gradient checkpointing is the Trainer's (else the backend's own)
-  response_only(trainer, markers) -> trainer     the backend's own response-only training, if any
   vision_collator(model, processor, markers)     the backend's own vision collator, or None
   prepare_trainer(trainer) -> None                the backend's own settings on the trainer a stage built
 """

@@ -9,7 +9,6 @@ from slothline.backends import NEW_WEIGHTS_SEED, attention
 from slothline.backends.lora import lora_settings
 from slothline.errors import SlothlineError
 
-RESPONSE_MASKS_IN_DATA = True  # TRL's collator masks the labels by the dataset's `assistant_masks`
 TRAINER_CHECKPOINTING = True  # gradient checkpointing is transformers', asked for through TrainingArguments
 
 
@@ -73,11 +72,6 @@ def continue_lora(task, spec, runtime, adapter_dir, params):
 
     model, processor = load(task, spec, runtime)
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), processor
-
-
-def response_only(trainer, markers: tuple[str, str]):
-    """Nothing to add: the dataset's `assistant_masks` already say which tokens are answers."""
-    return trainer
 
 
 def vision_collator(model, processor, markers):

@@ -15,7 +15,6 @@ from slothline.backends import NEW_WEIGHTS_SEED, attention
 from slothline.backends.lora import lora_settings
 from slothline.errors import SlothlineError
 
-RESPONSE_MASKS_IN_DATA = False  # Unsloth's train_on_responses_only masks the labels itself
 TRAINER_CHECKPOINTING = False  # gradient checkpointing is Unsloth's own (reentrant), set up by get_peft_model
 
 FAST_CLASSES = {
@@ -76,13 +75,6 @@ def continue_lora(task, spec, runtime, adapter_dir, params):
     FastLanguageModel patches itself and those it hands to FastModel alike, and readies it for DDP."""
     return load(task, replace(spec, source=str(adapter_dir), revision=None), runtime,
                 use_gradient_checkpointing="unsloth" if params.train.gradient_checkpointing else False)
-
-
-def response_only(trainer, markers: tuple[str, str]):
-    """Unsloth's train_on_responses_only: labels only on the answers, by the same turn markers."""
-    from unsloth.chat_templates import train_on_responses_only
-
-    return train_on_responses_only(trainer, instruction_part=markers[0], response_part=markers[1])
 
 
 def vision_collator(model, processor, markers):

@@ -95,7 +95,8 @@ def check(task: Task, params) -> None:
     that later stages need, transformers knows the scheduler and optimizer, this machine can run what is
     asked (GPU-only settings, GPU counts), `lora.target_modules` name layers the model has; then the kind's
     own `check`."""
-    from slothline import training
+    from slothline import runtime, training
+    from slothline.dvcfile import require_model_declared
     from slothline.models import kind_of_config, model_config
 
     config = model_config(params.model.name, params.model.revision)
@@ -121,6 +122,10 @@ def check(task: Task, params) -> None:
         raise SlothlineError("data.test_fraction: 0 leaves no test split, but evaluate scores the tuned model on it; "
                              "set it above 0 (e.g. 0.1)")
     training.check_training(task, params)
+    runtime.check_machine(params, runtime.probe())
+    tuning = params.preference.method != "none"
+    reading = ["prepare", *["train"] * getattr(params.train, "sft", True), *["preference"] * tuning]
+    require_model_declared(params.model.name, reading)
     task.check(params)
 
 
@@ -138,6 +143,17 @@ def positions(config: dict) -> int | None:
     if count and family(config.get("model_type")).positions_after_padding:
         count -= (config.get("pad_token_id") or 0) + 1
     return count
+
+
+def context_length(config, tokenizer=None) -> int | None:
+    """The most tokens of a row the model takes (`config`: its config.json as a dict, or a loaded model's config):
+    its `positions`, or the tokenizer's model_max_length where that is fewer (a tokenizer that sets none has
+    transformers' 1e30); None where neither is known."""
+    if not isinstance(config, dict):  # its attribute names map GPT-2's n_positions to max_position_embeddings
+        config = {**config.to_dict(), "max_position_embeddings": getattr(config, "max_position_embeddings", None)}
+    set_by_tokenizer = tokenizer.model_max_length if tokenizer and tokenizer.model_max_length < 10**12 else None
+    limits = [limit for limit in (positions(config), set_by_tokenizer) if limit]
+    return min(limits) if limits else None
 
 
 def check_export_formats(task: Task, formats: list[str]) -> None:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import numpy as np
 
 from slothline.errors import SlothlineError
-from slothline.kinds import Evaluation, with_base
+from slothline.kinds import Evaluation, context_length, with_base
 from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
-from slothline.kinds._generative.generation import (answer_loss, context_length, ensure_pad_token, generation_settings,
+from slothline.kinds._generative.generation import (answer_loss, ensure_pad_token, generation_settings,
                                                     loss_rows, plan, prompt_lengths, same_batches)
 from slothline.kinds._generative.metrics import loss_metrics, text_metrics
 
@@ -35,15 +35,33 @@ class AnswerCollator:
                              [literal_spans(row, "text") for row in rows], pictures, padding_side="right")
         import torch
 
+        labels = batch["input_ids"].clone()
         if self.mask:
-            labels = torch.tensor([self.mask.labels(ids) for ids in batch["input_ids"].tolist()])
-        else:
-            labels = batch["input_ids"].clone()
-            if self.image_id is not None:
-                labels[labels == self.image_id] = -100
+            for b, row in enumerate(rows):
+                length = int(batch["attention_mask"][b].sum())
+                ids, answers = self.mask.labels(row["text"], literal_spans(row, "text"))
+                labels[b, :length] = torch.tensor(along_images(answers, ids, labels[b, :length].tolist(), self.image_id))
+        elif self.image_id is not None:
+            labels[labels == self.image_id] = -100
         labels[batch["attention_mask"] == 0] = -100
         batch["labels"] = labels
         return dict(batch)
+
+
+def along_images(labels: list[int], ids: list[int], processed: list[int], image_id: int | None) -> list[int]:
+    """The `labels` of a text's token `ids` for the processor's ids of it, `processed`, where each image
+    placeholder became a run of image tokens (-100 on the run)."""
+    out, i = [], 0
+    for j, token in enumerate(processed):
+        if token == image_id and j and processed[j - 1] == image_id:
+            out.append(-100)
+            continue
+        if i >= len(ids) or ids[i] != token:
+            raise SlothlineError(f"the processor's token ids of a text differ from its tokenizer's at token {j} "
+                                 "beyond the expansion of image placeholders; the answer mask cannot be placed")
+        out.append(-100 if token == image_id else labels[i])
+        i += 1
+    return out
 
 
 def check_kv_cache(params) -> None:
@@ -90,8 +108,8 @@ def loss_coverage(processor, model, params, splits: dict[str, list[dict]], max_l
     coverage = {"loss_on": "answers" if mask else "whole text"}
     for name, rows in splits.items():
         covered = cut = 0
-        for ids in encode_rows(processor, rows):
-            targets = (mask.labels(ids) if mask else [-100, *ids[1:]])  # the first token is never predicted
+        labelled = mask.rows(rows) if mask else [(ids, [-100, *ids[1:]]) for ids in encode_rows(processor, rows)]
+        for _, targets in labelled:  # without a mask, the first token is never predicted
             positions = [i for i, target in enumerate(targets) if target != -100 and target != image_id]
             kept = sum(max_length is None or i < max_length for i in positions)
             covered, cut = covered + kept, cut + len(positions) - kept
@@ -127,7 +145,7 @@ def evaluate(answers_of: Callable, model, processor, rows: list[dict], params, b
         markers = None
     stops = stop_ids(processor, model.generation_config)
     collate = AnswerCollator(processor, markers, images, stops)
-    context = context_length(model)
+    context = context_length(model.config)
     references = [row["reference"] for row in rows]
     needed = [answer_tokens(processor, row, stops) for row in rows]
     too_long = sum(count > settings.max_new_tokens for count in needed)

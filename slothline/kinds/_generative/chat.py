@@ -2,9 +2,9 @@
 
 `render` turns canonical messages into the training `text`, the generation `prompt` and the `reference`
 answer: with the model's chat template (`chat`) or the classic Alpaca prompt (`alpaca`). `AnswerMask` is
-THE answer mask: the tokens after each response marker up to and including the end of the turn (the first
-of the model's stop tokens), the ones Unsloth's train_on_responses_only keeps. Training on hf, the eval
-loss and prepare's token statistics all use it.
+THE answer mask: the tokens holding the characters after each response marker up to and including the end
+of the turn (the first of the model's stop tokens). Training on both backends, the eval loss and prepare's
+token statistics all use it.
 
 Message text is text. Where a message spells one of the tokenizer's special tokens (a user typing
 `<|im_end|>\\n<|im_start|>assistant\\n`), the rendered row records those characters under `literals`
@@ -19,7 +19,7 @@ from jinja2.exceptions import TemplateError
 
 from slothline.errors import RowError, SlothlineError
 from slothline.families import CHAT_FORMATS
-from slothline.kinds._generative.tokens import LITERALS, encode, literal_spans, tokenizer_of
+from slothline.kinds._generative.tokens import LITERALS, encode, encode_rows, literal_spans, tokenizer_of
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -180,30 +180,53 @@ def markers_of(text: str) -> tuple[str, str] | None:
 
 
 class AnswerMask:
-    """`labels(ids)`: the ids on the answers (after each response marker, up to and including the end of the
-    turn: the first of `stop_ids`, the tokenizer's EOS when not given; or up to the next marker) and -100
-    elsewhere, for one tokenizer and pair of turn markers."""
+    """The answers of rendered texts, for one tokenizer and pair of turn markers, found in the text and not
+    among its tokens: the characters after each response marker up to and including the end of the turn (the
+    first of `stop_ids`, the tokenizer's EOS when not given) or up to the next marker; markers and turn ends
+    that message text spells (a row's literals) are text. A token holding any answer character is an answer
+    token, so a tokenizer that merges the marker's last line break with an answer's first (Qwen's "\n\n") or
+    writes the marker otherwise inside a text than alone (SentencePiece's word starts) loses no answer."""
 
     def __init__(self, processor, markers: tuple[str, str], stop_ids=None):
+        self.processor = processor
         tokenizer = tokenizer_of(processor)
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
-        self.instruction, self.response = encode(markers[0]), encode(markers[1])
-        self.stop_ids = set(stop_ids or [tokenizer.convert_tokens_to_ids(tokenizer.eos_token)])
+        stop_ids = stop_ids or [tokenizer.convert_tokens_to_ids(tokenizer.eos_token)]
+        self.instruction, self.response = markers
+        self.stops = [stop for stop in (tokenizer.decode([i]) for i in stop_ids) if stop]
 
-    def labels(self, ids: list[int]) -> list[int]:
-        at = lambda i, marker: ids[i : i + len(marker)] == marker
-        targets, i = [-100] * len(ids), 0
-        while i < len(ids):
-            if not at(i, self.response):
-                i += 1
-                continue
-            i += len(self.response)
-            while i < len(ids) and not at(i, self.response) and not at(i, self.instruction):
-                targets[i] = ids[i]
-                i += 1
-                if ids[i - 1] in self.stop_ids:
-                    break
-        return targets
+    def spans(self, text: str, literals=()) -> list[tuple[int, int]]:
+        """The (start, end) characters of each answer in `text`."""
+        def find(needle: str, start: int) -> int | None:
+            at = text.find(needle, start)
+            while at >= 0 and any(s < at + len(needle) and at < e for s, e in literals):
+                at = text.find(needle, at + 1)
+            return at if at >= 0 else None
+
+        spans, cursor = [], 0
+        while (marker := find(self.response, cursor)) is not None:
+            start = marker + len(self.response)
+            ends = [at + len(stop) for stop in self.stops if (at := find(stop, start)) is not None]
+            ends += [at for part in (self.response, self.instruction) if (at := find(part, start)) is not None]
+            cursor = min(ends, default=len(text))
+            spans.append((start, cursor))
+        return spans
+
+    def labels(self, text: str, literals=()) -> tuple[list[int], list[int]]:
+        """The token ids of a rendered text (`encode`'s, `literals` its literal spans) and their labels: the id
+        on answer tokens, -100 elsewhere."""
+        ids, places = encode(self.processor, text, literals, offsets=True)
+        return ids, self.labels_of(ids, places, self.spans(text, literals))
+
+    def rows(self, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
+        """`labels` of each rendered row's `text`, the rows without literals tokenized in one batch."""
+        encoded = encode_rows(self.processor, rows, offsets=True)
+        return [(ids, self.labels_of(ids, places, self.spans(row["text"], literal_spans(row, "text"))))
+                for row, (ids, places) in zip(rows, encoded)]
+
+    @staticmethod
+    def labels_of(ids: list[int], places, spans: list[tuple[int, int]]) -> list[int]:
+        inside = lambda s, e: any(start <= s < end or s < start < e for start, end in spans)
+        return [token if inside(s, e) else -100 for token, (s, e) in zip(ids, places)]
 
 
 def token_lengths(rows: list[dict], processor, extra_tokens=lambda row: 0) -> list[tuple[int, int | None]]:
@@ -213,13 +236,13 @@ def token_lengths(rows: list[dict], processor, extra_tokens=lambda row: 0) -> li
     masks = {}
     lengths = []
     for row in rows:
-        ids = encode(processor, row["text"], literal_spans(row, "text"))
-        markers = markers_of(row["text"])
+        spans = literal_spans(row, "text")
         start = None
-        if markers:
-            mask = masks.setdefault(markers, AnswerMask(processor, markers))
-            labels = mask.labels(ids)
+        if markers := markers_of(row["text"]):
+            ids, labels = masks.setdefault(markers, AnswerMask(processor, markers)).labels(row["text"], spans)
             start = next((i for i, label in enumerate(labels) if label != -100), len(ids))
+        else:
+            ids = encode(processor, row["text"], spans)
         extra = extra_tokens(row)
         lengths.append((len(ids) + extra, None if start is None else start + extra))
     return lengths

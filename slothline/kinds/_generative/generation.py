@@ -166,11 +166,6 @@ def kv_budget(model) -> int:
     return int((free + cached) * 0.5 // kv_bytes_per_token(model))
 
 
-def context_length(model) -> int | None:
-    """The positions the model was trained for (its text config's max_position_embeddings); None where unknown."""
-    return getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
-
-
 def kv_bytes_per_token(model) -> int:
     """The bytes of keys and values one cached token takes, over every layer."""
     config = inner_model(model).config.get_text_config(decoder=True)

@@ -2,6 +2,8 @@
 plain text: one row (`encode`) or a padded batch through the tokenizer or a multimodal processor
 (`encode_batch`)."""
 
+from slothline.errors import SlothlineError
+
 # rendered field: {"text": [[start, end], ...], "prompt": [...]}, the message text that spells special tokens
 LITERALS = "literals"
 
@@ -16,40 +18,72 @@ def literal_spans(row: dict, field: str) -> list[list[int]]:
     return (row.get(LITERALS) or {}).get(field) or []
 
 
-def encode(processor, text: str, spans=()) -> list[int]:
+def encode(processor, text: str, spans=(), offsets: bool = False):
     """The token ids of a rendered text, the characters of `spans` (message text spelling special tokens)
     tokenized as plain text: each stretch between two of the template's special tokens that holds such a
-    span is tokenized again with split_special_tokens. Without spans: exactly the tokenizer's ids."""
+    span is tokenized again with split_special_tokens. Without spans: exactly the tokenizer's ids. With
+    `offsets`: (ids, each token's (start, end) characters in `text`)."""
     tokenizer = tokenizer_of(processor)
-    if not spans:
+    if not spans and not offsets:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    encoded = _encoded_with_offsets(tokenizer, text)
+    ids, places = encoded["input_ids"], encoded["offset_mapping"]
+    if spans:
+        ids, places = _literals_as_text(tokenizer, text, spans, ids, places)
+    return (ids, places) if offsets else ids
+
+
+def _encoded_with_offsets(tokenizer, texts, **options) -> dict:
+    """The tokenizer's encoding of `texts` (one or a list) with each token's character span, `offset_mapping`."""
+    try:
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, **options)
+    except NotImplementedError:
+        encoded = {}
+    if "offset_mapping" not in encoded:
+        raise SlothlineError(
+            f"model.name: the tokenizer ({type(tokenizer).__name__}) gives no character offsets, which the answer "
+            "mask and message text spelling special tokens need; use the model's tokenizer.json (a fast tokenizer), "
+            "or set train.train_on_responses_only: false")
+    return encoded
+
+
+def _literals_as_text(tokenizer, text: str, spans, ids: list[int], places: list) -> tuple[list[int], list]:
     special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
-    literal = lambda i: ids[i] in special and any(s <= offsets[i][0] and offsets[i][1] <= e for s, e in spans)
+    literal = lambda i: ids[i] in special and any(s <= places[i][0] and places[i][1] <= e for s, e in spans)
     bounds = [i for i in range(len(ids)) if ids[i] in special and not literal(i)]
-    out, previous = [], -1
+    out_ids, out_places, previous = [], [], -1
     for bound in [*bounds, len(ids)]:
         run = range(previous + 1, bound)
         if any(literal(i) for i in run):
-            start = offsets[previous][1] if previous >= 0 else 0
-            end = offsets[bound][0] if bound < len(ids) else len(text)
-            out += tokenizer(text[start:end], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            start = places[previous][1] if previous >= 0 else 0
+            end = places[bound][0] if bound < len(ids) else len(text)
+            piece = _encoded_with_offsets(tokenizer, text[start:end], split_special_tokens=True)
+            out_ids += piece["input_ids"]
+            out_places += [(start + s, start + e) for s, e in piece["offset_mapping"]]
         else:
-            out += ids[previous + 1 : bound]
+            out_ids += ids[previous + 1 : bound]
+            out_places += places[previous + 1 : bound]
         if bound < len(ids):
-            out.append(ids[bound])
+            out_ids.append(ids[bound])
+            out_places.append(places[bound])
         previous = bound
-    return out
+    return out_ids, out_places
 
 
-def encode_rows(processor, rows: list[dict], field: str = "text") -> list[list[int]]:
-    """`encode`'s ids of each rendered row's `field`, the rows without literals tokenized in one batch."""
+def encode_rows(processor, rows: list[dict], field: str = "text", offsets: bool = False) -> list:
+    """`encode`'s ids (with `offsets`: (ids, offsets)) of each rendered row's `field`, the rows without literals
+    tokenized in one batch."""
     if not rows:
         return []
-    ids = tokenizer_of(processor)([row[field] for row in rows], add_special_tokens=False)["input_ids"]
-    return [encode(processor, row[field], spans) if (spans := literal_spans(row, field)) else row_ids
-            for row, row_ids in zip(rows, ids)]
+    tokenizer = tokenizer_of(processor)
+    texts = [row[field] for row in rows]
+    if offsets:
+        encoded = _encoded_with_offsets(tokenizer, texts)
+        batch = list(zip(encoded["input_ids"], encoded["offset_mapping"]))
+    else:
+        batch = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [encode(processor, row[field], spans, offsets) if (spans := literal_spans(row, field)) else encoded_row
+            for row, encoded_row in zip(rows, batch)]
 
 
 def encode_batch(processor, texts: list[str], literals: list | None = None, images: list | None = None,

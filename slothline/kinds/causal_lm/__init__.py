@@ -96,45 +96,22 @@ def lora_extras(params, model) -> dict:
 
 def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[dict], val_rows: list[dict],
                   output_dir: str, callbacks: list):
-    """TRL's SFTTrainer configured from `train.*`, on the rendered `text` of the prepared rows, with the val loss
-    every `train.eval_steps`; response-only loss (`train.train_on_responses_only`) as the backend applies it."""
+    """TRL's SFTTrainer configured from `train.*`, on the token ids of the prepared rows' `text`, with the val loss
+    every `train.eval_steps`; response-only loss (`train.train_on_responses_only`) by the answer mask, which both
+    backends' trainers turn into labels."""
     from slothline.training import sft_config, sft_trainer_class
 
     markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
-    data_markers = markers if backend.RESPONSE_MASKS_IN_DATA else None
     args = sft_config(backend, runtime, params, output_dir, bool(val_rows), VAL_METRICS[0], params.train.packing)
     stops = stop_ids(tokenizer, model.generation_config)
-    if markers:
-        check_answers_found(train_rows, tokenizer, markers, stops)
-    trainer = sft_trainer_class(runtime)(
+    return sft_trainer_class(runtime)(
         model=model,
         args=args,
-        train_dataset=tokenized(train_rows, tokenizer, data_markers, stops, params.model.max_seq_length),
-        eval_dataset=tokenized(val_rows, tokenizer, data_markers, stops, params.model.max_seq_length) if val_rows else None,
+        train_dataset=tokenized(train_rows, tokenizer, markers, stops, params.model.max_seq_length),
+        eval_dataset=tokenized(val_rows, tokenizer, markers, stops, params.model.max_seq_length) if val_rows else None,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    return backend.response_only(trainer, markers) if markers else trainer
-
-
-def check_answers_found(rows: list[dict], tokenizer, markers: tuple[str, str], stop_ids: list[int]) -> None:
-    """Refuse response-only training where the answer mask finds no answer token in a row: the tokenizer splits
-    the response marker otherwise inside the text than alone, and such a row would train on nothing (TRL drops
-    it unsaid, and with every row gone fails deep inside the data loader)."""
-    mask = AnswerMask(tokenizer, markers, stop_ids)
-    lost = [row for row, ids in zip(rows, encode_rows(tokenizer, rows)) if all(x == -100 for x in mask.labels(ids))]
-    if not lost:
-        return
-    if all(row.get("reference", "")[:1].isspace() for row in lost):
-        why = ("their answers start with whitespace, which this tokenizer merges with the marker's last characters; "
-               "remove the leading line breaks and spaces of those answers in the data")
-    else:
-        why = ("this tokenizer splits the marker otherwise inside a text than alone (a SentencePiece tokenizer marks "
-               "a word's start); set train.train_on_responses_only: false to train on the whole texts")
-    raise SlothlineError(
-        f"train.train_on_responses_only: the answers of {len(lost)} of {len(rows)} train rows cannot be found after "
-        f"the response marker {markers[1]!r} among their tokens, so they would train on nothing (first: source "
-        f"{lost[0].get('source')!r}, answer {lost[0].get('reference', '')[:40]!r}): {why}")
 
 
 def loss_coverage(model, tokenizer, params, train_rows: list[dict], val_rows: list[dict]) -> dict:
@@ -148,18 +125,19 @@ def loss_coverage(model, tokenizer, params, train_rows: list[dict], val_rows: li
 
 def tokenized(rows: list[dict], tokenizer, markers: tuple[str, str] | None, stop_ids: list[int] | None = None,
               max_length: int | None = None):
-    """A `datasets.Dataset` of `input_ids` cut to `max_length`, plus TRL's `assistant_masks` (the answer mask,
-    each answer ending at the first of `stop_ids`) when `markers` are given. The rendered text already holds its special tokens and
-    EOS; message text that spells special tokens (the rows' `literals`) is tokenized as text. Both backends
-    train on these ids (Unsloth's train_on_responses_only masks them, it tokenizes nothing again)."""
+    """A `datasets.Dataset` of `input_ids` cut to `max_length`, plus `assistant_masks` (the answer mask, each
+    answer ending at the first of `stop_ids`) when `markers` are given: TRL's SFTTrainer and Unsloth's build the
+    labels from them. The rendered text already holds its special tokens and EOS; message text that spells
+    special tokens (the rows' `literals`) is tokenized as text."""
     from datasets import Dataset
 
-    ids = encode_rows(tokenizer, rows)
-    columns = {"input_ids": [row[:max_length] for row in ids]}
-    if markers:
-        mask = AnswerMask(tokenizer, markers, stop_ids)
-        columns["assistant_masks"] = [[int(label != -100) for label in mask.labels(row)][:max_length] for row in ids]
-    return Dataset.from_dict(columns)
+    if not markers:
+        return Dataset.from_dict({"input_ids": [ids[:max_length] for ids in encode_rows(tokenizer, rows)]})
+    labelled = AnswerMask(tokenizer, markers, stop_ids).rows(rows)
+    return Dataset.from_dict({
+        "input_ids": [ids[:max_length] for ids, _ in labelled],
+        "assistant_masks": [[int(label != -100) for label in labels][:max_length] for _, labels in labelled],
+    })
 
 
 def predict(model, tokenizer, rows: list[dict], params) -> list[str]:

@@ -248,7 +248,8 @@ def preference_metrics(model, tokenizer, rows: list[dict], settings) -> dict:
     over its tokens after the prompt, as DPO scores them) and `preference_margin` (the mean difference, in nats)
     over the test split's pairs, `evaluate.batch_size` sequences at a time (auto: as many as fit, their
     logits within generation.LOSS_LOGITS)."""
-    from slothline.kinds._generative.generation import context_length, loss_rows
+    from slothline.kinds import context_length
+    from slothline.kinds._generative.generation import loss_rows
 
     pairs = scored_pairs(rows)
     if not pairs:
@@ -256,7 +257,7 @@ def preference_metrics(model, tokenizer, rows: list[dict], settings) -> dict:
               "and an undesirable answer to the same prompt), so no preference metrics are scored")
         return {"preference_pairs": 0}
     lengths = [max(len(encode(tokenizer, row["prompt"] + answer)) for answer in answers) for row, *answers in pairs]
-    context = context_length(model)
+    context = context_length(model.config)
     past_context = sum(length > context for length in lengths) if context else 0
     if past_context:
         print(f"note: {past_context} of {len(pairs)} preference test pairs pass the model's context ({context} tokens, "

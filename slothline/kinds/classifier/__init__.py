@@ -6,7 +6,7 @@ import inspect
 import re
 
 from slothline.errors import RowError, SlothlineError
-from slothline.kinds import Evaluation, positions, with_base
+from slothline.kinds import Evaluation, context_length, with_base
 from slothline.kinds.classifier.metrics import classification_metrics
 from slothline.kinds.classifier.params import Params, is_number  # noqa: F401 (Params: the protocol's name)
 
@@ -190,18 +190,6 @@ def unseen_label(row: dict, split_name: str, splits: dict, data) -> str:
 def labels(rows: list[dict]) -> list[str]:
     """The classes of the prepared train rows in label_id order (prepare numbered them)."""
     return [label for _, label in sorted({(row["label_id"], row["label"]) for row in rows})]
-
-
-def context_length(config, tokenizer) -> int | None:
-    """The most tokens of a row the model takes (`config`: its config.json as a dict, or a loaded model's config):
-    its positions (kinds.positions: RoBERTa's 514 hold 512), or the tokenizer's model_max_length where that is fewer
-    (a tokenizer that sets none has transformers' 1e30). check_params refuses a longer model.max_seq_length;
-    evaluate and the ONNX check cut each row there."""
-    if not isinstance(config, dict):  # its attribute names map GPT-2's n_positions to max_position_embeddings
-        config = {**config.to_dict(), "max_position_embeddings": getattr(config, "max_position_embeddings", None)}
-    set_by_tokenizer = tokenizer.model_max_length if tokenizer.model_max_length < 10**12 else None
-    limits = [limit for limit in (positions(config), set_by_tokenizer) if limit]
-    return min(limits) if limits else None
 
 
 def forward_inputs(model, inputs) -> dict:

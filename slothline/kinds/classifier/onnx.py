@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from slothline.errors import SlothlineError, run_stage
-from slothline.kinds.classifier import batch, context_length, encode, forward_inputs
+from slothline.kinds import context_length
+from slothline.kinds.classifier import batch, encode, forward_inputs
 
 ONNX_TOLERANCE = 1e-4  # largest absolute logit difference accepted
 EXAMPLE = [{"text": "An example."}, {"text": "A longer example, so that the batch is padded."}]
