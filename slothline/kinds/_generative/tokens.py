@@ -42,8 +42,8 @@ def _encoded_with_offsets(tokenizer, texts, **options) -> dict:
     if "offset_mapping" not in encoded:
         raise SlothlineError(
             f"model.name: the tokenizer ({type(tokenizer).__name__}) gives no character offsets, which the answer "
-            "mask and message text spelling special tokens need; use the model's tokenizer.json (a fast tokenizer), "
-            "or set train.train_on_responses_only: false")
+            "mask and message text spelling special tokens need; use a checkpoint with a tokenizer.json (transformers "
+            "then loads a tokenizer that has them)")
     return encoded
 
 
