@@ -122,6 +122,7 @@ def test_unsloth_labels_match_the_hf_backend_masks(prepared):
     markers = turn_markers([r["text"] for r in rows])
     trainer = task.build_trainer(backend, runtime, params, model, tokenizer, rows, [], str(prepared.path / "out"), [])
     ours = tokenized(rows, tokenizer, markers)
+    assert len(trainer.train_dataset) == len(ours)
     mismatched = sum(
         [t if m else -100 for t, m in zip(mine["input_ids"], mine["assistant_masks"])] != theirs["labels"]
         for mine, theirs in zip(ours, trainer.train_dataset)
