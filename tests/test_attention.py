@@ -101,17 +101,91 @@ def test_generation_with_a_cache_needs_sdpa(tiny_qwen3, tokenizer):
     assert torch.equal(model.generate(**prompt, max_new_tokens=3, do_sample=False), without_cache)
 
 
-@pytest.mark.parametrize("takes_gqa", [False, True])
-def test_varlen_flash_call_matches_per_document_sdpa(monkeypatch, takes_gqa):
-    """The CUDA branch's call of varlen_attn (stood in for by per-document SDPA): layout, bounds, causal window,
-    and enable_gqa passed only to a varlen_attn that accepts it (torch 2.12+), never to torch 2.11's."""
+SLIDING_TEXTS = ("Hello there, how are you today?", "Reverse the word: abcdef", "one two three four five")
+
+
+def sliding_window_models(directory, window):
+    """A tiny checkpoint's model on the registered varlen attention and on sdpa, `window` keys a sliding layer."""
+    from transformers import AutoModelForCausalLM
+
+    load = lambda implementation: AutoModelForCausalLM.from_pretrained(
+        directory, attn_implementation=implementation, sliding_window=window).eval()
+    return load(attention.register_varlen_attention()), load("sdpa")
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma3_text"])
+def test_sliding_window_layers_attend_as_sdpa_does(tmp_path, family):
+    """Mistral 7B v0.1 and Gemma 3's local layers let each query see `sliding_window` keys, itself included: packed
+    rows through the varlen attention give each document's logits alone on sdpa, and a padded batch and a single
+    row give sdpa's logits; with a window longer than the texts the logits differ (the window is in force)."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny_families import tiny_family_model
+
+    directory = tiny_family_model(tmp_path / family, family)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    docs = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in SLIDING_TEXTS]
+    assert min(map(len, docs)) > 3
+    ids = torch.tensor([[t for doc in docs for t in doc]])
+    positions = torch.tensor([[i for doc in docs for i in range(len(doc))]])
+    batch = tokenizer(list(SLIDING_TEXTS), add_special_tokens=False, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        varlen, sdpa = sliding_window_models(directory, 3)
+        together = varlen(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+        alone = torch.cat([sdpa(input_ids=torch.tensor([doc]), use_cache=False).logits[0] for doc in docs])
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(varlen(**batch, use_cache=False).logits, sdpa(**batch, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-4)
+        one = torch.tensor([docs[0]])
+        torch.testing.assert_close(varlen(input_ids=one, use_cache=False).logits, sdpa(input_ids=one, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-4)
+        _, whole = sliding_window_models(directory, 64)
+        unwindowed = torch.cat([whole(input_ids=torch.tensor([doc]), use_cache=False).logits[0] for doc in docs])
+    assert not torch.allclose(unwindowed, alone, atol=1e-3)
+
+
+def test_soft_capped_attention_loads_on_eager_and_packed_rows_attend_within_their_documents(tmp_path, tokenizer):
+    """Gemma 2 caps attention logits, which the varlen kernel cannot: on the varlen path it loads on eager, where
+    transformers' own packed-sequence mask keeps a concatenated row's documents apart."""
+    import dataclasses
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slothline import kinds
+    from slothline.backends import ModelSpec, hf
+    from slothline.runtime import Capabilities, resolve
+    from tests.conftest import load
+
+    config = AutoConfig.for_model("gemma2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                  attn_logit_softcapping=50.0, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma2")
+    tokenizer.save_pretrained(tmp_path / "gemma2")
+    runtime = dataclasses.replace(resolve(load(), Capabilities(cuda=False)), attention=attention.VARLEN_FLASH)
+    model, _ = hf.load(kinds.get("causal_lm"), ModelSpec(str(tmp_path / "gemma2"), None, 64), runtime)
+    assert model.config._attn_implementation == "eager"
+    docs, row = packed_row(tokenizer)
+    n = sum(map(len, docs))
+    with torch.no_grad():
+        together = model(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([ids]), use_cache=False).logits[0] for ids in docs])
+    torch.testing.assert_close(together[:n], alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("takes_gqa, window", [(False, None), (True, None), (False, 2)])
+def test_varlen_flash_call_matches_per_document_sdpa(monkeypatch, takes_gqa, window):
+    """The CUDA branch's call of varlen_attn (stood in for by per-document SDPA): layout, bounds, causal window
+    (a sliding window of W keys is W - 1 to the left), and enable_gqa passed only to a varlen_attn that accepts it
+    (torch 2.12+), never to torch 2.11's."""
     seen = {}
 
     def reference(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_size, **gqa):
-        assert cu_q.dtype == torch.int32 and cu_q is cu_k and window_size == (-1, 0)
+        assert cu_q.dtype == torch.int32 and cu_q is cu_k and window_size == (window - 1 if window else -1, 0)
         assert max_q == max_k == int(cu_q.diff().max())
         seen.update(gqa)
-        return attention._per_document_sdpa(q, k, v, cu_q.tolist(), scale, 0.0)
+        return attention._per_document_sdpa(q, k, v, cu_q.tolist(), scale, 0.0, window)
 
     if takes_gqa:
         def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
@@ -126,10 +200,11 @@ def test_varlen_flash_call_matches_per_document_sdpa(monkeypatch, takes_gqa):
     torch.manual_seed(0)
     q, k, v = torch.randn(9, 4, 8), torch.randn(9, 2, 8), torch.randn(9, 2, 8)
     cu_seqlens = torch.tensor([0, 4, 5, 9], dtype=torch.int32)
-    out = attention._varlen_flash(q, k, v, cu_seqlens, 4, 0.3)
+    out = attention._varlen_flash(q, k, v, cu_seqlens, 4, 0.3, window)
     assert seen == ({"enable_gqa": True} if takes_gqa else {})
+    mask = torch.ones(4, 4, dtype=torch.bool).tril().triu(1 - (window or 4))
     first = torch.nn.functional.scaled_dot_product_attention(
-        q[:4].transpose(0, 1), k[:4].transpose(0, 1), v[:4].transpose(0, 1), is_causal=True, scale=0.3,
+        q[:4].transpose(0, 1), k[:4].transpose(0, 1), v[:4].transpose(0, 1), attn_mask=mask, scale=0.3,
         enable_gqa=True).transpose(0, 1)
     torch.testing.assert_close(out[:4], first)
     assert out.shape == q.shape
@@ -271,6 +346,30 @@ def test_varlen_kernel_on_cuda_matches_per_document_sdpa(tiny_qwen3, tokenizer):
     assert (logits - ref_logits).norm() / ref_logits.norm() < 0.1
     for grad, ref in zip(grads, ref_grads):
         assert (grad - ref).norm() / ref.norm() < 0.1
+
+
+@pytest.mark.gpu
+def test_varlen_kernel_on_cuda_keeps_a_sliding_window(tmp_path):
+    """torch's varlen_attn with a sliding window (Mistral 7B v0.1's layers, 3 keys here) on a packed bf16 row: the
+    logits of the same function's per-document branch in float32 with the window, not those without it."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny_families import tiny_family_model
+
+    directory = tiny_family_model(tmp_path / "mistral", "mistral")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    docs = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in SLIDING_TEXTS]
+    row = {"input_ids": torch.tensor([[t for doc in docs for t in doc]]),
+           "position_ids": torch.tensor([[i for doc in docs for i in range(len(doc))]]), "use_cache": False}
+    with torch.no_grad():
+        windowed, _ = sliding_window_models(directory, 3)
+        unwindowed, _ = sliding_window_models(directory, 64)
+        references = [model(**row).logits[0] for model in (windowed, unwindowed)]
+        logits = windowed.to("cuda", torch.bfloat16)(**{k: v.cuda() if torch.is_tensor(v) else v
+                                                        for k, v in row.items()}).logits[0].float().cpu()
+    errors = [float((logits - ref).norm() / ref.norm()) for ref in references]
+    print({"relative_error_windowed": errors[0], "relative_error_unwindowed": errors[1]})
+    assert errors[0] < 0.1 and errors[1] > 3 * errors[0]
 
 
 # The unsloth backend's host row lengths, against a stand-in for `unsloth.utils.packing` that keeps Unsloth

@@ -319,6 +319,35 @@ def test_the_answer_mask_finds_alpaca_answers_with_a_sentencepiece_tokenizer(tmp
     assert tokenizer.decode(ids[answer_start:]).strip() == "Red, like a rose.</s>" and length == len(ids)
 
 
+@pytest.mark.parametrize("family, legacy", [("llama", True), ("gemma3_text", True), ("mistral", True), ("mistral", False)])
+def test_alpaca_rows_start_with_the_bos_token_the_tokenizer_adds(tmp_path, family, legacy):
+    """Unsloth's alpaca notebooks train `tokenizer(text)`, which starts with the BOS token on Llama, Mistral and
+    Gemma (Gemma is known to fail without it): the alpaca text and prompt start with it, once, and the answer
+    mask still trains the answer."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny_families import tiny_family_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_family_model(tmp_path / family, family, legacy=legacy, adds_bos=True))
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red, like a rose."}]
+    row = render(messages, tokenizer, "alpaca", False)
+    bos = tokenizer.bos_token
+    assert row["text"].startswith(bos + "Below") and row["prompt"].startswith(bos + "Below")
+    ids = encode(tokenizer, row["text"])
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    if legacy:  # the notebook's tokens exactly (legacy=False SentencePiece writes no space mark after a special token)
+        assert ids == tokenizer(row["text"].removeprefix(bos))["input_ids"]
+    [example] = causal_lm.tokenized([row], tokenizer, turn_markers([row["text"]]))
+    trained = tokenizer.decode([t for t, m in zip(example["input_ids"], example["assistant_masks"]) if m])
+    assert trained.strip() == f"Red, like a rose.{tokenizer.eos_token}"
+    assert encode(tokenizer, row["prompt"]) == ids[: len(encode(tokenizer, row["prompt"]))]
+
+
+def test_alpaca_rows_of_a_tokenizer_without_bos_start_with_the_prompt(tokenizer):
+    row = render([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], tokenizer, "alpaca", False)
+    assert row["text"].startswith("Below is an instruction")
+
+
 def test_templates_that_write_todays_date_get_a_fixed_one(tokenizer):
     """Llama 3.2's template writes strftime_now's date unless given `date_string`: prepared data would change by
     the day it is rendered."""

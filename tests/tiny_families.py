@@ -72,9 +72,10 @@ def sentencepiece_style_tokenizer(space_prefix: bool, legacy: bool = True):
     return backend
 
 
-def tiny_family_model(out_dir: Path, model_type: str, legacy: bool = True, **config) -> Path:
+def tiny_family_model(out_dir: Path, model_type: str, legacy: bool = True, adds_bos: bool = False, **config) -> Path:
     """A tiny random `model_type` checkpoint with its family's tokenizer type (`legacy`: see
-    sentencepiece_style_tokenizer) and chat template in `out_dir`."""
+    sentencepiece_style_tokenizer) and chat template in `out_dir`; with `adds_bos` the tokenizer starts every
+    text with its BOS token, as the real ones of these families do."""
     import torch
     from tokenizers import AddedToken
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -86,7 +87,8 @@ def tiny_family_model(out_dir: Path, model_type: str, legacy: bool = True, **con
                                 for t in dict.fromkeys(x for x in (bos, eos, pad, *markers) if x)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad,
                                         unk_token="<unk>" if model_type != "llama" else None,
-                                        chat_template=CHAT_TEMPLATES[model_type])
+                                        chat_template=CHAT_TEMPLATES[model_type],
+                                        **({"add_bos_token": True} if adds_bos else {}))
     sizes = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

@@ -137,33 +137,43 @@ def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     Query (B, H, T, D), key / value (B, H_kv, T, D); returns (B, T, H, D) and no weights. A row is
     packed when its `position_ids` restart at 0 after its first token, as TRL's padding-free collator
     writes them; each restart begins a document. Such calls run `varlen_attn` on CUDA half precision
-    and per-document causal SDPA elsewhere (the CPU, and the reference). Calls with a KV cache
-    (queries shorter than keys) are refused: generate with `model.set_attn_implementation("sdpa")`.
+    and per-document causal SDPA elsewhere (the CPU, and the reference). A layer's `sliding_window`
+    (Mistral 7B v0.1, Gemma 3's local layers) limits each query to that many keys, itself included, as
+    transformers' masks do. Soft-capped logits (Gemma 2) are refused: `attention_of` loads such models on
+    eager. Calls with a KV cache (queries shorter than keys) are refused: generate with
+    `model.set_attn_implementation("sdpa")`.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     is_causal = kwargs.get("is_causal", getattr(module, "is_causal", True))
-    if sliding_window is not None or softcap is not None or not is_causal:
-        raise SlothlineError(f"attention {VARLEN_ATTENTION!r} supports full causal attention only; "
-                             f"{type(module).__name__} needs sdpa")
+    if softcap is not None or not is_causal:
+        raise SlothlineError(f"attention {VARLEN_ATTENTION!r} supports causal attention without soft-capping only; "
+                             f"{type(module).__name__} needs eager or sdpa")
     batch, heads, length, head_dim = query.shape
     if key.shape[2] != length:
         raise SlothlineError(f"attention {VARLEN_ATTENTION!r} is for training; switch the model to sdpa "
                              f"before generating with a KV cache: model.set_attn_implementation('sdpa')")
-    if attention_mask is not None:  # a padded batch: the causal mask that sdpa would get
-        causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
-        attention_mask = causal & attention_mask[:, None, None, :]
+    if attention_mask is not None:  # a padded batch: the causal (sliding) mask that sdpa would get
+        attention_mask = causal_mask(length, sliding_window, query.device) & attention_mask[:, None, None, :]
     documents = None if position_ids is None or attention_mask is not None else document_bounds(position_ids, batch)
     if documents is None:
+        if attention_mask is None and sliding_window is not None and length > sliding_window:
+            attention_mask = causal_mask(length, sliding_window, query.device)[None, None]
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     cu_seqlens, bounds, longest = documents
     q, k, v = (x.transpose(1, 2).flatten(0, 1).contiguous() for x in (query, key, value))  # (B*T, heads, D)
     if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not dropout:
-        out = _varlen_flash(q, k, v, cu_seqlens, longest, scaling)
+        out = _varlen_flash(q, k, v, cu_seqlens, longest, scaling, sliding_window)
     else:
-        out = _per_document_sdpa(q, k, v, bounds, scaling, dropout)
+        out = _per_document_sdpa(q, k, v, bounds, scaling, dropout, sliding_window)
     return out.view(batch, length, heads, head_dim), None
+
+
+def causal_mask(length: int, sliding_window: int | None, device) -> torch.Tensor:
+    """(T, T) bool, True where query i attends key j: j <= i, and i - j < sliding_window where there is one."""
+    mask = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return mask.triu(1 - sliding_window) if sliding_window is not None else mask
 
 
 _last_bounds = (None, None)  # (a weak reference to a position_ids tensor, its document_bounds)
@@ -190,22 +200,27 @@ def document_bounds(position_ids, batch: int):
     return bounds
 
 
-def _varlen_flash(q, k, v, cu_seqlens, max_len: int, scale):
-    """torch's varlen FlashAttention, causal; K/V keep their fewer heads (torch 2.11 takes them as they are)."""
+def _varlen_flash(q, k, v, cu_seqlens, max_len: int, scale, sliding_window: int | None = None):
+    """torch's varlen FlashAttention, causal (within `sliding_window` keys where given); K/V keep their fewer heads
+    (torch 2.11 takes them as they are)."""
     from torch.nn.attention.varlen import varlen_attn
 
     takes_gqa = "enable_gqa" in inspect.signature(varlen_attn).parameters
     gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] and takes_gqa else {}
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=scale, window_size=(-1, 0), **gqa)
+    left = sliding_window - 1 if sliding_window is not None else -1
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, scale=scale, window_size=(left, 0), **gqa)
 
 
-def _per_document_sdpa(q, k, v, bounds, scale, dropout):
-    """Causal SDPA over each document alone; (B*T, heads, D) in and out."""
+def _per_document_sdpa(q, k, v, bounds, scale, dropout, sliding_window: int | None = None):
+    """Causal SDPA (within `sliding_window` keys where given) over each document alone; (B*T, heads, D) in and out."""
     gqa = k.shape[1] != q.shape[1]
     outs = []
     for start, end in zip(bounds[:-1], bounds[1:]):
-        doc = (x[start:end].transpose(0, 1) for x in (q, k, v))  # (heads, L, D)
-        out = torch.nn.functional.scaled_dot_product_attention(*doc, dropout_p=dropout, is_causal=True, scale=scale,
-                                                               enable_gqa=gqa)
+        doc = [x[start:end].transpose(0, 1) for x in (q, k, v)]  # (heads, L, D)
+        length = end - start
+        mask = ({"attn_mask": causal_mask(length, sliding_window, q.device)}
+                if sliding_window is not None and length > sliding_window else {"is_causal": True})
+        out = torch.nn.functional.scaled_dot_product_attention(*doc, dropout_p=dropout, scale=scale, enable_gqa=gqa,
+                                                               **mask)
         outs.append(out.transpose(0, 1))
     return torch.cat(outs)

@@ -29,8 +29,9 @@ def load(task, spec, runtime, full_finetuning: bool = False):
     torch.manual_seed(NEW_WEIGHTS_SEED)
     try:
         config = transformers.AutoConfig.from_pretrained(spec.source, revision=spec.revision)
-        implementation = (attention.register_varlen_attention() if runtime.attention == attention.VARLEN_FLASH
-                          else attention_of(auto_class._model_mapping.get(type(config), None), config))
+        implementation = attention_of(auto_class._model_mapping.get(type(config), None), config)
+        if runtime.attention == attention.VARLEN_FLASH and implementation == "sdpa":
+            implementation = attention.register_varlen_attention()
         processor = task.load_processor(spec.source, spec.revision)
         model, loading = auto_class.from_pretrained(
             spec.source, revision=spec.revision, dtype=dtype, quantization_config=quantization,
@@ -49,7 +50,8 @@ def load(task, spec, runtime, full_finetuning: bool = False):
 def attention_of(model, config) -> str:
     """sdpa where the model (or its class) has it (DeBERTa and MPNet have not; None: a config the auto class does not
     know, which from_pretrained then names), else eager; eager too where the config caps attention logits (Gemma 2's
-    attn_logit_softcapping), which sdpa would skip without a word."""
+    attn_logit_softcapping), which sdpa and the varlen kernel would skip without a word (concatenated rows then attend
+    within their documents through transformers' own packed-sequence mask)."""
     capped = getattr(config.get_text_config(), "attn_logit_softcapping", None) is not None
     return "sdpa" if getattr(model, "_supports_sdpa", True) and not capped else "eager"
 

@@ -19,7 +19,7 @@ from jinja2.exceptions import TemplateError
 
 from slothline.errors import RowError, SlothlineError
 from slothline.families import CHAT_FORMATS
-from slothline.kinds._generative.tokens import LITERALS, encode, encode_rows, literal_spans, tokenizer_of
+from slothline.kinds._generative.tokens import LITERALS, adds_bos, encode, encode_rows, literal_spans, tokenizer_of
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -46,8 +46,9 @@ def render(messages: list[dict], processor, template: str, enable_thinking: bool
     if template == "alpaca":
         if len(messages) != 2 or messages[0]["role"] != "user":
             raise RowError("the alpaca template takes single-turn examples without a system prompt; use template: chat")
-        text = ALPACA_PROMPT.format(guarded[0]["content"], answer)
-        prompt = ALPACA_PROMPT.format(guarded[0]["content"], "")
+        start = tokenizer.bos_token if adds_bos(tokenizer) else ""  # as tokenizer(text) starts it
+        text = start + ALPACA_PROMPT.format(guarded[0]["content"], answer)
+        prompt = start + ALPACA_PROMPT.format(guarded[0]["content"], "")
     else:
         if not processor.chat_template:
             raise SlothlineError(

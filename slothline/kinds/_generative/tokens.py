@@ -13,6 +13,11 @@ def tokenizer_of(processor):
     return getattr(processor, "tokenizer", processor)
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts every text with its BOS token (Llama, Mistral, Gemma; not Qwen)."""
+    return tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+
 def literal_spans(row: dict, field: str) -> list[list[int]]:
     """The `literals` spans of a rendered row's `field` (`text` or `prompt`); [] for most rows."""
     return (row.get(LITERALS) or {}).get(field) or []

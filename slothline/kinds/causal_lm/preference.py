@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from slothline.data.preference_formats import CONVERTERS
 from slothline.errors import RowError, SlothlineError
 from slothline.kinds._generative.chat import render
-from slothline.kinds._generative.tokens import LITERALS, encode
+from slothline.kinds._generative.tokens import LITERALS, adds_bos, encode
 from slothline.kinds._generative.stops import model_stop_tokens
 
 NAME = "causal_lm preference"  # how read_sources names this reader in its messages
@@ -141,9 +141,8 @@ def trainer_rows(rows: list[dict], method: Method, tokenizer, seed: int = 0) -> 
     """The columns TRL's trainer reads: text prompts and answers (its tokenizer adds the BOS the template wrote,
     which is taken off here); for unpaired methods, paired rows split in two labelled answers, every answer
     shuffled by `seed` (so that no answer's KL neighbour is the other answer to its own prompt)."""
-    bos = tokenizer.bos_token
-    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    prompt = lambda row: row["prompt"].removeprefix(bos) if adds_bos else row["prompt"]
+    bos = tokenizer.bos_token if adds_bos(tokenizer) else ""
+    prompt = lambda row: row["prompt"].removeprefix(bos)
     if method.rows == "paired":
         return {"prompt": [prompt(r) for r in rows], "chosen": [r["chosen_text"] for r in rows],
                 "rejected": [r["rejected_text"] for r in rows]}
