@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 from slothline.artifacts import PARAMS_FILE, PREFERENCE_SPLITS_DIR, PREPARED_DIR, SFT_DIR, write_json
@@ -48,9 +49,10 @@ def check_inputs_unchanged(started, now, fingerprint: str, world_size: int, stag
 def resume_point(checkpoints: Path, fingerprint: str, processes: int = 1) -> str | None:
     """The last complete checkpoint under `checkpoints` of a run with this `fingerprint`, or None.
 
-    A checkpoint is complete once the Trainer has written its trainer_state.json (its last file, from the
-    main process) and, in a job of `processes` > 1, every process's RNG state; incomplete ones (the run died
-    while saving) and those of a run with other params or data are deleted. The main process alone calls it.
+    A checkpoint is complete once the Trainer has written the whole of its trainer_state.json (its last file,
+    from the main process) and, in a job of `processes` > 1, every process's RNG state; incomplete ones (the run
+    died while saving: a file missing or cut short) and those of a run with other params or data are deleted.
+    The main process alone calls it.
     """
     checkpoints.mkdir(parents=True, exist_ok=True)
     marker = checkpoints / "run.json"
@@ -58,14 +60,23 @@ def resume_point(checkpoints: Path, fingerprint: str, processes: int = 1) -> str
         clear_checkpoints(checkpoints)
         write_json(marker, {"fingerprint": fingerprint})
         return None
-    last_files = ["trainer_state.json", *(f"rng_state_{rank}.pth" for rank in range(processes) if processes > 1)]
     complete = []
     for path in checkpoints.glob("checkpoint-*"):
-        if all((path / name).is_file() for name in last_files):
+        if is_complete(path, processes):
             complete.append(path)
         else:
             shutil.rmtree(path)
     return str(max(complete, key=lambda path: int(path.name.split("-")[1]))) if complete else None
+
+
+def is_complete(checkpoint: Path, processes: int = 1) -> bool:
+    """Whether the checkpoint's last files are whole: trainer_state.json parses (the Trainer writes it in place, so
+    a kill can leave it cut short) and, with `processes` > 1, each rng_state_<rank>.pth is a whole archive."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return processes == 1 or all(zipfile.is_zipfile(checkpoint / f"rng_state_{rank}.pth") for rank in range(processes))
 
 
 def clear_checkpoints(checkpoints: Path) -> None:

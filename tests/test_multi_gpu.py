@@ -16,6 +16,7 @@ import pytest
 
 from slothline import runtime
 from slothline.artifacts import CHECKPOINTS_DIR, LIVE_DIR, TRAIN_METRICS, SFT_DIR, Manifest
+from slothline.checkpoints import is_complete
 from slothline.errors import SlothlineError
 from slothline.runtime import Capabilities, Runtime, processes_to_start
 from stages import train
@@ -66,17 +67,22 @@ def test_num_gpus_is_a_count_or_auto(value):
         params(num_gpus=value)
 
 
-def test_resume_needs_every_process_rng_state(tmp_path):
+def test_resume_needs_every_process_whole_rng_state(tmp_path):
+    """A kill before a process saved its RNG state, or while it did (a cut-short archive): not resumed from."""
+    import torch
+
     from slothline.checkpoints import resume_point
 
     (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "same"}))
-    for step, files in ((4, ["trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"]),
-                        (8, ["trainer_state.json", "rng_state_0.pth"])):  # killed before process 1 saved
+    for step, ranks in ((4, [0, 1]), (8, [0]), (12, [0, 1])):  # 8: killed before process 1 saved
         (tmp_path / f"checkpoint-{step}").mkdir()
-        for name in files:
-            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        for rank in ranks:
+            torch.save({"python": rank}, tmp_path / f"checkpoint-{step}" / f"rng_state_{rank}.pth")
+    cut = tmp_path / "checkpoint-12" / "rng_state_1.pth"  # 12: killed while process 1 saved
+    cut.write_bytes(cut.read_bytes()[:100])
     assert resume_point(tmp_path, "same", processes=2) == str(tmp_path / "checkpoint-4")
-    assert not (tmp_path / "checkpoint-8").exists()
+    assert not (tmp_path / "checkpoint-8").exists() and not (tmp_path / "checkpoint-12").exists()
 
 
 def ddp_trainer(find_unused=None):
@@ -214,9 +220,7 @@ def test_a_killed_ddp_run_resumes_from_its_last_checkpoint(prepared):
     resumes."""
     set_train(prepared, max_steps=30, per_device_batch_size=2, save_steps=3, eval_steps=100, num_gpus="auto")
     checkpoints = prepared.path / CHECKPOINTS_DIR
-    files = ("trainer_state.json", "rng_state_0.pth", "rng_state_1.pth")
-    saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")
-                     if all((p / name).is_file() for name in files)]
+    saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if is_complete(p, 2)]
     run = subprocess.Popen(TORCHRUN, cwd=prepared.path, start_new_session=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -92,9 +92,11 @@ def test_resume_point_skips_incomplete_and_foreign_checkpoints(tmp_path):
         (tmp_path / f"checkpoint-{step}").mkdir(parents=True)
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-16").mkdir()  # the run died while writing it
+    (tmp_path / "checkpoint-20").mkdir()  # ... or while writing its trainer_state.json
+    (tmp_path / "checkpoint-20" / "trainer_state.json").write_text('{"global_step": 2')
     (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "same"}))
     assert resume_point(tmp_path, "same") == str(tmp_path / "checkpoint-12")
-    assert not (tmp_path / "checkpoint-16").exists()
+    assert not (tmp_path / "checkpoint-16").exists() and not (tmp_path / "checkpoint-20").exists()
     assert resume_point(tmp_path, "other") is None
     assert not list(tmp_path.glob("checkpoint-*"))
 
