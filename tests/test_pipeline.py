@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from slothline.artifacts import CHECKPOINTS_DIR, DATA_METRICS, EVAL_METRICS, EXPORT_METRICS, LIVE_DIR, REPORT_FILE, TRAIN_METRICS
+from slothline.checkpoints import is_complete
 from tests.conftest import dvc, merged, ran_stages
 from tests.test_dvc_contract import check_import_closure, logging_imports
 from tests.hub_server import hub_env
@@ -113,7 +114,7 @@ def test_interrupted_train_resumes_from_its_last_checkpoint(dvc_project):
     set_params(dvc_project, train={"max_steps": 60, "save_steps": 5, "per_device_batch_size": 4})
     dvc(dvc_project, "repro", "prepare")
     checkpoints = dvc_project / CHECKPOINTS_DIR
-    saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    saved = lambda: [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if is_complete(p)]
     run = subprocess.Popen(["dvc", "repro", "train"], cwd=dvc_project, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

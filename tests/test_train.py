@@ -85,6 +85,22 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_qwen3, tokenizer):
     torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=1e-4)
 
 
+def test_a_resumed_curve_drops_the_stopped_runs_later_points_and_a_cut_short_summary(tmp_path):
+    """A kill can stop dvclive while it writes metrics.json (in place) or a table row: the resumed run's Live
+    reads neither, and the points after the checkpoint go."""
+    from dvclive import Live
+
+    from slothline.training import drop_points_after
+
+    table = tmp_path / "plots/metrics/loss.tsv"
+    table.parent.mkdir(parents=True)
+    table.write_text("step\tloss\n2\t1.5\n4\t1.2\n6\t1.")
+    (tmp_path / "metrics.json").write_text('{"step": 6, "lo')
+    drop_points_after(tmp_path, 4)
+    assert table.read_text() == "step\tloss\n2\t1.5\n4\t1.2\n" and not (tmp_path / "metrics.json").exists()
+    Live(str(tmp_path), resume=True, dvcyaml=False, save_dvc_exp=False).end()
+
+
 def test_resume_point_skips_incomplete_and_foreign_checkpoints(tmp_path):
     from slothline.checkpoints import resume_point
 
