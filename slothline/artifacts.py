@@ -128,6 +128,16 @@ def write_json(path: Path, data) -> None:
     os.replace(temporary, path)
 
 
+def is_whole_json(path: Path) -> bool:
+    """Whether `path` holds a whole JSON document: one that a library writes in place (the Trainer's
+    trainer_state.json, dvclive's summary) can be cut short by a kill."""
+    try:
+        json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     with Path(path).open("w", encoding="utf-8") as out:
         for record in records:

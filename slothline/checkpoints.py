@@ -6,7 +6,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from slothline.artifacts import PARAMS_FILE, PREFERENCE_SPLITS_DIR, PREPARED_DIR, SFT_DIR, write_json
+from slothline.artifacts import PARAMS_FILE, PREFERENCE_SPLITS_DIR, PREPARED_DIR, SFT_DIR, is_whole_json, write_json
 from slothline.errors import SlothlineError
 
 
@@ -72,9 +72,7 @@ def resume_point(checkpoints: Path, fingerprint: str, processes: int = 1) -> str
 def is_complete(checkpoint: Path, processes: int = 1) -> bool:
     """Whether the checkpoint's last files are whole: trainer_state.json parses (the Trainer writes it in place, so
     a kill can leave it cut short) and, with `processes` > 1, each rng_state_<rank>.pth is a whole archive."""
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, ValueError):
+    if not is_whole_json(checkpoint / "trainer_state.json"):
         return False
     return processes == 1 or all(zipfile.is_zipfile(checkpoint / f"rng_state_{rank}.pth") for rank in range(processes))
 

@@ -176,16 +176,13 @@ def drop_points_after(live_dir, step: int) -> None:
     """Remove the curve points a stopped run logged after `step`, the checkpoint its resumed run starts from (that
     run logs those steps again), and dvclive's summary (metrics.json) where the stop cut it short: dvclive, which
     writes it in place, would fail to read it on resuming; the resumed run writes it anew at its first log."""
-    import json
     from pathlib import Path
 
+    from slothline.artifacts import is_whole_json
+
     summary = Path(live_dir) / "metrics.json"
-    try:
-        json.loads(summary.read_text())
-    except ValueError:
+    if summary.is_file() and not is_whole_json(summary):
         summary.unlink()
-    except OSError:
-        pass
     for table in Path(live_dir).glob("plots/metrics/**/*.tsv"):
         header, *rows = table.read_text().splitlines() or [""]
         names = header.split("\t")

@@ -360,13 +360,13 @@ def test_varlen_kernel_on_cuda_keeps_a_sliding_window(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(directory)
     docs = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in SLIDING_TEXTS]
     row = {"input_ids": torch.tensor([[t for doc in docs for t in doc]]),
-           "position_ids": torch.tensor([[i for doc in docs for i in range(len(doc))]]), "use_cache": False}
+           "position_ids": torch.tensor([[i for doc in docs for i in range(len(doc))]])}
     with torch.no_grad():
         windowed, _ = sliding_window_models(directory, 3)
         unwindowed, _ = sliding_window_models(directory, 64)
-        references = [model(**row).logits[0] for model in (windowed, unwindowed)]
-        logits = windowed.to("cuda", torch.bfloat16)(**{k: v.cuda() if torch.is_tensor(v) else v
-                                                        for k, v in row.items()}).logits[0].float().cpu()
+        references = [model(**row, use_cache=False).logits[0] for model in (windowed, unwindowed)]
+        on_gpu = {name: t.cuda() for name, t in row.items()}
+        logits = windowed.to("cuda", torch.bfloat16)(**on_gpu, use_cache=False).logits[0].float().cpu()
     errors = [float((logits - ref).norm() / ref.norm()) for ref in references]
     print({"relative_error_windowed": errors[0], "relative_error_unwindowed": errors[1]})
     assert errors[0] < 0.1 and errors[1] > 3 * errors[0]
