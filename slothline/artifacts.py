@@ -31,6 +31,7 @@ BASE_GGUF_FILE, ADAPTER_GGUF_FILE = "base.gguf", "adapter.gguf"  # there instead
 MANIFEST_FILE = "manifest.json"
 
 METRICS_DIR = Path("metrics")
+PARAMS_CHECK = METRICS_DIR / "params_check.json"  # check_params's verdict, a dep of prepare
 DATA_METRICS = METRICS_DIR / "data.json"
 TRAIN_METRICS = METRICS_DIR / "train.json"
 LOSS_PLOT = METRICS_DIR / "loss.png"

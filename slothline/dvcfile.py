@@ -42,7 +42,7 @@ def require_model_declared(name: str, stages: list[str]) -> None:
         return
     missing = [stage for stage in stages if undeclared(stage, Path(name))]
     if missing:
-        which = " and ".join(missing) + (" stages" if len(missing) > 1 else " stage")
+        which = (f"{', '.join(missing[:-1])} and {missing[-1]} stages" if len(missing) > 1 else f"{missing[0]} stage")
         raise SlothlineError(
             f"model.name: {name} is a local directory that no dependency of the {which} in {DVC_FILE} covers, so DVC "
             f"would not rerun them when its files change; add `- {name}` to the deps of the {which} in {DVC_FILE} "

@@ -1,5 +1,5 @@
 """What differs between model families, as data: one record per family (a config's `model_type`) and one per
-chat format (found by the special token that marks its turns). Adding a family is adding a record here.
+chat format (found by the response marker in a rendered conversation). Adding a family is adding a record here.
 
 A family record says which kind its models are, which layers `lora.target_modules: null` means, how GGUF
 export writes it (a `GGUFRecipe`: llama.cpp's architecture and what differs from Hugging Face's layout),
@@ -65,14 +65,17 @@ FAMILIES = {
         attention_scale=gemma3_query_scale)),
     "phi3": Family("causal_lm", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
                    gguf=GGUFRecipe("phi3", original_context=True)),
-    "qwen3_vl": Family("vision", image_tokens=qwen_vl_image_tokens, gguf=GGUFRecipe(
+    "qwen3_vl": Family("vision", (*DECODER_PROJECTIONS, "qkv", "proj", "linear_fc1", "linear_fc2"),
+                       image_tokens=qwen_vl_image_tokens, gguf=GGUFRecipe(
         "qwen3vl", text_prefix="model.language_model.", mmproj="qwen3vl_merger")),
-    "qwen2_5_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
-    "qwen2_vl": Family("vision", image_tokens=qwen_vl_image_tokens),
+    "qwen2_5_vl": Family("vision", (*DECODER_PROJECTIONS, "qkv", "proj"), image_tokens=qwen_vl_image_tokens),
+    "qwen2_vl": Family("vision", (*DECODER_PROJECTIONS, "qkv", "proj", "fc1", "fc2"),
+                       image_tokens=qwen_vl_image_tokens),
     "modernbert": Family("classifier", ("Wqkv", "Wo", "Wi")),  # attn.Wqkv, attn.Wo, mlp.Wi, mlp.Wo
     **{name: Family("classifier", BERT_LAYERS) for name in ("bert", "electra")},
     **{name: Family("classifier", BERT_LAYERS, positions_after_padding=True)
-       for name in ("roberta", "xlm-roberta", "camembert")},
+       for name in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "roberta-prelayernorm", "data2vec-text")},
+    "mpnet": Family("classifier", positions_after_padding=True),
     "distilbert": Family("classifier", ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")),
     **{name: Family("classifier") for name in ("deberta", "deberta-v2")},
 }
@@ -86,39 +89,48 @@ def family(model_type: str | None) -> Family:
 
 @dataclass(frozen=True)
 class ChatFormat:
-    marker: str  # the special token that identifies the format in a vocabulary or a rendered text
     turns: tuple[str, str]  # (instruction_part, response_part), as Unsloth's train_on_responses_only takes them
     ollama_turns: str | None = None  # the conversation in Ollama's Go-template form (the model's own chat
-    # template then gives the generation prompt that follows it)
+    # template then gives the generation prompt that follows it); `{eos}` stands for the tokenizer's EOS token
 
 
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.")
 CHAT_FORMATS = {  # Ollama keeps system messages in .Messages and also sets .System: the turns skip them
     "chatml": ChatFormat(
-        "<|im_start|>", ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+        ("<|im_start|>user\n", "<|im_start|>assistant\n"),
         "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
         "{{- range .Messages }}{{- if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
         "{{ end }}{{ end }}"),
     "llama-3": ChatFormat(
-        "<|start_header_id|>", ("<|start_header_id|>user<|end_header_id|>\n\n",
-                                "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+        ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
         "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
         "{{- range .Messages }}{{- if ne .Role \"system\" }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
         "{{ .Content }}<|eot_id|>{{ end }}{{ end }}"),
     "gemma": ChatFormat(  # Gemma has no system turn: its template puts the system prompt before the first question
-        "<start_of_turn>", ("<start_of_turn>user\n", "<start_of_turn>model\n"),
+        ("<start_of_turn>user\n", "<start_of_turn>model\n"),
         "{{- $system := .System }}{{- range .Messages }}{{- if eq .Role \"user\" }}<start_of_turn>user\n"
         "{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ .Content }}<end_of_turn>\n"
         "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}"),
     "phi-3": ChatFormat(
-        "<|assistant|>", ("<|user|>\n", "<|assistant|>\n"),
+        ("<|user|>\n", "<|assistant|>\n"),
         "{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
         "{{- range .Messages }}{{- if ne .Role \"system\" }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}"),
+    # Mistral's and Llama 2's [INST] templates differ in spaces from version to version: Ollama takes the
+    # template embedded in the GGUF file
+    "mistral": ChatFormat(("[INST]", "[/INST]")),
+    # the classic Alpaca prompt (data.sources[].template: alpaca); a system prompt replaces its preamble
+    "alpaca": ChatFormat(
+        ("### Instruction:\n", "### Response:\n"),
+        f"{{{{ if .System }}}}{{{{ .System }}}}{{{{ else }}}}{ALPACA_PREAMBLE}{{{{ end }}}}"
+        "{{- range .Messages }}{{- if eq .Role \"user\" }}\n\n### Instruction:\n{{ .Content }}\n\n"
+        "{{ else if eq .Role \"assistant\" }}### Response:\n{{ .Content }}{eos}{{ end }}{{ end }}"),
 }
 
 
-def chat_format_of(vocabulary) -> ChatFormat | None:
-    """The chat format whose marker token the vocabulary holds, or None."""
-    return next((chat for chat in CHAT_FORMATS.values() if chat.marker in vocabulary), None)
+def chat_format_of(text: str) -> ChatFormat | None:
+    """The chat format whose response marker a rendered conversation holds, or None."""
+    return next((chat for chat in CHAT_FORMATS.values() if chat.turns[1] in text), None)
 
 
 PROBE_TEXT = ("Digits 3 33 333 3333 3.14 and 1,000,000; runs of spaces:  two   three    four\t\ttabs\n\n\nlines. "

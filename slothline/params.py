@@ -47,6 +47,7 @@ class Source(Section):
 
 class DataParams(Section):
     sources: list[Source] = Field(min_length=1)
+    test_sources: list[Source] = Field([], description="held-out sources: their rows are the test split, whole")
     total: int | None = Field(None, ge=1)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
@@ -60,7 +61,7 @@ class DataParams(Section):
                 f"val_fraction + test_fraction must be < 1 (got {self.val_fraction} + "
                 f"{self.test_fraction}); lower one of them so a training split remains"
             )
-        labels = [s.label for s in self.sources]
+        labels = [s.label for s in [*self.sources, *self.test_sources]]
         if len(set(labels)) != len(labels):
             raise ValueError(f"source names must be unique (got {labels}); set `name:` on each source")
         return self
@@ -74,6 +75,14 @@ class LoraParams(Section):
     target_modules: list[str] | None = Field(None, min_length=1, description="null: the model family's default")
     use_rslora: bool = False
     loftq: bool = False
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _layer_names(cls, value):
+        if isinstance(value, str):  # PEFT's "all-linear", or one name
+            raise ValueError(f"a list of layer names, like [q_proj, v_proj], or null for the model family's default "
+                             f"(got the string {value!r})")
+        return value
 
 
 class TrainParams(Section):
@@ -121,7 +130,7 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    max_samples: int = Field(100, ge=1)
+    max_samples: int | None = Field(100, ge=1, description="test rows scored, the first of the split; null: all")
     batch_size: int = Field(16, ge=1)
     seed: int = 3407
     compare_base: bool = True

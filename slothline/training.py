@@ -2,6 +2,7 @@
 SFTTrainer as the generating kinds configure it, the callbacks every run gets (warm-up warning, early
 stopping, the dvclive loss curve), DDP's unused-weight search, and what metrics/train.json records."""
 
+import re
 import resource
 from pathlib import Path
 
@@ -350,8 +351,7 @@ def train_metrics(trainer, result, runtime, model, tokens_before: int, resumed_f
         "train_loss_avg": round(run_loss_average(result, state, resumed_from_step), 4),
         "val_loss": round(val_loss, 4) if val_loss is not None else None,
         "metric_for_best_model": args.metric_for_best_model,
-        "best_metric": state.best_metric,
-        "best_step": state.best_global_step,
+        **dict(zip(("best_metric", "best_step"), best_model(state, args))),
         "stopped_early": state.global_step < state.max_steps,
         "runtime_s": round(runtime_s, 2),
         "train_tokens": tokens,
@@ -360,6 +360,18 @@ def train_metrics(trainer, result, runtime, model, tokens_before: int, resumed_f
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),
     }
+
+
+def best_model(state, args) -> tuple[float | None, int | None]:
+    """(metric, step) of the best evaluation; with load_best_model_at_end, of the checkpoint loaded at the end,
+    which transformers picks among the saved ones, while its best_global_step follows every evaluation."""
+    if not args.load_best_model_at_end or not state.best_model_checkpoint:
+        return state.best_metric, state.best_global_step
+    step = int(re.search(r"checkpoint-(\d+)$", str(state.best_model_checkpoint).rstrip("/")).group(1))
+    key = args.metric_for_best_model if args.metric_for_best_model.startswith("eval_") else (
+        f"eval_{args.metric_for_best_model}")
+    metric = next((log[key] for log in state.log_history if log.get("step") == step and key in log), None)
+    return metric, step
 
 
 def record_no_run(checkpoints_dir, live_dir, loss_plot, metrics_file, metrics: dict, why: str) -> None:

@@ -1,14 +1,15 @@
 """check_params: validate the whole params.yaml against its kind, and refuse before anything trains what a
-later stage would. It depends on every param and writes nothing, so a misspelled section (`evalute:`),
-which no other stage reads, still fails `dvc repro` loudly. It also names the settings params.yaml holds
-beyond what conf/ composes, which the next `dvc exp run` would drop."""
+later stage would. It depends on every param, so a misspelled section (`evalute:`), which no other stage
+reads, still fails `dvc repro` loudly. Out: metrics/params_check.json, the same for every valid params.yaml
+of a kind; prepare depends on it, so `dvc repro <stage>` checks params.yaml before anything runs. It also
+names the settings params.yaml holds beyond what conf/ composes, which the next `dvc exp run` would drop."""
 
 import os
 
 import yaml
 
 from slothline import conf, kinds
-from slothline.artifacts import PARAMS_FILE
+from slothline.artifacts import PARAMS_CHECK, PARAMS_FILE, write_json
 from slothline.errors import run_stage
 from slothline.params import load_params
 
@@ -22,6 +23,7 @@ def main() -> None:
               f"{', '.join(hand_edits)}; the next `dvc exp run` recomposes {PARAMS_FILE} from "
               f"{conf.CONF_DIR}/ and drops them: keep them in {conf.CONF_DIR}/config.yaml or "
               f"{conf.CONF_DIR}/kind/{params.kind}.yaml, or pass them as -S overrides")
+    write_json(PARAMS_CHECK, {"kind": params.kind, "valid": True})
     print(f"{PARAMS_FILE}: valid for {params.kind} models")
 
 

@@ -11,6 +11,7 @@ import json
 from slothline import backends, kinds, plots
 from slothline.artifacts import (CONFUSION_FILE, EVAL_CHART, EVAL_METRICS, PREPARED_DIR, REPORT_FILE, SAMPLES_FILE,
                                  THUMBNAILS_DIR, TUNED_DIR, Manifest, atomic_dir, read_split, write_json)
+from slothline.dvcfile import require_model_declared
 from slothline.errors import SlothlineError, run_stage
 from slothline.params import load_params
 from slothline.report import deltas, report
@@ -19,11 +20,17 @@ from slothline.runtime import evaluation_runtime, probe
 
 def main() -> None:
     params = load_params()
-    rows = read_split("test")[: params.evaluate.max_samples]
+    test_rows = read_split("test")
+    rows = test_rows[: params.evaluate.max_samples]
+    if len(rows) < len(test_rows):
+        print(f"note: evaluate.max_samples: {len(rows)} of the {len(test_rows)} test rows are scored; set it to "
+              f"{len(test_rows)} or null to score them all")
     if not rows:
         raise SlothlineError(f"{PREPARED_DIR}/test.jsonl: the test split is empty; set data.test_fraction > 0 "
                              "and rerun prepare")
     manifest = Manifest.read(TUNED_DIR)
+    if manifest.method == "lora" or params.evaluate.compare_base:  # the base model's files are read
+        require_model_declared(manifest.base_model, ["evaluate"])
     runtime = evaluation_runtime(manifest, probe())  # the hf backend: transformers' compiled generation
     task = kinds.get(manifest.kind)
     model, processor = backends.load_trained(task, manifest, runtime, TUNED_DIR)

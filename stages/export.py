@@ -8,6 +8,7 @@ models/export/mmproj.gguf beside them for a vision model) or models/export/onnx/
 
 from slothline import kinds
 from slothline.artifacts import EXPORT_DIR, EXPORT_METRICS, MERGED_DIR, Manifest, atomic_dir, write_json
+from slothline.dvcfile import require_model_declared
 from slothline.errors import SlothlineError, run_stage
 from slothline.params import load_params
 
@@ -18,6 +19,8 @@ def main() -> None:
     manifest = Manifest.read(MERGED_DIR)
     task = kinds.get(manifest.kind)
     kinds.check_export_formats(task, formats)
+    if manifest.method == "lora" and formats:  # a GGUF adapter's base.gguf is the base model's weights
+        require_model_declared(manifest.base_model, ["export"])
     if manifest.method == "lora" and (unconverted := [f for f in formats if f != "gguf"]):
         raise SlothlineError(f"{MERGED_DIR}: holds the adapter alone (merge.save_method: lora); "
                              f"{'/'.join(f.upper() for f in unconverted)} export needs merge.save_method: "

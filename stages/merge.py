@@ -6,6 +6,7 @@ plain transformers loads with the kind's auto class: merged_16bit or merged_4bit
 
 from slothline import backends, kinds
 from slothline.artifacts import MERGED_DIR, TUNED_DIR, Manifest, atomic_dir
+from slothline.dvcfile import require_model_declared
 from slothline.errors import run_stage
 from slothline.params import load_params
 from slothline.runtime import inference_runtime, probe
@@ -14,6 +15,8 @@ from slothline.runtime import inference_runtime, probe
 def main() -> None:
     save_method = load_params().merge.save_method
     manifest = Manifest.read(TUNED_DIR)
+    if manifest.method == "lora" and save_method != "lora":  # merged into the base model's weights
+        require_model_declared(manifest.base_model, ["merge"])
     runtime = inference_runtime(manifest, probe())
     backends.get(runtime)  # first: Unsloth patches transformers, TRL and PEFT before they load
     with atomic_dir(MERGED_DIR) as staging:

@@ -25,13 +25,16 @@ def main() -> None:
     params = load_params()
     data = params.data
     task = kinds.get(params.kind)
-    require_declared("prepare", {f"data.sources[{i}].path": Path(source.path)
-                                 for i, source in enumerate(data.sources) if Path(source.path).exists()})
+    require_declared("prepare", {f"data.{section}[{i}].path": Path(source.path)
+                                 for section in ("sources", "test_sources")
+                                 for i, source in enumerate(getattr(data, section)) if Path(source.path).exists()})
     require_model_declared(params.model.name, ["prepare"])
     processor = task.load_processor(resolve_model(params.model.name), params.model.revision)
-    by_source, report, keys = read_sources(task, params, processor)
+    # held-out sources first: dedupe keeps a row's first copy, so a test row that a training source repeats stays
+    by_source, report, keys = read_sources(task, params, processor, [*data.test_sources, *data.sources])
+    held_out = [row for source in data.test_sources for row in by_source.pop(source.label)]
     splits = mix(by_source, {s.label: s.weight for s in data.sources}, data.total, data.val_fraction,
-                 data.test_fraction, data.seed, task.STRATIFY_BY)
+                 data.test_fraction, data.seed, task.STRATIFY_BY, held_out)
     preference_sources = getattr(params.preference, "sources", [])
     if preference_sources:
         by_source, preference_report, preference_keys = read_sources(task.PREFERENCE, params, processor,

@@ -1,6 +1,7 @@
 """Rendering chats for training and evaluation: message text stays text (literal chat markers and think tags),
 and answers end at the model's own stop tokens."""
 
+import copy
 import json
 import shutil
 
@@ -351,11 +352,52 @@ def test_alpaca_rows_of_a_tokenizer_without_bos_start_with_the_prompt(tokenizer)
 def test_templates_that_write_todays_date_get_a_fixed_one(tokenizer):
     """Llama 3.2's template writes strftime_now's date unless given `date_string`: prepared data would change by
     the day it is rendered."""
-    import copy
-
     dated = copy.copy(tokenizer)
     dated.chat_template = ('{%- if not date_string is defined %}{%- set date_string = strftime_now("%d %b %Y") %}'
                            '{%- endif %}Today Date: {{ date_string }}\n{% for m in messages %}{{ m.content }}\n'
                            '{% endfor %}')
     rendered = render([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], dated, "chat", False)
     assert rendered["text"].startswith("Today Date: 26 Jul 2024\n")
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_mistral_inst_turns_train_their_answers(tmp_path, legacy):
+    """Mistral's and Llama 2's `[INST] ... [/INST]` templates: response-only training finds each answer after
+    `[/INST]`, up to and including the EOS that ends the turn, in every turn; the prompts are not trained."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny_families import tiny_family_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_family_model(tmp_path / "mistral", "mistral", legacy=legacy))
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."},
+                {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Blue, like the sea."}]
+    row = render(messages, tokenizer, "chat", False)
+    markers = turn_markers([row["text"]])
+    assert markers == ("[INST]", "[/INST]")
+    [example] = causal_lm.tokenized([row], tokenizer, markers)
+    trained = tokenizer.decode([t for t, m in zip(example["input_ids"], example["assistant_masks"]) if m])
+    assert trained.replace(" ", "") == "Red.</s>Blue,likethesea.</s>"
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama", "gemma3_text", "mistral"])
+def test_the_alpaca_chat_template_prompts_as_alpaca_rows_trained(tmp_path, tokenizer, family):
+    """After training on alpaca rows the saved tokenizer's chat template writes exactly the rows' text and prompt
+    (BOS where the tokenizer adds one), so transformers' apply_chat_template, the GGUF file and the Modelfile
+    prompt the model as it trained; rows of the model's own chat template leave its template as it was."""
+    from transformers import AutoTokenizer
+
+    from slothline.kinds._generative.chat import adopt_alpaca_template
+    from tests.tiny_families import tiny_family_model
+
+    tokenizer = (copy.deepcopy(tokenizer) if family == "qwen3"  # the session's tokenizer stays as it is
+                 else AutoTokenizer.from_pretrained(tiny_family_model(tmp_path / family, family, adds_bos=True)))
+    own = tokenizer.chat_template
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red, like a rose."}]
+    alpaca = render(messages, tokenizer, "alpaca", False)
+    adopt_alpaca_template(tokenizer, [render(messages, tokenizer, "chat", False)])
+    assert tokenizer.chat_template == own
+    adopt_alpaca_template(tokenizer, [alpaca])
+    assert tokenizer.chat_template != own
+    as_chat = render(messages, tokenizer, "chat", False)
+    assert (as_chat["text"], as_chat["prompt"]) == (alpaca["text"], alpaca["prompt"])
+    assert turn_markers([as_chat["text"]]) == ("### Instruction:\n", "### Response:\n")

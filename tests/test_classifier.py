@@ -337,7 +337,8 @@ def test_null_target_modules_are_the_family_default_and_the_head_is_trained_whol
 def test_target_modules_that_match_nothing_list_the_encoders_layers(targets, unmatched, builtin_cache):
     """A causal LM's names, or a typo among good ones, fail before training on either backend."""
     with pytest.raises(SlothlineError, match=rf"lora.target_modules: {unmatched} matched no layer of this model; "
-                                             r"its linear layers are: Wi, Wo, Wqkv, classifier, dense$"):
+                                             r"its linear layers are: Wi, Wo, Wqkv, classifier, dense; or set "
+                                             r"lora.target_modules: null for the family's default \(Wqkv, Wo, Wi\)$"):
         cpu_load(classifier_params(lora={"target_modules": targets}))
 
 
@@ -401,8 +402,10 @@ def test_attention_logit_soft_capping_runs_eager(tmp_path, builtin_cache, softca
     ({"id2label": {0: "NEGATIVE", 1: "POSITIVE"}}, "has 2 output(s) (NEGATIVE, POSITIVE); a new head for the 3 "
                                                    "classes replaces it, starting from a fixed seed"),
     ({"num_labels": 1, "problem_type": "regression"}, "has 1 output(s) (LABEL_0); a new head for the 3 classes"),
-    ({"id2label": {0: "toxic", 1: "insult", 2: "threat"}, "problem_type": "multi_label_classification"}, None),
-], ids=["two-labels", "regression", "multi-label"])
+    ({"id2label": {0: "toxic", 1: "insult", 2: "threat"}, "problem_type": "multi_label_classification"},
+     "was trained for other classes (toxic, insult, threat); each of the data's classes"),
+    ({"num_labels": 3}, None),  # transformers' placeholder names: an untrained head of the data's size
+], ids=["two-labels", "regression", "multi-label", "placeholder-names"])
 def test_a_checkpoints_own_head_is_replaced_or_trained_for_one_class_per_row(tmp_path, capsys, builtin_cache, head,
                                                                               note):
     """A checkpoint with a head of another size (an SST-2 model, a regression head) gets a new head, with a note; a
@@ -855,3 +858,59 @@ def test_unquoted_numeric_labels_are_class_names_and_meet_the_id_check():
     with pytest.raises(ValidationError, match="class names and class ids collide: '1' names a class"):
         ClassifierData.model_validate({"sources": source, "labels": [1, 2, 3, 4, 5]})
     assert ClassifierData.model_validate({"sources": source, "labels": [0, 1, 2]}).labels == ["0", "1", "2"]
+
+
+# --- labels as users' datasets and checkpoints hold them --------------------------------------------------------
+
+def test_classlabel_columns_give_their_class_names(tmp_path):
+    """imdb, sst2 and ag_news store labels as ClassLabel numbers: rows read from a datasets dataset carry the names
+    (which then reach id2label); -1, no label, stays a number and is refused as such."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from slothline.data.sources import _dataset_rows
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["World", "Sports"])})
+    dataset = Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 0, -1]}, features=features)
+    assert [row["label"] for _, row in _dataset_rows("news", dataset)] == ["Sports", "World", -1]
+    with pytest.raises(RowError, match="label -1 marks a row without a label"):
+        classifier.label_name(-1, None)
+    assert classifier.label_name(-1, ["-1", "1"]) == "-1"  # a class data.labels names
+    assert classifier.look("-1") != classifier.look("1") and classifier.look("01") == classifier.look("1.0")
+
+
+def test_a_checkpoints_head_keeps_its_classes_outputs(tmp_path):
+    """A checkpoint whose head was trained for the data's classes keeps each class on its output (the classes
+    take the head's order, not the sorted one); a head of the same size for other classes is named in a note."""
+    from slothline.backends import replaced_head
+
+    head = {"id2label": {"0": "weather", "1": "tech", "2": "sports"}, "architectures": ["BertForSequenceClassification"]}
+    model = tmp_path / "bert"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", **head}))
+    rows = [{"label": label} for label in ("sports", "tech", "weather")]
+    assert classifier.class_order(rows, None, classifier.head_classes(str(model), None)) == ["weather", "tech", "sports"]
+    assert classifier.class_order(rows, ["tech", "sports", "weather"], ["weather", "tech", "sports"])[0] == "tech"
+    assert classifier.class_order(rows + [{"label": "art"}], None, ["weather", "tech", "sports"])[0] == "art"
+    plain = {"id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}, "architectures": head["architectures"]}
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", **plain}))
+    assert classifier.head_classes(str(model), None) == []
+    assert replaced_head(head, ["weather", "tech", "sports"]) is None and replaced_head(plain, ["a", "b", "c"]) is None
+    assert "trained for other classes (weather, tech, sports)" in replaced_head(head, ["art", "news", "tech"])
+    assert "a new head for the 2 classes replaces it" in replaced_head(head, ["art", "news"])
+
+
+def test_a_class_name_with_a_pipe_keeps_the_report_table_whole():
+    rows = [{"text": "a", "label": "U.S. | World"}, {"text": "b", "label": "Sports"}]
+    scores = {"U.S. | World": {"support": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0},
+              "Sports": {"support": 1, "precision": 1.0, "recall": 1.0, "f1": 1.0}}
+    section = classifier.report_sections(rows, {"tuned": ["U.S. | World", "Sports"]}, {"tuned": {"per_class": scores}})
+    row = next(line for line in section.splitlines() if line.startswith("| U.S."))
+    assert row.count(" | ") == 4 and "U.S. \\| World" in row
+
+
+def test_mpnet_and_roberta_relatives_count_positions_after_the_padding_id():
+    from slothline.families import family
+
+    assert all(family(name).positions_after_padding and family(name).kind == "classifier"
+               for name in ("mpnet", "data2vec-text", "xlm-roberta-xl", "roberta-prelayernorm"))
+    assert kinds.positions({"model_type": "mpnet", "max_position_embeddings": 514, "pad_token_id": 1}) == 512

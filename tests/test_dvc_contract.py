@@ -130,6 +130,23 @@ def test_every_param_is_a_dependency_of_some_stage():
     assert {"params.yaml": None} in DVC_YAML["stages"]["check_params"]["params"]
 
 
+def test_every_stage_runs_after_check_params():
+    """`dvc repro <stage>` runs the stages upstream of it alone: each stage lies downstream of check_params (through
+    its out, a dep of prepare), so params.yaml is checked before anything is prepared or trained."""
+    stages = DVC_YAML["stages"]
+    outs = {stage: [next(iter(out)) if isinstance(out, dict) else out for section in ("outs", "metrics", "plots")
+                    for out in spec.get(section, [])] for stage, spec in stages.items()}
+    upstream = lambda stage: {other for dep in declared(stage, "causal_lm") for other, paths in outs.items()
+                              if any(covered(path, [dep]) or covered(dep, [path]) for path in paths)}
+    for stage in stages:
+        seen, todo = set(), [stage]
+        while todo:
+            for other in upstream(todo.pop()) - seen:
+                seen.add(other)
+                todo.append(other)
+        assert stage == "check_params" or "check_params" in seen, stage
+
+
 def test_data_outside_the_stage_deps_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"prepare": {"cmd": "x", "deps": ["data/raw"]}}}))
@@ -151,14 +168,18 @@ def test_a_local_model_must_be_a_dependency_of_the_stages_that_read_it(tmp_path,
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
     model = shutil.copytree(tiny_qwen3, tmp_path / "checkpoints" / "qwen")
     with pytest.raises(SlothlineError, match=rf"^model.name: {model} is a local directory that no dependency of the "
-                                             r"prepare and train stages in dvc.yaml covers, .*add `- "):
+                                             r"prepare, train, evaluate and merge stages in dvc.yaml covers, .*add `- "):
         kinds.check(kinds.get("causal_lm"), load(model={"name": str(model)}))
     with pytest.raises(SlothlineError, match=r"of the preference stage in dvc.yaml"):
         require_model_declared(str(model), ["preference"])
-    for stage in ("prepare", "train"):
+    with pytest.raises(SlothlineError, match=r"prepare, train, evaluate and merge stages in dvc.yaml"):
+        kinds.check(kinds.get("causal_lm"), load(model={"name": str(model)}))  # the base weights: evaluate, merge
+    for stage in ("prepare", "train", "evaluate", "merge"):
         stages["stages"][stage]["deps"].append("checkpoints")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
     kinds.check(kinds.get("causal_lm"), load(model={"name": str(model)}))
+    with pytest.raises(SlothlineError, match=r"export stage"):  # a GGUF adapter's base.gguf
+        kinds.check(kinds.get("causal_lm"), load(model={"name": str(model)}, merge={"save_method": "lora"}))
     with pytest.raises(SlothlineError, match=r"preference stage"):  # preference tuning reads it too
         kinds.check(kinds.get("causal_lm"), load(model={"name": str(model)}, preference={"method": "dpo"}))
     for name in ("builtin:tiny-qwen3", "Qwen/Qwen3-0.6B"):  # pinned by code or by model.revision

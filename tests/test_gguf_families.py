@@ -162,6 +162,28 @@ def test_the_qwen3_modelfile_prompts_as_training_did(tiny_qwen3):
     assert '<|im_start|>assistant\n"""' in modelfile(model_dir, model_dir, "model.gguf", enable_thinking=True)
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_an_alpaca_trained_model_gets_an_alpaca_modelfile(tmp_path, family):
+    """A model trained on alpaca rows (its tokenizer saved with the alpaca chat template) is prompted with the
+    alpaca prompt by Ollama too, not with the turns its vocabulary's special tokens belong to (a Llama 3 base
+    model's `<|start_header_id|>`); its EOS ends an answer in the history."""
+    from transformers import AutoTokenizer
+
+    from slothline.export.ollama import modelfile
+    from slothline.kinds._generative.chat import adopt_alpaca_template, render
+
+    model_dir = tiny_family_model(tmp_path / family, family, adds_bos=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    row = render([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], tokenizer, "alpaca", False)
+    adopt_alpaca_template(tokenizer, [row])
+    tokenizer.save_pretrained(model_dir)
+    text = modelfile(model_dir, model_dir, "model.gguf")
+    preamble = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    assert f'{{{{ else }}}}{preamble}{{{{ end }}}}' in text and "<|start_header_id|>" not in text
+    assert f'### Response:\n{{{{ .Content }}}}{tokenizer.eos_token}{{{{ end }}}}{{{{ end }}}}### Response:\n"""' in text
+    assert f'SYSTEM """{preamble}"""' in text
+
+
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize("model_type, rslora", [("llama", False), ("gemma3_text", True), ("phi3", False)])
 def test_a_lora_adapter_exports_as_a_gguf_adapter_on_its_base(tmp_path, model_type, rslora):
@@ -365,3 +387,18 @@ def test_the_gguf_names_the_model_it_was_trained_from(tmp_path):
     export_gguf(model_dir, tmp_path / "export", ["f16"])
     fields = gguf.GGUFReader(str(tmp_path / "export" / "f16" / "model.gguf")).fields
     assert bytes(fields["general.name"].parts[-1]).decode() == "microsoft/Phi-3-mini-4k-instruct"
+
+
+def test_a_gguf_file_llama_cpp_cannot_load_is_a_clear_error(tmp_path):
+    """llama-cpp-python says only "Failed to load model from file": the export names the file and the way on."""
+    from types import SimpleNamespace
+
+    from slothline.errors import SlothlineError
+    from slothline.export.checkpoint import load_without_weight_repacking
+
+    def refuse(**kwargs):
+        raise ValueError(f"Failed to load model from file: {kwargs['model_path']}")
+
+    fake = SimpleNamespace(llama_cpp=SimpleNamespace(llama_model_default_params=lambda: SimpleNamespace()), Llama=refuse)
+    with pytest.raises(SlothlineError, match=r"model.gguf: llama.cpp cannot load the file written .*export.formats: \[\]"):
+        load_without_weight_repacking(fake, tmp_path / "model.gguf")

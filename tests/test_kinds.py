@@ -3,6 +3,7 @@ protocol and has its defaults in conf/, Unsloth is imported before transformers 
 backend, and check_params refuses, before prepare runs, what a later stage would."""
 
 import ast
+import re
 import inspect
 import json
 import shutil
@@ -198,6 +199,16 @@ def check_params_error(directory: Path, kind: str = "causal_lm", **sections) -> 
                                                        "did you mean adamw_torch?"),
     ("causal_lm", {"lora": {"target_modules": ["q_proj", "dwon_proj"]}},
      "lora.target_modules: dwon_proj matched no layer of this model; its linear layers are: down_proj, gate_proj"),
+    ("causal_lm", {"lora": {"target_modules": ["all-linear"]}},
+     "all-linear matched no layer .*; or set lora.target_modules: null for the family's default \\(q_proj, k_proj"),
+    ("causal_lm", {"lora": {"target_modules": "all-linear"}},
+     "lora.target_modules: .*a list of layer names, like \\[q_proj, v_proj\\], or null .*got the string 'all-linear'"),
+    ("causal_lm", {"lora": {"target_modules": ["q_proj", "lm_head"]}},
+     "lora.target_modules: lm_head is the model's embeddings or output layer, which LoRA here does not train"),
+    ("causal_lm", {"lora": {"target_modules": ["embed_tokens", "v_proj"]}},
+     "lora.target_modules: embed_tokens is the model's embeddings or output layer"),
+    ("classifier", {"train": {"full_finetuning": True}, "merge": {"save_method": "lora"}},
+     "merge.save_method: lora keeps the LoRA adapter, but train.full_finetuning trains the whole model"),
     ("classifier", {"lora": {"target_modules": ["q_proj"]}}, "lora.target_modules: q_proj matched no layer"),
     ("causal_lm", {"model": {"load_in_4bit": True}}, "model.load_in_4bit: 4-bit QLoRA needs a CUDA GPU"),
     ("causal_lm", {"train": {"backend": "unsloth"}}, "train.backend: unsloth needs a CUDA GPU"),
@@ -214,9 +225,25 @@ def check_params_error(directory: Path, kind: str = "causal_lm", **sections) -> 
      r"data.system_prompt: the alpaca template has no place for a system prompt \(data.sources\[0\] use"),
 ])
 def test_check_params_refuses_before_prepare_what_a_later_stage_would(workdir, kind, sections, message):
-    import re
-
     assert re.search(message, check_params_error(workdir.path, kind, **sections))
+
+
+def test_response_only_training_on_a_chat_template_of_no_known_format_is_refused(workdir, tiny_qwen3):
+    """Answers are found by a known chat format's turn markers: a template of another form is refused before
+    prepare, naming both ways on; without response-only training the same model is fine."""
+    model = shutil.copytree(tiny_qwen3, workdir.path / "plain")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    error = check_params_error(workdir.path, model={"name": str(model)}, export={"formats": []})
+    assert re.search(r"train.train_on_responses_only: .*plain's chat template writes turns of no known format \(known: "
+                     r"chatml, llama-3, gemma, phi-3, mistral, alpaca\).*set train.train_on_responses_only: false", error)
+    from stages import check_params
+
+    write_params(workdir.path, model={"name": str(model)}, export={"formats": []},
+                 train={"train_on_responses_only": False})
+    check_params.main()
 
 
 def test_check_params_refuses_gguf_of_a_family_the_writer_does_not_write(workdir, tiny_qwen3):
@@ -224,7 +251,9 @@ def test_check_params_refuses_gguf_of_a_family_the_writer_does_not_write(workdir
     model = workdir.path / "olmo"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "olmo2", "architectures": ["Olmo2ForCausalLM"]}))
-    shutil.copy(Path(tiny_qwen3) / "tokenizer.json", model / "tokenizer.json")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):  # its tokenizer is Qwen's
+        if (Path(tiny_qwen3) / name).is_file():
+            shutil.copy(Path(tiny_qwen3) / name, model / name)
     error = check_params_error(workdir.path, model={"name": str(model)})
     assert ("export.formats: gguf: the GGUF writer supports qwen3, qwen2, llama, mistral, gemma3_text, phi3, qwen3_vl models, "
             "not 'olmo2'") in error

@@ -59,6 +59,23 @@ def test_merged_model_matches_the_adapter_model(adapter, tiny_qwen3, tokenizer):
     assert Manifest.read(merged_dir).method == "full"
 
 
+def test_the_merged_model_keeps_the_tokenizer_it_was_trained_with(adapter, tokenizer):
+    """A model trained on alpaca rows is saved with the alpaca chat template (train): merge writes that tokenizer,
+    not the base model's, and the GGUF export's Modelfile prompts with it."""
+    import copy
+
+    from slothline.kinds._generative.chat import adopt_alpaca_template, render
+
+    trained = copy.deepcopy(tokenizer)
+    adopt_alpaca_template(trained, [render([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                                           trained, "alpaca", False)])
+    trained.save_pretrained(adapter.path / TUNED_DIR)
+    merged_dir = merge(adapter)
+    assert (merged_dir / "chat_template.jinja").read_text() == trained.chat_template
+    export(adapter, ["f16"])
+    assert "### Instruction:" in (adapter.path / EXPORT_DIR / "f16" / MODELFILE).read_text()
+
+
 def test_lora_method_keeps_the_adapter(adapter):
     merged_dir = merge(adapter, "lora")
     assert (merged_dir / "adapter_config.json").is_file() and (merged_dir / "tokenizer.json").is_file()
@@ -381,11 +398,14 @@ def test_export_refuses_what_it_would_write_wrongly(workdir, tiny_qwen3, tokeniz
 # Refused at params time (check_params), before prepare and train run.
 
 def model_directory(path, tiny_qwen3, model_type: str) -> str:
-    """A local model directory: tiny-qwen3's config with `model_type` and its byte-level BPE tokenizer.json."""
+    """A local model directory: tiny-qwen3's config with `model_type`, and its tokenizer (byte-level BPE) and chat
+    template."""
     path.mkdir()
     config = json.loads((Path(tiny_qwen3) / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
-    shutil.copy(Path(tiny_qwen3) / "tokenizer.json", path / "tokenizer.json")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (Path(tiny_qwen3) / name).is_file():
+            shutil.copy(Path(tiny_qwen3) / name, path / name)
     return str(path)
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,3 +104,55 @@ def test_each_builtin_config_is_of_its_kind(tiny_qwen3, tiny_qwen3_vl, tiny_mode
 ])
 def test_kind_of_config(config, kind):
     assert kind_of_config(config) == kind
+
+
+def test_a_hub_model_not_in_the_offline_cache_is_named_as_such(monkeypatch):
+    """Offline, a file the local cache lacks is not a file the model lacks (which would silently mean, say, no
+    generation_config.json stop tokens): the error says what to do."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+    from slothline.models import model_file
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(SlothlineError, match=r"'org/some-model' is no local directory, and its config.json is neither "
+                                             r"in the local Hugging Face cache nor reachable on the hub"):
+        model_file("org/some-model", "config.json")
+
+    class Response:  # what the hub answers for a file the repository does not hold
+        status_code, headers, request = 404, {}, None
+
+    def absent(*args, **kwargs):
+        raise RemoteEntryNotFoundError("404 Client Error: Entry Not Found", response=Response())
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", absent)
+    assert model_file("org/some-model", "generation_config.json") is None
+
+
+def test_a_tokenizer_shipped_as_a_sentencepiece_model_alone_loads(tmp_path):
+    """DeBERTa-v3 checkpoints ship spm.model without a tokenizer.json: transformers converts it through
+    sentencepiece, a dependency of the project (without it the error blamed tiktoken)."""
+    import json
+
+    import sentencepiece
+    from transformers import DebertaV2Config
+
+    from slothline.models import load_tokenizer
+
+    corpus = Path(__file__).parents[1] / "slothline" / "builtin" / "tokenizer_corpus.txt"
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "spm"), vocab_size=200, pad_id=0, unk_id=1, bos_id=-1,
+        eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]", user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        minloglevel=2)
+    model = tmp_path / "deberta-v3"
+    DebertaV2Config(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64).save_pretrained(model)
+    (tmp_path / "spm.model").rename(model / "spm.model")
+    (model / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "DebertaV2Tokenizer"}))
+    tokenizer = load_tokenizer(str(model))
+    ids = tokenizer("hello world")["input_ids"]
+    assert ids[0] == tokenizer.convert_tokens_to_ids("[CLS]") and ids[-1] == tokenizer.convert_tokens_to_ids("[SEP]")
+    assert tokenizer.decode(ids[1:-1]) == "hello world"

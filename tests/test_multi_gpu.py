@@ -95,16 +95,20 @@ def ddp_trainer(find_unused=None):
                            accelerator=SimpleNamespace(ddp_handler=handler))
 
 
-@pytest.mark.parametrize(("targets", "searched"), [(["q_proj", "down_proj"], False), (["q_proj", "lm_head"], True)])
-def test_ddp_searches_for_unused_weights_only_where_a_step_may_skip_one(targets, searched):
-    """LoRA on the decoder layers trains every adapter weight each step: DDP's search is skipped. The LM
-    head may be read past its adapter by a fused loss: transformers' default (search) stays."""
+@pytest.mark.parametrize(("full", "searched"), [(False, False), (True, True)])
+def test_ddp_searches_for_unused_weights_only_where_a_step_may_skip_one(full, searched):
+    """LoRA on the decoder layers trains every adapter weight each step: DDP's search is skipped. Full fine-tuning
+    trains the LM head and embeddings too, which a fused loss may read past autograd: transformers' default
+    (search) stays."""
+    import torch
+
     from slothline import backends
     from slothline.backends import hf
     from slothline.kinds import causal_lm
     from slothline.training import skip_unused_weight_search
 
-    setting = params(lora={"target_modules": targets}, num_gpus=2, gradient_checkpointing=True)
+    setting = params(lora={"target_modules": ["q_proj", "down_proj"]}, num_gpus=2, gradient_checkpointing=True,
+                     full_finetuning=full)
     model, _ = backends.load_for_training(causal_lm, runtime.resolve(setting, CPU), setting)
     trainer = ddp_trainer()
     ddp = Runtime("hf", "cpu", "cpu", "float32", "adamw_torch", "sdpa", world_size=2)
@@ -115,11 +119,15 @@ def test_ddp_searches_for_unused_weights_only_where_a_step_may_skip_one(targets,
     # Unsloth's backend module (which imports unsloth, so needs CUDA), as far as this decision reads it
     unsloth = SimpleNamespace(TRAINER_CHECKPOINTING=False)
     on_unsloth = Runtime("unsloth", "cuda", "GPU", "bfloat16", "adamw_8bit", "sdpa", world_size=2)
-    if searched:  # Unsloth's reentrant checkpointing breaks with the search: refused, with the ways out
-        with pytest.raises(SlothlineError, match="set train.gradient_checkpointing: false, or train.backend: hf"):
-            skip_unused_weight_search(ddp_trainer(), model, unsloth, on_unsloth, setting)
-        without_checkpointing = params(lora={"target_modules": targets}, num_gpus=2, gradient_checkpointing=False)
-        skip_unused_weight_search(ddp_trainer(), model, unsloth, on_unsloth, without_checkpointing)
+    skip_unused_weight_search(ddp_trainer(), model, unsloth, on_unsloth, setting)  # full fine-tuning: not refused
+    # LoRA on a vision tower, which a text-only batch skips: Unsloth's reentrant checkpointing breaks with the
+    # search, so it is refused, with the ways out
+    tower = SimpleNamespace(named_parameters=lambda: [("model.visual.blocks.0.attn.qkv.lora_A.default.weight",
+                                                       torch.nn.Parameter(torch.zeros(1)))])
+    lora = params(num_gpus=2, gradient_checkpointing=True)
+    with pytest.raises(SlothlineError, match="set train.gradient_checkpointing: false, or train.backend: hf"):
+        skip_unused_weight_search(ddp_trainer(), tower, unsloth, on_unsloth, lora)
+    skip_unused_weight_search(ddp_trainer(), tower, unsloth, on_unsloth, params(num_gpus=2, gradient_checkpointing=False))
     kept = ddp_trainer(find_unused=True)  # decided in the arguments already: left alone
     skip_unused_weight_search(kept, model, hf, ddp, setting)
     assert kept.accelerator.ddp_handler.find_unused_parameters is True

@@ -10,6 +10,7 @@ import pytest
 from slothline.artifacts import DATA_METRICS, PREPARED_DIR, read_split
 from slothline.errors import SlothlineError
 from stages import prepare
+from slothline.params import load_params
 from tests.conftest import ROOT, write_params
 
 ALPACA = [{"instruction": f"Repeat {w}.", "input": "", "output": f"{w} {w}"} for w in ("cat", "dog", "sun", "sky")]
@@ -365,7 +366,7 @@ def test_a_source_without_usable_rows_is_named(workdir, total):
     workdir.write_params([{"path": workdir.write_jsonl("good.jsonl", big), "format": "alpaca"},
                           {"path": "empty.jsonl", "format": "alpaca"}], total=total)
     with pytest.raises(SlothlineError, match=r"^empty.jsonl: no usable rows \(0 read, 0 skipped\); remove the "
-                                             r"source from data.sources or fill it$"):
+                                             r"source or fill it$"):
         prepare.main()
 
 
@@ -650,3 +651,34 @@ def test_data_metrics_count_test_rows_whose_text_is_also_in_train(workdir):
     leaked = sum(question(r) in {question(t) for t in train} for r in test)
     assert leaked > 0 and data_metrics(workdir)["test_rows_in_train"] == leaked
     assert data_metrics(workdir)["duplicates_removed"] == 0
+
+
+def test_a_held_out_test_source_is_the_test_split_whole(workdir):
+    """data.test_sources (a dataset's own test split) goes to test whole: not sampled, split or counted in
+    data.total, and a training row that repeats one of its rows is the copy dedupe drops, so the benchmark stays
+    whole and does not leak into training."""
+    from slothline import kinds
+
+    train = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(40)]
+    test = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(35, 50)]  # 35-39 also in train
+    workdir.write_params([{"path": workdir.write_jsonl("train.jsonl", train), "format": "alpaca"}], total=20,
+                         val_fraction=0.1, test_sources=[{"path": workdir.write_jsonl("test.jsonl", test),
+                                                          "format": "alpaca", "name": "official"}])
+    kinds.check(kinds.get("causal_lm"), load_params())  # test_fraction 0: the held-out source is the test split
+    prepare.main()
+    splits = {name: workdir.read_split(name) for name in ("train", "val", "test")}
+    said = lambda rows: sorted(int(row["reference"]) for row in rows)
+    assert said(splits["test"]) == list(range(35, 50)) and {row["source"] for row in splits["test"]} == {"official"}
+    assert len(splits["train"]) + len(splits["val"]) == 20 and len(splits["val"]) == 2
+    assert not set(said(splits["train"] + splits["val"])) & set(range(35, 50))
+    metrics = json.loads((workdir.path / DATA_METRICS).read_text())
+    assert metrics["test_rows"] == 15 and metrics["test_rows_in_train"] == 0
+    assert metrics["sources"]["official"]["test_rows"] == 15 and metrics["sources"]["train"]["duplicates_removed"] == 5
+
+
+def test_no_test_split_is_refused_unless_a_test_source_gives_one(workdir):
+    from slothline import kinds
+
+    workdir.write_params([{"path": workdir.write_jsonl("train.jsonl", ALPACA), "format": "alpaca"}])
+    with pytest.raises(SlothlineError, match=r"data.test_fraction: 0 leaves no test split.*or give data.test_sources"):
+        kinds.check(kinds.get("causal_lm"), load_params())

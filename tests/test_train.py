@@ -520,3 +520,19 @@ def test_a_resumed_run_keeps_its_best_model_bookkeeping(workdir):
     assert {k: resumed[k] for k in ("steps", "best_step", "stopped_early")} == {
         k: whole[k] for k in ("steps", "best_step", "stopped_early")}
     assert resumed["best_metric"] == pytest.approx(whole["best_metric"], rel=1e-4)
+
+
+def test_the_best_model_recorded_is_the_checkpoint_loaded_at_the_end():
+    """With load_best_model_at_end transformers loads the best saved checkpoint, while its best_global_step follows
+    every evaluation, saved or not: train.json records the checkpoint loaded and its metric."""
+    from types import SimpleNamespace
+
+    from slothline.training import best_model
+
+    history = [{"step": 10, "eval_loss": 1.5}, {"step": 20, "eval_loss": 1.2}, {"step": 30, "eval_loss": 1.0},
+               {"step": 40, "eval_loss": 1.3}]
+    state = SimpleNamespace(best_metric=1.0, best_global_step=30, best_model_checkpoint="models/checkpoints/checkpoint-20",
+                            log_history=history)
+    loading = SimpleNamespace(load_best_model_at_end=True, metric_for_best_model="loss")
+    assert best_model(state, loading) == (1.2, 20)
+    assert best_model(state, SimpleNamespace(load_best_model_at_end=False, metric_for_best_model="loss")) == (1.0, 30)

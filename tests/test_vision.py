@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -827,3 +828,37 @@ def test_pictures_decode_on_a_compiled_static_cache_as_on_a_dynamic_one(tiny_qwe
         assert counters["stats"]["unique_graphs"] == graphs
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("lora, message", [
+    ({"target_modules": None}, None),  # the family's default: the towers' and the language model's layers
+    ({"finetune_vision_layers": False, "target_modules": ["qkv", "proj", "linear_fc1", "linear_fc2"]},
+     "none of qkv, proj, linear_fc1, linear_fc2 lies in the parts the lora.finetune_\\* flags select"),
+])
+def test_lora_targets_are_checked_within_the_parts_the_flags_select(tiny_qwen3_vl, lora, message):
+    """check_params builds the kind's targets as PEFT gets them (one regex within the towers and blocks the flags
+    select): targets outside those parts are refused there, not by PEFT after prepare."""
+    from slothline.backends.lora import check_target_names
+    from slothline.kinds import vision
+    from tests.conftest import load
+
+    params = load("vision", model={"name": tiny_qwen3_vl}, lora=lora)
+    if message is None:
+        check_target_names(vision, params)
+    else:
+        with pytest.raises(SlothlineError, match=message):
+            check_target_names(vision, params)
+
+
+def test_a_vision_family_without_a_record_is_refused_before_prepare(workdir, tiny_qwen3_vl):
+    """A Gemma 3 or Llava checkpoint passes the kind check (a vision_config) but its processor takes pictures
+    otherwise: check_params names the families the kind trains."""
+    from slothline import kinds
+
+    model = workdir.path / "gemma3"
+    shutil.copytree(tiny_qwen3_vl, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "gemma3"}))
+    write_params(workdir.path, "vision", model={"name": str(model)})
+    with pytest.raises(SlothlineError, match=r"a gemma3 model; the vision kind trains .*\(qwen3_vl, qwen2_5_vl, qwen2_vl\)"):
+        kinds.check(kinds.get("vision"), load_params(workdir.path / "params.yaml"))

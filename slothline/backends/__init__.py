@@ -88,13 +88,21 @@ def label_arguments(labels: list[str] | None) -> dict:
 
 def replaced_head(config: dict, labels: list[str]) -> str | None:
     """A note when the checkpoint (its config.json as `config`) has a classification head of another size than
-    `labels`, which label_arguments replaces; None otherwise."""
+    `labels`, which label_arguments replaces, or of their size for other classes, whose outputs then start
+    from the checkpoint's by position; None otherwise."""
     head = config.get("id2label") or {}
     classifies = any(name.endswith("ForSequenceClassification") for name in config.get("architectures") or [])
-    if not classifies or len(head) == len(labels):
+    names = [str(head[key]) for key in sorted(head, key=int)]
+    if not classifies or names == list(labels):
         return None
+    if len(names) == len(labels):
+        if names == [f"LABEL_{i}" for i in range(len(names))]:  # transformers' placeholder names: no classes known
+            return None
+        return (f"note: model.name: the checkpoint's classification head was trained for other classes "
+                f"({', '.join(names)}); each of the data's classes ({', '.join(labels)}) starts from the output in its "
+                "place; set data.labels to give them another order")
     return (f"note: model.name: the checkpoint's classification head has {len(head)} output(s) "
-            f"({', '.join(map(str, head.values()))}); a new head for the {len(labels)} classes replaces it, "
+            f"({', '.join(names)}); a new head for the {len(labels)} classes replaces it, "
             "starting from a fixed seed")
 
 

@@ -98,10 +98,10 @@ def for_inference(model, task) -> None:
 
 def merge(task, spec, runtime, adapter_dir, out_dir, save_method: str) -> None:
     """PEFT's merge_and_unload: into a 16-bit base for merged_16bit (also after QLoRA), into a 4-bit one
-    for merged_4bit."""
+    for merged_4bit; with the processor saved beside the adapter, as Unsloth's merge keeps it."""
     from peft import PeftModel
 
     base, processor = load(task, replace(spec, load_in_4bit=save_method == "merged_4bit"), runtime)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out_dir, max_shard_size=SHARD_SIZE)
-    processor.save_pretrained(out_dir)
+    type(processor).from_pretrained(str(adapter_dir)).save_pretrained(out_dir)  # as trained (an alpaca template)

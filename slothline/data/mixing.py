@@ -119,9 +119,10 @@ def cut(records: list[dict], n_val: int, n_test: int) -> dict[str, list[dict]]:
 
 
 def mix(by_source: dict[str, list[dict]], weights: dict[str, float], total: int | None,
-        val_fraction: float, test_fraction: float, seed: int, stratify_by: str | None = None) -> dict[str, list[dict]]:
+        val_fraction: float, test_fraction: float, seed: int, stratify_by: str | None = None,
+        held_out: list[dict] = ()) -> dict[str, list[dict]]:
     """Sample each source to its quota, split each one (so every split keeps the mix; with `stratify_by`,
-    each class of the source too), then shuffle."""
+    each class of the source too), add the `held_out` rows (data.test_sources') to test whole, then shuffle."""
     counts = quotas({name: len(rows) for name, rows in by_source.items()}, weights, total)
     splits = {name: [] for name in SPLITS}
     for name, rows in by_source.items():
@@ -131,6 +132,7 @@ def mix(by_source: dict[str, list[dict]], weights: dict[str, float], total: int 
         for split_name, part in parts.items():
             splits[split_name].extend(part)
     check_splits(splits, counts, weights, total, {"val": val_fraction, "test": test_fraction})
+    splits["test"].extend(held_out)
     for split_name, rows in splits.items():
         random.Random(f"{seed}:{split_name}").shuffle(rows)
     return splits

@@ -34,7 +34,7 @@ def read_sources(task, params, processor, sources=None, section: str = "data"
             by_source[label] = kept
     for source in sources:
         if not by_source[source.label]:
-            raise SlothlineError(no_usable_rows(source, report[source.label], section))
+            raise SlothlineError(no_usable_rows(source, report[source.label]))
     return by_source, report, keys
 
 
@@ -51,9 +51,8 @@ def read_source(task, source, params, processor, keys: dict[str, str]) -> tuple[
             if source.on_error == "skip" and err.skippable:
                 skipped += 1
                 continue
-            raise SlothlineError(
-                f"{where}: {err} ({source.format} format). Fix the row, or set `on_error: skip` on this source"
-            ) from None
+            skip = ", or set `on_error: skip` on this source" if err.skippable and source.on_error != "skip" else ""
+            raise SlothlineError(f"{where}: {err} ({source.format} format). Fix the row{skip}") from None
         content_id = hashlib.sha1(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()[:16]
         keys[content_id] = content_key(canonical)
         records.append({"id": content_id, "source": source.label, **canonical, **rendered})
@@ -62,11 +61,11 @@ def read_source(task, source, params, processor, keys: dict[str, str]) -> tuple[
     return records, skipped
 
 
-def no_usable_rows(source, counts: dict, section: str = "data") -> str:
+def no_usable_rows(source, counts: dict) -> str:
     found = f"{counts['rows_read']} read, {counts['rows_skipped']} skipped"
     if counts.get("duplicates_removed"):
         found += f", {counts['duplicates_removed']} duplicates of rows in other sources"
-    fix = f"remove the source from {section}.sources or fill it"
+    fix = "remove the source or fill it"
     if counts["rows_skipped"]:
         fix += "; set `on_error: fail` on it to see why its rows are skipped"
     return f"{source.path}: no usable rows ({found}); {fix}"

@@ -239,7 +239,15 @@ def _is_json(text: str) -> bool:
 
 
 def _dataset_rows(name: str, dataset):
+    """Each row, its `ClassLabel` columns' numbers as their class names (as imdb's and ag_news' labels are stored;
+    -1, no label, stays a number)."""
+    from datasets import ClassLabel
+
+    named = {column: feature for column, feature in dataset.features.items() if isinstance(feature, ClassLabel)}
     for number, row in enumerate(_undecoded(dataset), start=1):
+        for column, feature in named.items():
+            if isinstance(row[column], int) and 0 <= row[column] < feature.num_classes:
+                row[column] = feature.int2str(row[column])
         yield f"{name}: row {number}", row
 
 

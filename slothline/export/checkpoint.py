@@ -51,5 +51,11 @@ def load_without_weight_repacking(llama_cpp, gguf_file: Path, lora_file: Path | 
     llama_cpp.llama_cpp.llama_model_default_params = plain_buffers
     try:
         return llama_cpp.Llama(model_path=str(gguf_file), lora_path=lora_file and str(lora_file), n_ctx=512, verbose=False)
+    except ValueError as err:  # llama.cpp logs why (with verbose) and llama-cpp-python says only that it failed
+        raise SlothlineError(
+            f"{gguf_file}: llama.cpp cannot load the file written ({err}); it reads GGUF files as llama.cpp's own "
+            "converter writes them, so this model's config or tokenizer holds something the writer does not "
+            "convert (run `python -c \"import llama_cpp; llama_cpp.Llama('<file>', verbose=True)\"` for llama.cpp's "
+            "reason); set export.formats: [] to keep the merged model alone") from None
     finally:
         llama_cpp.llama_cpp.llama_model_default_params = defaults

@@ -1,12 +1,15 @@
 """Ollama Modelfiles for exported GGUF files, from the model's own files: the conversation in Ollama's template
-form for the chat formats families.py knows (else left to the template embedded in the GGUF, which Ollama
-reads), followed by the generation prompt the model's chat template writes; a system prompt the template
-inserts by default; stop tokens and sampling settings from generation_config.json."""
+form for the chat formats families.py knows, told by a conversation the model's chat template renders (else
+left to the template embedded in the GGUF, which Ollama reads), followed by the generation prompt the model's
+chat template writes; a system prompt the template inserts by default; stop tokens and sampling settings from
+generation_config.json."""
 
 import json
 from pathlib import Path
 
-from slothline.families import chat_format_of
+from jinja2.exceptions import TemplateError
+
+from slothline.families import ChatFormat, chat_format_of
 from slothline.kinds._generative.stops import stop_ids
 
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -23,12 +26,13 @@ def modelfile(model_dir: Path, weights_dir: Path, gguf_name: str, adapter_name: 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     generation_file = weights_dir / "generation_config.json"
     generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
-    chat = chat_format_of(tokenizer.get_vocab())
+    chat = chat_format(tokenizer)
     lines = [f"FROM ./{gguf_name}", *([f"ADAPTER ./{adapter_name}"] if adapter_name else [])]
     if projector:
         lines.append(f"# images: llama.cpp's llama-mtmd-cli or llama-server -m {gguf_name} --mmproj {projector}")
-    if chat and chat.ollama_turns and tokenizer.chat_template:
-        lines.append(f'TEMPLATE """{chat.ollama_turns}{generation_prompt(tokenizer, enable_thinking)}"""')
+    if chat and chat.ollama_turns:
+        turns = chat.ollama_turns.replace("{eos}", tokenizer.eos_token or "")
+        lines.append(f'TEMPLATE """{turns}{generation_prompt(tokenizer, enable_thinking)}"""')
         if system := default_system_prompt(tokenizer):
             lines.append(f'SYSTEM """{system}"""')
     else:
@@ -39,12 +43,23 @@ def modelfile(model_dir: Path, weights_dir: Path, gguf_name: str, adapter_name: 
     return "\n".join(lines) + "\n"
 
 
-USER_TEXT, SYSTEM_TEXT = "\ue000", "\ue001"  # private-use characters no template writes
+USER_TEXT, SYSTEM_TEXT, ANSWER_TEXT = "\ue000", "\ue001", "\ue002"  # private-use characters no template writes
 
 
 def render(tokenizer, messages: list[dict], enable_thinking: bool = False, generation: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation,
                                          enable_thinking=enable_thinking)
+
+
+def chat_format(tokenizer) -> ChatFormat | None:
+    """The known chat format of the tokenizer's chat template (None: none, or one it cannot tell)."""
+    if not tokenizer.chat_template:
+        return None
+    try:
+        return chat_format_of(render(tokenizer, [{"role": "user", "content": USER_TEXT},
+                                                 {"role": "assistant", "content": ANSWER_TEXT}]))
+    except (TypeError, ValueError, TemplateError):  # a template that refuses it: Ollama reads the GGUF's own
+        return None
 
 
 def generation_prompt(tokenizer, enable_thinking: bool) -> str:

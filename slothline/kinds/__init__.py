@@ -109,24 +109,41 @@ def check(task: Task, params) -> None:
         offset = "" if context == max_positions(config) else ", less pad_token_id + 1: positions start after it"
         raise SlothlineError(f"model.max_seq_length: {params.model.max_seq_length} is above the {context} positions "
                              f"{params.model.name} has (max_position_embeddings{offset}); set it to at most {context}")
-    for i, source in enumerate(params.data.sources):
-        if source.format not in task.FORMATS:
-            raise SlothlineError(f"data.sources[{i}].format: {source.format} is not a format of {task.NAME} models; "
-                                 f"use one of {', '.join(task.FORMATS)}")
+    for section in ("sources", "test_sources"):
+        for i, source in enumerate(getattr(params.data, section)):
+            if source.format not in task.FORMATS:
+                raise SlothlineError(f"data.{section}[{i}].format: {source.format} is not a format of {task.NAME} "
+                                     f"models; use one of {', '.join(task.FORMATS)}")
     check_export_formats(task, params.export.formats)
+    if params.merge.save_method == "lora" and params.train.full_finetuning:
+        raise SlothlineError("merge.save_method: lora keeps the LoRA adapter, but train.full_finetuning trains the "
+                             "whole model (no adapter); set merge.save_method: merged_16bit")
     if params.merge.save_method == "lora" and (unconverted := [f for f in params.export.formats if f != "gguf"]):
+        adapter_gguf = " or export.formats: [gguf] (a GGUF adapter beside its base model's GGUF)," * (
+            "gguf" in task.EXPORT_FORMATS)
         raise SlothlineError(f"merge.save_method: lora writes the adapter alone, which export.formats "
-                             f"({', '.join(unconverted)}) cannot convert; set merge.save_method: merged_16bit, or "
-                             "export.formats: [gguf] (a GGUF adapter beside its base model's GGUF) or []")
-    if params.data.test_fraction == 0:
+                             f"({', '.join(unconverted)}) cannot convert; set merge.save_method: merged_16bit,"
+                             f"{adapter_gguf} or export.formats: []")
+    if params.data.test_fraction == 0 and not params.data.test_sources:
         raise SlothlineError("data.test_fraction: 0 leaves no test split, but evaluate scores the tuned model on it; "
-                             "set it above 0 (e.g. 0.1)")
+                             "set it above 0 (e.g. 0.1), or give data.test_sources")
     training.check_training(task, params)
     runtime.check_machine(params, runtime.probe())
-    tuning = params.preference.method != "none"
-    reading = ["prepare", *["train"] * getattr(params.train, "sft", True), *["preference"] * tuning]
-    require_model_declared(params.model.name, reading)
+    require_model_declared(params.model.name, stages_reading_the_model(params))
     task.check(params)
+
+
+def stages_reading_the_model(params) -> list[str]:
+    """The stages that read model.name's files: prepare (the processor), train, preference (where it tunes), and
+    for an adapter evaluate (its base; a fully fine-tuned model's base where evaluate compares with it), merge
+    (the base it merges into, unless it keeps the adapter) and export (a GGUF adapter's base.gguf)."""
+    adapter = not params.train.full_finetuning
+    save_method = params.merge.save_method
+    return ["prepare", *["train"] * getattr(params.train, "sft", True),
+            *["preference"] * (params.preference.method != "none"),
+            *["evaluate"] * (adapter or params.evaluate.compare_base),
+            *["merge"] * (adapter and save_method != "lora"),
+            *["export"] * (adapter and save_method == "lora" and "gguf" in params.export.formats)]
 
 
 def max_positions(config: dict) -> int | None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from slothline.errors import SlothlineError
 from slothline.kinds import Evaluation, context_length, with_base
-from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, turn_markers
+from slothline.kinds._generative.chat import TURN_MARKERS, AnswerMask, answer_cut_off, markers_of, turn_markers
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
 from slothline.kinds._generative.generation import (answer_loss, ensure_pad_token, generation_settings,
@@ -72,6 +72,32 @@ def check_kv_cache(params) -> None:
                              "model.load_in_4bit: false")
 
 
+def check_turn_markers(load_processor: Callable, params) -> None:
+    """Refuse response-only training where the model's chat template writes turns of no known format, so that no
+    answer could be masked (check_params; train would find out after prepare)."""
+    from jinja2.exceptions import TemplateError
+
+    from slothline.models import resolve_model
+
+    if not params.train.train_on_responses_only or any(s.template != "chat" for s in params.data.sources):
+        return
+    processor = load_processor(resolve_model(params.model.name), params.model.revision)
+    if not processor.chat_template:
+        raise SlothlineError("model.name: this tokenizer has no chat template; set `template: alpaca` on each data "
+                             "source or use a chat (instruct) model")
+    try:
+        text = processor.apply_chat_template([{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": "Hello"}], tokenize=False)
+    except (TypeError, ValueError, TemplateError):  # a template with demands of its own: prepare names the row
+        return
+    if markers_of(text) is None:
+        raise SlothlineError(
+            f"train.train_on_responses_only: {params.model.name}'s chat template writes turns of no known format "
+            f"(known: {', '.join(TURN_MARKERS)}), so the answers cannot be told from the prompts; set "
+            "train.train_on_responses_only: false (the loss then covers whole texts), or `template: alpaca` on "
+            "each data source")
+
+
 def finish_lengths(splits: dict[str, list[dict]], lengths: dict[str, list[tuple[int, int | None]]],
                    max_length: int, keep: Callable[[int, int | None], bool], none_kept: str) -> dict:
     """Token statistics per split from each row's (length, answer start), taken before the train and val rows
@@ -83,6 +109,9 @@ def finish_lengths(splits: dict[str, list[dict]], lengths: dict[str, list[tuple[
         dropped[name], splits[name] = len(splits[name]) - len(kept), kept
     if lengths["train"] and not splits["train"]:
         raise SlothlineError(none_kept)
+    if lengths["val"] and not splits["val"]:  # a val loss over no row: train would record none, or fail to pick a best
+        raise SlothlineError(f"model.max_seq_length: {max_length} tokens leave no answer token in any of the "
+                             f"{len(lengths['val'])} val rows; raise model.max_seq_length, or set data.val_fraction: 0")
     tokens = {}
     for name, split_lengths in lengths.items():
         if split_lengths:

@@ -18,16 +18,12 @@ import re
 from jinja2.exceptions import TemplateError
 
 from slothline.errors import RowError, SlothlineError
-from slothline.families import CHAT_FORMATS
+from slothline.families import ALPACA_PREAMBLE, CHAT_FORMATS, chat_format_of
 from slothline.kinds._generative.tokens import LITERALS, adds_bos, encode, encode_rows, literal_spans, tokenizer_of
 
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-    "\n\n### Instruction:\n{}\n\n### Response:\n{}"
-)
+ALPACA_PROMPT = ALPACA_PREAMBLE + "\n\n### Instruction:\n{}\n\n### Response:\n{}"
 # (instruction_part, response_part) of the templates whose answers can be masked
-TURN_MARKERS = {**{name: chat.turns for name, chat in CHAT_FORMATS.items()},
-                "alpaca": ("### Instruction:\n", "### Response:\n")}
+TURN_MARKERS = {name: chat.turns for name, chat in CHAT_FORMATS.items()}
 THINK_TAGS = ("<think>", "</think>")
 TEMPLATE_DATE = "26 Jul 2024"  # the date Llama 3's templates write when given none: prepared data stays the same by day
 
@@ -72,6 +68,27 @@ def render(messages: list[dict], processor, template: str, enable_thinking: bool
     if text_spans or prompt_spans:
         rendered[LITERALS] = {"text": text_spans, "prompt": prompt_spans}
     return rendered
+
+
+def alpaca_chat_template(tokenizer) -> str:
+    """A Jinja chat template writing a conversation as `render` writes alpaca rows (BOS where the tokenizer adds
+    one, the preamble, then `### Instruction:` and `### Response:` turns; a system prompt replaces the preamble).
+    Each text is an expression: transformers renders with trim_blocks, which drops a line break after a tag."""
+    return ("{{ bos_token }}" if adds_bos(tokenizer) else "") + (
+        "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+        f"{{% else %}}{ALPACA_PREAMBLE}{{% endif %}}"
+        "{% for message in messages %}{% if message['role'] == 'user' %}"
+        "{{ '\\n\\n### Instruction:\\n' + message['content'] + '\\n\\n' }}"
+        "{% elif message['role'] == 'assistant' %}{{ '### Response:\\n' + message['content'] + eos_token }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}")
+
+
+def adopt_alpaca_template(tokenizer, rows: list[dict]) -> None:
+    """Give the tokenizer the alpaca chat template when every row's prompt is an alpaca prompt, so that the model
+    saved with it (the merged model, its GGUF file and Ollama Modelfile) is prompted as it was trained."""
+    start = (tokenizer.bos_token if adds_bos(tokenizer) else "") + ALPACA_PROMPT.split("{}")[0]
+    if rows and all((row.get("prompt") or row.get("text") or "").startswith(start) for row in rows):
+        tokenizer.chat_template = alpaca_chat_template(tokenizer)
 
 
 def special_tokens(tokenizer) -> list[str]:
@@ -169,15 +186,17 @@ def turn_markers(texts: list[str]) -> tuple[str, str]:
         if all(response_part in text for text in texts):
             return instruction_part, response_part
     raise SlothlineError(
-        "train.train_on_responses_only: cannot find one pair of turn markers shared by every example "
-        f"(known: {', '.join(TURN_MARKERS)}; sources with different templates cannot be mixed for "
-        "response-only training); use one template, or set train.train_on_responses_only: false"
+        "train.train_on_responses_only: no pair of turn markers is shared by every example (known: "
+        f"{', '.join(TURN_MARKERS)}), so the answers cannot be told from the prompts; set "
+        "train.train_on_responses_only: false (the loss then covers whole texts), or `template: alpaca` on each "
+        "data source"
     )
 
 
 def markers_of(text: str) -> tuple[str, str] | None:
     """The known turn markers `text` uses, or None."""
-    return next((pair for pair in TURN_MARKERS.values() if pair[1] in text), None)
+    chat = chat_format_of(text)
+    return chat and chat.turns
 
 
 class AnswerMask:

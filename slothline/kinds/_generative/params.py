@@ -14,6 +14,7 @@ class ChatSource(Source):
 
 class ChatData(DataParams):
     sources: list[ChatSource] = Field(min_length=1)
+    test_sources: list[ChatSource] = Field([], description="held-out sources: their rows are the test split, whole")
     system_prompt: str | None = None
     enable_thinking: bool = False
 

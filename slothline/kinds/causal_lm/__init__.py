@@ -7,7 +7,8 @@ from slothline.data.formats import CONVERTERS, to_messages
 from slothline.errors import SlothlineError
 from slothline.export import check_gguf
 from slothline.kinds import _generative
-from slothline.kinds._generative.chat import AnswerMask, answer_cut_off, render, token_lengths, turn_markers
+from slothline.kinds._generative.chat import (AnswerMask, adopt_alpaca_template, answer_cut_off, render, token_lengths,
+                                             turn_markers)
 from slothline.kinds._generative.stops import check_turn_end, model_stop_tokens, stop_ids
 from slothline.kinds._generative.tokens import encode_rows, literal_spans
 from slothline.kinds.causal_lm import preference as PREFERENCE  # noqa: N812 (the protocol's name)
@@ -23,7 +24,8 @@ STRATIFY_BY = None
 
 
 def check(params) -> None:
-    """What the sources' templates allow, preference tuning, what GGUF export can write and the KV cache."""
+    """What the sources' templates and the model's chat template allow, preference tuning, what GGUF export can
+    write and the KV cache."""
     templates = {source.template for source in params.data.sources}
     if len(templates) > 1 and params.train.train_on_responses_only:
         raise SlothlineError("data.sources: chat and alpaca templates mixed, but train.train_on_responses_only masks "
@@ -39,6 +41,7 @@ def check(params) -> None:
     PREFERENCE.check(params)
     check_gguf(params)
     _generative.check_kv_cache(params)
+    _generative.check_turn_markers(load_processor, params)
 
 
 def load_processor(source: str, revision: str | None):
@@ -103,6 +106,7 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows: list[d
 
     markers = turn_markers([r["text"] for r in train_rows]) if params.train.train_on_responses_only else None
     args = sft_config(backend, runtime, params, output_dir, bool(val_rows), VAL_METRICS[0], params.train.packing)
+    adopt_alpaca_template(tokenizer, train_rows)  # saved with the model: merge and export prompt as it trained
     stops = stop_ids(tokenizer, model.generation_config)
     return sft_trainer_class(runtime)(
         model=model,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from slothline.data.preference_formats import CONVERTERS
 from slothline.errors import RowError, SlothlineError
-from slothline.kinds._generative.chat import render
+from slothline.kinds._generative.chat import adopt_alpaca_template, render
 from slothline.kinds._generative.tokens import LITERALS, adds_bos, encode
 from slothline.kinds._generative.stops import model_stop_tokens
 
@@ -172,6 +172,7 @@ def build_trainer(backend, runtime, params, model, tokenizer, train_rows, val_ro
     args = training_config(getattr(module, method.config), backend, runtime, schedule(params), output_dir,
                            bool(val_rows), "loss", **extra)
     dataset = lambda rows: Dataset.from_dict(trainer_rows(rows, method, tokenizer, params.train.seed))
+    adopt_alpaca_template(tokenizer, train_rows)  # saved with the model: merge and export prompt as it trained
     return getattr(module, method.trainer)(model=model, args=args, train_dataset=dataset(train_rows),
                                            eval_dataset=dataset(val_rows) if val_rows else None,
                                            processing_class=tokenizer, callbacks=callbacks)

@@ -104,6 +104,9 @@ def label_name(value, labels: list[str] | None) -> str:
     name = str(value).strip()
     if not name:
         raise RowError("field 'label' is empty; every row needs a class name or id there")
+    if name == "-1" and (labels is None or name not in labels):
+        raise RowError("label -1 marks a row without a label (as GLUE's test splits and datasets' ClassLabel columns "
+                       "write it); drop such rows")
     if labels is None or name in labels:
         return name
     if is_number(name) and int(name) < len(labels):
@@ -115,7 +118,7 @@ def label_name(value, labels: list[str] | None) -> str:
 def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> dict:
     """Fix the classes (data.labels, else the train split's, sorted), refuse a val or test row whose class
     train lacks, add each row's `label_id`, and return the classes, their counts per split and token lengths."""
-    labels = class_order(splits["train"], params.data.labels)
+    labels = class_order(splits["train"], params.data.labels, head_classes(params.model.name, params.model.revision))
     for warning in look_alike_classes(splits, labels):
         print(warning)
     ids = {label: i for i, label in enumerate(labels)}
@@ -139,9 +142,22 @@ def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> 
     return {"labels": labels, "classes": counts, "tokens": tokens}
 
 
-def class_order(train_rows: list[dict], fixed: list[str] | None) -> list[str]:
-    """`data.labels` when given (each needs train rows), else the train split's classes, sorted (numerically
-    where all are numbers)."""
+def head_classes(name: str, revision: str | None) -> list[str]:
+    """The classes of the checkpoint's classification head in output order ([] without a head, or with
+    transformers' placeholder names LABEL_0, LABEL_1, ...)."""
+    from slothline.models import model_config
+
+    config = model_config(name, revision)
+    head = config.get("id2label") or {}
+    classifies = any(arch.endswith("ForSequenceClassification") for arch in config.get("architectures") or [])
+    names = [str(head[key]) for key in sorted(head, key=int)]
+    return names if classifies and names != [f"LABEL_{i}" for i in range(len(names))] else []
+
+
+def class_order(train_rows: list[dict], fixed: list[str] | None, head: list[str] = ()) -> list[str]:
+    """`data.labels` when given (each needs train rows), else the train split's classes: in the order of the
+    checkpoint's head where it has these classes (each keeps its output), else sorted (numerically where all are
+    numbers)."""
     seen = {row["label"] for row in train_rows}
     if fixed:
         missing = [label for label in fixed if label not in seen]
@@ -153,6 +169,8 @@ def class_order(train_rows: list[dict], fixed: list[str] | None) -> list[str]:
     if len(seen) < 2:
         raise SlothlineError(f"data: the train split has {len(seen)} class ({', '.join(seen)}); a classifier needs "
                              "at least two: check the sources' `label` fields")
+    if set(head) == seen:
+        return list(head)
     return sorted(seen, key=lambda label: (not is_number(label), int(label) if is_number(label) else 0, label))
 
 
@@ -175,8 +193,9 @@ def look_alike_classes(splits: dict[str, list[dict]], labels: list[str]) -> list
 def look(label: str) -> str:
     """A class name as a reader sees it: case, surrounding spaces, runs of spaces, `_` and `-` ignored, and a
     number as its value (`01`, `1` and `1.0` look alike)."""
-    key = re.sub(r"[\s_-]+", " ", label).strip().casefold()
-    return format(float(key), "g") if re.fullmatch(r"\d+(\.\d*)?|\.\d+", key) else key
+    if re.fullmatch(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)\s*", label):  # a number, its sign kept
+        return format(float(label), "g")
+    return re.sub(r"[\s_-]+", " ", label).strip().casefold()
 
 
 def unseen_label(row: dict, split_name: str, splits: dict, data) -> str:
@@ -332,7 +351,7 @@ def report_sections(rows: list[dict], predicted: dict[str, list[str]], results: 
     for label, tuned in results["tuned"]["per_class"].items():
         cells = [f"{results[name]['per_class'][label][score]:g}" for name in models
                  for score in ("precision", "recall", "f1")]
-        lines.append(f"| {label} | {tuned['support']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {markdown_cell(label)} | {tuned['support']} | " + " | ".join(cells) + " |")
     wrong = [i for i, row in enumerate(rows) if predicted["tuned"][i] != row["label"]]
     lines += ["", f"## Misclassified by the tuned model ({len(wrong)} of {len(rows)}"
               + (f", first {REPORT_MISCLASSIFIED}" if len(wrong) > REPORT_MISCLASSIFIED else "") + ")", ""]

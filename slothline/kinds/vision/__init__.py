@@ -9,7 +9,7 @@ from pathlib import Path
 
 from slothline.artifacts import IMAGES_SUBDIR, PREPARED_DIR, THUMBNAILS_DIR
 from slothline.errors import SlothlineError
-from slothline.families import family
+from slothline.families import FAMILIES, family
 from slothline.kinds import _generative
 from slothline.kinds._generative.chat import render, token_lengths, turn_markers
 from slothline.kinds._generative.stops import check_turn_end, model_stop_tokens, stop_ids
@@ -41,13 +41,22 @@ MLP_TAGS = ("mlp", "feed_forward", "ffn", "dense", "mixer")
 
 
 def check(params) -> None:
-    """What GGUF export can write: the model's family and tokenizer, and merged weights (a GGUF adapter holds
-    the language model's LoRA alone, not the vision encoder's); and the KV cache."""
+    """A model of a family the kind knows; what GGUF export can write: the model's family and tokenizer, and
+    merged weights (a GGUF adapter holds the language model's LoRA alone, not the vision encoder's); the KV
+    cache; response-only training on a chat template of a known format."""
+    from slothline.models import model_config
+
+    model_type = model_config(params.model.name, params.model.revision).get("model_type")
+    if family(model_type).kind != "vision":
+        known = ", ".join(name for name, record in FAMILIES.items() if record.kind == "vision")
+        raise SlothlineError(f"model.name: a {model_type} model; the vision kind trains the families whose processors, "
+                             f"image tokens and LoRA layers it knows ({known}): use a model of one of them")
     check_gguf(params)
     _generative.check_kv_cache(params)
     if "gguf" in params.export.formats and params.merge.save_method == "lora":
         raise SlothlineError("export.formats: gguf of a vision model needs merge.save_method: merged_16bit (its "
                              "vision encoder goes to the mmproj file merged), or export.formats: []")
+    _generative.check_turn_markers(load_processor, params)
 
 
 def load_processor(source: str, revision: str | None):
@@ -182,7 +191,10 @@ def lora_extras(params, model) -> dict:
     towers = (VISION_TAGS if lora.finetune_vision_layers else ()) + (LANGUAGE_TAGS if lora.finetune_language_layers else ())
     blocks = (ATTENTION_TAGS if lora.finetune_attention_modules else ()) + (MLP_TAGS if lora.finetune_mlp_modules else ())
     alternatives = lambda names: "|".join(re.escape(name) for name in dict.fromkeys(names))
-    targets = lora.target_modules or family(model.config.model_type).lora_targets or ()
+    targets = lora.target_modules or family(model.config.model_type).lora_targets
+    if not targets:
+        raise SlothlineError(f"lora.target_modules: null takes the default layers of the model's family, but "
+                             f"{model.config.model_type} has none here; list the layers to train")
     return {"target_modules": rf".*?(?:{alternatives(towers)}).*?(?:{alternatives(blocks)}).*?\.(?:{alternatives(targets)})"}
 
 

@@ -19,6 +19,7 @@ class VisionSource(ChatSource):
 
 class VisionData(ChatData):
     sources: list[VisionSource] = Field(min_length=1)
+    test_sources: list[VisionSource] = Field([], description="held-out sources: their rows are the test split, whole")
     image_min_pixels: int | None = Field(None, ge=1, description="smaller images are refused")
     image_max_pixels: int | None = Field(None, ge=1, description="larger images are scaled down to fit")
 
