@@ -92,6 +92,7 @@ class ChatFormat:
     turns: tuple[str, str]  # (instruction_part, response_part), as Unsloth's train_on_responses_only takes them
     ollama_turns: str | None = None  # the conversation in Ollama's Go-template form (the model's own chat
     # template then gives the generation prompt that follows it); `{eos}` stands for the tokenizer's EOS token
+    answer_end: str = ""  # what ends an answer in `ollama_turns`: a template must write it so to take that form
 
 
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -101,21 +102,23 @@ CHAT_FORMATS = {  # Ollama keeps system messages in .Messages and also sets .Sys
         ("<|im_start|>user\n", "<|im_start|>assistant\n"),
         "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
         "{{- range .Messages }}{{- if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
-        "{{ end }}{{ end }}"),
+        "{{ end }}{{ end }}", "<|im_end|>"),
     "llama-3": ChatFormat(
         ("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
         "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
         "{{- range .Messages }}{{- if ne .Role \"system\" }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
-        "{{ .Content }}<|eot_id|>{{ end }}{{ end }}"),
+        "{{ .Content }}<|eot_id|>{{ end }}{{ end }}", "<|eot_id|>"),
     "gemma": ChatFormat(  # Gemma has no system turn: its template puts the system prompt before the first question
         ("<start_of_turn>user\n", "<start_of_turn>model\n"),
         "{{- $system := .System }}{{- range .Messages }}{{- if eq .Role \"user\" }}<start_of_turn>user\n"
         "{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ .Content }}<end_of_turn>\n"
-        "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}"),
+        "{{ else if eq .Role \"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}",
+        "<end_of_turn>"),
     "phi-3": ChatFormat(
         ("<|user|>\n", "<|assistant|>\n"),
         "{{- if .System }}<|system|>\n{{ .System }}<|end|>\n{{ end }}"
-        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}"),
+        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}",
+        "<|end|>"),
     # Mistral's and Llama 2's [INST] templates differ in spaces from version to version: Ollama takes the
     # template embedded in the GGUF file
     "mistral": ChatFormat(("[INST]", "[/INST]")),
@@ -124,7 +127,7 @@ CHAT_FORMATS = {  # Ollama keeps system messages in .Messages and also sets .Sys
         ("### Instruction:\n", "### Response:\n"),
         f"{{{{ if .System }}}}{{{{ .System }}}}{{{{ else }}}}{ALPACA_PREAMBLE}{{{{ end }}}}"
         "{{- range .Messages }}{{- if eq .Role \"user\" }}\n\n### Instruction:\n{{ .Content }}\n\n"
-        "{{ else if eq .Role \"assistant\" }}### Response:\n{{ .Content }}{eos}{{ end }}{{ end }}"),
+        "{{ else if eq .Role \"assistant\" }}### Response:\n{{ .Content }}{eos}{{ end }}{{ end }}", "{eos}"),
 }
 
 

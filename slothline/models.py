@@ -44,14 +44,16 @@ def model_file(name: str, filename: str, revision: str | None = None) -> str | N
     source = resolve_model(name)
     if Path(source).is_dir():
         return str(Path(source) / filename) if (Path(source) / filename).is_file() else None
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     try:
         return hf_hub_download(source, filename, revision=revision)
     except RemoteEntryNotFoundError:  # the hub says the model has no such file
         return None
-    except LocalEntryNotFoundError as err:  # offline, and not in the local cache: unknown whether it has one
+    except LocalEntryNotFoundError as err:  # offline, and not in the local cache
+        if filename != "config.json" and isinstance(try_to_load_from_cache(source, "config.json", revision=revision), str):
+            return None  # the model was fetched (model_directory takes every file it needs), without this one
         raise SlothlineError(f"model.name: {name!r} is no local directory, and its {filename} is neither in the local "
                              f"Hugging Face cache nor reachable on the hub ({err.__class__.__name__}); connect to "
                              "the hub once (or unset HF_HUB_OFFLINE), download the model to a directory and set "

@@ -365,8 +365,10 @@ def train_metrics(trainer, result, runtime, model, tokens_before: int, resumed_f
 def best_model(state, args) -> tuple[float | None, int | None]:
     """(metric, step) of the best evaluation; with load_best_model_at_end, of the checkpoint loaded at the end,
     which transformers picks among the saved ones, while its best_global_step follows every evaluation."""
-    if not args.load_best_model_at_end or not state.best_model_checkpoint:
+    if not args.load_best_model_at_end:
         return state.best_metric, state.best_global_step
+    if not state.best_model_checkpoint:  # no evaluation fell on a save: the last weights stay
+        return None, None
     step = int(re.search(r"checkpoint-(\d+)$", str(state.best_model_checkpoint).rstrip("/")).group(1))
     key = args.metric_for_best_model if args.metric_for_best_model.startswith("eval_") else (
         f"eval_{args.metric_for_best_model}")

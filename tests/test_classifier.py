@@ -189,6 +189,14 @@ def test_numeric_names_that_read_the_same_as_ids_are_accepted(tmp_path, labels):
     assert load_params(tmp_path / PARAMS_FILE).data.labels == labels
 
 
+def test_yaml_booleans_as_class_names_are_refused_with_the_quoting(tmp_path):
+    """`labels: [no, yes]` reads as [False, True]: the message says to quote them."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(kind_defaults("classifier")).replace(
+        "labels: null", "labels: [no, yes]"))
+    with pytest.raises(SlothlineError, match=r"data.labels: .*quote the class names, like \['no', 'yes'\]"):
+        load_params(tmp_path / PARAMS_FILE)
+
+
 def test_data_labels_with_spaces_around_them_are_refused(tmp_path):
     message = params_error(tmp_path, "classifier", data={"labels": ["bug", " feature"]})
     assert "data.labels: ' feature' has spaces around it, which every label read from the data loses; write " \
@@ -872,6 +880,7 @@ def test_classlabel_columns_give_their_class_names(tmp_path):
     features = Features({"text": Value("string"), "label": ClassLabel(names=["World", "Sports"])})
     dataset = Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 0, -1]}, features=features)
     assert [row["label"] for _, row in _dataset_rows("news", dataset)] == ["Sports", "World", -1]
+    assert [row["label"] for _, row in _dataset_rows("news", dataset, class_names=False)] == [1, 0, -1]  # data.labels
     with pytest.raises(RowError, match="label -1 marks a row without a label"):
         classifier.label_name(-1, None)
     assert classifier.label_name(-1, ["-1", "1"]) == "-1"  # a class data.labels names
@@ -914,3 +923,15 @@ def test_mpnet_and_roberta_relatives_count_positions_after_the_padding_id():
     assert all(family(name).positions_after_padding and family(name).kind == "classifier"
                for name in ("mpnet", "data2vec-text", "xlm-roberta-xl", "roberta-prelayernorm"))
     assert kinds.positions({"model_type": "mpnet", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
+
+
+def test_a_text_under_two_classes_is_warned_about_and_counted(workdir, capsys):
+    rows = [{"text": f"review {i}", "label": "pos" if i % 2 else "neg"} for i in range(20)]
+    rows += [{"text": "Great  phone", "label": "pos"}, {"text": "Great phone", "label": "neg"}]
+    workdir.write_params([{"path": workdir.write_jsonl("reviews.jsonl", rows), "format": "classification"}],
+                         "classifier", dedupe=False)
+    from stages import prepare
+
+    prepare.main()
+    assert "data: 1 text(s) appear under more than one class, e.g. 'Great phone' as neg and pos" in capsys.readouterr().out
+    assert json.loads((workdir.path / DATA_METRICS).read_text())["texts_with_several_labels"] == 1

@@ -118,6 +118,9 @@ def test_a_split_llama_cpp_has_not_is_refused_before_training():
     ({"model_type": "gemma3_text", "query_pre_attn_scalar": 100, "head_dim": 256, "num_hidden_layers": 26},
      "query_pre_attn_scalar 100 scales attention differently from llama.cpp's gemma3"),
     ({"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling"),  # hub config
+    ({"model_type": "qwen3_vl", "text_config": {"model_type": "qwen3_vl_text"}, "vision_config": {"spatial_merge_size": 1}},
+     "takes temporal patches of 2 frames and merges 2x2 patches, and this vision_config has temporal_patch_size 2, "
+     "spatial_merge_size 1"),
 ])
 def test_what_llama_cpp_would_compute_otherwise_is_refused(config, message):
     assert message in gguf_refusal(config, json.loads(byte_level_tokenizer("qwen2").to_str()))
@@ -182,6 +185,28 @@ def test_an_alpaca_trained_model_gets_an_alpaca_modelfile(tmp_path, family):
     assert f'{{{{ else }}}}{preamble}{{{{ end }}}}' in text and "<|start_header_id|>" not in text
     assert f'### Response:\n{{{{ .Content }}}}{tokenizer.eos_token}{{{{ end }}}}{{{{ end }}}}### Response:\n"""' in text
     assert f'SYSTEM """{preamble}"""' in text
+
+
+@pytest.mark.parametrize("template", [
+    # Zephyr / TinyLlama-chat: Phi-3's turn markers, answers ended by </s>
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+    # DeepSeek-Coder-instruct: alpaca's headers, its own preamble and turn end
+    "You are an AI programming assistant.\n{% for m in messages %}{% if m['role'] == 'user' %}### Instruction:\n"
+    "{{ m['content'] }}\n{% else %}### Response:\n{{ m['content'] }}\n<|EOT|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}",
+], ids=["zephyr", "deepseek-coder"])
+def test_a_template_that_only_resembles_a_known_format_gets_no_ollama_template(tmp_path, tokenizer, template):
+    """Markers alone do not make a format: a template that ends answers otherwise is left to the GGUF's own."""
+    import copy
+
+    from slothline.export.ollama import modelfile
+
+    model_dir = tmp_path / "model"
+    other = copy.deepcopy(tokenizer)
+    other.chat_template = template
+    other.save_pretrained(model_dir)
+    assert 'TEMPLATE """' not in modelfile(model_dir, model_dir, "model.gguf")
 
 
 @pytest.mark.llama_cpp

@@ -223,6 +223,9 @@ def check_params_error(directory: Path, kind: str = "causal_lm", **sections) -> 
     ("causal_lm", {"data": {"system_prompt": "Be brief.",
                             "sources": [{"path": "data/raw/alpaca.jsonl", "format": "alpaca", "template": "alpaca"}]}},
      r"data.system_prompt: the alpaca template has no place for a system prompt \(data.sources\[0\] use"),
+    ("causal_lm", {"data": {"test_sources": [{"path": "data/raw/alpaca.jsonl", "format": "alpaca", "template": "alpaca",
+                                              "name": "held_out"}]}},
+     "data.test_sources: template alpaca, which no source of data.sources uses"),
 ])
 def test_check_params_refuses_before_prepare_what_a_later_stage_would(workdir, kind, sections, message):
     assert re.search(message, check_params_error(workdir.path, kind, **sections))

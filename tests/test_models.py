@@ -118,9 +118,15 @@ def test_a_hub_model_not_in_the_offline_cache_is_named_as_such(monkeypatch):
         raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)  # never fetched
     with pytest.raises(SlothlineError, match=r"'org/some-model' is no local directory, and its config.json is neither "
                                              r"in the local Hugging Face cache nor reachable on the hub"):
         model_file("org/some-model", "config.json")
+    with pytest.raises(SlothlineError, match="its generation_config.json is neither"):
+        model_file("org/some-model", "generation_config.json")
+    cached = lambda repo, filename, **kwargs: f"/cache/{repo}/{filename}" if filename == "config.json" else None
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)  # fetched, without that file
+    assert model_file("org/some-model", "generation_config.json") is None
 
     class Response:  # what the hub answers for a file the repository does not hold
         status_code, headers, request = 404, {}, None

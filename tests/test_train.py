@@ -536,3 +536,5 @@ def test_the_best_model_recorded_is_the_checkpoint_loaded_at_the_end():
     loading = SimpleNamespace(load_best_model_at_end=True, metric_for_best_model="loss")
     assert best_model(state, loading) == (1.2, 20)
     assert best_model(state, SimpleNamespace(load_best_model_at_end=False, metric_for_best_model="loss")) == (1.0, 30)
+    state.best_model_checkpoint = None  # the best evaluations fell between saves: the last weights stay
+    assert best_model(state, loading) == (None, None)

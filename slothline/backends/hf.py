@@ -98,7 +98,7 @@ def for_inference(model, task) -> None:
 
 def merge(task, spec, runtime, adapter_dir, out_dir, save_method: str) -> None:
     """PEFT's merge_and_unload: into a 16-bit base for merged_16bit (also after QLoRA), into a 4-bit one
-    for merged_4bit; with the processor saved beside the adapter, as Unsloth's merge keeps it."""
+    for merged_4bit; with the processor saved beside the adapter (the one trained)."""
     from peft import PeftModel
 
     base, processor = load(task, replace(spec, load_in_4bit=save_method == "merged_4bit"), runtime)

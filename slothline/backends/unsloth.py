@@ -114,7 +114,7 @@ MERGED_BY_UNSLOTH = ("AutoModelForCausalLM", "AutoModelForImageTextToText")  # g
 
 def merge(task, spec, runtime, adapter_dir, out_dir, save_method: str) -> None:
     """Unsloth's save_pretrained_merged for generative models (it asks for "merged_4bit_forced" to confirm
-    a 4-bit merge); other kinds (classifiers, whose trained head is a PEFT `modules_to_save` copy) merge
+    a 4-bit merge), with the processor trained; other kinds (classifiers, whose trained head is a PEFT `modules_to_save` copy) merge
     through PEFT's merge_and_unload, as on the hf backend."""
     if task.AUTO_CLASS not in MERGED_BY_UNSLOTH:
         from slothline.backends import hf
@@ -125,6 +125,9 @@ def merge(task, spec, runtime, adapter_dir, out_dir, save_method: str) -> None:
     )
     model.save_pretrained_merged(str(out_dir), processor, save_method=save_method.replace("4bit", "4bit_forced"),
                                  max_shard_size=SHARD_SIZE)
+    # Unsloth reads the adapter folder's tokenizer only beside a special_tokens_map.json, which transformers 5 no
+    # longer writes: the processor saved with the adapter (an alpaca chat template, say) is written over the base's
+    type(processor).from_pretrained(str(adapter_dir)).save_pretrained(out_dir)
 
 
 MOVED = ("the torch varlen hook was written against Unsloth 2026.10.7: install unsloth==2026.10.7 or set "

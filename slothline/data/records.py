@@ -42,7 +42,7 @@ def read_source(task, source, params, processor, keys: dict[str, str]) -> tuple[
     """The kind's records of one source (capped at max_samples) and the count of skipped rows; each record's
     dedupe key (mixing.content_key of its canonical part) goes into `keys` by record id."""
     records, skipped = [], 0
-    for where, row in read_rows(source):
+    for where, row in read_rows(source, class_names=getattr(params.data, "labels", None) is None):
         try:
             if isinstance(row, RowError):
                 raise row

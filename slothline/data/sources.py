@@ -24,12 +24,14 @@ DATASET_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")  # what
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape of half a UTF-16 surrogate pair
 
 
-def read_rows(source: Source) -> Iterator[tuple[str, object]]:
+def read_rows(source: Source, class_names: bool = True) -> Iterator[tuple[str, object]]:
+    """Each row of the source with where it was read; `class_names`: a dataset's ClassLabel numbers as their names
+    (off where data.labels gives the classes, which the numbers then index)."""
     path = Path(source.path)
     if source.config is not None and path.exists():
         raise SlothlineError(f"{path}: a local source takes no `config` (a hub dataset's configuration); remove it")
     if path.is_dir():
-        yield from _dataset_rows(source.path, _load_from_disk(path, source.split))
+        yield from _dataset_rows(source.path, _load_from_disk(path, source.split), class_names)
     elif path.is_file():
         readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
         if path.suffix not in readers:
@@ -38,7 +40,7 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
             )
         yield from readers[path.suffix](path)
     elif _looks_like_hub_id(source.path):
-        yield from _dataset_rows(source.path, _load_hub(source.path, source.config, source.split))
+        yield from _dataset_rows(source.path, _load_hub(source.path, source.config, source.split), class_names)
     else:
         raise SlothlineError(_missing(path))
 
@@ -238,12 +240,13 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _dataset_rows(name: str, dataset):
-    """Each row, its `ClassLabel` columns' numbers as their class names (as imdb's and ag_news' labels are stored;
-    -1, no label, stays a number)."""
+def _dataset_rows(name: str, dataset, class_names: bool = True):
+    """Each row; with `class_names`, its `ClassLabel` columns' numbers as their class names (as imdb's and ag_news'
+    labels are stored; -1, no label, stays a number)."""
     from datasets import ClassLabel
 
-    named = {column: feature for column, feature in dataset.features.items() if isinstance(feature, ClassLabel)}
+    named = {column: feature for column, feature in dataset.features.items()
+             if class_names and isinstance(feature, ClassLabel)}
     for number, row in enumerate(_undecoded(dataset), start=1):
         for column, feature in named.items():
             if isinstance(row[column], int) and 0 <= row[column] < feature.num_classes:

@@ -96,12 +96,17 @@ def rope_of(config: dict, layer_type: str) -> dict:
 def gguf_refusal(config: dict, tokenizer: dict | None) -> str | None:
     """Why the GGUF writer cannot write a model of this config and tokenizer.json so that llama.cpp computes
     what transformers does (None: it can)."""
+    vision = config.get("vision_config") or {}
     config = text_config(config)
     model_type = config.get("model_type")
     recipe = family(model_type).gguf
     if not recipe:
         written = ", ".join(name for name, record in FAMILIES.items() if record.gguf)
         return f"the GGUF writer supports {written} models, not {model_type!r}"
+    patches = (vision.get("temporal_patch_size", 2), vision.get("spatial_merge_size", 2))
+    if recipe.mmproj and patches != (2, 2):  # llama.cpp asserts on other shapes, after training
+        return (f"llama.cpp's Qwen-VL vision encoder (mmproj.gguf) takes temporal patches of 2 frames and merges 2x2 "
+                f"patches, and this vision_config has temporal_patch_size {patches[0]}, spatial_merge_size {patches[1]}")
     legacy = config.get("rope_scaling") or {}  # a config written before transformers 5 (a base model on the hub)
     rope_types = {rope_of(config, layer).get("rope_type", "default") for layer in ("full_attention", "sliding_attention")}
     rope_types |= {legacy.get("rope_type") or legacy.get("type")} if legacy else set()

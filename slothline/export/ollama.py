@@ -52,14 +52,20 @@ def render(tokenizer, messages: list[dict], enable_thinking: bool = False, gener
 
 
 def chat_format(tokenizer) -> ChatFormat | None:
-    """The known chat format of the tokenizer's chat template (None: none, or one it cannot tell)."""
+    """The known chat format whose Ollama form the tokenizer's chat template writes: a conversation it renders holds
+    the format's question turn and its answer turn with the format's answer end (Zephyr's `<|assistant|>` turns
+    end with `</s>`, not Phi-3's `<|end|>`). None: no template, another form, or a template that refuses it."""
     if not tokenizer.chat_template:
         return None
     try:
-        return chat_format_of(render(tokenizer, [{"role": "user", "content": USER_TEXT},
-                                                 {"role": "assistant", "content": ANSWER_TEXT}]))
-    except (TypeError, ValueError, TemplateError):  # a template that refuses it: Ollama reads the GGUF's own
+        text = render(tokenizer, [{"role": "user", "content": USER_TEXT}, {"role": "assistant", "content": ANSWER_TEXT}])
+    except (TypeError, ValueError, TemplateError):  # Ollama reads the template embedded in the GGUF file
         return None
+    chat = chat_format_of(text)
+    end = chat and chat.answer_end.replace("{eos}", tokenizer.eos_token or "")
+    if chat and chat.ollama_turns and chat.turns[0] + USER_TEXT in text and ANSWER_TEXT + end in text:
+        return chat
+    return None
 
 
 def generation_prompt(tokenizer, enable_thinking: bool) -> str:

@@ -79,7 +79,8 @@ def check_turn_markers(load_processor: Callable, params) -> None:
 
     from slothline.models import resolve_model
 
-    if not params.train.train_on_responses_only or any(s.template != "chat" for s in params.data.sources):
+    if (not params.train.train_on_responses_only or not getattr(params.train, "sft", True)  # no SFT: no answer mask
+            or any(s.template != "chat" for s in params.data.sources)):
         return
     processor = load_processor(resolve_model(params.model.name), params.model.revision)
     if not processor.chat_template:

@@ -31,8 +31,13 @@ def check(params) -> None:
         raise SlothlineError("data.sources: chat and alpaca templates mixed, but train.train_on_responses_only masks "
                              "every row by one pair of turn markers; give every source the same template, or set "
                              "train.train_on_responses_only: false")
-    alpaca = [f"{section}.sources[{i}]" for section, sources in (("data", params.data.sources),
-                                                                   ("preference", params.preference.sources))
+    if unlike := {source.template for source in params.data.test_sources} - templates:
+        raise SlothlineError(f"data.test_sources: template {', '.join(sorted(unlike))}, which no source of data.sources "
+                             "uses: the model would be scored on prompts of a form it was not trained on; give the "
+                             "test sources the template of the training sources")
+    alpaca = [f"{section}[{i}]" for section, sources in (("data.sources", params.data.sources),
+                                                         ("data.test_sources", params.data.test_sources),
+                                                         ("preference.sources", params.preference.sources))
               for i, source in enumerate(sources) if source.template == "alpaca"]
     if alpaca and params.data.system_prompt:
         raise SlothlineError(f"data.system_prompt: the alpaca template has no place for a system prompt "

@@ -106,7 +106,8 @@ def label_name(value, labels: list[str] | None) -> str:
         raise RowError("field 'label' is empty; every row needs a class name or id there")
     if name == "-1" and (labels is None or name not in labels):
         raise RowError("label -1 marks a row without a label (as GLUE's test splits and datasets' ClassLabel columns "
-                       "write it); drop such rows")
+                       "write it); drop such rows, or, where -1 is a class, list the classes in data.labels (e.g. "
+                       "['0', '1', '-1'])")
     if labels is None or name in labels:
         return name
     if is_number(name) and int(name) < len(labels):
@@ -117,9 +118,11 @@ def label_name(value, labels: list[str] | None) -> str:
 
 def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> dict:
     """Fix the classes (data.labels, else the train split's, sorted), refuse a val or test row whose class
-    train lacks, add each row's `label_id`, and return the classes, their counts per split and token lengths."""
+    train lacks, add each row's `label_id`, and return the classes, their counts per split, the texts found under
+    more than one class (with a warning) and token lengths."""
     labels = class_order(splits["train"], params.data.labels, head_classes(params.model.name, params.model.revision))
-    for warning in look_alike_classes(splits, labels):
+    conflicting = conflicting_texts(splits)
+    for warning in look_alike_classes(splits, labels) + conflicting_note(conflicting):
         print(warning)
     ids = {label: i for i, label in enumerate(labels)}
     for name, rows in splits.items():
@@ -139,7 +142,27 @@ def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> 
               + ", ".join(f"{name} {split['truncated_rows']}" for name, split in tokens.items()))
     counts = {name: {label: sum(row["label"] == label for row in rows) for label in labels}
               for name, rows in splits.items()}
-    return {"labels": labels, "classes": counts, "tokens": tokens}
+    return {"labels": labels, "classes": counts, "texts_with_several_labels": len(conflicting), "tokens": tokens}
+
+
+def conflicting_texts(splits: dict[str, list[dict]]) -> dict[tuple[str, str], set[str]]:
+    """The texts (and pairs), as dedupe compares them, that rows of any split give more than one class."""
+    from slothline.data.mixing import normalised
+
+    classes = {}
+    for rows in splits.values():
+        for row in rows:
+            classes.setdefault((normalised(row["text"]), normalised(row.get("text_pair") or "")), set()).add(row["label"])
+    return {text: labels for text, labels in classes.items() if len(labels) > 1}
+
+
+def conflicting_note(conflicting: dict[tuple[str, str], set[str]]) -> list[str]:
+    if not conflicting:
+        return []
+    (text, _), labels = next(iter(conflicting.items()))
+    return [f"data: {len(conflicting)} text(s) appear under more than one class, e.g. {text[:60]!r} as "
+            f"{' and '.join(sorted(labels))}; the model cannot learn both, and such a test row counts as a miss "
+            "whatever it predicts: fix the labels, or drop the copies you do not mean"]
 
 
 def head_classes(name: str, revision: str | None) -> list[str]:
@@ -199,6 +222,10 @@ def look(label: str) -> str:
 
 
 def unseen_label(row: dict, split_name: str, splits: dict, data) -> str:
+    if row["source"] in {source.label for source in data.test_sources}:
+        return (f"data.test_sources: the row {row['text'][:60]!r} (source {row['source']}, id {row['id']}) has label "
+                f"{row['label']!r}, which no train row has, so the model cannot predict it; add training rows of that "
+                "class to data.sources, or drop the row")
     total = sum(r["label"] == row["label"] for rows in splits.values() for r in rows)
     return (f"data: the {split_name} row {row['text'][:60]!r} (source {row['source']}, id {row['id']}) has label "
             f"{row['label']!r}, which no train row has: the class has {total} rows, too few to split with "

@@ -14,8 +14,12 @@ class ClassifierData(DataParams):
     @field_validator("labels", mode="before")
     @classmethod
     def _numbers_as_names(cls, labels):
-        """`[1, 2, 3]` written without quotes names the classes "1", "2", "3" (then checked as names)."""
+        """`[1, 2, 3]` written without quotes names the classes "1", "2", "3" (then checked as names); YAML's
+        booleans (`no`, `yes`, `true`, `off` unquoted) are refused with the quoting that keeps them names."""
         if isinstance(labels, list):
+            if any(isinstance(label, bool) for label in labels):
+                raise ValueError(f"YAML reads unquoted no/yes/true/false/on/off as booleans (got {labels}); quote the "
+                                 "class names, like ['no', 'yes']")
             return [str(label) if isinstance(label, int) and not isinstance(label, bool) else label for label in labels]
         return labels
 
