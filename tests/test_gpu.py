@@ -131,14 +131,18 @@ def test_unsloth_labels_match_the_hf_backend_masks(prepared):
 
 
 def test_unsloth_train_evaluate_merge_export(prepared):
-    """The whole chain on unsloth; merged_16bit through Unsloth's save_pretrained_merged."""
+    """The whole chain on unsloth; merged_16bit through Unsloth's save_pretrained_merged, with the tokenizer saved
+    beside the adapter (not the base model's)."""
     train = stage(prepared, "train")
     stage(prepared, "preference")  # method none: passes the SFT model on
     assert train["backend"] == "unsloth" and train["device"] != "cpu" and train["steps"] == 30
     assert (prepared.path / TUNED_DIR / "adapter_config.json").is_file()
     evaluation = stage(prepared, "evaluate")
     assert evaluation["tuned"]["loss"] < evaluation["base"]["loss"]
+    template = prepared.path / TUNED_DIR / "chat_template.jinja"  # the tokenizer trained, told apart from the base's
+    template.write_text(template.read_text() + "{# as trained #}")
     stage(prepared, "merge")
+    assert (prepared.path / MERGED_DIR / "chat_template.jinja").read_text().endswith("{# as trained #}")
     comparison = compare_merged(prepared)
     assert not comparison["quantized"] and comparison["adapter_rel_change"] > 0.05
     # Unsloth merges into the base checkpoint's own (float32) weights; 0.02 leaves room for a bf16 base
