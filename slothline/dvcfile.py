@@ -45,5 +45,5 @@ def require_model_declared(name: str, stages: list[str]) -> None:
         which = (f"{', '.join(missing[:-1])} and {missing[-1]} stages" if len(missing) > 1 else f"{missing[0]} stage")
         raise SlothlineError(
             f"model.name: {name} is a local directory that no dependency of the {which} in {DVC_FILE} covers, so DVC "
-            f"would not rerun {'them' if len(missing) > 1 else 'it'} when its files change; add `- {name}` to the deps of the {which} in {DVC_FILE} "
-            "(DVC then hashes it)")
+            f"would not rerun {'them' if len(missing) > 1 else 'it'} when its files change; add `- {name}` to the deps "
+            f"of the {which} in {DVC_FILE} (DVC then hashes it)")

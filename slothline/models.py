@@ -60,6 +60,19 @@ def model_file(name: str, filename: str, revision: str | None = None) -> str | N
                              "model.name to it, or use a builtin model") from None
 
 
+def head_classes(config: dict) -> list[str]:
+    """The output names of a checkpoint's classification head (its config.json as a dict), in order; [] where it has
+    none."""
+    classifies = any(name.endswith("ForSequenceClassification") for name in config.get("architectures") or [])
+    head = config.get("id2label") or {}
+    return [str(head[key]) for key in sorted(head, key=int)] if classifies else []
+
+
+def placeholder_classes(names: list[str]) -> bool:
+    """Whether `names` are transformers' LABEL_0, LABEL_1, ...: a head whose classes nobody named."""
+    return names == [f"LABEL_{i}" for i in range(len(names))]
+
+
 def model_config(name: str, revision: str | None = None) -> dict:
     """The config.json of `model.name`, as a dict."""
     source = resolve_model(name)

@@ -61,10 +61,15 @@ class DataParams(Section):
                 f"val_fraction + test_fraction must be < 1 (got {self.val_fraction} + "
                 f"{self.test_fraction}); lower one of them so a training split remains"
             )
-        labels = [s.label for s in [*self.sources, *self.test_sources]]
+        labels = [source.label for _, source in self.located_sources()]
         if len(set(labels)) != len(labels):
             raise ValueError(f"source names must be unique (got {labels}); set `name:` on each source")
         return self
+
+    def located_sources(self) -> list[tuple[str, "Source"]]:
+        """(where, source) of every source, training and held-out: `data.sources[0]`, `data.test_sources[1]`."""
+        return [(f"data.{section}[{i}]", source) for section in ("sources", "test_sources")
+                for i, source in enumerate(getattr(self, section))]
 
 
 class LoraParams(Section):

@@ -14,7 +14,7 @@ from slothline import kinds
 from slothline.artifacts import (DATA_METRICS, PREFERENCE_SPLITS_DIR, PREPARED_DIR, SPLITS, atomic_dir, write_json,
                                  write_jsonl)
 from slothline.data.records import read_sources
-from slothline.data.mixing import mix
+from slothline.data.mixing import mix, split_metrics
 from slothline.dvcfile import require_declared, require_model_declared
 from slothline.errors import SlothlineError, run_stage
 from slothline.models import resolve_model
@@ -25,9 +25,8 @@ def main() -> None:
     params = load_params()
     data = params.data
     task = kinds.get(params.kind)
-    require_declared("prepare", {f"data.{section}[{i}].path": Path(source.path)
-                                 for section in ("sources", "test_sources")
-                                 for i, source in enumerate(getattr(data, section)) if Path(source.path).exists()})
+    require_declared("prepare", {f"{where}.path": Path(source.path)
+                                 for where, source in data.located_sources() if Path(source.path).exists()})
     require_model_declared(params.model.name, ["prepare"])
     processor = task.load_processor(resolve_model(params.model.name), params.model.revision)
     # held-out sources first: dedupe keeps a row's first copy, so a test row that a training source repeats stays
@@ -65,17 +64,6 @@ def main() -> None:
     if preference_sources:
         print("preference " + ", ".join(f"{name}: {len(preference_splits[name])} rows" for name in SPLITS),
               f"-> {PREFERENCE_SPLITS_DIR}/")
-
-
-def split_metrics(splits: dict, report: dict, keys: dict) -> dict:
-    """Rows per split, per source and split, skipped and duplicate rows, and test rows also in train."""
-    in_train = {keys[r["id"]] for r in splits["train"]}
-    for label, source_counts in report.items():
-        source_counts.update({f"{name}_rows": sum(r["source"] == label for r in rows) for name, rows in splits.items()})
-    return {**{f"{name}_rows": len(rows) for name, rows in splits.items()},
-            "rows_skipped": sum(r["rows_skipped"] for r in report.values()),
-            "duplicates_removed": sum(r.get("duplicates_removed", 0) for r in report.values()),
-            "test_rows_in_train": sum(keys[r["id"]] in in_train for r in splits["test"]), "sources": report}
 
 
 if __name__ == "__main__":

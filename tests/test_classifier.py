@@ -897,12 +897,12 @@ def test_a_checkpoints_head_keeps_its_classes_outputs(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "bert", **head}))
     rows = [{"label": label} for label in ("sports", "tech", "weather")]
-    assert classifier.class_order(rows, None, classifier.head_classes(str(model), None)) == ["weather", "tech", "sports"]
+    assert classifier.class_order(rows, None, classifier.named_head_classes(str(model), None)) == ["weather", "tech", "sports"]
     assert classifier.class_order(rows, ["tech", "sports", "weather"], ["weather", "tech", "sports"])[0] == "tech"
     assert classifier.class_order(rows + [{"label": "art"}], None, ["weather", "tech", "sports"])[0] == "art"
     plain = {"id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}, "architectures": head["architectures"]}
     (model / "config.json").write_text(json.dumps({"model_type": "bert", **plain}))
-    assert classifier.head_classes(str(model), None) == []
+    assert classifier.named_head_classes(str(model), None) == []
     assert replaced_head(head, ["weather", "tech", "sports"]) is None and replaced_head(plain, ["a", "b", "c"]) is None
     assert "trained for other classes (weather, tech, sports)" in replaced_head(head, ["art", "news", "tech"])
     assert "a new head for the 2 classes replaces it" in replaced_head(head, ["art", "news"])

@@ -23,7 +23,7 @@ from pathlib import Path
 from slothline.artifacts import Manifest
 from slothline.backends.lora import check_lora_targets, lora_targets
 from slothline.errors import SlothlineError
-from slothline.models import model_config, resolve_model
+from slothline.models import head_classes, model_config, placeholder_classes, resolve_model
 
 NEW_WEIGHTS_SEED = 0  # weights a checkpoint lacks (a new classification head) start alike on every load
 
@@ -90,18 +90,16 @@ def replaced_head(config: dict, labels: list[str]) -> str | None:
     """A note when the checkpoint (its config.json as `config`) has a classification head of another size than
     `labels`, which label_arguments replaces, or of their size for other classes, whose outputs then start
     from the checkpoint's by position; None otherwise."""
-    head = config.get("id2label") or {}
-    classifies = any(name.endswith("ForSequenceClassification") for name in config.get("architectures") or [])
-    names = [str(head[key]) for key in sorted(head, key=int)]
-    if not classifies or names == list(labels):
+    names = head_classes(config)
+    if not names or names == list(labels):
         return None
     if len(names) == len(labels):
-        if names == [f"LABEL_{i}" for i in range(len(names))]:  # transformers' placeholder names: no classes known
+        if placeholder_classes(names):  # no classes known
             return None
         return (f"note: model.name: the checkpoint's classification head was trained for other classes "
                 f"({', '.join(names)}); each of the data's classes ({', '.join(labels)}) starts from the output in its "
                 "place; set data.labels to give them another order")
-    return (f"note: model.name: the checkpoint's classification head has {len(head)} output(s) "
+    return (f"note: model.name: the checkpoint's classification head has {len(names)} output(s) "
             f"({', '.join(names)}); a new head for the {len(labels)} classes replaces it, "
             "starting from a fixed seed")
 

@@ -114,8 +114,8 @@ MERGED_BY_UNSLOTH = ("AutoModelForCausalLM", "AutoModelForImageTextToText")  # g
 
 def merge(task, spec, runtime, adapter_dir, out_dir, save_method: str) -> None:
     """Unsloth's save_pretrained_merged for generative models (it asks for "merged_4bit_forced" to confirm
-    a 4-bit merge), with the processor trained; other kinds (classifiers, whose trained head is a PEFT `modules_to_save` copy) merge
-    through PEFT's merge_and_unload, as on the hf backend."""
+    a 4-bit merge), with the processor trained; other kinds (classifiers, whose trained head is a PEFT
+    `modules_to_save` copy) merge through PEFT's merge_and_unload, as on the hf backend."""
     if task.AUTO_CLASS not in MERGED_BY_UNSLOTH:
         from slothline.backends import hf
 

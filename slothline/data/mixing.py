@@ -1,4 +1,4 @@
-"""Mixing ratios, seeded sampling, dedupe and train/val/test splits.
+"""Mixing ratios, seeded sampling, dedupe, train/val/test splits and the counts of them metrics/data.json records.
 
 Every random choice draws from a generator seeded by `data.seed` and the source's (or, for the
 final shuffle, the split's) name, so the same inputs and params give the same rows in the same order.
@@ -174,3 +174,14 @@ def check_splits(splits: dict[str, list], counts: dict[str, int], weights: dict[
             f"data: the train split is empty ({rows} rows: {len(splits['val'])} val, {len(splits['test'])} test); "
             "lower data.val_fraction or data.test_fraction, or add rows"
         )
+
+
+def split_metrics(splits: dict, report: dict, keys: dict) -> dict:
+    """Rows per split, per source and split, skipped and duplicate rows, and test rows also in train."""
+    in_train = {keys[r["id"]] for r in splits["train"]}
+    for label, source_counts in report.items():
+        source_counts.update({f"{name}_rows": sum(r["source"] == label for r in rows) for name, rows in splits.items()})
+    return {**{f"{name}_rows": len(rows) for name, rows in splits.items()},
+            "rows_skipped": sum(r["rows_skipped"] for r in report.values()),
+            "duplicates_removed": sum(r.get("duplicates_removed", 0) for r in report.values()),
+            "test_rows_in_train": sum(keys[r["id"]] in in_train for r in splits["test"]), "sources": report}

@@ -109,11 +109,10 @@ def check(task: Task, params) -> None:
         offset = "" if context == max_positions(config) else ", less pad_token_id + 1: positions start after it"
         raise SlothlineError(f"model.max_seq_length: {params.model.max_seq_length} is above the {context} positions "
                              f"{params.model.name} has (max_position_embeddings{offset}); set it to at most {context}")
-    for section in ("sources", "test_sources"):
-        for i, source in enumerate(getattr(params.data, section)):
-            if source.format not in task.FORMATS:
-                raise SlothlineError(f"data.{section}[{i}].format: {source.format} is not a format of {task.NAME} "
-                                     f"models; use one of {', '.join(task.FORMATS)}")
+    for where, source in params.data.located_sources():
+        if source.format not in task.FORMATS:
+            raise SlothlineError(f"{where}.format: {source.format} is not a format of {task.NAME} models; "
+                                 f"use one of {', '.join(task.FORMATS)}")
     check_export_formats(task, params.export.formats)
     if params.merge.save_method == "lora" and params.train.full_finetuning:
         raise SlothlineError("merge.save_method: lora keeps the LoRA adapter, but train.full_finetuning trains the "

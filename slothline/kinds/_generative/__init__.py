@@ -9,7 +9,8 @@ import numpy as np
 
 from slothline.errors import SlothlineError
 from slothline.kinds import Evaluation, context_length, with_base
-from slothline.kinds._generative.chat import TURN_MARKERS, AnswerMask, answer_cut_off, markers_of, turn_markers
+from slothline.kinds._generative.chat import (NO_CHAT_TEMPLATE, TURN_MARKERS, AnswerMask, answer_cut_off, markers_of,
+                                             turn_markers)
 from slothline.kinds._generative.stops import stop_ids
 from slothline.kinds._generative.tokens import encode, encode_batch, encode_rows, literal_spans, tokenizer_of
 from slothline.kinds._generative.generation import (answer_loss, ensure_pad_token, generation_settings,
@@ -84,8 +85,7 @@ def check_turn_markers(load_processor: Callable, params) -> None:
         return
     processor = load_processor(resolve_model(params.model.name), params.model.revision)
     if not processor.chat_template:
-        raise SlothlineError("model.name: this tokenizer has no chat template; set `template: alpaca` on each data "
-                             "source or use a chat (instruct) model")
+        raise SlothlineError(NO_CHAT_TEMPLATE)
     try:
         text = processor.apply_chat_template([{"role": "user", "content": "Hi"},
                                               {"role": "assistant", "content": "Hello"}], tokenize=False)

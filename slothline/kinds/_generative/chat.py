@@ -25,6 +25,8 @@ ALPACA_PROMPT = ALPACA_PREAMBLE + "\n\n### Instruction:\n{}\n\n### Response:\n{}
 # (instruction_part, response_part) of the templates whose answers can be masked
 TURN_MARKERS = {name: chat.turns for name, chat in CHAT_FORMATS.items()}
 THINK_TAGS = ("<think>", "</think>")
+NO_CHAT_TEMPLATE = ("model.name: this tokenizer has no chat template; set `template: alpaca` on each data source or use "
+                    "a chat (instruct) model")
 TEMPLATE_DATE = "26 Jul 2024"  # the date Llama 3's templates write when given none: prepared data stays the same by day
 
 
@@ -47,10 +49,7 @@ def render(messages: list[dict], processor, template: str, enable_thinking: bool
         prompt = start + ALPACA_PROMPT.format(guarded[0]["content"], "")
     else:
         if not processor.chat_template:
-            raise SlothlineError(
-                "model.name: this tokenizer has no chat template; set `template: alpaca` on each data source "
-                "or use a chat (instruct) model"
-            )
+            raise SlothlineError(NO_CHAT_TEMPLATE)
         # A processor hands keyword arguments its template does not use to the tokenizer, with a warning.
         multimodal = hasattr(processor, "tokenizer")
         options = ({"enable_thinking": enable_thinking}

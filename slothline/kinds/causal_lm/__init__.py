@@ -35,10 +35,9 @@ def check(params) -> None:
         raise SlothlineError(f"data.test_sources: template {', '.join(sorted(unlike))}, which no source of data.sources "
                              "uses: the model would be scored on prompts of a form it was not trained on; give the "
                              "test sources the template of the training sources")
-    alpaca = [f"{section}[{i}]" for section, sources in (("data.sources", params.data.sources),
-                                                         ("data.test_sources", params.data.test_sources),
-                                                         ("preference.sources", params.preference.sources))
-              for i, source in enumerate(sources) if source.template == "alpaca"]
+    alpaca = [where for where, source in [*params.data.located_sources(),
+                                          *((f"preference.sources[{i}]", s) for i, s in enumerate(params.preference.sources))]
+              if source.template == "alpaca"]
     if alpaca and params.data.system_prompt:
         raise SlothlineError(f"data.system_prompt: the alpaca template has no place for a system prompt "
                              f"({', '.join(alpaca)} use template: alpaca); remove data.system_prompt, or use "

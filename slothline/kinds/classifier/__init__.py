@@ -120,7 +120,7 @@ def finish_splits(splits: dict[str, list[dict]], tokenizer, params, out_dir) -> 
     """Fix the classes (data.labels, else the train split's, sorted), refuse a val or test row whose class
     train lacks, add each row's `label_id`, and return the classes, their counts per split, the texts found under
     more than one class (with a warning) and token lengths."""
-    labels = class_order(splits["train"], params.data.labels, head_classes(params.model.name, params.model.revision))
+    labels = class_order(splits["train"], params.data.labels, named_head_classes(params.model.name, params.model.revision))
     conflicting = conflicting_texts(splits)
     for warning in look_alike_classes(splits, labels) + conflicting_note(conflicting):
         print(warning)
@@ -165,16 +165,13 @@ def conflicting_note(conflicting: dict[tuple[str, str], set[str]]) -> list[str]:
             "whatever it predicts: fix the labels, or drop the copies you do not mean"]
 
 
-def head_classes(name: str, revision: str | None) -> list[str]:
+def named_head_classes(name: str, revision: str | None) -> list[str]:
     """The classes of the checkpoint's classification head in output order ([] without a head, or with
     transformers' placeholder names LABEL_0, LABEL_1, ...)."""
-    from slothline.models import model_config
+    from slothline.models import head_classes, model_config, placeholder_classes
 
-    config = model_config(name, revision)
-    head = config.get("id2label") or {}
-    classifies = any(arch.endswith("ForSequenceClassification") for arch in config.get("architectures") or [])
-    names = [str(head[key]) for key in sorted(head, key=int)]
-    return names if classifies and names != [f"LABEL_{i}" for i in range(len(names))] else []
+    names = head_classes(model_config(name, revision))
+    return [] if placeholder_classes(names) else names
 
 
 def class_order(train_rows: list[dict], fixed: list[str] | None, head: list[str] = ()) -> list[str]:
